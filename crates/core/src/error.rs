@@ -1,0 +1,205 @@
+//! Typed errors and the **one table** that maps them to what goes on the wire.
+//!
+//! `Display` texts are for logs and audit. What a caller sees comes only from
+//! [`WireError::from`]; descriptions are fixed strings that never echo input and never
+//! distinguish cases an attacker could use to guess (unknown and malformed keys look alike).
+
+use crate::api_key;
+
+/// Why authentication or authorisation refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// An API key was presented and refused.
+    #[error("api key: {0}")]
+    ApiKey(#[from] api_key::Error),
+    /// The identity lacks a scope the route requires (RFC 6750 §3.1 `insufficient_scope`).
+    #[error("insufficient scope")]
+    InsufficientScope,
+    /// The request carries no credential the route accepts.
+    #[error("missing credentials")]
+    MissingCredentials,
+    /// The credential's usage quota is spent until it refills.
+    #[error("quota exceeded, refills in {retry_after_secs}s")]
+    QuotaExceeded {
+        /// Seconds until the quota refills.
+        retry_after_secs: u64,
+    },
+    /// Too many requests for this identity (or, for failed attempts, this client address).
+    #[error("rate limited, retry in {retry_after_secs}s")]
+    RateLimited {
+        /// Seconds until a request would be allowed.
+        retry_after_secs: u64,
+    },
+    /// A backend needed for the decision could not answer; fail closed.
+    #[error("authentication backend unavailable")]
+    Unavailable,
+}
+
+/// Errors of the gateway itself (routing, proxying, sizes), in the same table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The request could not be understood (bad URI, bad header encoding).
+    #[error("bad request")]
+    BadRequest,
+    /// The request body is larger than the configured limit.
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// The request headers are larger than the configured limit.
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    /// A bug or unexpected state; details are in the log under the request id.
+    #[error("internal error")]
+    Internal,
+    /// No route matches the request's host, path and method.
+    #[error("no route")]
+    NoRoute,
+    /// The admin API was called without a valid admin token.
+    #[error("admin unauthorized")]
+    AdminUnauthorized,
+    /// The upstream refused the connection or broke it.
+    #[error("upstream unavailable")]
+    UpstreamUnavailable,
+    /// The upstream did not answer in time.
+    #[error("upstream timeout")]
+    UpstreamTimeout,
+}
+
+/// What a refusal looks like on the wire: status, `error` code, and a safe description.
+///
+/// The HTTP adapter renders it as `{"error": code, "error_description": description}` and
+/// adds `WWW-Authenticate` for 401s from the route's policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireError {
+    /// HTTP status code.
+    pub status: u16,
+    /// Stable, documented error code.
+    pub code: &'static str,
+    /// Human-readable text that reveals nothing about the secret or the store.
+    pub description: &'static str,
+}
+
+const fn wire(status: u16, code: &'static str, description: &'static str) -> WireError {
+    WireError {
+        status,
+        code,
+        description,
+    }
+}
+
+impl From<&AuthError> for WireError {
+    fn from(e: &AuthError) -> Self {
+        use api_key::Error as K;
+        match e {
+            AuthError::ApiKey(K::Expired) => {
+                wire(401, "api_key_expired", "The API key has expired.")
+            }
+            AuthError::ApiKey(K::Revoked) => {
+                wire(401, "api_key_revoked", "The API key has been revoked.")
+            }
+            // Malformed, bad checksum and unknown must look alike.
+            AuthError::ApiKey(K::Malformed | K::BadChecksum | K::Unknown | K::Ambiguous) => {
+                wire(401, "invalid_api_key", "The API key is not valid.")
+            }
+            AuthError::InsufficientScope => wire(
+                403,
+                "insufficient_scope",
+                "The credential does not grant the scopes this route requires.",
+            ),
+            AuthError::MissingCredentials => wire(
+                401,
+                "missing_credentials",
+                "This route requires authentication; see WWW-Authenticate.",
+            ),
+            AuthError::QuotaExceeded { .. } => wire(
+                429,
+                "quota_exceeded",
+                "The usage quota of this credential is spent.",
+            ),
+            AuthError::RateLimited { .. } => wire(
+                429,
+                "rate_limited",
+                "Too many requests; retry after the indicated time.",
+            ),
+            AuthError::Unavailable => wire(
+                503,
+                "temporarily_unavailable",
+                "Authentication is temporarily unavailable; retry later.",
+            ),
+        }
+    }
+}
+
+impl From<&GatewayError> for WireError {
+    fn from(e: &GatewayError) -> Self {
+        match e {
+            GatewayError::AdminUnauthorized => wire(
+                401,
+                "invalid_admin_token",
+                "A valid admin token is required.",
+            ),
+            GatewayError::BadRequest => wire(400, "bad_request", "The request is malformed."),
+            GatewayError::BodyTooLarge => wire(
+                413,
+                "payload_too_large",
+                "The request body exceeds the allowed size.",
+            ),
+            GatewayError::HeadersTooLarge => wire(
+                431,
+                "request_header_fields_too_large",
+                "The request headers exceed the allowed size.",
+            ),
+            GatewayError::Internal => wire(500, "internal_error", "An internal error occurred."),
+            GatewayError::NoRoute => wire(404, "no_route", "No route matches this request."),
+            GatewayError::UpstreamUnavailable => wire(
+                502,
+                "upstream_unavailable",
+                "The upstream service is unavailable.",
+            ),
+            GatewayError::UpstreamTimeout => wire(
+                504,
+                "upstream_timeout",
+                "The upstream service did not answer in time.",
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_and_malformed_keys_look_alike() {
+        let a = WireError::from(&AuthError::ApiKey(api_key::Error::Unknown));
+        let b = WireError::from(&AuthError::ApiKey(api_key::Error::Malformed));
+        let c = WireError::from(&AuthError::ApiKey(api_key::Error::BadChecksum));
+        assert_eq!(a, b);
+        assert_eq!(b, c);
+        assert_eq!(a.status, 401);
+        assert_eq!(a.code, "invalid_api_key");
+    }
+
+    #[test]
+    fn statuses_follow_the_documented_table() {
+        assert_eq!(WireError::from(&AuthError::InsufficientScope).status, 403);
+        assert_eq!(
+            WireError::from(&AuthError::RateLimited {
+                retry_after_secs: 1
+            })
+            .status,
+            429
+        );
+        assert_eq!(
+            WireError::from(&AuthError::QuotaExceeded {
+                retry_after_secs: 1
+            })
+            .code,
+            "quota_exceeded"
+        );
+        assert_eq!(WireError::from(&GatewayError::NoRoute).status, 404);
+        assert_eq!(WireError::from(&GatewayError::UpstreamTimeout).status, 504);
+        assert_eq!(WireError::from(&GatewayError::HeadersTooLarge).status, 431);
+    }
+}

@@ -1,0 +1,86 @@
+//! The parts of an HTTP request that authentication reads, borrowed from the adapter's request.
+
+use std::net::IpAddr;
+
+/// A request as the schemes see it. Built by the HTTP adapter; nothing here is trusted yet.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestParts<'a> {
+    /// The request method.
+    pub method: &'a http::Method,
+    /// The path as sent (percent-encoding preserved), without the query.
+    pub path: &'a str,
+    /// The raw query string, without the `?`, if any.
+    pub query: Option<&'a str>,
+    /// The request headers.
+    pub headers: &'a http::HeaderMap,
+    /// The address of the peer that connected to us.
+    pub client_ip: IpAddr,
+}
+
+impl<'a> RequestParts<'a> {
+    /// The value of the first query parameter named `name`, still percent-encoded.
+    ///
+    /// Returns `None` when absent; callers decode (and bound) the value themselves.
+    pub fn query_param(&self, name: &str) -> Option<&'a str> {
+        self.query?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then_some(v)
+        })
+    }
+
+    /// The value of header `name` if present exactly once and valid visible ASCII.
+    ///
+    /// `Err(())` when the header is repeated or not visible ASCII: a credential header must be
+    /// unambiguous.
+    #[allow(clippy::result_unit_err)]
+    pub fn single_header(&self, name: &http::HeaderName) -> Result<Option<&'a str>, ()> {
+        let mut it = self.headers.get_all(name).iter();
+        let Some(first) = it.next() else {
+            return Ok(None);
+        };
+        if it.next().is_some() {
+            return Err(());
+        }
+        first.to_str().map(Some).map_err(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts<'a>(
+        m: &'a http::Method,
+        h: &'a http::HeaderMap,
+        q: Option<&'a str>,
+    ) -> RequestParts<'a> {
+        RequestParts {
+            method: m,
+            path: "/",
+            query: q,
+            headers: h,
+            client_ip: [127, 0, 0, 1].into(),
+        }
+    }
+
+    #[test]
+    fn query_param_finds_first_exact_name() {
+        let (m, h) = (http::Method::GET, http::HeaderMap::new());
+        let r = parts(&m, &h, Some("a=1&api_key=xyz&api_key=2&flag"));
+        assert_eq!(r.query_param("api_key"), Some("xyz"));
+        assert_eq!(r.query_param("flag"), Some(""));
+        assert_eq!(r.query_param("api"), None);
+        assert_eq!(parts(&m, &h, None).query_param("a"), None);
+    }
+
+    #[test]
+    fn repeated_credential_header_is_refused() {
+        let m = http::Method::GET;
+        let mut h = http::HeaderMap::new();
+        let name = http::HeaderName::from_static("x-api-key");
+        h.append(&name, "a".parse().unwrap());
+        assert_eq!(parts(&m, &h, None).single_header(&name), Ok(Some("a")));
+        h.append(&name, "b".parse().unwrap());
+        assert_eq!(parts(&m, &h, None).single_header(&name), Err(()));
+    }
+}

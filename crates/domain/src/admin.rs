@@ -1,0 +1,472 @@
+//! Admin use cases for API keys: create, list, show, rotate, revoke, import.
+//!
+//! Each change is durable in the store before it returns, invalidates the lookup cache (so it
+//! takes effect on the next request), and is audited (durably) with who made it. Raw keys are
+//! returned exactly once, from `create`, `rotate` and never again.
+
+use std::sync::Arc;
+
+use portcullis_core::api_key::{self, Prefix};
+use portcullis_core::crypto::{self, Sha256Digest};
+use portcullis_core::secret::Secret;
+use portcullis_core::{ScopeSet, Timestamp};
+use portcullis_store::{ApiKeyRecord, ApiKeys, QuotaSpec, RateLimitSpec, StoreError};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::audit::{AuditEvent, Auditor};
+use crate::authn::api_key::KeyCache;
+use crate::clock::Clock;
+use crate::random_bytes;
+use crate::usage::UsageTracker;
+
+/// Why an admin request was refused. `Store` details are logged, never returned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The request conflicts with the current state (already rotated, duplicate import).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is invalid; the text says what to fix and contains no secret.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such key.
+    #[error("not found")]
+    NotFound,
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(StoreError),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => AdminError::NotFound,
+            StoreError::Conflict(what) => AdminError::Conflict(what.to_string()),
+            other => AdminError::Store(other),
+        }
+    }
+}
+
+/// Limits on what a key may carry.
+pub mod limits {
+    /// Longest name / owner.
+    pub const MAX_NAME: usize = 128;
+    /// Most scopes per key.
+    pub const MAX_SCOPES: usize = 64;
+    /// Most named rate limits per key.
+    pub const MAX_RATE_LIMITS: usize = 8;
+    /// Largest metadata object, serialised.
+    pub const MAX_METADATA_BYTES: usize = 4096;
+    /// Most keys in one import.
+    pub const MAX_IMPORT: usize = 100_000;
+}
+
+/// A request to create a key (also the fields of an import item).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    /// Human name (required).
+    pub name: String,
+    /// Owner / client id.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Absolute expiry, Unix milliseconds.
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+    /// Expiry relative to now, in seconds (alternative to `expires_at`).
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    /// Free-form JSON object.
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+    /// Named rate limits overriding the route's.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitSpec>,
+    /// Usage quota with periodic refill.
+    #[serde(default)]
+    pub quota: Option<QuotaSpec>,
+}
+
+/// One key to import: exactly one of `key` (raw) or `hash` (SHA-256, hex or base64).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportKey {
+    /// The raw key as the customer holds it.
+    #[serde(default)]
+    pub key: Option<Secret>,
+    /// SHA-256 of the raw key, 64 hex characters or standard base64.
+    #[serde(default)]
+    pub hash: Option<String>,
+    /// The key's properties.
+    #[serde(flatten)]
+    pub fields: NewKey,
+}
+
+/// The admin use cases for keys.
+pub struct KeyAdmin {
+    store: Arc<dyn ApiKeys>,
+    cache: Arc<KeyCache>,
+    usage: Arc<UsageTracker>,
+    auditor: Auditor,
+    clock: Arc<dyn Clock>,
+    prefix: Prefix,
+    allow_foreign: bool,
+}
+
+impl KeyAdmin {
+    /// The use cases over `store`, issuing keys with `prefix`.
+    pub fn new(
+        store: Arc<dyn ApiKeys>,
+        cache: Arc<KeyCache>,
+        usage: Arc<UsageTracker>,
+        auditor: Auditor,
+        clock: Arc<dyn Clock>,
+        prefix: Prefix,
+        allow_foreign: bool,
+    ) -> Self {
+        Self {
+            store,
+            cache,
+            usage,
+            auditor,
+            clock,
+            prefix,
+            allow_foreign,
+        }
+    }
+
+    /// Creates a key; returns the record and the raw key (show it once).
+    pub async fn create(
+        &self,
+        actor: &str,
+        req: NewKey,
+    ) -> Result<(ApiKeyRecord, Secret), AdminError> {
+        let now = self.clock.now();
+        let g = api_key::generate(&self.prefix, &random_bytes::<32>());
+        let record = self.build(req, g.hash, g.display_prefix, "native", now)?;
+        self.store.insert(&record).await?;
+        self.cache.invalidate(&record.hash);
+        self.audit(actor, "api_key.created", &record, now).await;
+        Ok((record, g.key))
+    }
+
+    /// Lists keys (no secrets, no hashes).
+    pub async fn list(
+        &self,
+        owner: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ApiKeyRecord>, AdminError> {
+        Ok(self.store.list(owner, after, limit.clamp(1, 1000)).await?)
+    }
+
+    /// One key.
+    pub async fn show(&self, id: &str) -> Result<ApiKeyRecord, AdminError> {
+        self.store.find(id).await?.ok_or(AdminError::NotFound)
+    }
+
+    /// Revokes a key; effective on the next request.
+    pub async fn revoke(&self, actor: &str, id: &str) -> Result<ApiKeyRecord, AdminError> {
+        let now = self.clock.now();
+        let record = self.store.revoke(id, now).await?;
+        self.cache.invalidate(&record.hash);
+        self.usage.forget(id);
+        self.audit(actor, "api_key.revoked", &record, now).await;
+        Ok(record)
+    }
+
+    /// Rotates a key: issues a new key with the same properties; the old one stays valid for
+    /// `grace_secs` (0: stops now). Returns (new record, raw new key, old record).
+    pub async fn rotate(
+        &self,
+        actor: &str,
+        id: &str,
+        grace_secs: u64,
+    ) -> Result<(ApiKeyRecord, Secret, ApiKeyRecord), AdminError> {
+        let now = self.clock.now();
+        let old = self.store.find(id).await?.ok_or(AdminError::NotFound)?;
+        let g = api_key::generate(&self.prefix, &random_bytes::<32>());
+        let mut new = ApiKeyRecord {
+            id: new_id(),
+            hash: g.hash,
+            display_prefix: g.display_prefix,
+            created_at: now,
+            revoked_at: None,
+            rotated_from: Some(old.id.clone()),
+            rotated_to: None,
+            last_used_at: None,
+            last_used_ip: None,
+            origin: "native".into(),
+            ..old.clone()
+        };
+        // A key rotated in its grace period keeps its original expiry, not the grace end.
+        new.expires_at = old.expires_at.filter(|_| old.rotated_to.is_none());
+        let grace_ms = i64::try_from(grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let old = self
+            .store
+            .rotate(id, &new, now.plus_millis(grace_ms))
+            .await?;
+        self.cache.invalidate(&old.hash);
+        self.cache.invalidate(&new.hash);
+        self.usage.forget(id);
+        self.audit_with(
+            actor,
+            "api_key.rotated",
+            &new,
+            now,
+            json!({"rotated_from": old.id, "grace_secs": grace_secs}),
+        )
+        .await;
+        Ok((new, g.key, old))
+    }
+
+    /// Imports keys from another system, all or nothing. Returns the new records.
+    pub async fn import(
+        &self,
+        actor: &str,
+        items: Vec<ImportKey>,
+    ) -> Result<Vec<ApiKeyRecord>, AdminError> {
+        if items.len() > limits::MAX_IMPORT {
+            return Err(AdminError::Invalid(format!(
+                "at most {} keys per import",
+                limits::MAX_IMPORT
+            )));
+        }
+        let now = self.clock.now();
+        let mut records = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let at = |m: String| AdminError::Invalid(format!("item {i}: {m}"));
+            let (hash, display, origin) = match (&item.key, &item.hash) {
+                (Some(raw), None) => {
+                    let parsed = api_key::parse(raw.expose(), true).map_err(|_| {
+                        at("`key` is not a usable key (16-256 visible ASCII characters)".into())
+                    })?;
+                    if parsed.kind == api_key::Kind::Foreign && !self.allow_foreign {
+                        return Err(at("`key` is not in Portcullis format; set `api_keys.accept_foreign_keys = true` to accept imported formats".into()));
+                    }
+                    let display = if parsed.kind == api_key::Kind::Native {
+                        display_of(raw.expose())
+                    } else {
+                        String::new()
+                    };
+                    (parsed.hash, display, "imported_raw")
+                }
+                (None, Some(h)) => (
+                    parse_hash(h).ok_or_else(|| {
+                        at("`hash` must be a SHA-256 as 64 hex characters or base64".into())
+                    })?,
+                    String::new(),
+                    "imported_hash",
+                ),
+                _ => return Err(at("give exactly one of `key` or `hash`".into())),
+            };
+            records.push(
+                self.build(item.fields, hash, display, origin, now)
+                    .map_err(|e| at(e.to_string()))?,
+            );
+        }
+        self.store.insert_many(&records).await?;
+        for r in &records {
+            self.cache.invalidate(&r.hash);
+        }
+        self.auditor
+            .emit_durable(AuditEvent::new(now, "api_key.imported", "ok").actor(actor).detail(json!({"count": records.len(), "ids": records.iter().map(|r| r.id.as_str()).take(100).collect::<Vec<_>>()})))
+            .await;
+        Ok(records)
+    }
+
+    fn build(
+        &self,
+        req: NewKey,
+        hash: Sha256Digest,
+        display_prefix: String,
+        origin: &str,
+        now: Timestamp,
+    ) -> Result<ApiKeyRecord, AdminError> {
+        let invalid = |m: &str| Err(AdminError::Invalid(m.into()));
+        let name = req.name.trim().to_owned();
+        if name.is_empty() || name.len() > limits::MAX_NAME || name.chars().any(char::is_control) {
+            return invalid("`name` must be 1-128 characters without control characters");
+        }
+        if req.owner.as_ref().is_some_and(|o| {
+            o.is_empty()
+                || o.len() > limits::MAX_NAME
+                || o.chars().any(|c| c.is_control() || c == ',')
+        }) {
+            return invalid(
+                "`owner` must be 1-128 characters without control characters or commas",
+            );
+        }
+        if req.scopes.len() > limits::MAX_SCOPES {
+            return invalid("at most 64 scopes");
+        }
+        let scopes =
+            ScopeSet::parse(&req.scopes).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        let expires_at = match (req.expires_at, req.expires_in) {
+            (Some(_), Some(_)) => return invalid("give `expires_at` or `expires_in`, not both"),
+            (Some(t), None) => Some(t),
+            (None, Some(s)) => {
+                Some(now.plus_millis(i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)))
+            }
+            (None, None) => None,
+        };
+        let metadata = req.metadata.unwrap_or_else(|| json!({}));
+        if !metadata.is_object() || metadata.to_string().len() > limits::MAX_METADATA_BYTES {
+            return invalid("`metadata` must be a JSON object of at most 4096 bytes");
+        }
+        if req.rate_limits.len() > limits::MAX_RATE_LIMITS {
+            return invalid("at most 8 rate limits per key");
+        }
+        let mut names = std::collections::HashSet::new();
+        for l in &req.rate_limits {
+            let name_ok = !l.name.is_empty()
+                && l.name.len() <= 64
+                && l.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !name_ok || !names.insert(l.name.as_str()) {
+                return invalid(
+                    "rate limit names must be unique, 1-64 characters of [A-Za-z0-9_-]",
+                );
+            }
+            if !matches!(l.algorithm.as_str(), "gcra" | "token_bucket")
+                || l.limit == 0
+                || l.period_ms == 0
+                || l.burst == Some(0)
+            {
+                return invalid("rate limits need algorithm gcra|token_bucket, limit >= 1, period_ms >= 1, burst >= 1");
+            }
+        }
+        if req
+            .quota
+            .as_ref()
+            .is_some_and(|q| q.limit == 0 || q.refill_ms < 1000)
+        {
+            return invalid("quota needs limit >= 1 and refill_ms >= 1000");
+        }
+        Ok(ApiKeyRecord {
+            id: new_id(),
+            name,
+            owner: req.owner,
+            hash,
+            display_prefix,
+            scopes: scopes.iter().map(Into::into).collect(),
+            metadata,
+            rate_limits: req.rate_limits,
+            quota: req.quota,
+            created_at: now,
+            expires_at,
+            revoked_at: None,
+            rotated_from: None,
+            rotated_to: None,
+            last_used_at: None,
+            last_used_ip: None,
+            origin: origin.into(),
+        })
+    }
+
+    async fn audit(&self, actor: &str, kind: &'static str, r: &ApiKeyRecord, now: Timestamp) {
+        self.audit_with(actor, kind, r, now, json!({})).await;
+    }
+
+    async fn audit_with(
+        &self,
+        actor: &str,
+        kind: &'static str,
+        r: &ApiKeyRecord,
+        now: Timestamp,
+        mut extra: serde_json::Value,
+    ) {
+        if let Some(o) = extra.as_object_mut() {
+            o.insert("name".into(), json!(r.name));
+            o.insert("owner".into(), json!(r.owner));
+            o.insert("scopes".into(), json!(r.scopes));
+        }
+        self.auditor
+            .emit_durable(
+                AuditEvent::new(now, kind, "ok")
+                    .actor(actor)
+                    .credential(r.id.as_str().into())
+                    .detail(extra),
+            )
+            .await;
+    }
+}
+
+fn new_id() -> String {
+    // 16 random bytes: ids must never collide, and need not be secret.
+    format!("key_{}", bs58::encode(random_bytes::<16>()).into_string())
+}
+
+fn display_of(raw: &str) -> String {
+    let prefix_len = raw.rfind('_').unwrap_or(0);
+    raw.chars()
+        .take(prefix_len + 1 + api_key::DISPLAY_BODY_CHARS)
+        .collect()
+}
+
+fn parse_hash(h: &str) -> Option<Sha256Digest> {
+    let h = h.trim();
+    if let Some(d) = crypto::unhex::<32>(h) {
+        return Some(d);
+    }
+    base64_decode_32(h)
+}
+
+fn base64_decode_32(s: &str) -> Option<Sha256Digest> {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let s = s.trim_end_matches('=');
+    if s.len() != 43 {
+        return None;
+    }
+    let mut bits: u64 = 0;
+    let mut nbits = 0;
+    let mut out = Vec::with_capacity(33);
+    for c in s.bytes() {
+        let c = match c {
+            b'-' => b'+',
+            b'_' => b'/',
+            c => c,
+        };
+        let v = A.iter().position(|&a| a == c)? as u64;
+        bits = (bits << 6) | v;
+        nbits += 6;
+        if nbits >= 8 {
+            nbits -= 8;
+            out.push((bits >> nbits) as u8);
+            bits &= (1 << nbits) - 1;
+        }
+    }
+    out.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_parse_from_hex_and_base64() {
+        let d = crypto::sha256(b"legacy-key");
+        assert_eq!(parse_hash(&crypto::hex(&d)), Some(d));
+        // base64 of sha256("legacy-key"), computed independently with Python's base64 module.
+        let b64 = "lO63u+l53Q0vC7CFFyt2obyeYXiYOUgINKm8tar5xu8=";
+        assert_eq!(parse_hash(b64), Some(d));
+        assert_eq!(
+            crypto::hex(&d),
+            "94eeb7bbe979dd0d2f0bb085172b76a1bc9e61789839480834a9bcb5aaf9c6ef"
+        );
+        assert_eq!(parse_hash("nope"), None);
+    }
+
+    #[test]
+    fn ids_are_fixed_length_and_distinct() {
+        let a = new_id();
+        let b = new_id();
+        assert!(a.starts_with("key_") && a.len() >= 4 + 20);
+        assert_ne!(a, b);
+    }
+}

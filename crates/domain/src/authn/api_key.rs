@@ -1,0 +1,320 @@
+//! The API-key authenticator: extract → parse (checksum, hash) → cached lookup → verify.
+//!
+//! Per request on a cache hit this is one CRC-32, one SHA-256, one hash-map probe and a few
+//! reference-count increments. The cache is invalidated by the admin use cases on every
+//! change, and entries also age out (`positive_ttl`, `negative_ttl`) so that a change made by
+//! another instance is seen within bounded time.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::HeaderName;
+use portcullis_core::api_key::{self, Kind};
+use portcullis_core::crypto::Sha256Digest;
+use portcullis_core::identity::Claims;
+use portcullis_core::ratelimit::{Algorithm, Limit};
+use portcullis_core::{AuthError, Identity, RequestParts, Scheme, ScopeSet, Timestamp};
+use portcullis_store::{ApiKeyRecord, ApiKeys};
+
+use super::{Authenticated, Authenticator, Consumed, CredentialLimits, Quota, RouteAuth};
+use crate::usage::UsageTracker;
+
+/// Settings of the API-key scheme.
+#[derive(Debug, Clone)]
+pub struct ApiKeyConfig {
+    /// Header that carries the key (default `X-API-Key`).
+    pub header: HeaderName,
+    /// Also accept `Authorization: Bearer <key>`.
+    pub accept_bearer: bool,
+    /// Accept keys of foreign formats (imported from other gateways), recognised by hash.
+    pub allow_foreign: bool,
+    /// Keys kept in the lookup cache.
+    pub cache_capacity: usize,
+    /// How long a found key is trusted from cache (ms).
+    pub positive_ttl_ms: i64,
+    /// How long "no such key" is remembered (ms).
+    pub negative_ttl_ms: i64,
+}
+
+impl Default for ApiKeyConfig {
+    fn default() -> Self {
+        Self {
+            header: HeaderName::from_static("x-api-key"),
+            accept_bearer: true,
+            allow_foreign: false,
+            cache_capacity: 100_000,
+            positive_ttl_ms: 30_000,
+            negative_ttl_ms: 5_000,
+        }
+    }
+}
+
+/// What the hot path needs of a stored key, prepared once per cache fill.
+#[derive(Debug)]
+pub struct CachedKey {
+    id: Arc<str>,
+    hash: Sha256Digest,
+    revoked_at: Option<Timestamp>,
+    expires_at: Option<Timestamp>,
+    owner: Option<Arc<str>>,
+    scopes: ScopeSet,
+    limits: Option<Arc<CredentialLimits>>,
+}
+
+impl CachedKey {
+    /// Prepares a record for the hot path. Invalid stored scopes or limits are skipped (and
+    /// cannot occur for records written through the admin API, which validates them).
+    pub fn from_record(r: &ApiKeyRecord) -> Self {
+        let scopes = ScopeSet::parse(&r.scopes).unwrap_or_default();
+        let rate_limits: Vec<(Arc<str>, Limit)> = r
+            .rate_limits
+            .iter()
+            .filter_map(|l| {
+                let algorithm = match l.algorithm.as_str() {
+                    "gcra" => Algorithm::Gcra,
+                    "token_bucket" => Algorithm::TokenBucket,
+                    _ => return None,
+                };
+                let limit = Limit {
+                    algorithm,
+                    limit: l.limit.max(1),
+                    period_ms: l.period_ms.max(1),
+                    burst: l.burst.unwrap_or(l.limit).max(1),
+                };
+                Some((Arc::from(format!("k:{}:{}", r.id, l.name)), limit))
+            })
+            .collect();
+        let quota = r.quota.as_ref().map(|q| Quota {
+            limit: q.limit,
+            refill_ms: q.refill_ms.max(1),
+            anchor: r.created_at,
+        });
+        let limits = (!rate_limits.is_empty() || quota.is_some())
+            .then(|| Arc::new(CredentialLimits { rate_limits, quota }));
+        Self {
+            id: r.id.as_str().into(),
+            hash: r.hash,
+            revoked_at: r.revoked_at,
+            expires_at: r.expires_at,
+            owner: r.owner.as_deref().map(Into::into),
+            scopes,
+            limits,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Entry {
+    key: Option<Arc<CachedKey>>,
+    fetched_at: Timestamp,
+}
+
+/// The lookup cache, shared with the admin use cases that invalidate it.
+pub struct KeyCache {
+    cache: quick_cache::sync::Cache<Sha256Digest, Entry>,
+}
+
+impl KeyCache {
+    /// A cache holding up to `capacity` keys.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            cache: quick_cache::sync::Cache::new(capacity.max(16)),
+        }
+    }
+
+    /// Forgets what is cached for `hash` (call after any change to that key).
+    pub fn invalidate(&self, hash: &Sha256Digest) {
+        self.cache.remove(hash);
+    }
+}
+
+/// Authenticates API keys.
+pub struct ApiKeyAuthenticator {
+    config: ApiKeyConfig,
+    store: Arc<dyn ApiKeys>,
+    cache: Arc<KeyCache>,
+    usage: Arc<UsageTracker>,
+    challenge: String,
+}
+
+impl ApiKeyAuthenticator {
+    /// An authenticator over `store`, sharing `cache` with the admin use cases.
+    pub fn new(
+        config: ApiKeyConfig,
+        store: Arc<dyn ApiKeys>,
+        cache: Arc<KeyCache>,
+        usage: Arc<UsageTracker>,
+    ) -> Self {
+        let challenge = format!(
+            "ApiKey realm=\"portcullis\", header=\"{}\"",
+            config.header.as_str()
+        );
+        Self {
+            config,
+            store,
+            cache,
+            usage,
+            challenge,
+        }
+    }
+
+    /// Finds the presented key text and where it was, without judging it.
+    fn extract<'r>(
+        &self,
+        req: &RequestParts<'r>,
+        route: &RouteAuth,
+    ) -> Result<Option<(&'r str, Consumed)>, AuthError> {
+        let header = req
+            .single_header(&self.config.header)
+            .map_err(|()| api_key::Error::Ambiguous)?;
+        let bearer = if self.config.accept_bearer {
+            bearer_token(req)?.filter(|t| self.looks_like_key(t))
+        } else {
+            None
+        };
+        let query = route
+            .api_key_query_param
+            .as_deref()
+            .and_then(|p| req.query_param(p))
+            .filter(|v| !v.is_empty());
+        let mut found: Option<(&str, Consumed)> = None;
+        for (value, consumed) in [
+            (
+                header,
+                Consumed {
+                    api_key_header: true,
+                    ..Consumed::default()
+                },
+            ),
+            (
+                bearer,
+                Consumed {
+                    authorization: true,
+                    ..Consumed::default()
+                },
+            ),
+            (
+                query,
+                Consumed {
+                    query_param: true,
+                    ..Consumed::default()
+                },
+            ),
+        ] {
+            let Some(v) = value else { continue };
+            found = match found {
+                None => Some((v, consumed)),
+                Some((prev, c)) if prev == v => Some((prev, c.union(consumed))),
+                Some(_) => return Err(api_key::Error::Ambiguous.into()),
+            };
+        }
+        Ok(found)
+    }
+
+    /// Whether a bearer token is ours to judge (a JWT or another scheme's token is not).
+    fn looks_like_key(&self, token: &str) -> bool {
+        if api_key::is_native(token).is_ok() {
+            return true;
+        }
+        // A native-looking key with a bad checksum is still "ours" (so it is refused, not
+        // passed on); JWTs (three dot-separated parts) never are.
+        let jwt_like = token.split('.').count() == 3;
+        !jwt_like
+            && (self.config.allow_foreign
+                || token
+                    .rsplit_once('_')
+                    .is_some_and(|(p, _)| api_key::Prefix::new(p).is_ok()))
+    }
+
+    async fn lookup(
+        &self,
+        hash: &Sha256Digest,
+        now: Timestamp,
+    ) -> Result<Option<Arc<CachedKey>>, AuthError> {
+        if let Some(e) = self.cache.cache.get(hash) {
+            let ttl = if e.key.is_some() {
+                self.config.positive_ttl_ms
+            } else {
+                self.config.negative_ttl_ms
+            };
+            if now.millis_since(e.fetched_at) < ttl {
+                return Ok(e.key);
+            }
+        }
+        let record = self.store.find_by_hash(hash).await.map_err(|e| {
+            tracing::error!(error = %e, "api key lookup failed");
+            AuthError::Unavailable
+        })?;
+        let key = record.as_ref().map(|r| Arc::new(CachedKey::from_record(r)));
+        self.cache.cache.insert(
+            *hash,
+            Entry {
+                key: key.clone(),
+                fetched_at: now,
+            },
+        );
+        Ok(key)
+    }
+}
+
+/// The token of `Authorization: Bearer <token>` (RFC 6750 §2.1), if that is the scheme used.
+fn bearer_token<'r>(req: &RequestParts<'r>) -> Result<Option<&'r str>, AuthError> {
+    let v = req
+        .single_header(&http::header::AUTHORIZATION)
+        .map_err(|()| api_key::Error::Ambiguous)?;
+    Ok(v.and_then(|v| {
+        let (scheme, token) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    }))
+}
+
+#[async_trait]
+impl Authenticator for ApiKeyAuthenticator {
+    fn scheme(&self) -> Scheme {
+        Scheme::ApiKey
+    }
+
+    fn challenge(&self, _route: &RouteAuth) -> String {
+        self.challenge.clone()
+    }
+
+    async fn authenticate(
+        &self,
+        req: &RequestParts<'_>,
+        route: &RouteAuth,
+        now: Timestamp,
+    ) -> Result<Option<Authenticated>, AuthError> {
+        let Some((raw, consumed)) = self.extract(req, route)? else {
+            return Ok(None);
+        };
+        let parsed = api_key::parse(raw, self.config.allow_foreign)?;
+        let Some(key) = self.lookup(&parsed.hash, now).await? else {
+            return Err(api_key::Error::Unknown.into());
+        };
+        if parsed.kind == Kind::Foreign && !self.config.allow_foreign {
+            return Err(api_key::Error::Malformed.into());
+        }
+        let stored = api_key::Stored {
+            hash: &key.hash,
+            revoked_at: key.revoked_at,
+            expires_at: key.expires_at,
+        };
+        let proof = api_key::verify(&parsed, &stored, now)?;
+        self.usage.record(&key.id, req.client_ip, now);
+        let identity = Identity::from_api_key(
+            proof,
+            Claims {
+                client_id: key.owner.clone(),
+                subject: None,
+                scopes: key.scopes.clone(),
+                credential_id: key.id.clone(),
+                expires_at: key.expires_at,
+            },
+        );
+        Ok(Some(Authenticated {
+            identity,
+            limits: key.limits.clone(),
+            consumed,
+        }))
+    }
+}

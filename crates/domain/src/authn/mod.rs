@@ -1,0 +1,106 @@
+//! Authenticators: one per scheme, each `parse → look up → verify` over the core and the store.
+//!
+//! `Ok(None)` means "this request carries no credential of my scheme" (Oathkeeper's
+//! *not responsible*), so an `any` policy tries the next scheme. `Err` means a credential of
+//! this scheme was presented and refused.
+
+pub mod api_key;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use portcullis_core::ratelimit::Limit;
+use portcullis_core::{AuthError, Identity, RequestParts, Scheme, Timestamp};
+
+/// Per-route options the authenticators read.
+#[derive(Debug, Clone, Default)]
+pub struct RouteAuth {
+    /// Query parameter that may carry an API key on this route (discouraged; off by default).
+    pub api_key_query_param: Option<String>,
+}
+
+/// Limits that come with a credential and override the route's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct CredentialLimits {
+    /// Named rate limits (cell key suffix, limit).
+    pub rate_limits: Vec<(Arc<str>, Limit)>,
+    /// Usage quota: (limit per window, window length in ms, anchor time).
+    pub quota: Option<Quota>,
+}
+
+/// A usage quota with periodic refill.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    /// Requests per window.
+    pub limit: u64,
+    /// Window length in milliseconds.
+    pub refill_ms: u64,
+    /// Windows are counted from this time (the key's creation).
+    pub anchor: Timestamp,
+}
+
+impl Quota {
+    /// Index of the window containing `now`.
+    pub fn window(&self, now: Timestamp) -> i64 {
+        let refill = i64::try_from(self.refill_ms.max(1)).unwrap_or(i64::MAX);
+        now.millis_since(self.anchor).max(0) / refill
+    }
+
+    /// Start of the window after the one containing `now`.
+    pub fn next_refill(&self, now: Timestamp) -> Timestamp {
+        let refill = i64::try_from(self.refill_ms.max(1)).unwrap_or(i64::MAX);
+        self.anchor
+            .plus_millis((self.window(now) + 1).saturating_mul(refill))
+    }
+}
+
+/// A successful authentication: the identity, plus what the credential says about limits.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// Who the caller proved to be.
+    pub identity: Identity,
+    /// Credential-level limits, if the credential carries any.
+    pub limits: Option<Arc<CredentialLimits>>,
+    /// Headers that carried the credential (removed before proxying unless configured).
+    pub consumed: Consumed,
+}
+
+/// Where a credential was found, so the adapter can keep it from the upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Consumed {
+    /// The API-key header.
+    pub api_key_header: bool,
+    /// `Authorization`.
+    pub authorization: bool,
+    /// The API-key query parameter.
+    pub query_param: bool,
+}
+
+impl Consumed {
+    /// Both sets of places.
+    pub fn union(self, o: Consumed) -> Consumed {
+        Consumed {
+            api_key_header: self.api_key_header || o.api_key_header,
+            authorization: self.authorization || o.authorization,
+            query_param: self.query_param || o.query_param,
+        }
+    }
+}
+
+/// One scheme's authenticator.
+#[async_trait]
+pub trait Authenticator: Send + Sync {
+    /// The scheme.
+    fn scheme(&self) -> Scheme;
+
+    /// The `WWW-Authenticate` challenge for this scheme.
+    fn challenge(&self, route: &RouteAuth) -> String;
+
+    /// Authenticates `req` at `now`. `Ok(None)`: no credential of this scheme is present.
+    async fn authenticate(
+        &self,
+        req: &RequestParts<'_>,
+        route: &RouteAuth,
+        now: Timestamp,
+    ) -> Result<Option<Authenticated>, AuthError>;
+}

@@ -1,0 +1,250 @@
+//! The per-request decision: authenticate (policy) → authorise (scopes) → rate limit → quota,
+//! with one audit event per decision. The HTTP adapter calls [`Gate::admit`] and renders the
+//! outcome; it makes no decision of its own.
+
+use std::sync::Arc;
+
+use portcullis_core::ratelimit::{Decision, Limit};
+use portcullis_core::{AuthError, RequestParts, ScopeSet, Timestamp, WireError};
+
+use crate::audit::{AuditEvent, Auditor};
+use crate::authn::{Authenticated, RouteAuth};
+use crate::policy::Policy;
+use crate::ratelimit::RateLimiter;
+use crate::usage::UsageTracker;
+
+/// A route's compiled access rules.
+#[derive(Debug, Clone)]
+pub struct RouteGate {
+    /// Route name (metrics, audit).
+    pub name: Arc<str>,
+    /// Authentication policy.
+    pub policy: Policy,
+    /// Options the authenticators read.
+    pub auth: RouteAuth,
+    /// Scopes every caller must hold.
+    pub scopes: ScopeSet,
+    /// Default per-identity limit (per client address on public routes).
+    pub rate_limit: Option<Limit>,
+    /// Limit on failed authentications per client address.
+    pub failure_limit: Option<Limit>,
+    /// `WWW-Authenticate` challenges, computed once.
+    pub challenges: Arc<[String]>,
+}
+
+impl RouteGate {
+    /// Compiles the challenge list from the policy.
+    pub fn new(
+        name: Arc<str>,
+        policy: Policy,
+        auth: RouteAuth,
+        scopes: ScopeSet,
+        rate_limit: Option<Limit>,
+        failure_limit: Option<Limit>,
+    ) -> Self {
+        let challenges = policy.challenges(&auth).into();
+        Self {
+            name,
+            policy,
+            auth,
+            scopes,
+            rate_limit,
+            failure_limit,
+            challenges,
+        }
+    }
+}
+
+/// A request that may proceed.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The proven identity (`None` on public routes).
+    pub authn: Option<Authenticated>,
+    /// The binding rate-limit decision, for `RateLimit-*` headers.
+    pub rate: Option<Decision>,
+}
+
+/// A request that must be refused.
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub error: AuthError,
+    /// The rate-limit decision, when that was the reason.
+    pub rate: Option<Decision>,
+}
+
+/// Runs the decision for every route.
+pub struct Gate {
+    limiter: RateLimiter,
+    usage: Arc<UsageTracker>,
+    auditor: Auditor,
+}
+
+impl Gate {
+    /// A gate over a limiter, the usage tracker (quotas) and the audit trail.
+    pub fn new(limiter: RateLimiter, usage: Arc<UsageTracker>, auditor: Auditor) -> Self {
+        Self {
+            limiter,
+            usage,
+            auditor,
+        }
+    }
+
+    /// Decides one request and audits the decision.
+    pub async fn admit(
+        &self,
+        route: &RouteGate,
+        req: &RequestParts<'_>,
+        request_id: &Arc<str>,
+        now: Timestamp,
+    ) -> Result<Admitted, Refused> {
+        if route.policy.is_public() {
+            // No authentication decision to audit; only the optional per-address limit.
+            let rate = match &route.rate_limit {
+                Some(l) => {
+                    self.limit_one(&format!("r:{}:ip:{}", route.name, req.client_ip), l, now)
+                        .await?
+                }
+                None => None,
+            };
+            return Ok(Admitted { authn: None, rate });
+        }
+        let result = self.decide(route, req, now).await;
+        let event = AuditEvent::new(
+            now,
+            "auth.decision",
+            if result.is_ok() { "allow" } else { "deny" },
+        )
+        .request_id(request_id.clone())
+        .route(route.name.clone())
+        .client_ip(req.client_ip);
+        let event = match &result {
+            Ok(a) => {
+                let id = a.authn.as_ref().map(|a| &a.identity);
+                let e = event.reason("ok");
+                match id {
+                    Some(i) => e
+                        .scheme(i.schemes.to_string())
+                        .credential(i.credential_id.clone()),
+                    None => e,
+                }
+            }
+            Err((r, cred)) => {
+                let e = event.reason(WireError::from(&r.error).code);
+                match cred {
+                    Some(c) => e.credential(c.clone()),
+                    None => e,
+                }
+            }
+        };
+        self.auditor.emit(event).await;
+        result.map_err(|(r, _)| r)
+    }
+
+    async fn decide(
+        &self,
+        route: &RouteGate,
+        req: &RequestParts<'_>,
+        now: Timestamp,
+    ) -> Result<Admitted, (Refused, Option<Arc<str>>)> {
+        let fail_key = route
+            .failure_limit
+            .as_ref()
+            .map(|l| (format!("f:{}:{}", route.name, req.client_ip), l));
+        if let Some((key, l)) = &fail_key {
+            if let Some(d) = self.limiter.is_blocked(key, l, now).await {
+                return Err((
+                    Refused {
+                        error: AuthError::RateLimited {
+                            retry_after_secs: d.retry_after_secs,
+                        },
+                        rate: Some(d),
+                    },
+                    None,
+                ));
+            }
+        }
+        let authn = match route.policy.evaluate(req, &route.auth, now).await {
+            Ok(a) => a,
+            Err(error) => {
+                if let Some((key, l)) = &fail_key {
+                    let _ = self.limiter.check(key, l, now).await;
+                }
+                return Err((Refused { error, rate: None }, None));
+            }
+        };
+        let Some(authn) = authn else {
+            return Ok(Admitted {
+                authn: None,
+                rate: None,
+            });
+        };
+        let cred = Some(authn.identity.credential_id.clone());
+        if !authn.identity.scopes.contains_all(&route.scopes) {
+            return Err((
+                Refused {
+                    error: AuthError::InsufficientScope,
+                    rate: None,
+                },
+                cred,
+            ));
+        }
+        let mut rate = None;
+        match authn.limits.as_ref().filter(|l| !l.rate_limits.is_empty()) {
+            Some(limits) => {
+                for (key, l) in &limits.rate_limits {
+                    rate = pick(
+                        rate,
+                        self.limit_one(key, l, now)
+                            .await
+                            .map_err(|r| (r, cred.clone()))?,
+                    );
+                }
+            }
+            None => {
+                if let Some(l) = &route.rate_limit {
+                    let key = format!("r:{}:{}", route.name, authn.identity.credential_id);
+                    rate = self
+                        .limit_one(&key, l, now)
+                        .await
+                        .map_err(|r| (r, cred.clone()))?;
+                }
+            }
+        }
+        if let Some(q) = authn.limits.as_ref().and_then(|l| l.quota) {
+            self.usage
+                .consume_quota(&authn.identity.credential_id, &q, now)
+                .await
+                .map_err(|error| (Refused { error, rate: None }, cred.clone()))?;
+        }
+        Ok(Admitted {
+            authn: Some(authn),
+            rate,
+        })
+    }
+
+    async fn limit_one(
+        &self,
+        key: &str,
+        l: &Limit,
+        now: Timestamp,
+    ) -> Result<Option<Decision>, Refused> {
+        match self.limiter.check(key, l, now).await {
+            Some(d) if !d.allowed => Err(Refused {
+                error: AuthError::RateLimited {
+                    retry_after_secs: d.retry_after_secs,
+                },
+                rate: Some(d),
+            }),
+            other => Ok(other),
+        }
+    }
+}
+
+/// Of two allowed decisions, the one with fewer requests left (what the caller should see).
+fn pick(a: Option<Decision>, b: Option<Decision>) -> Option<Decision> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.remaining < a.remaining { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}

@@ -1,0 +1,44 @@
+//! Rate limiting over the ephemeral store's cells.
+
+use std::sync::Arc;
+
+use portcullis_core::ratelimit::{Decision, Limit};
+use portcullis_core::Timestamp;
+use portcullis_store::RateCells;
+
+/// Applies limits to cells, failing open (with a log line) if the cell store is unreachable:
+/// a rate limiter must not turn a cache outage into an API outage.
+#[derive(Clone)]
+pub struct RateLimiter {
+    cells: Arc<dyn RateCells>,
+}
+
+impl RateLimiter {
+    /// A limiter over `cells`.
+    pub fn new(cells: Arc<dyn RateCells>) -> Self {
+        Self { cells }
+    }
+
+    /// Counts one request against `limit` for `key`. `None` when the store failed (allow).
+    pub async fn check(&self, key: &str, limit: &Limit, now: Timestamp) -> Option<Decision> {
+        match self.cells.check(key, limit, now).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(error = %e, "rate-limit store failed; allowing");
+                None
+            }
+        }
+    }
+
+    /// Whether `key` is currently refused under `limit`, without counting a request.
+    pub async fn is_blocked(&self, key: &str, limit: &Limit, now: Timestamp) -> Option<Decision> {
+        match self.cells.peek(key, limit, now).await {
+            Ok(d) if !d.allowed => Some(d),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "rate-limit store failed; allowing");
+                None
+            }
+        }
+    }
+}

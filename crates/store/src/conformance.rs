@@ -1,0 +1,405 @@
+//! One conformance suite, run against every backend (Hydra's `TestHelper…`, rustls's
+//! per-provider tests). A backend's test module calls [`durable_suite`] / [`ephemeral_suite`]
+//! with a constructor that returns a fresh, empty store.
+//!
+//! The functions panic on the first broken contract, naming it.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::future::Future;
+
+use portcullis_core::audit::{chain_hash, GENESIS};
+use portcullis_core::ratelimit::{Algorithm, Limit};
+use portcullis_core::Timestamp;
+
+use crate::{
+    ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, Durable, KeyUsage, QuotaSpec, RateCells,
+    RateLimitSpec, StoreError, StoredEvent,
+};
+
+/// A key record for tests; `n` makes id and hash unique.
+pub fn sample_key(n: u8) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: format!("key_{n:03}"),
+        name: format!("key {n}"),
+        owner: Some(if n % 2 == 0 {
+            "even".into()
+        } else {
+            "odd".into()
+        }),
+        hash: [n; 32],
+        display_prefix: format!("pk_test_{n:08}"),
+        scopes: vec!["read:echo".into(), "write:x".into()],
+        metadata: serde_json::json!({"team": "t", "n": n}),
+        rate_limits: vec![RateLimitSpec {
+            name: "burst".into(),
+            algorithm: "gcra".into(),
+            limit: 10,
+            period_ms: 1000,
+            burst: Some(5),
+        }],
+        quota: Some(QuotaSpec {
+            limit: 100,
+            refill_ms: 86_400_000,
+        }),
+        created_at: Timestamp::from_secs(1_700_000_000),
+        expires_at: None,
+        revoked_at: None,
+        rotated_from: None,
+        rotated_to: None,
+        last_used_at: None,
+        last_used_ip: None,
+        origin: "native".into(),
+    }
+}
+
+/// An audit event continuing a chain after `prev`.
+pub fn sample_event(
+    seq: i64,
+    prev: [u8; 32],
+    kind: &str,
+    outcome: &str,
+    cred: Option<&str>,
+) -> StoredEvent {
+    let body = format!(r#"{{"seq":{seq},"kind":"{kind}"}}"#);
+    StoredEvent {
+        seq,
+        time: Timestamp::from_secs(1_700_000_000 + seq),
+        kind: kind.into(),
+        outcome: outcome.into(),
+        credential_id: cred.map(Into::into),
+        hash: chain_hash(&prev, seq, body.as_bytes()),
+        body,
+        prev_hash: prev,
+    }
+}
+
+/// Runs every durable-store contract against fresh stores from `make`.
+pub async fn durable_suite<S, F, Fut>(make: F)
+where
+    S: Durable,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    api_keys_round_trip(&make().await).await;
+    api_keys_conflicts(&make().await).await;
+    api_keys_list_pages_and_filters(&make().await).await;
+    api_keys_revoke(&make().await).await;
+    api_keys_rotate(&make().await).await;
+    api_keys_usage_and_ips(&make().await).await;
+    api_keys_import_is_atomic(&make().await).await;
+    audit_chain_append_query_scan(&make().await).await;
+}
+
+async fn api_keys_round_trip(s: &impl ApiKeys) {
+    let k = sample_key(1);
+    s.insert(&k).await.unwrap();
+    assert_eq!(
+        s.find(&k.id).await.unwrap().as_ref(),
+        Some(&k),
+        "find returns what insert stored"
+    );
+    assert_eq!(
+        s.find_by_hash(&k.hash).await.unwrap().as_ref(),
+        Some(&k),
+        "find_by_hash"
+    );
+    assert_eq!(
+        s.find_by_hash(&[9; 32]).await.unwrap(),
+        None,
+        "unknown hash"
+    );
+    assert_eq!(s.find("key_nope").await.unwrap(), None, "unknown id");
+    assert_eq!(s.count().await.unwrap(), 1);
+}
+
+async fn api_keys_conflicts(s: &impl ApiKeys) {
+    let k = sample_key(1);
+    s.insert(&k).await.unwrap();
+    let same_id = ApiKeyRecord {
+        hash: [2; 32],
+        ..k.clone()
+    };
+    assert!(
+        matches!(s.insert(&same_id).await, Err(StoreError::Conflict(_))),
+        "duplicate id"
+    );
+    let same_hash = ApiKeyRecord {
+        id: "key_other".into(),
+        ..k.clone()
+    };
+    assert!(
+        matches!(s.insert(&same_hash).await, Err(StoreError::Conflict(_))),
+        "duplicate hash"
+    );
+}
+
+async fn api_keys_list_pages_and_filters(s: &impl ApiKeys) {
+    for n in 1..=5 {
+        s.insert(&sample_key(n)).await.unwrap();
+    }
+    let page1 = s.list(None, None, 2).await.unwrap();
+    assert_eq!(
+        page1.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+        ["key_001", "key_002"]
+    );
+    let page2 = s.list(None, Some("key_002"), 10).await.unwrap();
+    assert_eq!(page2.len(), 3, "after is exclusive");
+    let odd = s.list(Some("odd"), None, 10).await.unwrap();
+    assert_eq!(odd.len(), 3, "owner filter");
+    assert!(odd.iter().all(|k| k.owner.as_deref() == Some("odd")));
+}
+
+async fn api_keys_revoke(s: &impl ApiKeys) {
+    let k = sample_key(1);
+    s.insert(&k).await.unwrap();
+    let t1 = Timestamp::from_secs(1_800_000_000);
+    let r = s.revoke(&k.id, t1).await.unwrap();
+    assert_eq!(r.revoked_at, Some(t1));
+    let r2 = s.revoke(&k.id, t1.plus_millis(5000)).await.unwrap();
+    assert_eq!(
+        r2.revoked_at,
+        Some(t1),
+        "a later revoke keeps the first time"
+    );
+    assert_eq!(
+        s.find_by_hash(&k.hash).await.unwrap().unwrap().revoked_at,
+        Some(t1),
+        "revocation is visible by hash"
+    );
+    assert!(matches!(
+        s.revoke("key_nope", t1).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn api_keys_rotate(s: &impl ApiKeys) {
+    let old = sample_key(1);
+    s.insert(&old).await.unwrap();
+    let new = ApiKeyRecord {
+        rotated_from: Some(old.id.clone()),
+        ..sample_key(2)
+    };
+    let grace_end = Timestamp::from_secs(1_800_000_000);
+    let o = s.rotate(&old.id, &new, grace_end).await.unwrap();
+    assert_eq!(o.rotated_to.as_deref(), Some("key_002"));
+    assert_eq!(o.expires_at, Some(grace_end));
+    assert_eq!(
+        s.find("key_002")
+            .await
+            .unwrap()
+            .unwrap()
+            .rotated_from
+            .as_deref(),
+        Some("key_001")
+    );
+    let again = ApiKeyRecord {
+        rotated_from: Some(old.id.clone()),
+        ..sample_key(3)
+    };
+    assert!(
+        matches!(
+            s.rotate(&old.id, &again, grace_end).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "rotating twice"
+    );
+    assert_eq!(
+        s.find("key_003").await.unwrap(),
+        None,
+        "a refused rotation inserts nothing"
+    );
+    assert!(matches!(
+        s.rotate("key_nope", &again, grace_end).await,
+        Err(StoreError::NotFound)
+    ));
+
+    // Expiry is only ever lowered.
+    let early = ApiKeyRecord {
+        expires_at: Some(Timestamp::from_secs(10)),
+        ..sample_key(4)
+    };
+    s.insert(&early).await.unwrap();
+    let n5 = ApiKeyRecord {
+        rotated_from: Some("key_004".into()),
+        ..sample_key(5)
+    };
+    let o = s.rotate("key_004", &n5, grace_end).await.unwrap();
+    assert_eq!(o.expires_at, Some(Timestamp::from_secs(10)));
+}
+
+async fn api_keys_usage_and_ips(s: &impl ApiKeys) {
+    let k = sample_key(1);
+    s.insert(&k).await.unwrap();
+    let at = Timestamp::from_secs(1_750_000_000);
+    let u = KeyUsage {
+        key_id: k.id.clone(),
+        last_used_at: at,
+        last_used_ip: "127.0.0.9".into(),
+        quota_window: 3,
+        quota_used: 42,
+    };
+    s.record_usage(&[
+        u,
+        KeyUsage {
+            key_id: "key_nope".into(),
+            last_used_at: at,
+            last_used_ip: "x".into(),
+            quota_window: 0,
+            quota_used: 0,
+        },
+    ])
+    .await
+    .unwrap();
+    let got = s.find(&k.id).await.unwrap().unwrap();
+    assert_eq!(got.last_used_at, Some(at));
+    assert_eq!(got.last_used_ip.as_deref(), Some("127.0.0.9"));
+    let q = s.quota_state(&k.id).await.unwrap();
+    assert_eq!((q.window, q.used), (3, 42));
+    assert_eq!(s.quota_state("key_nope").await.unwrap().used, 0);
+    assert!(
+        s.remember_ip(&k.id, "127.0.0.9", at).await.unwrap(),
+        "first use from an address is new"
+    );
+    assert!(
+        !s.remember_ip(&k.id, "127.0.0.9", at).await.unwrap(),
+        "second is not"
+    );
+    assert!(s.remember_ip(&k.id, "::1", at).await.unwrap());
+}
+
+async fn api_keys_import_is_atomic(s: &impl ApiKeys) {
+    s.insert(&sample_key(3)).await.unwrap();
+    let batch = [sample_key(1), sample_key(2), sample_key(3)];
+    assert!(matches!(
+        s.insert_many(&batch).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.count().await.unwrap(),
+        1,
+        "nothing of a refused batch is stored"
+    );
+    s.insert_many(&batch[..2]).await.unwrap();
+    assert_eq!(s.count().await.unwrap(), 3);
+}
+
+async fn audit_chain_append_query_scan(s: &impl AuditLog) {
+    assert_eq!(s.head().await.unwrap(), None);
+    let e1 = sample_event(1, GENESIS, "api_key.created", "ok", Some("key_001"));
+    let e2 = sample_event(2, e1.hash, "auth.decision", "deny", None);
+    let e3 = sample_event(3, e2.hash, "auth.decision", "allow", Some("key_001"));
+    s.append(&[e1.clone(), e2.clone()]).await.unwrap();
+    s.append(std::slice::from_ref(&e3)).await.unwrap();
+    assert_eq!(s.head().await.unwrap(), Some((3, e3.hash)));
+    assert!(
+        matches!(
+            s.append(std::slice::from_ref(&e3)).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "seq is unique"
+    );
+
+    let all = s
+        .query(&AuditQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [3, 2, 1],
+        "newest first"
+    );
+    assert_eq!(all[2], e1, "stored exactly");
+    let decisions = s
+        .query(&AuditQuery {
+            kind: Some("auth.decision".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(decisions.len(), 2);
+    let denies = s
+        .query(&AuditQuery {
+            outcome: Some("deny".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(denies.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+    let by_key = s
+        .query(&AuditQuery {
+            credential_id: Some("key_001".into()),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_key.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [3],
+        "filter + limit"
+    );
+    let older = s
+        .query(&AuditQuery {
+            before_seq: Some(3),
+            since: Some(e2.time),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(older.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+    let scan = s.scan(1, 10).await.unwrap();
+    assert_eq!(
+        scan.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [2, 3],
+        "scan is oldest first, after exclusive"
+    );
+}
+
+/// Runs every ephemeral-store contract against fresh stores from `make`.
+pub async fn ephemeral_suite<S: RateCells>(make: impl Fn() -> S) {
+    let s = make();
+    let limit = Limit {
+        algorithm: Algorithm::Gcra,
+        limit: 2,
+        period_ms: 1000,
+        burst: 2,
+    };
+    let t = Timestamp::from_secs(1_700_000_000);
+    assert!(
+        s.peek("a", &limit, t).await.unwrap().allowed,
+        "peek on a fresh cell"
+    );
+    assert!(s.check("a", &limit, t).await.unwrap().allowed);
+    assert!(
+        s.peek("a", &limit, t).await.unwrap().allowed,
+        "peek does not count"
+    );
+    assert!(s.check("a", &limit, t).await.unwrap().allowed);
+    assert!(
+        !s.peek("a", &limit, t).await.unwrap().allowed,
+        "peek sees the spent burst"
+    );
+    let third = s.check("a", &limit, t).await.unwrap();
+    assert!(!third.allowed, "burst spent");
+    assert!(third.retry_after_secs >= 1);
+    assert!(
+        s.check("b", &limit, t).await.unwrap().allowed,
+        "keys are independent"
+    );
+    assert!(
+        s.check("a", &limit, t.plus_millis(1000))
+            .await
+            .unwrap()
+            .allowed,
+        "refills with time"
+    );
+    let later = t.plus_millis(10_000);
+    let fresh = s.check("a", &limit, later).await.unwrap();
+    assert_eq!(fresh.remaining, 1, "an idle cell is back to full");
+}

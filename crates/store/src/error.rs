@@ -1,0 +1,19 @@
+//! Store errors. They never reach the wire: the domain logs them and answers with a safe code.
+
+/// What went wrong in a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A record with the same id or unique value exists.
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    /// Stored data could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The record does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The backend could not be reached or failed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}

@@ -1,0 +1,108 @@
+//! Portcullis storage: one narrow trait per aggregate, with its contract in the docs.
+//!
+//! Durable aggregates ([`ApiKeys`], [`AuditLog`]) hold what must survive a crash: an
+//! implementation returns `Ok` only once the change is durable (SQLite: WAL with
+//! `synchronous=FULL`). Ephemeral state ([`RateCells`]) may be lost on restart.
+//!
+//! Backends: [`memory`] (tests, and the default ephemeral store) and [`sqlite`] (the default
+//! durable store). Every backend runs the same [`conformance`] suite.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod conformance;
+pub mod error;
+pub mod memory;
+pub mod model;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use portcullis_core::crypto::Sha256Digest;
+use portcullis_core::ratelimit::{Decision, Limit};
+use portcullis_core::Timestamp;
+
+pub use error::StoreError;
+pub use model::*;
+
+/// API keys, looked up by the SHA-256 of the raw key.
+#[async_trait]
+pub trait ApiKeys: Send + Sync {
+    /// Stores a new key. `Conflict` if the id or the hash exists.
+    async fn insert(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+
+    /// Stores many keys in one transaction (import): all or nothing. `Conflict` on any clash.
+    async fn insert_many(&self, keys: &[ApiKeyRecord]) -> Result<(), StoreError>;
+
+    /// The key with this hash, revoked and expired ones included.
+    async fn find_by_hash(&self, hash: &Sha256Digest) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    /// The key with this id.
+    async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    /// Keys ordered by id, after `after` (exclusive), optionally of one owner; at most `limit`.
+    async fn list(
+        &self,
+        owner: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ApiKeyRecord>, StoreError>;
+
+    /// Marks a key revoked at `at` (kept if already revoked earlier) and returns it.
+    /// `NotFound` if there is no such key.
+    async fn revoke(&self, id: &str, at: Timestamp) -> Result<ApiKeyRecord, StoreError>;
+
+    /// Rotation, atomically: inserts `new` (whose `rotated_from` names `old_id`), sets the old
+    /// key's `rotated_to` and lowers its `expires_at` to `old_expires_at` (never raises it).
+    /// `NotFound` if the old key does not exist; `Conflict` if it was already rotated or is
+    /// revoked.
+    async fn rotate(
+        &self,
+        old_id: &str,
+        new: &ApiKeyRecord,
+        old_expires_at: Timestamp,
+    ) -> Result<ApiKeyRecord, StoreError>;
+
+    /// Records batched usage (last use, last address, quota counts). Unknown ids are ignored.
+    async fn record_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError>;
+
+    /// The persisted quota state of a key (default when never used).
+    async fn quota_state(&self, id: &str) -> Result<QuotaState, StoreError>;
+
+    /// Remembers that `key_id` was used from `ip`. Returns `true` if this pair is new.
+    async fn remember_ip(&self, key_id: &str, ip: &str, at: Timestamp) -> Result<bool, StoreError>;
+
+    /// How many keys are stored.
+    async fn count(&self) -> Result<u64, StoreError>;
+}
+
+/// The tamper-evident audit trail (see `portcullis_core::audit`).
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    /// Appends events whose `seq` continue the stored chain, in one transaction.
+    /// `Conflict` if a `seq` exists already.
+    async fn append(&self, events: &[StoredEvent]) -> Result<(), StoreError>;
+
+    /// The last stored event's `seq` and `hash`, if any.
+    async fn head(&self) -> Result<Option<(i64, Sha256Digest)>, StoreError>;
+
+    /// Events matching `query`, newest first.
+    async fn query(&self, query: &AuditQuery) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Events with `seq > after`, oldest first, at most `limit` (for verification).
+    async fn scan(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError>;
+}
+
+/// Rate-limit cells: atomic check-and-update of one limiter key.
+#[async_trait]
+pub trait RateCells: Send + Sync {
+    /// Applies one request at `now` to the cell `key` under `limit`, atomically, and returns
+    /// the decision. A refused request leaves the cell unchanged.
+    async fn check(&self, key: &str, limit: &Limit, now: Timestamp)
+        -> Result<Decision, StoreError>;
+
+    /// What [`RateCells::check`] would decide at `now`, without changing the cell.
+    async fn peek(&self, key: &str, limit: &Limit, now: Timestamp) -> Result<Decision, StoreError>;
+}
+
+/// The durable store the binary wires in.
+pub trait Durable: ApiKeys + AuditLog {}
+impl<T: ApiKeys + AuditLog> Durable for T {}

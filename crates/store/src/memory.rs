@@ -1,0 +1,322 @@
+//! In-memory stores: the tests' default durable store, and the default ephemeral store.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use portcullis_core::crypto::Sha256Digest;
+use portcullis_core::ratelimit::{Decision, Limit};
+use portcullis_core::Timestamp;
+
+use crate::{
+    ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyUsage, QuotaState, RateCells, StoreError,
+    StoredEvent,
+};
+
+/// Durable aggregates kept in memory (lost on exit: for tests and demos only).
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    keys: BTreeMap<String, ApiKeyRecord>,
+    by_hash: HashMap<Sha256Digest, String>,
+    quota: HashMap<String, QuotaState>,
+    ips: HashSet<(String, String)>,
+    events: Vec<StoredEvent>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A poisoned lock means a panic mid-update elsewhere; the data is still consistent
+        // for our simple maps, so keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Inner {
+    fn check_new(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
+        if self.keys.contains_key(&k.id) {
+            return Err(StoreError::Conflict("api key id exists"));
+        }
+        if self.by_hash.contains_key(&k.hash) {
+            return Err(StoreError::Conflict("api key hash exists"));
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, k: &ApiKeyRecord) {
+        self.by_hash.insert(k.hash, k.id.clone());
+        self.keys.insert(k.id.clone(), k.clone());
+    }
+}
+
+#[async_trait]
+impl ApiKeys for MemoryStore {
+    async fn insert(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        g.check_new(key)?;
+        g.put(key);
+        Ok(())
+    }
+
+    async fn insert_many(&self, keys: &[ApiKeyRecord]) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let mut ids = HashSet::new();
+        let mut hashes = HashSet::new();
+        for k in keys {
+            g.check_new(k)?;
+            if !ids.insert(&k.id) || !hashes.insert(k.hash) {
+                return Err(StoreError::Conflict("duplicate in batch"));
+            }
+        }
+        for k in keys {
+            g.put(k);
+        }
+        Ok(())
+    }
+
+    async fn find_by_hash(&self, hash: &Sha256Digest) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let g = self.lock();
+        Ok(g.by_hash.get(hash).and_then(|id| g.keys.get(id)).cloned())
+    }
+
+    async fn find(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        Ok(self.lock().keys.get(id).cloned())
+    }
+
+    async fn list(
+        &self,
+        owner: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let g = self.lock();
+        let iter: Box<dyn Iterator<Item = &ApiKeyRecord>> = match after {
+            Some(a) => Box::new(
+                g.keys
+                    .range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+                    .map(|(_, v)| v),
+            ),
+            None => Box::new(g.keys.values()),
+        };
+        Ok(iter
+            .filter(|k| owner.is_none_or(|o| k.owner.as_deref() == Some(o)))
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn revoke(&self, id: &str, at: Timestamp) -> Result<ApiKeyRecord, StoreError> {
+        let mut g = self.lock();
+        let k = g.keys.get_mut(id).ok_or(StoreError::NotFound)?;
+        k.revoked_at = Some(k.revoked_at.map_or(at, |r| r.min(at)));
+        Ok(k.clone())
+    }
+
+    async fn rotate(
+        &self,
+        old_id: &str,
+        new: &ApiKeyRecord,
+        old_expires_at: Timestamp,
+    ) -> Result<ApiKeyRecord, StoreError> {
+        let mut g = self.lock();
+        let old = g.keys.get(old_id).ok_or(StoreError::NotFound)?;
+        if old.rotated_to.is_some() || old.revoked_at.is_some() {
+            return Err(StoreError::Conflict("api key already rotated or revoked"));
+        }
+        g.check_new(new)?;
+        g.put(new);
+        let old = g.keys.get_mut(old_id).ok_or(StoreError::NotFound)?;
+        old.rotated_to = Some(new.id.clone());
+        old.expires_at = Some(
+            old.expires_at
+                .map_or(old_expires_at, |e| e.min(old_expires_at)),
+        );
+        Ok(old.clone())
+    }
+
+    async fn record_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        for u in usage {
+            if let Some(k) = g.keys.get_mut(&u.key_id) {
+                k.last_used_at = Some(u.last_used_at);
+                k.last_used_ip = Some(u.last_used_ip.clone());
+                g.quota.insert(
+                    u.key_id.clone(),
+                    QuotaState {
+                        window: u.quota_window,
+                        used: u.quota_used,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn quota_state(&self, id: &str) -> Result<QuotaState, StoreError> {
+        Ok(self.lock().quota.get(id).copied().unwrap_or_default())
+    }
+
+    async fn remember_ip(
+        &self,
+        key_id: &str,
+        ip: &str,
+        _at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        Ok(self.lock().ips.insert((key_id.to_owned(), ip.to_owned())))
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().keys.len() as u64)
+    }
+}
+
+#[async_trait]
+impl AuditLog for MemoryStore {
+    async fn append(&self, events: &[StoredEvent]) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let mut next = g.events.last().map_or(1, |e| e.seq + 1);
+        for e in events {
+            if e.seq < next {
+                return Err(StoreError::Conflict("audit seq exists"));
+            }
+            next = e.seq + 1;
+        }
+        g.events.extend_from_slice(events);
+        Ok(())
+    }
+
+    async fn head(&self) -> Result<Option<(i64, Sha256Digest)>, StoreError> {
+        Ok(self.lock().events.last().map(|e| (e.seq, e.hash)))
+    }
+
+    async fn query(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>, StoreError> {
+        let g = self.lock();
+        let limit = q.limit.clamp(1, 1000) as usize;
+        Ok(g.events
+            .iter()
+            .rev()
+            .filter(|e| q.before_seq.is_none_or(|b| e.seq < b))
+            .filter(|e| q.kind.as_ref().is_none_or(|k| &e.kind == k))
+            .filter(|e| q.outcome.as_ref().is_none_or(|o| &e.outcome == o))
+            .filter(|e| {
+                q.credential_id
+                    .as_ref()
+                    .is_none_or(|c| e.credential_id.as_ref() == Some(c))
+            })
+            .filter(|e| q.since.is_none_or(|s| e.time >= s))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn scan(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        let g = self.lock();
+        Ok(g.events
+            .iter()
+            .filter(|e| e.seq > after)
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+}
+
+/// Rate-limit cells in memory, sharded to keep lock contention low.
+pub struct MemoryRateCells {
+    shards: Box<[Mutex<Shard>]>,
+}
+
+#[derive(Default)]
+struct Shard {
+    cells: HashMap<Box<str>, (i64, i64)>, // (cell, expires_at_ms)
+    ops: u32,
+}
+
+const SHARDS: usize = 32;
+const SWEEP_EVERY: u32 = 4096;
+
+impl Default for MemoryRateCells {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+        }
+    }
+}
+
+impl MemoryRateCells {
+    /// An empty set of cells.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The synchronous check (the async trait methods call this). `commit: false` peeks.
+    pub fn check_sync(&self, key: &str, limit: &Limit, now: Timestamp, commit: bool) -> Decision {
+        // FNV-1a picks the shard: stable, cheap, and good enough to spread keys.
+        let idx = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |a, b| {
+            (a ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        }) as usize
+            % SHARDS;
+        let mut shard = self.shards[idx].lock().unwrap_or_else(|p| p.into_inner());
+        let now_ms = now.as_millis();
+        shard.ops = shard.ops.wrapping_add(1);
+        if shard.ops % SWEEP_EVERY == 0 {
+            shard.cells.retain(|_, (_, exp)| *exp > now_ms);
+        }
+        let ttl = i64::try_from(limit.ttl_ms()).unwrap_or(i64::MAX);
+        let current = shard
+            .cells
+            .get(key)
+            .filter(|(_, exp)| *exp > now_ms)
+            .map(|(c, _)| *c);
+        let d = limit.check(current, now_ms);
+        if d.allowed && commit {
+            let exp = now_ms.saturating_add(ttl);
+            match shard.cells.get_mut(key) {
+                Some(slot) => *slot = (d.cell, exp),
+                None => {
+                    shard.cells.insert(key.into(), (d.cell, exp));
+                }
+            }
+        }
+        d
+    }
+}
+
+#[async_trait]
+impl RateCells for MemoryRateCells {
+    async fn check(
+        &self,
+        key: &str,
+        limit: &Limit,
+        now: Timestamp,
+    ) -> Result<Decision, StoreError> {
+        Ok(self.check_sync(key, limit, now, true))
+    }
+
+    async fn peek(&self, key: &str, limit: &Limit, now: Timestamp) -> Result<Decision, StoreError> {
+        Ok(self.check_sync(key, limit, now, false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_passes_the_conformance_suite() {
+        crate::conformance::durable_suite(|| async { MemoryStore::new() }).await;
+    }
+
+    #[tokio::test]
+    async fn memory_rate_cells_pass_the_conformance_suite() {
+        crate::conformance::ephemeral_suite(MemoryRateCells::new).await;
+    }
+}

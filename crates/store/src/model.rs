@@ -1,0 +1,153 @@
+//! Stored records. Hashes, never raw secrets; `Debug` shows no hash either.
+
+use portcullis_core::crypto::Sha256Digest;
+use portcullis_core::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// A rate limit as stored on a key or configured on a route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// A name, unique among one key's limits (`burst`, `daily` …).
+    pub name: String,
+    /// `gcra` (default) or `token_bucket`.
+    #[serde(default = "default_algorithm")]
+    pub algorithm: String,
+    /// Requests per period.
+    pub limit: u32,
+    /// Period in milliseconds.
+    pub period_ms: u64,
+    /// Burst size; defaults to `limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+fn default_algorithm() -> String {
+    "gcra".into()
+}
+
+/// A usage quota: `limit` requests per refill interval, counted from the key's creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSpec {
+    /// Requests allowed per interval.
+    pub limit: u64,
+    /// Refill interval in milliseconds.
+    pub refill_ms: u64,
+}
+
+/// A stored API key.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// Public id (`key_…`).
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// Owner (the client id forwarded upstream); many keys per owner.
+    pub owner: Option<String>,
+    /// SHA-256 of the raw key.
+    pub hash: Sha256Digest,
+    /// Display prefix (`pk_live_AbCdEfGh`); empty for keys imported as hashes.
+    pub display_prefix: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Free-form JSON object.
+    pub metadata: serde_json::Value,
+    /// Per-key rate limits, overriding the route's.
+    pub rate_limits: Vec<RateLimitSpec>,
+    /// Per-key usage quota.
+    pub quota: Option<QuotaSpec>,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Expiry (own, or end of a rotation grace period).
+    pub expires_at: Option<Timestamp>,
+    /// Revocation time.
+    pub revoked_at: Option<Timestamp>,
+    /// The key this one replaced by rotation.
+    pub rotated_from: Option<String>,
+    /// The key that replaced this one.
+    pub rotated_to: Option<String>,
+    /// Last successful use (batched, may lag a few seconds).
+    pub last_used_at: Option<Timestamp>,
+    /// Address of the last successful use.
+    pub last_used_ip: Option<String>,
+    /// `native`, `imported_raw` or `imported_hash`.
+    pub origin: String,
+}
+
+impl std::fmt::Debug for ApiKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("owner", &self.owner)
+            .field("hash", &"<hidden>")
+            .field("display_prefix", &self.display_prefix)
+            .field("scopes", &self.scopes)
+            .field("expires_at", &self.expires_at)
+            .field("revoked_at", &self.revoked_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Batched usage of one key, written off the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUsage {
+    /// The key.
+    pub key_id: String,
+    /// Latest use.
+    pub last_used_at: Timestamp,
+    /// Address of the latest use.
+    pub last_used_ip: String,
+    /// Index of the quota window the count belongs to (0 when the key has no quota).
+    pub quota_window: i64,
+    /// Requests counted in that window so far (absolute, not a delta).
+    pub quota_used: u64,
+}
+
+/// Quota state of a key as last persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QuotaState {
+    /// Window index.
+    pub window: i64,
+    /// Requests used in that window.
+    pub used: u64,
+}
+
+/// One audit event as stored, with its place in the hash chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// Position in the chain, 1-based and contiguous.
+    pub seq: i64,
+    /// Event time.
+    pub time: Timestamp,
+    /// Event kind (`auth.decision`, `api_key.created`, `api_key.new_ip` …), for filtering.
+    pub kind: String,
+    /// Outcome (`allow`, `deny`, `ok` …), for filtering.
+    pub outcome: String,
+    /// Credential id involved, if any, for filtering.
+    pub credential_id: Option<String>,
+    /// The event as canonical JSON (what the hash covers).
+    pub body: String,
+    /// Hash of the previous event (zeros for the first).
+    pub prev_hash: Sha256Digest,
+    /// `SHA-256(prev_hash ‖ seq as 8 big-endian bytes ‖ body)`.
+    pub hash: Sha256Digest,
+}
+
+/// Filters for reading the audit trail, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this outcome.
+    pub outcome: Option<String>,
+    /// Only this credential.
+    pub credential_id: Option<String>,
+    /// Only events at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only events with `seq` below this (paging).
+    pub before_seq: Option<i64>,
+    /// At most this many (the store caps it at 1000).
+    pub limit: u32,
+}
