@@ -1,1 +1,112 @@
-fn main() {}
+//! `portcullis`: the gateway (`serve`) and its admin CLI.
+#![forbid(unsafe_code)]
+
+mod admin_api;
+mod cli;
+mod config;
+mod echo;
+mod gateway;
+mod metrics;
+mod proxy;
+mod server;
+mod wire;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Portcullis: one binary that authenticates every caller of a REST API.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides `listen` in the file).
+        #[arg(long, env = "PORTCULLIS_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// Data directory (overrides `data_dir` in the file).
+        #[arg(long, env = "PORTCULLIS_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Check the configuration and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Manage API keys through the admin API.
+    Keys {
+        #[command(flatten)]
+        conn: cli::Conn,
+        #[command(subcommand)]
+        cmd: cli::KeysCmd,
+    },
+    /// Read and verify the audit trail through the admin API.
+    Audit {
+        #[command(flatten)]
+        conn: cli::Conn,
+        #[command(subcommand)]
+        cmd: cli::AuditCmd,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<bool, String> = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Serve {
+                config,
+                listen,
+                data_dir,
+                check,
+            } => {
+                let cfg = server::load_config(&server::Overrides {
+                    config,
+                    listen,
+                    data_dir,
+                })
+                .map_err(|e| e.0)?;
+                if check {
+                    println!("configuration OK: {} routes", cfg.routes.len());
+                    return Ok(true);
+                }
+                server::serve(cfg).await.map(|()| true).map_err(|e| e.0)
+            }
+            Cmd::Keys { conn, cmd } => cli::keys(&conn, cmd).await.map(|()| true).map_err(|e| e.0),
+            Cmd::Audit { conn, cmd } => cli::audit(&conn, cmd).await.map_err(|e| e.0),
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -21,7 +21,7 @@ pub fn sample_key(n: u8) -> ApiKeyRecord {
     ApiKeyRecord {
         id: format!("key_{n:03}"),
         name: format!("key {n}"),
-        owner: Some(if n % 2 == 0 {
+        owner: Some(if n.is_multiple_of(2) {
             "even".into()
         } else {
             "odd".into()

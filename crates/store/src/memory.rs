@@ -267,7 +267,7 @@ impl MemoryRateCells {
         let mut shard = self.shards[idx].lock().unwrap_or_else(|p| p.into_inner());
         let now_ms = now.as_millis();
         shard.ops = shard.ops.wrapping_add(1);
-        if shard.ops % SWEEP_EVERY == 0 {
+        if shard.ops.is_multiple_of(SWEEP_EVERY) {
             shard.cells.retain(|_, (_, exp)| *exp > now_ms);
         }
         let ttl = i64::try_from(limit.ttl_ms()).unwrap_or(i64::MAX);

@@ -1,0 +1,391 @@
+//! The admin API under `/admin/v1/` (JSON, admin-token authenticated; see `openapi.json`).
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use portcullis_core::crypto::{hex, sha256};
+use portcullis_core::error::GatewayError;
+use portcullis_core::secret::ct_eq;
+use portcullis_core::{Timestamp, WireError};
+use portcullis_domain::admin::{AdminError, ImportKey, KeyAdmin, NewKey};
+use portcullis_domain::audit;
+use portcullis_domain::Clock;
+use portcullis_store::{ApiKeyRecord, AuditLog, AuditQuery};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::wire::error_response;
+
+/// What the admin handlers share.
+pub struct AdminState {
+    /// Key use cases.
+    pub keys: KeyAdmin,
+    /// The audit store.
+    pub audit: Arc<dyn AuditLog>,
+    /// SHA-256 of the admin token.
+    pub token_hash: [u8; 32],
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Largest admin request body (an import of 100k keys fits).
+pub const MAX_ADMIN_BODY: usize = 32 * 1024 * 1024;
+
+const OPENAPI: &str = include_str!("openapi.json");
+
+/// The admin router.
+pub fn router(state: Arc<AdminState>) -> Router {
+    let protected = Router::new()
+        .route("/admin/v1/keys", post(create_key).get(list_keys))
+        .route("/admin/v1/keys/import", post(import_keys))
+        .route("/admin/v1/keys/{id}", get(show_key).delete(revoke_key))
+        .route("/admin/v1/keys/{id}/revoke", post(revoke_key))
+        .route("/admin/v1/keys/{id}/rotate", post(rotate_key))
+        .route("/admin/v1/audit", get(list_audit))
+        .route("/admin/v1/audit/verify", get(verify_audit))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
+        .with_state(state);
+    Router::new()
+        .route(
+            "/admin/v1/openapi.json",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    OPENAPI,
+                )
+            }),
+        )
+        .merge(protected)
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "No such admin endpoint.",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY))
+}
+
+async fn require_admin(State(st): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    match presented {
+        Some(t) if ct_eq(&sha256(t.as_bytes()), &st.token_hash) => next.run(req).await,
+        _ => error_response(
+            WireError::from(&GatewayError::AdminUnauthorized),
+            &["Bearer realm=\"portcullis-admin\"".into()],
+            None,
+        ),
+    }
+}
+
+fn error(status: StatusCode, code: &str, description: &str) -> Response {
+    (
+        status,
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        Json(json!({"error": code, "error_description": description})),
+    )
+        .into_response()
+}
+
+/// Admin errors on the wire. Store details go to the log with an error id, never the client.
+fn admin_error(e: AdminError) -> Response {
+    match e {
+        AdminError::Invalid(m) => error(StatusCode::BAD_REQUEST, "invalid_request", &m),
+        AdminError::NotFound => error(StatusCode::NOT_FOUND, "not_found", "No such key."),
+        AdminError::Conflict(m) => error(StatusCode::CONFLICT, "conflict", &m),
+        other => {
+            let id = hex(&portcullis_domain::random_bytes::<8>());
+            tracing::error!(error_id = %id, error = %other, "admin request failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                &format!("The store is unavailable (error id {id})."),
+            )
+        }
+    }
+}
+
+/// An extractor rejection (bad query, body too large) as our JSON error.
+fn rejection(e: impl IntoResponse + std::fmt::Display) -> Response {
+    let msg = e.to_string();
+    let status = e.into_response().status();
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "payload_too_large"
+    } else {
+        "invalid_request"
+    };
+    error(status, code, &msg)
+}
+
+/// Parses a JSON body, answering 400 with a useful (secret-free) message on failure.
+#[allow(clippy::result_large_err)] // the error is the response itself
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        // serde_json messages name fields and positions, never values of `Secret` fields.
+        let msg = format!(
+            "invalid JSON body: {}",
+            e.to_string().replace('"', "'")
+        );
+        error(StatusCode::BAD_REQUEST, "invalid_request", &msg)
+    })
+}
+
+fn rfc3339(t: Option<Timestamp>) -> Value {
+    t.and_then(|t| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_millis()) * 1_000_000).ok()
+    })
+    .and_then(|d| {
+        d.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+    .map_or(Value::Null, Value::String)
+}
+
+/// The public view of a key: no hash, no secret.
+pub fn key_view(k: &ApiKeyRecord, now: Timestamp) -> Value {
+    let status = if k.revoked_at.is_some_and(|t| t <= now) {
+        "revoked"
+    } else if k.expires_at.is_some_and(|t| t <= now) {
+        "expired"
+    } else {
+        "active"
+    };
+    json!({
+        "id": k.id, "name": k.name, "owner": k.owner, "prefix": k.display_prefix, "scopes": k.scopes,
+        "metadata": k.metadata, "rate_limits": k.rate_limits, "quota": k.quota, "status": status,
+        "created_at": rfc3339(Some(k.created_at)), "expires_at": rfc3339(k.expires_at),
+        "revoked_at": rfc3339(k.revoked_at), "rotated_from": k.rotated_from, "rotated_to": k.rotated_to,
+        "last_used_at": rfc3339(k.last_used_at), "last_used_ip": k.last_used_ip, "origin": k.origin,
+    })
+}
+
+const ACTOR: &str = "admin-token";
+
+async fn create_key(
+    State(st): State<Arc<AdminState>>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return rejection(e),
+    };
+    let req: NewKey = match parse_json(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match st.keys.create(ACTOR, req).await {
+        Ok((record, key)) => {
+            let mut v = key_view(&record, st.clock.now());
+            v["key"] = Value::String(key.expose().to_owned());
+            (
+                StatusCode::CREATED,
+                [(axum::http::header::CACHE_CONTROL, "no-store")],
+                Json(v),
+            )
+                .into_response()
+        }
+        Err(e) => admin_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    owner: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_keys(
+    State(st): State<Arc<AdminState>>,
+    p: Result<Query<ListParams>, QueryRejection>,
+) -> Response {
+    let Query(p) = match p {
+        Ok(p) => p,
+        Err(e) => return rejection(e),
+    };
+    match st
+        .keys
+        .list(
+            p.owner.as_deref(),
+            p.after.as_deref(),
+            p.limit.unwrap_or(100),
+        )
+        .await
+    {
+        Ok(keys) => {
+            let now = st.clock.now();
+            let next = keys
+                .last()
+                .map(|k| k.id.clone())
+                .filter(|_| keys.len() as u32 >= p.limit.unwrap_or(100).clamp(1, 1000));
+            Json(json!({"keys": keys.iter().map(|k| key_view(k, now)).collect::<Vec<_>>(), "next_after": next})).into_response()
+        }
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn show_key(State(st): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    match st.keys.show(&id).await {
+        Ok(k) => Json(key_view(&k, st.clock.now())).into_response(),
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn revoke_key(State(st): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    match st.keys.revoke(ACTOR, &id).await {
+        Ok(k) => Json(key_view(&k, st.clock.now())).into_response(),
+        Err(e) => admin_error(e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateReq {
+    #[serde(default)]
+    grace_seconds: u64,
+}
+
+async fn rotate_key(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return rejection(e),
+    };
+    let req: RotateReq = if body.is_empty() {
+        RotateReq::default()
+    } else {
+        match parse_json(&body) {
+            Ok(r) => r,
+            Err(resp) => return resp,
+        }
+    };
+    match st.keys.rotate(ACTOR, &id, req.grace_seconds).await {
+        Ok((new, key, old)) => {
+            let now = st.clock.now();
+            let mut v = key_view(&new, now);
+            v["key"] = Value::String(key.expose().to_owned());
+            v["previous"] = key_view(&old, now);
+            (
+                StatusCode::CREATED,
+                [(axum::http::header::CACHE_CONTROL, "no-store")],
+                Json(v),
+            )
+                .into_response()
+        }
+        Err(e) => admin_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ImportBody {
+    List(Vec<ImportKey>),
+    Wrapped { keys: Vec<ImportKey> },
+}
+
+async fn import_keys(
+    State(st): State<Arc<AdminState>>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return rejection(e),
+    };
+    let items = match serde_json::from_slice::<ImportBody>(&body) {
+        Ok(ImportBody::List(v) | ImportBody::Wrapped { keys: v }) => v,
+        Err(_) => {
+            // Re-parse strictly to report which item is wrong (without echoing any key text).
+            let detail = serde_json::from_slice::<Vec<ImportKey>>(&body)
+                .err()
+                .map(|e| e.to_string().replace('"', "'"))
+                .unwrap_or_default();
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("expected a JSON array of keys or {{\"keys\": [...]}}: {detail}"),
+            );
+        }
+    };
+    match st.keys.import(ACTOR, items).await {
+        Ok(records) => {
+            let now = st.clock.now();
+            (StatusCode::CREATED, Json(json!({"imported": records.len(), "keys": records.iter().map(|k| key_view(k, now)).collect::<Vec<_>>()}))).into_response()
+        }
+        Err(e) => admin_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct AuditParams {
+    kind: Option<String>,
+    outcome: Option<String>,
+    credential_id: Option<String>,
+    since: Option<i64>,
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn list_audit(
+    State(st): State<Arc<AdminState>>,
+    p: Result<Query<AuditParams>, QueryRejection>,
+) -> Response {
+    let Query(p) = match p {
+        Ok(p) => p,
+        Err(e) => return rejection(e),
+    };
+    let q = AuditQuery {
+        kind: p.kind,
+        outcome: p.outcome,
+        credential_id: p.credential_id,
+        since: p.since.map(Timestamp::from_millis),
+        before_seq: p.before,
+        limit: p.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    match st.audit.query(&q).await {
+        Ok(events) => {
+            let events: Vec<Value> = events
+                .iter()
+                .map(|e| {
+                    let mut v: Value = serde_json::from_str(&e.body).unwrap_or(Value::Null);
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("seq".into(), json!(e.seq));
+                        o.insert("hash".into(), json!(hex(&e.hash)));
+                        o.insert("prev_hash".into(), json!(hex(&e.prev_hash)));
+                    }
+                    v
+                })
+                .collect();
+            Json(json!({"events": events})).into_response()
+        }
+        Err(e) => admin_error(AdminError::Store(e)),
+    }
+}
+
+async fn verify_audit(State(st): State<Arc<AdminState>>) -> Response {
+    match audit::verify(st.audit.as_ref()).await {
+        Ok(report) => {
+            let status = if report.ok {
+                StatusCode::OK
+            } else {
+                StatusCode::CONFLICT
+            };
+            (status, Json(report)).into_response()
+        }
+        Err(e) => admin_error(AdminError::Store(e)),
+    }
+}

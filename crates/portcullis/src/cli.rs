@@ -1,0 +1,633 @@
+//! The admin CLI: a thin client of the admin API (`--server URL`, token from
+//! `PORTCULLIS_ADMIN_TOKEN` or `<data-dir>/admin.token`), human output by default, `--json`.
+
+use std::path::{Path, PathBuf};
+
+use axum::body::Body;
+use clap::{Args, Subcommand};
+use http::{header, Method, Request};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+use crate::config::parse_duration;
+
+/// Options every admin command takes.
+#[derive(Debug, Args, Clone)]
+pub struct Conn {
+    /// Admin API base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "PORTCULLIS_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+    /// Data directory holding `admin.token` (when PORTCULLIS_ADMIN_TOKEN is unset).
+    #[arg(
+        long,
+        global = true,
+        env = "PORTCULLIS_DATA_DIR",
+        default_value = "portcullis-data"
+    )]
+    pub data_dir: PathBuf,
+    /// Print JSON instead of human-readable text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `portcullis keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Create a key; the key is printed once (first line of the human output).
+    Create {
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Scopes, comma-separated or repeated.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Owner (client id forwarded upstream).
+        #[arg(long)]
+        owner: Option<String>,
+        /// Lifetime, e.g. 30d.
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// Metadata as a JSON object.
+        #[arg(long)]
+        metadata: Option<String>,
+        /// A named rate limit NAME=LIMIT/PERIOD[,burst=N] (e.g. burst=10/1s); repeatable.
+        #[arg(long = "rate-limit")]
+        rate_limits: Vec<String>,
+        /// Usage quota LIMIT/REFILL (e.g. 10000/30d).
+        #[arg(long)]
+        quota: Option<String>,
+    },
+    /// List keys (never the raw keys).
+    List {
+        /// Only this owner's keys.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Start after this key id.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Show one key.
+    Show {
+        /// Key id.
+        id: String,
+    },
+    /// Rotate: issue a new key; the old one stays valid for the grace period.
+    Rotate {
+        /// Key id.
+        id: String,
+        /// Grace period for the old key, e.g. 0, 10m, 7d.
+        #[arg(long, default_value = "0s")]
+        grace: String,
+    },
+    /// Revoke a key (effective on the next request).
+    Revoke {
+        /// Key id.
+        id: String,
+    },
+    /// Import existing keys (raw or SHA-256) from JSON or CSV.
+    Import {
+        /// File to read (`-` for stdin).
+        file: PathBuf,
+        /// File format (default: from the extension, else JSON).
+        #[arg(long, value_parser = ["json", "csv"])]
+        format: Option<String>,
+    },
+}
+
+/// `portcullis audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Recent events, newest first.
+    List {
+        /// Only this kind (e.g. auth.decision, api_key.created).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this outcome (allow, deny, ok, notice).
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Only this credential id.
+        #[arg(long)]
+        credential: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Verify the hash chain of the stored trail.
+    Verify,
+}
+
+/// A CLI failure: the message is for the terminal.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+struct Api {
+    base: String,
+    token: String,
+    client: Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Body,
+    >,
+}
+
+impl Api {
+    fn new(conn: &Conn) -> Result<Self, CliError> {
+        let token = match std::env::var("PORTCULLIS_ADMIN_TOKEN") {
+            Ok(t) => t.trim().to_owned(),
+            Err(_) => read_token(&conn.data_dir.join("admin.token"))?,
+        };
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Self {
+            base: conn.server.trim_end_matches('/').to_owned(),
+            token,
+            client: Client::builder(TokioExecutor::new()).build(https),
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, CliError> {
+        let uri = format!("{}{path}", self.base);
+        let mut b = Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        let body = match body {
+            Some(v) => {
+                b = b.header(header::CONTENT_TYPE, "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        let req = b
+            .body(body)
+            .map_err(|e| CliError(format!("bad server URL {uri}: {e}")))?;
+        let resp =
+            tokio::time::timeout(std::time::Duration::from_secs(60), self.client.request(req))
+                .await
+                .map_err(|_| CliError(format!("{} did not answer within 60s", self.base)))?
+                .map_err(|e| CliError(format!("cannot reach {}: {e}", self.base)))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| CliError(format!("reading the answer failed: {e}")))?
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"error": "unexpected_response", "error_description": String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>()}));
+        if status.is_success() || status == http::StatusCode::CONFLICT && v.get("checked").is_some()
+        {
+            Ok(v)
+        } else {
+            Err(CliError(format!(
+                "{} {}: {}",
+                status.as_u16(),
+                v["error"].as_str().unwrap_or("error"),
+                v["error_description"].as_str().unwrap_or("")
+            )))
+        }
+    }
+}
+
+fn read_token(path: &Path) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map(|t| t.trim().to_owned()).map_err(|e| {
+        CliError(format!("no admin token: set PORTCULLIS_ADMIN_TOKEN or pass --data-dir (cannot read {}: {e})", path.display()))
+    })
+}
+
+fn secs(d: &str) -> Result<u64, CliError> {
+    parse_duration(d).map(|d| d.as_secs()).map_err(CliError)
+}
+
+/// Parses `NAME=LIMIT/PERIOD[,burst=N][,algorithm=A]`.
+fn parse_rate_limit(s: &str) -> Result<Value, CliError> {
+    let bad = || {
+        CliError(format!("--rate-limit `{s}`: expected NAME=LIMIT/PERIOD[,burst=N][,algorithm=gcra|token_bucket]"))
+    };
+    let (name, rest) = s.split_once('=').ok_or_else(bad)?;
+    let mut parts = rest.split(',');
+    let (limit, period) = parts
+        .next()
+        .and_then(|p| p.split_once('/'))
+        .ok_or_else(bad)?;
+    let limit: u32 = limit.parse().map_err(|_| bad())?;
+    let period_ms =
+        u64::try_from(parse_duration(period).map_err(CliError)?.as_millis()).unwrap_or(u64::MAX);
+    let mut v = json!({"name": name, "limit": limit, "period_ms": period_ms});
+    for p in parts {
+        match p.split_once('=') {
+            Some(("burst", n)) => v["burst"] = json!(n.parse::<u32>().map_err(|_| bad())?),
+            Some(("algorithm", a)) => v["algorithm"] = json!(a),
+            _ => return Err(bad()),
+        }
+    }
+    Ok(v)
+}
+
+fn parse_quota(s: &str) -> Result<Value, CliError> {
+    let bad = || {
+        CliError(format!(
+            "--quota `{s}`: expected LIMIT/REFILL, e.g. 10000/30d"
+        ))
+    };
+    let (limit, refill) = s.split_once('/').ok_or_else(bad)?;
+    let refill_ms =
+        u64::try_from(parse_duration(refill).map_err(CliError)?.as_millis()).unwrap_or(u64::MAX);
+    Ok(json!({"limit": limit.parse::<u64>().map_err(|_| bad())?, "refill_ms": refill_ms}))
+}
+
+/// Runs `portcullis keys …`.
+pub async fn keys(conn: &Conn, cmd: KeysCmd) -> Result<(), CliError> {
+    let api = Api::new(conn)?;
+    match cmd {
+        KeysCmd::Create {
+            name,
+            scopes,
+            owner,
+            expires_in,
+            metadata,
+            rate_limits,
+            quota,
+        } => {
+            let mut body = json!({"name": name, "scopes": scopes.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>()});
+            if let Some(o) = owner {
+                body["owner"] = json!(o);
+            }
+            if let Some(e) = expires_in {
+                body["expires_in"] = json!(secs(&e)?);
+            }
+            if let Some(m) = metadata {
+                body["metadata"] = serde_json::from_str(&m)
+                    .map_err(|e| CliError(format!("--metadata is not JSON: {e}")))?;
+            }
+            if !rate_limits.is_empty() {
+                body["rate_limits"] = Value::Array(
+                    rate_limits
+                        .iter()
+                        .map(|s| parse_rate_limit(s))
+                        .collect::<Result<_, _>>()?,
+                );
+            }
+            if let Some(q) = quota {
+                body["quota"] = parse_quota(&q)?;
+            }
+            let v = api.call(Method::POST, "/admin/v1/keys", Some(body)).await?;
+            print_created(conn, &v, "Created");
+        }
+        KeysCmd::List {
+            owner,
+            limit,
+            after,
+        } => {
+            let mut q = format!("/admin/v1/keys?limit={limit}");
+            if let Some(o) = owner {
+                q.push_str(&format!("&owner={}", urlencode(&o)));
+            }
+            if let Some(a) = after {
+                q.push_str(&format!("&after={}", urlencode(&a)));
+            }
+            let v = api.call(Method::GET, &q, None).await?;
+            if conn.json {
+                println!("{v}");
+            } else {
+                println!(
+                    "{:<28} {:<20} {:<18} {:<8} {:<20} SCOPES",
+                    "ID", "NAME", "PREFIX", "STATUS", "LAST USED"
+                );
+                for k in v["keys"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<28} {:<20} {:<18} {:<8} {:<20} {}",
+                        s(&k["id"]),
+                        s(&k["name"]),
+                        s(&k["prefix"]),
+                        s(&k["status"]),
+                        s(&k["last_used_at"]),
+                        join(&k["scopes"])
+                    );
+                }
+                if let Some(n) = v["next_after"].as_str() {
+                    println!("(more: --after {n})");
+                }
+            }
+        }
+        KeysCmd::Show { id } => {
+            let v = api
+                .call(
+                    Method::GET,
+                    &format!("/admin/v1/keys/{}", urlencode(&id)),
+                    None,
+                )
+                .await?;
+            print_key(conn, &v);
+        }
+        KeysCmd::Rotate { id, grace } => {
+            let body = json!({"grace_seconds": secs(&grace)?});
+            let v = api
+                .call(
+                    Method::POST,
+                    &format!("/admin/v1/keys/{}/rotate", urlencode(&id)),
+                    Some(body),
+                )
+                .await?;
+            print_created(conn, &v, "Rotated");
+            if !conn.json {
+                println!(
+                    "previous key {} valid until {}",
+                    s(&v["previous"]["id"]),
+                    s(&v["previous"]["expires_at"])
+                );
+            }
+        }
+        KeysCmd::Revoke { id } => {
+            let v = api
+                .call(
+                    Method::POST,
+                    &format!("/admin/v1/keys/{}/revoke", urlencode(&id)),
+                    None,
+                )
+                .await?;
+            if conn.json {
+                println!("{v}");
+            } else {
+                println!("revoked {} at {}", s(&v["id"]), s(&v["revoked_at"]));
+            }
+        }
+        KeysCmd::Import { file, format } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+                    .map_err(|e| CliError(format!("reading stdin: {e}")))?
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| CliError(format!("cannot read {}: {e}", file.display())))?
+            };
+            let fmt = format.unwrap_or_else(|| {
+                if file
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+                {
+                    "csv".into()
+                } else {
+                    "json".into()
+                }
+            });
+            let body = if fmt == "csv" {
+                csv_to_json(&text)?
+            } else {
+                serde_json::from_str(&text)
+                    .map_err(|e| CliError(format!("{}: not JSON: {e}", file.display())))?
+            };
+            let v = api
+                .call(Method::POST, "/admin/v1/keys/import", Some(body))
+                .await?;
+            if conn.json {
+                println!("{v}");
+            } else {
+                println!("imported {} keys", v["imported"]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Converts CSV (header row; columns `key` or `hash`, `name`, and optionally `owner`,
+/// `scopes` (space-separated), `expires_at` (Unix ms or RFC 3339), `metadata` (JSON)) to the
+/// import JSON.
+pub fn csv_to_json(text: &str) -> Result<Value, CliError> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let headers = rdr
+        .headers()
+        .map_err(|e| CliError(format!("CSV header: {e}")))?
+        .clone();
+    for h in &headers {
+        if ![
+            "key",
+            "hash",
+            "name",
+            "owner",
+            "scopes",
+            "expires_at",
+            "metadata",
+        ]
+        .contains(&h)
+        {
+            return Err(CliError(format!(
+                "CSV: unknown column `{h}` (key, hash, name, owner, scopes, expires_at, metadata)"
+            )));
+        }
+    }
+    let mut out = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let line = i + 2;
+        let rec = rec.map_err(|e| CliError(format!("CSV line {line}: {e}")))?;
+        let mut item = serde_json::Map::new();
+        for (h, v) in headers.iter().zip(rec.iter()) {
+            if v.is_empty() {
+                continue;
+            }
+            let val = match h {
+                "scopes" => json!(v.split_whitespace().collect::<Vec<_>>()),
+                "expires_at" => json!(parse_time(v).ok_or_else(|| CliError(format!(
+                    "CSV line {line}: expires_at must be Unix ms or RFC 3339"
+                )))?),
+                "metadata" => serde_json::from_str(v)
+                    .map_err(|_| CliError(format!("CSV line {line}: metadata is not JSON")))?,
+                _ => json!(v),
+            };
+            item.insert(h.to_owned(), val);
+        }
+        out.push(Value::Object(item));
+    }
+    Ok(Value::Array(out))
+}
+
+fn parse_time(v: &str) -> Option<i64> {
+    v.parse::<i64>().ok().or_else(|| {
+        let t =
+            time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339).ok()?;
+        i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+    })
+}
+
+/// Runs `portcullis audit …`.
+pub async fn audit(conn: &Conn, cmd: AuditCmd) -> Result<bool, CliError> {
+    let api = Api::new(conn)?;
+    match cmd {
+        AuditCmd::List {
+            kind,
+            outcome,
+            credential,
+            limit,
+        } => {
+            let mut q = format!("/admin/v1/audit?limit={limit}");
+            for (k, v) in [
+                ("kind", kind),
+                ("outcome", outcome),
+                ("credential_id", credential),
+            ] {
+                if let Some(v) = v {
+                    q.push_str(&format!("&{k}={}", urlencode(&v)));
+                }
+            }
+            let v = api.call(Method::GET, &q, None).await?;
+            if conn.json {
+                println!("{v}");
+            } else {
+                for e in v["events"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:>6} {} {:<18} {:<7} {:<22} {:<24} {}",
+                        e["seq"],
+                        s(&e["time"]),
+                        s(&e["kind"]),
+                        s(&e["outcome"]),
+                        s(&e["reason"]),
+                        s(&e["credential_id"]),
+                        s(&e["route"])
+                    );
+                }
+            }
+            Ok(true)
+        }
+        AuditCmd::Verify => {
+            let v = api
+                .call(Method::GET, "/admin/v1/audit/verify", None)
+                .await?;
+            let ok = v["ok"].as_bool().unwrap_or(false);
+            if conn.json {
+                println!("{v}");
+            } else if ok {
+                println!(
+                    "audit trail intact: {} events, head {}",
+                    v["checked"],
+                    s(&v["head"])
+                );
+            } else {
+                println!(
+                    "audit trail BROKEN after {} good events: {}",
+                    v["checked"],
+                    s(&v["error"])
+                );
+            }
+            Ok(ok)
+        }
+    }
+}
+
+fn print_created(conn: &Conn, v: &Value, verb: &str) {
+    if conn.json {
+        println!("{v}");
+        return;
+    }
+    println!("{}", s(&v["key"]));
+    println!(
+        "{verb} key {} ({}). The key above is shown only once: store it now.",
+        s(&v["id"]),
+        s(&v["name"])
+    );
+    println!("  prefix:  {}", s(&v["prefix"]));
+    println!("  scopes:  {}", join(&v["scopes"]));
+    if let Some(e) = v["expires_at"].as_str() {
+        println!("  expires: {e}");
+    }
+}
+
+fn print_key(conn: &Conn, v: &Value) {
+    if conn.json {
+        println!("{v}");
+        return;
+    }
+    for f in [
+        "id",
+        "name",
+        "owner",
+        "prefix",
+        "status",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "rotated_from",
+        "rotated_to",
+        "last_used_at",
+        "last_used_ip",
+        "origin",
+    ] {
+        println!("{:<13} {}", format!("{f}:"), s(&v[f]));
+    }
+    println!("{:<13} {}", "scopes:", join(&v["scopes"]));
+    println!("{:<13} {}", "metadata:", v["metadata"]);
+    println!("{:<13} {}", "rate_limits:", v["rate_limits"]);
+    println!("{:<13} {}", "quota:", v["quota"]);
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn join(v: &Value) -> String {
+    v.as_array()
+        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_import_converts_columns() {
+        let v = csv_to_json("key,name,scopes,expires_at\nlegacy-key-0000000001,a,read write,2030-01-01T00:00:00Z\n,b,,\n").unwrap();
+        assert_eq!(v[0]["key"], "legacy-key-0000000001");
+        assert_eq!(v[0]["scopes"], json!(["read", "write"]));
+        assert_eq!(v[0]["expires_at"], json!(1_893_456_000_000i64));
+        assert!(v[1].get("key").is_none());
+        assert!(csv_to_json("password,name\nx,y\n").is_err());
+    }
+
+    #[test]
+    fn rate_limit_flags_parse() {
+        let v = parse_rate_limit("burst=10/1s,burst=5").unwrap();
+        assert_eq!(
+            v,
+            json!({"name": "burst", "limit": 10, "period_ms": 1000, "burst": 5})
+        );
+        assert!(parse_rate_limit("nope").is_err());
+        assert_eq!(
+            parse_quota("100/30d").unwrap()["refill_ms"],
+            json!(2_592_000_000u64)
+        );
+    }
+}

@@ -1,0 +1,659 @@
+//! Configuration: one TOML file, environment and flags on top, validated into typed values at
+//! load. Every error names the file, the line and the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use portcullis_core::api_key::Prefix;
+use portcullis_core::ratelimit::{Algorithm, Limit};
+use portcullis_core::{Scheme, ScopeSet};
+use portcullis_domain::PolicyExpr;
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+/// Schemes built into this version. A policy naming any other is a configuration error.
+pub const AVAILABLE_SCHEMES: &[Scheme] = &[Scheme::ApiKey];
+
+/// The configuration file's schema.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded store, the admin token and the audit file.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// API-key settings.
+    #[serde(default)]
+    pub api_keys: ApiKeysConfig,
+    /// Audit trail settings.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Request size limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Upstream connection settings.
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    /// Routes, matched in order; the first match wins.
+    #[serde(default = "default_routes")]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiKeysConfig {
+    #[serde(deserialize_with = "de_prefix")]
+    pub prefix: Prefix,
+    #[serde(deserialize_with = "de_header_name")]
+    pub header: http::HeaderName,
+    pub accept_bearer: bool,
+    pub accept_foreign_keys: bool,
+    pub cache_capacity: usize,
+    #[serde(deserialize_with = "de_duration")]
+    pub cache_ttl: Duration,
+}
+
+impl Default for ApiKeysConfig {
+    fn default() -> Self {
+        Self {
+            prefix: Prefix::new("pk_live").unwrap_or_else(|_| unreachable!("valid literal")),
+            header: http::HeaderName::from_static("x-api-key"),
+            accept_bearer: true,
+            accept_foreign_keys: false,
+            cache_capacity: 100_000,
+            cache_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    Stdout,
+    File,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub sink: SinkKind,
+    /// File for `sink = "file"`; relative paths are inside `data_dir`.
+    pub path: PathBuf,
+    /// Events queued before emitters wait.
+    pub queue: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            sink: SinkKind::File,
+            path: PathBuf::from("audit.jsonl"),
+            queue: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(30),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 256,
+        }
+    }
+}
+
+/// Where a route sends admitted requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// The built-in echo service.
+    Echo,
+    /// An HTTP(S) origin plus an optional base path.
+    Url {
+        scheme: http::uri::Scheme,
+        authority: http::uri::Authority,
+        base_path: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: String,
+    #[serde(default, deserialize_with = "de_methods")]
+    pub methods: Vec<http::Method>,
+    #[serde(deserialize_with = "de_upstream")]
+    pub upstream: Upstream,
+    #[serde(deserialize_with = "de_policy")]
+    pub policy: PolicyExpr,
+    #[serde(default, deserialize_with = "de_scopes")]
+    pub scopes: ScopeSet,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default)]
+    pub api_key_query_param: Option<String>,
+    #[serde(default)]
+    pub forward_credentials: bool,
+    #[serde(default, deserialize_with = "de_opt_limit")]
+    pub rate_limit: Option<Limit>,
+    #[serde(
+        default = "default_failed_auth_limit",
+        deserialize_with = "de_opt_limit"
+    )]
+    pub failed_auth_limit: Option<Limit>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("portcullis-data")
+}
+fn default_path_prefix() -> String {
+    "/".into()
+}
+fn default_failed_auth_limit() -> Option<Limit> {
+    Some(Limit {
+        algorithm: Algorithm::Gcra,
+        limit: 60,
+        period_ms: 60_000,
+        burst: 60,
+    })
+}
+
+/// The routes used when the file defines none: the built-in echo behind an API key.
+pub fn default_routes() -> Vec<RouteConfig> {
+    vec![RouteConfig {
+        name: "echo".into(),
+        host: None,
+        path_prefix: "/echo".into(),
+        methods: vec![],
+        upstream: Upstream::Echo,
+        policy: PolicyExpr::Scheme(Scheme::ApiKey),
+        scopes: ScopeSet::parse(["read:echo"]).unwrap_or_default(),
+        strip_prefix: false,
+        api_key_query_param: None,
+        forward_credentials: false,
+        rate_limit: None,
+        failed_auth_limit: default_failed_auth_limit(),
+    }]
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            api_keys: ApiKeysConfig::default(),
+            audit: AuditConfig::default(),
+            limits: LimitsConfig::default(),
+            proxy: ProxyConfig::default(),
+            routes: default_routes(),
+        }
+    }
+}
+
+/// A configuration error, already phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates configuration text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| ConfigError(render(file, text, e.span(), None, e.message())))?;
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError(render(
+                file,
+                text,
+                inner.span(),
+                Some(&path),
+                inner.message(),
+            ))
+        })?;
+        cfg.validate().map_err(|(key, msg)| {
+            ConfigError(render(file, text, find_key(text, &key), Some(&key), &msg))
+        })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = |k: &str| format!("routes[{i}].{k}");
+            let ok_name = !r.name.is_empty()
+                && r.name.len() <= 64
+                && r.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok_name {
+                return Err((
+                    key("name"),
+                    "route names are 1-64 characters of [A-Za-z0-9_-]".into(),
+                ));
+            }
+            if !names.insert(&r.name) {
+                return Err((key("name"), format!("duplicate route name `{}`", r.name)));
+            }
+            if !r.path_prefix.starts_with('/') {
+                return Err((key("path_prefix"), "must start with '/'".into()));
+            }
+            if r.host.as_ref().is_some_and(|h| {
+                h.is_empty() || h.contains('/') || h.contains(':') && !h.starts_with('[')
+            }) {
+                return Err((key("host"), "must be a host name without scheme or port (e.g. `api.example.com` or `*.example.com`)".into()));
+            }
+            if r.api_key_query_param.as_ref().is_some_and(|q| {
+                q.is_empty()
+                    || !q
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            }) {
+                return Err((
+                    key("api_key_query_param"),
+                    "must be a plain parameter name".into(),
+                ));
+            }
+        }
+        if self.limits.max_header_bytes < 1024 || self.limits.max_header_bytes > 1024 * 1024 {
+            return Err((
+                "limits.max_header_bytes".into(),
+                "must be between 1024 and 1048576".into(),
+            ));
+        }
+        if self.audit.queue == 0 {
+            return Err(("audit.queue".into(), "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Finds the byte offset of a dotted key's last segment in the text (best effort).
+fn find_key(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
+    let last = key.rsplit('.').next()?.split('[').next()?;
+    let mut offset = 0;
+    let mut route_idx: i64 = -1;
+    let want_route: Option<i64> = key
+        .strip_prefix("routes[")
+        .and_then(|r| r.split(']').next())
+        .and_then(|n| n.parse().ok());
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.starts_with("[[routes]]") {
+            route_idx += 1;
+        }
+        let in_scope = want_route.is_none_or(|w| w == route_idx);
+        if in_scope && t.starts_with(last) && t[last.len()..].trim_start().starts_with('=') {
+            let start = offset + (line.len() - t.len());
+            return Some(start..start + last.len());
+        }
+        offset += line.len();
+    }
+    None
+}
+
+fn render(
+    file: &str,
+    text: &str,
+    span: Option<std::ops::Range<usize>>,
+    key: Option<&str>,
+    msg: &str,
+) -> String {
+    let pos = span.map(|s| {
+        let before = &text[..s.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        (line, col)
+    });
+    let key = key
+        .filter(|k| !k.is_empty() && *k != ".")
+        .map(|k| format!(" key `{k}`:"))
+        .unwrap_or_default();
+    match pos {
+        Some((l, c)) => format!("{file}:{l}:{c}:{key} {msg}"),
+        None => format!("{file}:{key} {msg}"),
+    }
+}
+
+/// Parses durations like `500ms`, `30s`, `5m`, `2h`, `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration `{s}`: use e.g. 500ms, 30s, 5m, 2h, 7d"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        "d" => n.saturating_mul(86_400_000),
+        _ => {
+            return Err(format!(
+                "invalid duration `{s}`: use e.g. 500ms, 30s, 5m, 2h, 7d"
+            ))
+        }
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    parse_duration(&String::deserialize(d)?).map_err(de::Error::custom)
+}
+
+fn de_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {
+    Prefix::new(&String::deserialize(d)?).map_err(de::Error::custom)
+}
+
+fn de_header_name<'de, D: Deserializer<'de>>(d: D) -> Result<http::HeaderName, D::Error> {
+    let s = String::deserialize(d)?;
+    http::HeaderName::from_bytes(s.as_bytes())
+        .map_err(|_| de::Error::custom(format!("`{s}` is not a valid header name")))
+}
+
+fn de_methods<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<http::Method>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .into_iter()
+        .map(|m| {
+            let up = m.to_ascii_uppercase();
+            match up.as_str() {
+                "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => {
+                    http::Method::from_bytes(up.as_bytes())
+                        .map_err(|_| de::Error::custom("bad method"))
+                }
+                _ => Err(de::Error::custom(format!(
+                    "unknown method `{m}` (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS)"
+                ))),
+            }
+        })
+        .collect()
+}
+
+fn de_scopes<'de, D: Deserializer<'de>>(d: D) -> Result<ScopeSet, D::Error> {
+    ScopeSet::parse(Vec::<String>::deserialize(d)?).map_err(de::Error::custom)
+}
+
+/// Parses an upstream: `builtin:echo` or an `http(s)://host[:port][/base]` URL.
+pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    if s == "builtin:echo" {
+        return Ok(Upstream::Echo);
+    }
+    let uri: http::Uri = s.parse().map_err(|_| format!("`{s}` is not a URL"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .filter(|sc| *sc == http::uri::Scheme::HTTP || *sc == http::uri::Scheme::HTTPS)
+        .ok_or_else(|| format!("upstream `{s}` must be http://, https:// or builtin:echo"))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("upstream `{s}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err("upstream URLs must not carry credentials".into());
+    }
+    if uri.query().is_some() {
+        return Err("upstream URLs must not carry a query".into());
+    }
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    Ok(Upstream::Url {
+        scheme,
+        authority,
+        base_path,
+    })
+}
+
+fn de_upstream<'de, D: Deserializer<'de>>(d: D) -> Result<Upstream, D::Error> {
+    parse_upstream(&String::deserialize(d)?).map_err(de::Error::custom)
+}
+
+/// The policy grammar: `"public"`, a scheme name, `{ any = [...] }` or `{ all = [...] }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPolicy {
+    Name(String),
+    Table(RawPolicyTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicyTable {
+    #[serde(default)]
+    any: Option<Vec<RawPolicy>>,
+    #[serde(default)]
+    all: Option<Vec<RawPolicy>>,
+}
+
+fn lower(p: RawPolicy, depth: usize) -> Result<PolicyExpr, String> {
+    if depth > portcullis_domain::policy::MAX_DEPTH {
+        return Err("policy nested too deeply".into());
+    }
+    match p {
+        RawPolicy::Name(n) if n == "public" => Ok(PolicyExpr::Public),
+        RawPolicy::Name(n) => {
+            let s = Scheme::from_name(&n).ok_or_else(|| {
+                format!(
+                    "unknown scheme `{n}` (known: public, {})",
+                    Scheme::ALL
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+            if !AVAILABLE_SCHEMES.contains(&s) {
+                return Err(format!(
+                    "scheme `{n}` is not available in this version of portcullis (available: {})",
+                    AVAILABLE_SCHEMES
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            Ok(PolicyExpr::Scheme(s))
+        }
+        RawPolicy::Table(t) => {
+            let (ctor, items): (fn(Vec<PolicyExpr>) -> PolicyExpr, _) = match (t.any, t.all) {
+                (Some(v), None) => (PolicyExpr::Any, v),
+                (None, Some(v)) => (PolicyExpr::All, v),
+                _ => return Err("a policy table has exactly one of `any` or `all`".into()),
+            };
+            if items.is_empty() {
+                return Err("`any`/`all` needs at least one branch".into());
+            }
+            let inner = items
+                .into_iter()
+                .map(|i| lower(i, depth + 1))
+                .collect::<Result<Vec<_>, _>>()?;
+            if inner.contains(&PolicyExpr::Public) {
+                return Err("`public` must be the whole policy, not a branch".into());
+            }
+            Ok(ctor(inner))
+        }
+    }
+}
+
+fn de_policy<'de, D: Deserializer<'de>>(d: D) -> Result<PolicyExpr, D::Error> {
+    let raw = RawPolicy::deserialize(d).map_err(|_| {
+        de::Error::custom(
+            "policy must be \"public\", a scheme name, { any = [...] } or { all = [...] }",
+        )
+    })?;
+    lower(raw, 0).map_err(de::Error::custom)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    limit: u32,
+    period: String,
+    #[serde(default)]
+    burst: Option<u32>,
+    #[serde(default)]
+    algorithm: Option<String>,
+}
+
+fn de_opt_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Limit>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Off(bool),
+        On(RawLimit),
+    }
+    match Either::deserialize(d).map_err(|_| de::Error::custom("expected false or { limit = N, period = \"1m\", burst = N, algorithm = \"gcra\" | \"token_bucket\" }"))? {
+        Either::Off(false) => Ok(None),
+        Either::Off(true) => Err(de::Error::custom("`true` is not a limit; give { limit = N, period = \"1m\" }")),
+        Either::On(r) => {
+            let period = parse_duration(&r.period).map_err(de::Error::custom)?;
+            let algorithm = match r.algorithm.as_deref() {
+                None | Some("gcra") => Algorithm::Gcra,
+                Some("token_bucket") => Algorithm::TokenBucket,
+                Some(o) => return Err(de::Error::custom(format!("unknown algorithm `{o}` (gcra, token_bucket)"))),
+            };
+            if r.limit == 0 || period.is_zero() || r.burst == Some(0) {
+                return Err(de::Error::custom("limit, period and burst must be positive"));
+            }
+            let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+            Ok(Some(Limit { algorithm, limit: r.limit, period_ms, burst: r.burst.unwrap_or(r.limit) }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "p.toml").unwrap_err().0
+    }
+
+    #[test]
+    fn empty_file_gives_the_quickstart_defaults() {
+        let c = Config::parse("", "p.toml").unwrap();
+        assert_eq!(c.listen, default_listen());
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].upstream, Upstream::Echo);
+    }
+
+    #[test]
+    fn full_route_parses() {
+        let c = Config::parse(
+            r#"
+listen = "127.0.0.1:9000"
+[api_keys]
+prefix = "pk_test"
+[[routes]]
+name = "orders"
+host = "api.example.com"
+path_prefix = "/orders"
+methods = ["get", "POST"]
+upstream = "http://127.0.0.1:3000/v1/"
+policy = { any = ["api_key", { all = ["api_key"] }] }
+scopes = ["orders:read"]
+rate_limit = { limit = 100, period = "1m", burst = 10 }
+failed_auth_limit = false
+"#,
+            "p.toml",
+        )
+        .unwrap();
+        let r = &c.routes[0];
+        assert_eq!(r.methods, [http::Method::GET, http::Method::POST]);
+        assert!(matches!(&r.upstream, Upstream::Url { base_path, .. } if base_path == "/v1"));
+        assert_eq!(r.rate_limit.unwrap().burst, 10);
+        assert!(r.failed_auth_limit.is_none());
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = err("listen = \"127.0.0.1:1\"\nbogus = 1\n");
+        assert!(e.starts_with("p.toml:2:"), "{e}");
+        assert!(e.contains("bogus"), "{e}");
+
+        let e = err("[proxy]\ntimeout = \"soon\"\n");
+        assert!(e.starts_with("p.toml:2:"), "{e}");
+        assert!(e.contains("proxy.timeout"), "{e}");
+
+        let e = err("listen = \n");
+        assert!(e.starts_with("p.toml:1:"), "{e}");
+
+        let e = err("[[routes]]\nname = \"a\"\nupstream = \"builtin:echo\"\npolicy = { all = [\"mtls\", { any = [\"jwt\", \"api_key\"] }] }\n");
+        assert!(e.starts_with("p.toml:4:"), "{e}");
+        assert!(
+            e.contains("routes[0].policy") && e.contains("not available"),
+            "{e}"
+        );
+
+        let e = err("[[routes]]\nname = \"a\"\nupstream = \"builtin:echo\"\npolicy = \"api_key\"\n[[routes]]\nname = \"a\"\nupstream = \"builtin:echo\"\npolicy = \"public\"\n");
+        assert!(e.starts_with("p.toml:6:") && e.contains("duplicate"), "{e}");
+
+        let e = err("[[routes]]\nname = \"a\"\nupstream = \"ftp://x\"\npolicy = \"public\"\n");
+        assert!(
+            e.starts_with("p.toml:3:") && e.contains("routes[0].upstream"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("2 weeks").is_err());
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(
+            parse_duration("5").is_err(),
+            "a unit is required except for 0"
+        );
+        assert!(parse_duration("").is_err());
+    }
+}

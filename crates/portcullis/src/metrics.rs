@@ -1,0 +1,77 @@
+//! Prometheus metrics: requests by route, scheme and outcome; latency; rate-limit refusals.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+/// The gateway's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// `portcullis_requests_total{route, scheme, outcome}`.
+    pub requests: IntCounterVec,
+    /// `portcullis_request_duration_seconds{route}`.
+    pub latency: HistogramVec,
+    /// `portcullis_rate_limited_total{route}`.
+    pub rate_limited: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "portcullis_requests_total",
+                "Gateway requests by route, scheme and outcome",
+            ),
+            &["route", "scheme", "outcome"],
+        )
+        .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_request_duration_seconds",
+                "Time from request to response headers, by route",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["route"],
+        )
+        .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "portcullis_rate_limited_total",
+                "Requests refused by a rate limit or quota, by route",
+            ),
+            &["route"],
+        )
+        .unwrap_or_else(|_| unreachable!("static metric definition"));
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(rate_limited.clone()),
+        ] {
+            let _ = registry.register(c);
+        }
+        Self {
+            registry,
+            requests,
+            latency,
+            rate_limited,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,434 @@
+//! `portcullis serve`: wires config, store, domain and HTTP together, then serves.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use portcullis_core::crypto::{hex, sha256};
+use portcullis_core::Scheme;
+use portcullis_domain::admin::KeyAdmin;
+use portcullis_domain::audit;
+use portcullis_domain::authn::api_key::{ApiKeyAuthenticator, ApiKeyConfig, KeyCache};
+use portcullis_domain::authn::{Authenticator, RouteAuth};
+use portcullis_domain::gate::{Gate, RouteGate};
+use portcullis_domain::ratelimit::RateLimiter;
+use portcullis_domain::usage::UsageTracker;
+use portcullis_domain::{Clock, Policy, SystemClock};
+use portcullis_store::memory::MemoryRateCells;
+use portcullis_store::sqlite::SqliteStore;
+use portcullis_store::{ApiKeys, AuditLog};
+use tower::ServiceExt;
+
+use crate::admin_api::{self, AdminState};
+use crate::config::{Config, SinkKind};
+use crate::gateway::{Gateway, Route};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+
+/// Flags of `serve` that override the file.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// A startup failure, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+struct App {
+    gateway: Gateway,
+    admin: axum::Router,
+    metrics: Arc<Metrics>,
+    keys: Arc<dyn ApiKeys>,
+    ids: RequestIds,
+}
+
+/// Request ids: a random per-process prefix and a counter (unique, cheap, not guessable
+/// across restarts).
+struct RequestIds {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        Self {
+            prefix: hex(&portcullis_domain::random_bytes::<6>()),
+            next: AtomicU64::new(1),
+        }
+    }
+    fn next(&self) -> Arc<str> {
+        format!(
+            "{}-{:x}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+        .into()
+    }
+}
+
+/// Loads the configuration, applying flags (which clap has already merged with env).
+pub fn load_config(o: &Overrides) -> Result<Config, StartError> {
+    let mut cfg = match &o.config {
+        Some(p) => Config::load(p).map_err(|e| StartError(e.0))?,
+        None => Config::default(),
+    };
+    if let Some(l) = o.listen {
+        cfg.listen = l;
+    }
+    if let Some(d) = &o.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    Ok(cfg)
+}
+
+/// Runs the server until SIGINT/SIGTERM.
+pub async fn serve(cfg: Config) -> Result<(), StartError> {
+    let data_dir = cfg.data_dir.clone();
+    create_private_dir(&data_dir)?;
+    let token_hash = admin_token(&data_dir)?;
+    let store = Arc::new(
+        SqliteStore::open(&data_dir.join("portcullis.db"))
+            .await
+            .map_err(|e| {
+                StartError(format!(
+                    "cannot open the store in {}: {e}",
+                    data_dir.display()
+                ))
+            })?,
+    );
+    let keys: Arc<dyn ApiKeys> = store.clone();
+    let audit_log: Arc<dyn AuditLog> = store.clone();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let metrics = Arc::new(Metrics::new());
+
+    let sink: Option<Box<dyn Write + Send>> = match cfg.audit.sink {
+        SinkKind::None => None,
+        SinkKind::Stdout => Some(Box::new(std::io::stdout())),
+        SinkKind::File => {
+            let path = if cfg.audit.path.is_absolute() {
+                cfg.audit.path.clone()
+            } else {
+                data_dir.join(&cfg.audit.path)
+            };
+            Some(Box::new(std::io::BufWriter::new(open_private_append(
+                &path,
+            )?)))
+        }
+    };
+    let (auditor, writer) = audit::channel(audit_log.clone(), sink, cfg.audit.queue)
+        .await
+        .map_err(|e| StartError(format!("cannot read the audit trail: {e}")))?;
+    let writer_task = tokio::spawn(writer.run());
+
+    let cache = Arc::new(KeyCache::new(cfg.api_keys.cache_capacity));
+    let usage = Arc::new(UsageTracker::new(keys.clone()));
+    let ttl_ms = i64::try_from(cfg.api_keys.cache_ttl.as_millis()).unwrap_or(i64::MAX);
+    let api_key_cfg = ApiKeyConfig {
+        header: cfg.api_keys.header.clone(),
+        accept_bearer: cfg.api_keys.accept_bearer,
+        allow_foreign: cfg.api_keys.accept_foreign_keys,
+        cache_capacity: cfg.api_keys.cache_capacity,
+        positive_ttl_ms: ttl_ms,
+        negative_ttl_ms: ttl_ms.min(5_000),
+    };
+    let mut available: HashMap<Scheme, Arc<dyn Authenticator>> = HashMap::new();
+    available.insert(
+        Scheme::ApiKey,
+        Arc::new(ApiKeyAuthenticator::new(
+            api_key_cfg,
+            keys.clone(),
+            cache.clone(),
+            usage.clone(),
+        )),
+    );
+
+    let mut routes = Vec::with_capacity(cfg.routes.len());
+    for r in &cfg.routes {
+        let policy = Policy::compile(&r.policy, &available)
+            .map_err(|e| StartError(format!("route `{}`: {e}", r.name)))?;
+        let gate = RouteGate::new(
+            r.name.as_str().into(),
+            policy,
+            RouteAuth {
+                api_key_query_param: r.api_key_query_param.clone(),
+            },
+            r.scopes.clone(),
+            r.rate_limit,
+            r.failed_auth_limit,
+        );
+        routes.push(Route::new(
+            gate,
+            r.host.clone(),
+            r.path_prefix.clone(),
+            r.methods.clone(),
+            r.upstream.clone(),
+            r.strip_prefix,
+            r.forward_credentials,
+            &metrics,
+        ));
+    }
+    let gate = Gate::new(
+        RateLimiter::new(Arc::new(MemoryRateCells::new())),
+        usage.clone(),
+        auditor.clone(),
+    );
+    let gateway = Gateway {
+        routes,
+        gate,
+        proxy: Proxy::new(&cfg.proxy),
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+        limits: cfg.limits.clone(),
+        api_key_header: cfg.api_keys.header.clone(),
+    };
+    let admin_state = Arc::new(AdminState {
+        keys: KeyAdmin::new(
+            keys.clone(),
+            cache,
+            usage.clone(),
+            auditor.clone(),
+            clock.clone(),
+            cfg.api_keys.prefix.clone(),
+            cfg.api_keys.accept_foreign_keys,
+        ),
+        audit: audit_log,
+        token_hash,
+        clock,
+    });
+    let app = Arc::new(App {
+        gateway,
+        admin: admin_api::router(admin_state),
+        metrics,
+        keys,
+        ids: RequestIds::new(),
+    });
+
+    let flusher = {
+        let (usage, auditor) = (usage.clone(), auditor.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                usage.flush(&auditor).await;
+            }
+        })
+    };
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| StartError(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| StartError(e.to_string()))?;
+    println!("portcullis listening on http://{local}");
+    tracing::info!(%local, routes = cfg.routes.len(), data_dir = %data_dir.display(), "started");
+
+    let max_buf = (cfg.limits.max_header_bytes * 2).max(16 * 1024);
+    accept_loop(listener, app, max_buf).await;
+
+    flusher.abort();
+    usage.flush(&auditor).await;
+    auditor.flush().await;
+    drop(auditor);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, app: Arc<App>, max_buf: usize) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(max_buf);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_buf).unwrap_or(u32::MAX));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let svc = hyper::service::service_fn(move |req| dispatch(app.clone(), req, peer));
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 10s; closing");
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    tracing::info!("shutting down");
+}
+
+async fn dispatch(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path();
+    let resp = if path == "/admin/v1" || path.starts_with("/admin/v1/") {
+        match app.admin.clone().oneshot(req.map(Body::new)).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
+    } else if path == "/healthz" {
+        json_response(StatusCode::OK, r#"{"status":"ok"}"#)
+    } else if path == "/readyz" {
+        match app.keys.count().await {
+            Ok(_) => json_response(StatusCode::OK, r#"{"status":"ready"}"#),
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness check failed");
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"status":"unavailable"}"#,
+                )
+            }
+        }
+    } else if path == "/metrics" {
+        let mut r = Response::new(Body::from(app.metrics.render()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        r
+    } else {
+        let id = app.ids.next();
+        return Ok(app.gateway.handle(req, peer, id).await);
+    };
+    Ok(resp)
+}
+
+fn json_response(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StartError> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir).map_err(|e| {
+        StartError(format!(
+            "cannot create data directory {}: {e}",
+            dir.display()
+        ))
+    })
+}
+
+fn open_private_append(path: &Path) -> Result<std::fs::File, StartError> {
+    let mut o = std::fs::OpenOptions::new();
+    o.append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(path)
+        .map_err(|e| StartError(format!("cannot open {}: {e}", path.display())))
+}
+
+/// The admin token's hash: from `PORTCULLIS_ADMIN_TOKEN`, else `<data-dir>/admin.token`,
+/// generated (mode 0600) on first start. The token itself is never logged.
+fn admin_token(dir: &Path) -> Result<[u8; 32], StartError> {
+    if let Ok(t) = std::env::var("PORTCULLIS_ADMIN_TOKEN") {
+        let t = t.trim();
+        if t.len() < 32 {
+            return Err(StartError(
+                "PORTCULLIS_ADMIN_TOKEN must be at least 32 characters".into(),
+            ));
+        }
+        return Ok(sha256(t.as_bytes()));
+    }
+    let path = dir.join("admin.token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(sha256(t.trim().as_bytes())),
+        Ok(_) => {
+            return Err(StartError(format!(
+                "{} is empty; delete it to generate a new token",
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(StartError(format!("cannot read {}: {e}", path.display())))
+        }
+        Err(_) => {}
+    }
+    let token = format!(
+        "pca_{}",
+        bs58::encode(portcullis_domain::random_bytes::<32>()).into_string()
+    );
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o
+        .open(&path)
+        .map_err(|e| StartError(format!("cannot create {}: {e}", path.display())))?;
+    f.write_all(token.as_bytes())
+        .and_then(|()| f.write_all(b"\n"))
+        .and_then(|()| f.sync_all())
+        .map_err(|e| StartError(format!("cannot write {}: {e}", path.display())))?;
+    println!("admin token written to {}", path.display());
+    Ok(sha256(token.as_bytes()))
+}

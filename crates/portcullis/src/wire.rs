@@ -1,0 +1,81 @@
+//! The one renderer of refusals: JSON body, `WWW-Authenticate`, rate-limit headers, no caching.
+
+use axum::body::Body;
+use http::{header, HeaderValue, Response, StatusCode};
+use portcullis_core::ratelimit::Decision;
+use portcullis_core::WireError;
+
+/// Renders `e` as `{"error": code, "error_description": text}`.
+pub fn error_response(
+    e: WireError,
+    challenges: &[String],
+    rate: Option<&Decision>,
+) -> Response<Body> {
+    let body = format!(
+        r#"{{"error":"{}","error_description":"{}"}}"#,
+        e.code, e.description
+    );
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() =
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if e.status == 401 {
+        for c in challenges {
+            if let Ok(v) = HeaderValue::from_str(c) {
+                h.append(header::WWW_AUTHENTICATE, v);
+            }
+        }
+    }
+    if let Some(d) = rate {
+        rate_headers(h, d);
+        if !d.allowed {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(d.retry_after_secs));
+        }
+    }
+    resp
+}
+
+/// Sets `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
+pub fn rate_headers(h: &mut http::HeaderMap, d: &Decision) {
+    h.insert("ratelimit-limit", HeaderValue::from(d.limit));
+    h.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
+    h.insert("ratelimit-reset", HeaderValue::from(d.reset_secs));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_core::{AuthError, WireError};
+
+    #[test]
+    fn challenges_only_on_401_and_retry_after_on_refusal() {
+        let ch = vec!["ApiKey realm=\"portcullis\"".to_string()];
+        let r = error_response(WireError::from(&AuthError::MissingCredentials), &ch, None);
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], ch[0].as_str());
+        let r = error_response(WireError::from(&AuthError::InsufficientScope), &ch, None);
+        assert!(r.headers().get(header::WWW_AUTHENTICATE).is_none());
+        let d = Decision {
+            allowed: false,
+            cell: 0,
+            limit: 5,
+            remaining: 0,
+            reset_secs: 9,
+            retry_after_secs: 3,
+        };
+        let r = error_response(
+            WireError::from(&AuthError::RateLimited {
+                retry_after_secs: 3,
+            }),
+            &ch,
+            Some(&d),
+        );
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+        assert_eq!(r.headers()["ratelimit-limit"], "5");
+    }
+}

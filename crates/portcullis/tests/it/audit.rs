@@ -1,0 +1,161 @@
+//! The audit trail: one event per decision and change, tamper-evident, never a secret.
+
+use serde_json::Value;
+
+use crate::support::*;
+
+async fn events(s: &Server, query: &str) -> Vec<Value> {
+    let v = json_of(
+        s.admin()
+            .get(s.url(&format!("/admin/v1/audit?{query}")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    v["events"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn decisions_and_changes_are_audited_and_new_addresses_noticed() {
+    let s = Server::start(None);
+    let (id, key) = s.create_key("audited", "read:echo");
+    assert_eq!(get_key(&s, "/echo/1", &key).await.status(), 200);
+    assert_eq!(
+        client()
+            .get(s.url("/echo/1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let allow = s
+        .eventually("allow event", || async {
+            events(&s, "outcome=allow").await.into_iter().next()
+        })
+        .await;
+    assert_eq!(allow["kind"], "auth.decision");
+    assert_eq!(allow["credential_id"], id.as_str());
+    assert_eq!(allow["route"], "echo");
+    assert_eq!(allow["scheme"], "api_key");
+    assert_eq!(allow["client_ip"], "127.0.0.1");
+    assert!(allow["request_id"].is_string());
+    let deny = s
+        .eventually("deny event", || async {
+            events(&s, "outcome=deny").await.into_iter().next()
+        })
+        .await;
+    assert_eq!(deny["reason"], "missing_credentials");
+    let created = events(&s, "kind=api_key.created").await;
+    assert_eq!(created[0]["actor"], "admin-token");
+    assert_eq!(created[0]["detail"]["name"], "audited");
+    let new_ip = s
+        .eventually("api_key.new_ip", || async {
+            events(&s, "kind=api_key.new_ip").await.into_iter().next()
+        })
+        .await;
+    assert_eq!(new_ip["credential_id"], id.as_str());
+    // Only once per address.
+    assert_eq!(get_key(&s, "/echo/2", &key).await.status(), 200);
+    let shown = s
+        .eventually("last_used_at", || async {
+            let v = s.cli_json(&["keys", "show", &id]);
+            v["last_used_at"].is_string().then_some(v)
+        })
+        .await;
+    assert_eq!(shown["last_used_ip"], "127.0.0.1");
+    assert_eq!(events(&s, "kind=api_key.new_ip").await.len(), 1);
+
+    let (code, out, _) = s.cli(&["audit", "verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("intact"), "{out}");
+    // The file sink holds the same chain.
+    let sink = std::fs::read_to_string(s.data_dir().join("audit.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(sink.lines().next().unwrap()).unwrap();
+    assert_eq!(first["seq"], 1);
+    assert!(first["hash"].as_str().unwrap().len() == 64);
+}
+
+async fn tamper(db: &std::path::Path, sql: &'static str) {
+    use sqlx::Connection;
+    let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+    c.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn audit_verify_finds_edited_removed_and_reordered_events() {
+    for (what, sql) in [
+        ("edited", "UPDATE audit_events SET body = replace(body, 'api_key.created', 'api_key.creatad') WHERE seq = 2"),
+        ("removed", "DELETE FROM audit_events WHERE seq = 2"),
+        ("reordered", "UPDATE audit_events SET seq = 1000002 WHERE seq = 2; UPDATE audit_events SET seq = 2 WHERE seq = 3; UPDATE audit_events SET seq = 3 WHERE seq = 1000002"),
+    ] {
+        let s = Server::start(None);
+        for n in 0..4 {
+            s.create_key(&format!("k{n}"), "read:echo");
+        }
+        let (code, _, _) = s.cli(&["audit", "verify"]);
+        assert_eq!(code, 0);
+        let stopped = s.kill9();
+        tamper(&stopped.dir.join("data").join("portcullis.db"), sql).await;
+        let s = stopped.start(None);
+        let (code, out, err) = s.cli(&["audit", "verify"]);
+        assert_eq!(code, 1, "{what}: {out}{err}");
+        assert!(out.contains("BROKEN"), "{what}: {out}");
+    }
+}
+
+#[tokio::test]
+async fn no_secret_reaches_logs_audit_or_disk() {
+    let s = Server::start(Some("[audit]\nsink = \"stdout\"\n"));
+    let (id1, k1) = s.create_key("s1", "read:echo");
+    let (_, k2) = s.create_key("s2", "read:echo");
+    let rot = s.cli_json(&["keys", "rotate", &id1, "--grace", "1h"]);
+    let k3 = rot["key"].as_str().unwrap().to_string();
+    s.cli_json(&["keys", "revoke", &id1]);
+    for k in [&k1, &k2, &k3] {
+        let _ = get_key(&s, "/echo/x", k).await;
+        let _ = client()
+            .get(s.url("/echo/x"))
+            .bearer_auth(k)
+            .send()
+            .await
+            .unwrap();
+        let _ = get_key(&s, "/nope", k).await;
+        let _ = get_key(&s, "/echo/x", &format!("{k}x")).await;
+    }
+    let token = s.token();
+    let all_events = s
+        .eventually("events", || async {
+            let e = events(&s, "limit=1000").await;
+            (e.len() >= 12).then_some(e)
+        })
+        .await;
+    let audit_text = serde_json::to_string(&all_events).unwrap();
+    let mut s = s;
+    s.stop();
+    let output = s.output();
+    assert!(
+        output.contains("\"kind\":\"auth.decision\""),
+        "stdout sink carries events"
+    );
+    let mut files = String::new();
+    for entry in std::fs::read_dir(s.data_dir()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.file_name().unwrap() != "admin.token" {
+            files.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap()));
+        }
+    }
+    for secret in [&k1, &k2, &k3, &token] {
+        let body = &secret[secret.len() - 20..];
+        assert!(!output.contains(body), "a secret reached the logs");
+        assert!(
+            !audit_text.contains(body),
+            "a secret reached the audit trail"
+        );
+        assert!(!files.contains(body), "a secret reached the data directory");
+    }
+}

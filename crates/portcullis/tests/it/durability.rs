@@ -1,0 +1,53 @@
+//! Nothing acknowledged is lost: SIGKILL right after the API answered, restart, check.
+
+use crate::support::*;
+
+#[tokio::test]
+async fn acknowledged_changes_survive_sigkill() {
+    let s = Server::start(None);
+    let (revoked_id, revoked_key) = s.create_key("to-revoke", "read:echo");
+    let (rotated_id, _) = s.create_key("to-rotate", "read:echo");
+    s.cli_json(&["keys", "revoke", &revoked_id]);
+    let rot = s.cli_json(&["keys", "rotate", &rotated_id, "--grace", "0"]);
+    let rotated_new = rot["key"].as_str().unwrap().to_string();
+    // The last change, answered, then SIGKILL at once.
+    let (created_id, created_key) = s.create_key("created-last", "read:echo");
+    let s = s.kill9().start(None);
+    assert_eq!(
+        get_key(&s, "/echo/1", &created_key).await.status(),
+        200,
+        "created key survived"
+    );
+    assert_eq!(
+        get_key(&s, "/echo/1", &rotated_new).await.status(),
+        200,
+        "rotated key survived"
+    );
+    let r = get_key(&s, "/echo/1", &revoked_key).await;
+    assert_eq!(
+        json_of(r).await["error"],
+        "api_key_revoked",
+        "revocation survived"
+    );
+    let show = s.cli_json(&["keys", "show", &created_id]);
+    assert_eq!(show["name"], "created-last");
+    let old = s.cli_json(&["keys", "show", &rotated_id]);
+    assert_eq!(old["rotated_to"], rot["id"]);
+    // The admin changes' audit events were stored before the answers, too.
+    let events = json_of(
+        s.admin()
+            .get(s.url("/admin/v1/audit?kind=api_key.created"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["credential_id"] == created_id.as_str()),
+        "{events}"
+    );
+}

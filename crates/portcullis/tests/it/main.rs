@@ -1,0 +1,13 @@
+//! One integration-test binary: every test starts the real `portcullis` on an ephemeral
+//! loopback port and talks to it over HTTP.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod admin;
+mod audit;
+mod config;
+mod durability;
+mod gateway;
+mod proxy;
+mod ratelimit;
