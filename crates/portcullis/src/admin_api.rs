@@ -134,10 +134,7 @@ fn rejection(e: impl IntoResponse + std::fmt::Display) -> Response {
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
     serde_json::from_slice(body).map_err(|e| {
         // serde_json messages name fields and positions, never values of `Secret` fields.
-        let msg = format!(
-            "invalid JSON body: {}",
-            e.to_string().replace('"', "'")
-        );
+        let msg = format!("invalid JSON body: {}", e.to_string().replace('"', "'"));
         error(StatusCode::BAD_REQUEST, "invalid_request", &msg)
     })
 }

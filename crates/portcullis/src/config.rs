@@ -644,6 +644,23 @@ failed_auth_limit = false
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            let _ = Config::parse(&text, "p.toml");
+        }
+
+        #[test]
+        fn toml_shaped_text_never_panics(key in "[a-z_]{1,12}", value in "[\\[\\]{}\"a-z0-9=,. _-]{0,40}", table in "(\\[\\[routes\\]\\]|\\[proxy\\]|\\[api_keys\\]|)") {
+            let _ = Config::parse(&format!("{table}\n{key} = {value}\n"), "p.toml");
+        }
+
+        #[test]
+        fn durations_never_panic(s in "\\PC{0,30}") {
+            let _ = parse_duration(&s);
+        }
+    }
+
     #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
