@@ -13,6 +13,7 @@ pub mod conformance;
 pub mod error;
 pub mod memory;
 pub mod model;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 use async_trait::async_trait;
