@@ -17,6 +17,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: the request path allocates many small, short-lived buffers (headers, bodies,
+/// futures); glibc's malloc spent ~8 % of the gateway's CPU on them in profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Portcullis: one binary that authenticates every caller of a REST API.
 #[derive(Debug, Parser)]
 #[command(name = "portcullis", version, about)]
@@ -67,10 +72,15 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // On one core (or when pinned to one), a single-threaded runtime avoids the work-stealing
+    // machinery and its wake-ups between threads that have nothing to steal.
+    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut builder = if one_core {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

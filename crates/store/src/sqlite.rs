@@ -39,6 +39,8 @@ const WRITER_CACHE_KIB: &str = "-32768";
 /// Rows per multi-row statement. SQLite allows 32766 bound variables per statement; the widest
 /// row (an API key) binds 17, so 1000 rows stay well below the limit.
 const ROWS_PER_STATEMENT: usize = 1000;
+/// Statement sizes (rows) for audit appends, largest first; the last must be 1.
+const APPEND_CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
 /// `AuditQuery::limit` is clamped to this.
 const MAX_QUERY_LIMIT: u32 = 1000;
 
@@ -576,7 +578,17 @@ impl AuditLog for SqliteStore {
         }
         let mut qb =
             QueryBuilder::<Sqlite>::new(concat!("INSERT INTO audit_events (", event_cols!(), ") "));
-        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        // Appends run at request rate with batches of every size; statements of a few fixed
+        // sizes stay in the prepared-statement cache instead of being parsed anew each time.
+        let mut rest = events;
+        while !rest.is_empty() {
+            let n = APPEND_CHUNKS
+                .iter()
+                .copied()
+                .find(|&c| c <= rest.len())
+                .unwrap_or(1);
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
             qb.reset();
             qb.push_values(chunk, |mut b, e| {
                 b.push_bind(e.seq)

@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Load benchmark: Portcullis vs nginx as a reverse proxy, on loopback.
+#
+#   scripts/bench-load.sh            # full: wrk -t1 -c32 -d10s, 3 runs per case, medians
+#   scripts/bench-load.sh --quick    # the same with -d3s runs, for fast iteration
+#   scripts/bench-load.sh --keep     # keep the temp dir (configs, logs, raw wrk output)
+#
+# Cases, all proxying the same nginx upstream (`return 200 "ok\n"`):
+#   nginx  nginx (1 worker) with keep-alive to the upstream
+#   open   Portcullis, route /open, policy "public"
+#   auth   Portcullis, route /auth, policy "api_key", rate limit on (never binding), audit on
+# The servers (upstream, nginx proxy, Portcullis) are pinned to core 0, wrk to core 1.
+# Runs are interleaved (nginx, open, auth, nginx, …) so drift hits every case alike.
+# Any non-2xx response or socket error from wrk fails the benchmark.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+
+duration=10s
+keep=0
+for arg in "$@"; do
+    case $arg in
+        --quick) duration=3s ;;
+        --keep) keep=1 ;;
+        -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+        *) echo "bench-load.sh: unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+runs=3
+wrk_args=(-t1 -c32 "-d$duration")
+server_cpu=0
+client_cpu=1
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'bench-load.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# --- tools: install wrk / nginx-light only when missing --------------------------------------
+need_pkgs=()
+command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_pkgs+=(nginx-light)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
+if [[ ${#need_pkgs[@]} -gt 0 ]]; then
+    say "installing missing packages: ${need_pkgs[*]}"
+    sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_pkgs[@]}"
+fi
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+command -v taskset >/dev/null 2>&1 || die "taskset not found (package util-linux)"
+[[ $(nproc --all) -ge 2 ]] || die "needs at least 2 cores (servers on core 0, wrk on core 1)"
+
+# --- build -----------------------------------------------------------------------------------
+say "cargo build --release --bin portcullis (fat LTO: may take minutes)"
+cargo build --release --bin portcullis
+bin=$root/target/release/portcullis
+
+# --- temp dir, process cleanup ---------------------------------------------------------------
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")
+chmod 755 "$tmp" # nginx workers may run as another user when started as root
+pids=()
+cleanup() {
+    local rc=$?
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [[ $rc -ne 0 ]]; then
+        # show what the servers said before the evidence is deleted
+        for log in "$tmp"/upstream/error.log "$tmp"/proxy/error.log "$tmp"/portcullis.out "$tmp"/portcullis.err; do
+            [[ -s $log ]] && { echo "--- $log (tail)" >&2; tail -n 20 "$log" >&2; }
+        done
+    fi
+    if [[ $keep -eq 1 || $rc -ne 0 ]]; then
+        echo "bench-load.sh: temp dir kept: $tmp" >&2
+    else
+        rm -rf "$tmp"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Free loopback ports: bind all to port 0 at once (so they differ), then release them.
+read -r up_port proxy_port gw_port < <(python3 - <<'EOF'
+import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))
+EOF
+)
+
+# Fill a template from bench/ (@PREFIX@, @PORT@, @UPSTREAM_PORT@) into $tmp.
+render() { # template, output, prefix, port
+    sed -e "s|@PREFIX@|$3|g" -e "s|@PORT@|$4|g" -e "s|@UPSTREAM_PORT@|$up_port|g" "$1" >"$2"
+}
+
+# Wait until URL answers (any HTTP status), or die after ~10 s.
+wait_http() { # url, name, pid
+    for _ in $(seq 100); do
+        kill -0 "$3" 2>/dev/null || die "$2 exited during startup"
+        curl -s -o /dev/null "$1" && return 0
+        sleep 0.1
+    done
+    die "$2 did not answer on $1"
+}
+
+# Start an nginx instance with its own prefix and config, pinned to the server core.
+start_nginx() { # name, template, port
+    local prefix=$tmp/$1
+    mkdir -p "$prefix/tmp"
+    render "$root/bench/$2" "$prefix/nginx.conf" "$prefix" "$3"
+    "$nginx_bin" -t -q -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" ||
+        die "nginx config $2 is invalid"
+    taskset -c "$server_cpu" "$nginx_bin" -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" &
+    pids+=($!)
+    wait_http "http://127.0.0.1:$3/" "nginx ($1)" "$!"
+}
+
+# --- servers ---------------------------------------------------------------------------------
+say "starting upstream nginx on 127.0.0.1:$up_port"
+start_nginx upstream nginx-upstream.conf "$up_port"
+
+say "starting nginx proxy on 127.0.0.1:$proxy_port"
+start_nginx proxy nginx-proxy.conf "$proxy_port"
+
+say "starting portcullis on 127.0.0.1:$gw_port"
+render "$root/bench/portcullis.toml" "$tmp/portcullis.toml" "$tmp" "$gw_port"
+mkdir -p "$tmp/data"
+PORTCULLIS_LOG=warn taskset -c "$server_cpu" "$bin" serve --config "$tmp/portcullis.toml" \
+    --listen "127.0.0.1:$gw_port" --data-dir "$tmp/data" >"$tmp/portcullis.out" 2>"$tmp/portcullis.err" &
+gw_pid=$!
+pids+=("$gw_pid")
+for _ in $(seq 100); do
+    grep -q 'portcullis listening on http://' "$tmp/portcullis.out" 2>/dev/null && break
+    kill -0 "$gw_pid" 2>/dev/null || die "portcullis exited during startup"
+    sleep 0.1
+done
+grep -q "portcullis listening on http://127.0.0.1:$gw_port" "$tmp/portcullis.out" ||
+    die "portcullis did not report listening on 127.0.0.1:$gw_port"
+gw=http://127.0.0.1:$gw_port
+
+# One API key, through the CLI.
+key=$("$bin" keys create --name bench --scopes bench --json --server "$gw" --data-dir "$tmp/data" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])') || die "keys create failed"
+[[ -n $key ]] || die "keys create printed no key"
+
+# --- cases -----------------------------------------------------------------------------------
+cases=(nginx open auth)
+declare -A url=(
+    [nginx]=http://127.0.0.1:$proxy_port/
+    [open]=$gw/open
+    [auth]=$gw/auth
+)
+declare -A hdr=([nginx]="" [open]="" [auth]="X-API-Key: $key")
+
+# curl once per case: must be 200 with the upstream's body.
+for c in "${cases[@]}"; do
+    h=()
+    [[ -n ${hdr[$c]} ]] && h=(-H "${hdr[$c]}")
+    out=$(curl -sS -o "$tmp/check-$c.body" -w '%{http_code}' "${h[@]}" "${url[$c]}") ||
+        die "curl $c (${url[$c]}) failed"
+    [[ $out == 200 && $(cat "$tmp/check-$c.body") == ok ]] ||
+        die "case $c: expected 200 \"ok\" from ${url[$c]}, got $out: $(head -c 300 "$tmp/check-$c.body")"
+done
+# and the API-key route must refuse a request without the key
+out=$(curl -s -o /dev/null -w '%{http_code}' "${url[auth]}")
+[[ $out == 401 ]] || die "case auth without a key: expected 401, got $out"
+
+# One wrk run; prints req/s. Fails on non-2xx responses or socket errors.
+run_wrk() { # case, duration, output file
+    local c=$1 h=()
+    [[ -n ${hdr[$c]} ]] && h=(-H "${hdr[$c]}")
+    taskset -c "$client_cpu" wrk -t1 -c32 "-d$2" "${h[@]}" "${url[$c]}" >"$3" 2>&1 ||
+        die "wrk failed for $c: $(cat "$3")"
+    if grep -q 'Non-2xx or 3xx responses' "$3"; then
+        die "case $c: wrk saw non-2xx responses:"$'\n'"$(cat "$3")"
+    fi
+    if grep -q 'Socket errors' "$3"; then
+        die "case $c: wrk saw socket errors:"$'\n'"$(cat "$3")"
+    fi
+    awk '/^Requests\/sec:/ { print $2; found = 1 } END { exit !found }' "$3" ||
+        die "case $c: no Requests/sec in wrk output:"$'\n'"$(cat "$3")"
+}
+
+say "load: wrk ${wrk_args[*]}, $runs runs per case, interleaved (2 s warm-up before each case run)"
+declare -A rps
+for r in $(seq "$runs"); do
+    for c in "${cases[@]}"; do
+        run_wrk "$c" 2s "$tmp/wrk-$c-warmup-$r.txt" >/dev/null
+        rps[$c,$r]=$(run_wrk "$c" "$duration" "$tmp/wrk-$c-$r.txt")
+        printf '    run %d %-5s %12s req/s\n' "$r" "$c" "${rps[$c,$r]}" >&2
+    done
+done
+
+# Portcullis must not have logged anything at warn level or above during the run.
+if [[ -s $tmp/portcullis.err ]]; then
+    echo "bench-load.sh: warning: portcullis wrote to stderr:" >&2
+    tail -n 20 "$tmp/portcullis.err" >&2
+fi
+
+# --- report ----------------------------------------------------------------------------------
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+declare -A med
+for c in "${cases[@]}"; do
+    vals=()
+    for r in $(seq "$runs"); do vals+=("${rps[$c,$r]}"); done
+    med[$c]=$(median "${vals[@]}")
+done
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", 100 * a / b }'; }
+open_vs_nginx=$(pct "${med[open]}" "${med[nginx]}")
+auth_vs_open=$(pct "${med[auth]}" "${med[open]}")
+
+declare -A label=(
+    [nginx]="nginx proxy (keep-alive upstream)"
+    [open]="portcullis /open (public)"
+    [auth]="portcullis /auth (api_key, rate limit, audit)"
+)
+echo
+echo "## Load: wrk ${wrk_args[*]}, $runs runs, median req/s"
+echo
+echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (dirty tree)')"
+echo "- nproc: $(nproc)"
+echo "- CPU: $(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
+echo "- servers (upstream, nginx proxy, portcullis) on core $server_cpu, wrk on core $client_cpu; nginx $("$nginx_bin" -v 2>&1 | sed 's|.*nginx/||')"
+echo
+echo "| case | run 1 | run 2 | run 3 | median |"
+echo "|---|---:|---:|---:|---:|"
+for c in "${cases[@]}"; do
+    printf '| %s | %s | %s | %s | **%s** |\n' "${label[$c]}" "${rps[$c,1]}" "${rps[$c,2]}" "${rps[$c,3]}" "${med[$c]}"
+done
+echo
+verdict() { awk -v v="$1" -v t="$2" 'BEGIN { print (v >= t) ? "met" : "NOT met" }'; }
+echo "- open / nginx: **$open_vs_nginx %** (target ≥ 100 %: $(verdict "$open_vs_nginx" 100))"
+echo "- auth / open: **$auth_vs_open %** (target ≥ 95 %: $(verdict "$auth_vs_open" 95))"
