@@ -123,9 +123,7 @@ impl Gate {
                 let id = a.authn.as_ref().map(|a| &a.identity);
                 let e = event.reason("ok");
                 match id {
-                    Some(i) => e
-                        .scheme(i.schemes.to_string())
-                        .credential(i.credential_id.clone()),
+                    Some(i) => e.scheme(i.schemes).credential(i.credential_id.clone()),
                     None => e,
                 }
             }

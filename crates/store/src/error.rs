@@ -10,6 +10,9 @@ pub enum StoreError {
     /// Stored data could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The caller passed data the store cannot hold (a bug in the caller).
+    #[error("invalid: {0}")]
+    Invalid(&'static str),
     /// The record does not exist.
     #[error("not found")]
     NotFound,

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use portcullis_core::crypto::Sha256Digest;
+use portcullis_core::crypto::{unhex, Sha256Digest};
 use portcullis_core::Timestamp;
 use serde::de::DeserializeOwned;
 use sqlx::migrate::Migrator;
@@ -39,8 +39,6 @@ const WRITER_CACHE_KIB: &str = "-32768";
 /// Rows per multi-row statement. SQLite allows 32766 bound variables per statement; the widest
 /// row (an API key) binds 17, so 1000 rows stay well below the limit.
 const ROWS_PER_STATEMENT: usize = 1000;
-/// Statement sizes (rows) for audit appends, largest first; the last must be 1.
-const APPEND_CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
 /// `AuditQuery::limit` is clamped to this.
 const MAX_QUERY_LIMIT: u32 = 1000;
 
@@ -50,13 +48,6 @@ macro_rules! key_cols {
         "id, name, owner, hash, display_prefix, scopes, metadata, rate_limits, quota, \
          created_at, expires_at, revoked_at, rotated_from, rotated_to, last_used_at, \
          last_used_ip, origin"
-    };
-}
-
-/// The columns of an audit event, in the order `append` pushes them.
-macro_rules! event_cols {
-    () => {
-        "seq, time, kind, outcome, credential_id, body, prev_hash, hash"
     };
 }
 
@@ -158,7 +149,7 @@ fn sql_err(e: sqlx::Error) -> StoreError {
                 "api key hash exists"
             } else if m.contains("api_keys.id") {
                 "api key id exists"
-            } else if m.contains("audit_events.seq") {
+            } else if m.contains("audit_blocks.first_seq") {
                 "audit seq exists"
             } else {
                 "unique constraint violated"
@@ -282,19 +273,6 @@ fn key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
         last_used_at: opt_time(row, "last_used_at")?,
         last_used_ip: get_opt("last_used_ip")?,
         origin: get("origin")?,
-    })
-}
-
-fn event_from_row(row: &SqliteRow) -> Result<StoredEvent, StoreError> {
-    Ok(StoredEvent {
-        seq: row.try_get("seq").map_err(sql_err)?,
-        time: Timestamp::from_millis(row.try_get("time").map_err(sql_err)?),
-        kind: row.try_get("kind").map_err(sql_err)?,
-        outcome: row.try_get("outcome").map_err(sql_err)?,
-        credential_id: row.try_get("credential_id").map_err(sql_err)?,
-        body: row.try_get("body").map_err(sql_err)?,
-        prev_hash: digest(row, "prev_hash")?,
-        hash: digest(row, "hash")?,
     })
 }
 
@@ -563,12 +541,18 @@ impl AuditLog for SqliteStore {
         if events.is_empty() {
             return Ok(());
         }
+        // Encode first: a bad event fails the call before any lock is taken.
+        let blocks = events
+            .chunks(MAX_BLOCK_EVENTS)
+            .map(Block::encode)
+            .collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.begin_write().await?;
         // Like the memory store: every seq must be above the stored head and increasing.
-        let head: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit_events")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(sql_err)?;
+        let head: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM audit_blocks ORDER BY first_seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(sql_err)?;
         let mut next = head.map_or(1, |h| h.saturating_add(1));
         for e in events {
             if e.seq < next {
@@ -576,91 +560,263 @@ impl AuditLog for SqliteStore {
             }
             next = e.seq.saturating_add(1);
         }
-        let mut qb =
-            QueryBuilder::<Sqlite>::new(concat!("INSERT INTO audit_events (", event_cols!(), ") "));
-        // Appends run at request rate with batches of every size; statements of a few fixed
-        // sizes stay in the prepared-statement cache instead of being parsed anew each time.
-        let mut rest = events;
-        while !rest.is_empty() {
-            let n = APPEND_CHUNKS
-                .iter()
-                .copied()
-                .find(|&c| c <= rest.len())
-                .unwrap_or(1);
-            let (chunk, tail) = rest.split_at(n);
-            rest = tail;
-            qb.reset();
-            qb.push_values(chunk, |mut b, e| {
-                b.push_bind(e.seq)
-                    .push_bind(e.time.as_millis())
-                    .push_bind(e.kind.as_str())
-                    .push_bind(e.outcome.as_str())
-                    .push_bind(e.credential_id.as_deref())
-                    .push_bind(e.body.as_str())
-                    .push_bind(&e.prev_hash[..])
-                    .push_bind(&e.hash[..]);
-            });
-            qb.build().execute(&mut *tx).await.map_err(sql_err)?;
+        for b in &blocks {
+            sqlx::query(
+                "INSERT INTO audit_blocks (first_seq, last_seq, min_time, max_time, kinds, \
+                 outcomes, credentials, events) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .bind(b.first_seq)
+            .bind(b.last_seq)
+            .bind(b.min_time)
+            .bind(b.max_time)
+            .bind(b.kinds.as_str())
+            .bind(b.outcomes.as_str())
+            .bind(b.credentials.as_str())
+            .bind(b.events.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(sql_err)?;
         }
         tx.commit().await.map_err(sql_err)
     }
 
     async fn head(&self) -> Result<Option<(i64, Sha256Digest)>, StoreError> {
-        sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(sql_err)?
-            .map(|row| Ok((row.try_get("seq").map_err(sql_err)?, digest(&row, "hash")?)))
-            .transpose()
+        let events: Option<String> =
+            sqlx::query_scalar("SELECT events FROM audit_blocks ORDER BY first_seq DESC LIMIT 1")
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(sql_err)?;
+        let Some(events) = events else {
+            return Ok(None);
+        };
+        let last = decode_block(&events)?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("empty audit block".into()))?;
+        Ok(Some((last.seq, last.hash)))
     }
 
     async fn query(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut qb = QueryBuilder::<Sqlite>::new(concat!(
-            "SELECT ",
-            event_cols!(),
-            " FROM audit_events WHERE 1 = 1"
-        ));
-        if let Some(b) = q.before_seq {
-            qb.push(" AND seq < ").push_bind(b);
+        let limit = q.limit.clamp(1, MAX_QUERY_LIMIT) as usize;
+        let mut out = Vec::new();
+        let mut below = q.before_seq.unwrap_or(i64::MAX);
+        // Newest blocks first, a page at a time; the SQL filters only skip blocks that cannot
+        // hold a match, the exact filter runs on the decoded events.
+        loop {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT first_seq, events FROM audit_blocks WHERE first_seq < ",
+            );
+            qb.push_bind(below);
+            for (col, v) in [
+                ("kinds", &q.kind),
+                ("outcomes", &q.outcome),
+                ("credentials", &q.credential_id),
+            ] {
+                if let Some(v) = v {
+                    qb.push(format_args!(" AND instr({col}, ")) // col is one of three literals
+                        .push_bind(format!("\t{v}\t"))
+                        .push(") > 0");
+                }
+            }
+            if let Some(s) = q.since {
+                qb.push(" AND max_time >= ").push_bind(s.as_millis());
+            }
+            qb.push(" ORDER BY first_seq DESC LIMIT ")
+                .push_bind(BLOCKS_PER_PAGE);
+            let rows = qb.build().fetch_all(&self.reader).await.map_err(sql_err)?;
+            let Some(last) = rows.last() else {
+                return Ok(out);
+            };
+            below = last.try_get("first_seq").map_err(sql_err)?;
+            for row in &rows {
+                let text: &str = row.try_get("events").map_err(sql_err)?;
+                for e in decode_block(text)?.into_iter().rev() {
+                    if q.before_seq.is_none_or(|b| e.seq < b)
+                        && q.kind.as_ref().is_none_or(|k| &e.kind == k)
+                        && q.outcome.as_ref().is_none_or(|o| &e.outcome == o)
+                        && q.credential_id
+                            .as_ref()
+                            .is_none_or(|c| e.credential_id.as_ref() == Some(c))
+                        && q.since.is_none_or(|s| e.time >= s)
+                    {
+                        out.push(e);
+                        if out.len() == limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+            }
         }
-        if let Some(k) = &q.kind {
-            qb.push(" AND kind = ").push_bind(k.as_str());
-        }
-        if let Some(o) = &q.outcome {
-            qb.push(" AND outcome = ").push_bind(o.as_str());
-        }
-        if let Some(c) = &q.credential_id {
-            qb.push(" AND credential_id = ").push_bind(c.as_str());
-        }
-        if let Some(s) = q.since {
-            qb.push(" AND time >= ").push_bind(s.as_millis());
-        }
-        qb.push(" ORDER BY seq DESC LIMIT ")
-            .push_bind(i64::from(q.limit.clamp(1, MAX_QUERY_LIMIT)));
-        qb.build()
-            .fetch_all(&self.reader)
-            .await
-            .map_err(sql_err)?
-            .iter()
-            .map(event_from_row)
-            .collect()
     }
 
     async fn scan(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
-        sqlx::query(concat!(
-            "SELECT ",
-            event_cols!(),
-            " FROM audit_events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-        ))
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(sql_err)?
-        .iter()
-        .map(event_from_row)
-        .collect()
+        let limit = limit as usize;
+        let mut out = Vec::new();
+        let mut from = after;
+        while out.len() < limit {
+            let rows = sqlx::query(
+                "SELECT last_seq, events FROM audit_blocks WHERE last_seq > ?1 \
+                 ORDER BY first_seq LIMIT ?2",
+            )
+            .bind(from)
+            .bind(BLOCKS_PER_PAGE)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(sql_err)?;
+            let Some(last) = rows.last() else {
+                break;
+            };
+            from = last.try_get("last_seq").map_err(sql_err)?;
+            for row in &rows {
+                let text: &str = row.try_get("events").map_err(sql_err)?;
+                out.extend(
+                    decode_block(text)?
+                        .into_iter()
+                        .filter(|e| e.seq > after)
+                        .take(limit - out.len()),
+                );
+            }
+        }
+        Ok(out)
     }
+}
+
+/// Events per stored block (one block per append call, split above this).
+const MAX_BLOCK_EVENTS: usize = 4096;
+/// Blocks read per query round trip.
+const BLOCKS_PER_PAGE: i64 = 16;
+
+/// One `audit_blocks` row.
+struct Block {
+    first_seq: i64,
+    last_seq: i64,
+    min_time: i64,
+    max_time: i64,
+    kinds: String,
+    outcomes: String,
+    credentials: String,
+    events: String,
+}
+
+impl Block {
+    /// Encodes a non-empty run of events.
+    fn encode(events: &[StoredEvent]) -> Result<Block, StoreError> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return Err(StoreError::Invalid("empty audit block"));
+        };
+        let mut b = Block {
+            first_seq: first.seq,
+            last_seq: last.seq,
+            min_time: i64::MAX,
+            max_time: i64::MIN,
+            kinds: String::from("\t"),
+            outcomes: String::from("\t"),
+            credentials: String::from("\t"),
+            events: String::with_capacity(events.iter().map(|e| e.body.len() + 200).sum()),
+        };
+        let mut prev: Option<&Sha256Digest> = None;
+        for e in events {
+            b.min_time = b.min_time.min(e.time.as_millis());
+            b.max_time = b.max_time.max(e.time.as_millis());
+            add_distinct(&mut b.kinds, &e.kind);
+            add_distinct(&mut b.outcomes, &e.outcome);
+            if let Some(c) = &e.credential_id {
+                add_distinct(&mut b.credentials, c);
+            }
+            encode_event(&mut b.events, e, prev == Some(&e.prev_hash))?;
+            prev = Some(&e.hash);
+        }
+        Ok(b)
+    }
+}
+
+/// Appends `v` to a tab-delimited set (`"\ta\tb\t"`) unless it is there already.
+fn add_distinct(set: &mut String, v: &str) {
+    let present = set.split('\t').any(|x| x == v && !x.is_empty());
+    if !present {
+        set.push_str(v);
+        set.push('\t');
+    }
+}
+
+/// One event as a line: `seq TAB time_ms TAB kind TAB outcome TAB credential_id (empty for none)
+/// TAB prev_hash hex TAB hash hex TAB body LF`. The body is last, so only it may hold tabs;
+/// nothing may hold a line feed (canonical JSON never does). `prev_hash` is left empty when it
+/// is the hash on the line before (`chained`), which is the case for every event but a block's
+/// first: a tenth of the bytes, at request rate.
+fn encode_event(out: &mut String, e: &StoredEvent, chained: bool) -> Result<(), StoreError> {
+    use std::fmt::Write as _;
+    let field_ok = |s: &str| !s.is_empty() && !s.contains(['\t', '\n']);
+    if !field_ok(&e.kind)
+        || !field_ok(&e.outcome)
+        || e.credential_id.as_deref().is_some_and(|c| !field_ok(c))
+    {
+        return Err(StoreError::Invalid(
+            "audit kind, outcome and credential id must be non-empty without tabs or line feeds",
+        ));
+    }
+    if e.body.contains('\n') {
+        return Err(StoreError::Invalid(
+            "audit body must not contain a line feed",
+        ));
+    }
+    let _ = write!(out, "{}\t{}\t", e.seq, e.time.as_millis());
+    out.push_str(&e.kind);
+    out.push('\t');
+    out.push_str(&e.outcome);
+    out.push('\t');
+    out.push_str(e.credential_id.as_deref().unwrap_or(""));
+    out.push('\t');
+    if !chained {
+        push_hex(out, &e.prev_hash);
+    }
+    out.push('\t');
+    push_hex(out, &e.hash);
+    out.push('\t');
+    out.push_str(&e.body);
+    out.push('\n');
+    Ok(())
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+}
+
+/// Decodes a block's `events` text, in stored order.
+fn decode_block(text: &str) -> Result<Vec<StoredEvent>, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("audit block: {what}"));
+    let mut out: Vec<StoredEvent> = Vec::new();
+    for line in text.split_terminator('\n') {
+        let mut f = line.splitn(8, '\t');
+        let mut next = |name: &str| f.next().ok_or_else(|| corrupt(name));
+        let seq = next("seq")?.parse().map_err(|_| corrupt("seq"))?;
+        let time = next("time")?.parse().map_err(|_| corrupt("time"))?;
+        let kind = next("kind")?.to_owned();
+        let outcome = next("outcome")?.to_owned();
+        let credential_id = Some(next("credential_id")?)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned);
+        let prev_hash = match (next("prev_hash")?, out.last()) {
+            ("", Some(before)) => before.hash,
+            (hex, _) => unhex(hex).ok_or_else(|| corrupt("prev_hash"))?,
+        };
+        let hash = unhex(next("hash")?).ok_or_else(|| corrupt("hash"))?;
+        let body = next("body")?.to_owned();
+        out.push(StoredEvent {
+            seq,
+            time: Timestamp::from_millis(time),
+            kind,
+            outcome,
+            credential_id,
+            body,
+            prev_hash,
+            hash,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -945,6 +1101,107 @@ mod tests {
         assert_eq!(newest[0].seq, 2500);
         let zero = s.query(&AuditQuery::default()).await.unwrap();
         assert_eq!(zero.len(), 1, "limit 0 reads as 1");
+    }
+
+    #[tokio::test]
+    async fn audit_blocks_page_filter_and_refuse_unstorable_events() {
+        let s = SqliteStore::open_in_memory().await.unwrap();
+        // 40 blocks of 1..=3 events: queries and scans cross many blocks and pages.
+        let mut prev = GENESIS;
+        let mut seq = 0;
+        let mut all = Vec::new();
+        for b in 0..40 {
+            let batch: Vec<StoredEvent> = (0..=(b % 3))
+                .map(|i| {
+                    seq += 1;
+                    let cred = (seq % 5 == 0).then_some("key_five");
+                    let e = sample_event(
+                        seq,
+                        prev,
+                        "auth.decision",
+                        if i == 0 { "allow" } else { "deny" },
+                        cred,
+                    );
+                    prev = e.hash;
+                    e
+                })
+                .collect();
+            s.append(&batch).await.unwrap();
+            all.extend(batch);
+        }
+        assert_eq!(s.head().await.unwrap(), Some((seq, prev)));
+        assert_eq!(
+            s.scan(0, 1000).await.unwrap(),
+            all,
+            "scan returns every event, in order"
+        );
+        assert_eq!(
+            s.scan(7, 5).await.unwrap(),
+            all[7..12].to_vec(),
+            "scan pages inside blocks"
+        );
+        let fives = s
+            .query(&AuditQuery {
+                credential_id: Some("key_five".into()),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let want: Vec<i64> = (1..=seq).rev().filter(|n| n % 5 == 0).collect();
+        assert_eq!(fives.iter().map(|e| e.seq).collect::<Vec<_>>(), want);
+        let page = s
+            .query(&AuditQuery {
+                outcome: Some("deny".into()),
+                before_seq: Some(seq - 3),
+                limit: 7,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let want: Vec<i64> = all
+            .iter()
+            .rev()
+            .filter(|e| e.outcome == "deny" && e.seq < seq - 3)
+            .take(7)
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), want);
+        assert!(s
+            .query(&AuditQuery {
+                kind: Some("nope".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .is_empty());
+
+        // A block whose events do not chain keeps every prev_hash as given.
+        let a = sample_event(seq + 1, prev, "k", "ok", None);
+        let b = sample_event(seq + 2, [9; 32], "k", "ok", None);
+        s.append(&[a.clone(), b.clone()]).await.unwrap();
+        assert_eq!(s.scan(seq, 10).await.unwrap(), [a, b.clone()]);
+        let (seq, prev) = (b.seq, b.hash);
+
+        // What the line format cannot hold is refused before anything is written.
+        let mut bad = sample_event(seq + 1, prev, "auth.decision", "allow", None);
+        bad.body.push('\n');
+        assert!(matches!(
+            s.append(&[bad]).await,
+            Err(StoreError::Invalid(_))
+        ));
+        let bad = sample_event(seq + 1, prev, "a\tb", "allow", None);
+        assert!(matches!(
+            s.append(&[bad]).await,
+            Err(StoreError::Invalid(_))
+        ));
+        let bad = sample_event(seq + 1, prev, "k", "allow", Some(""));
+        assert!(matches!(
+            s.append(&[bad]).await,
+            Err(StoreError::Invalid(_))
+        ));
+        assert_eq!(s.head().await.unwrap(), Some((seq, prev)));
     }
 
     #[tokio::test]

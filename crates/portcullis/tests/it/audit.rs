@@ -89,9 +89,13 @@ async fn tamper(db: &std::path::Path, sql: &'static str) {
 #[tokio::test]
 async fn audit_verify_finds_edited_removed_and_reordered_events() {
     for (what, sql) in [
-        ("edited", "UPDATE audit_events SET body = replace(body, 'api_key.created', 'api_key.creatad') WHERE seq = 2"),
-        ("removed", "DELETE FROM audit_events WHERE seq = 2"),
-        ("reordered", "UPDATE audit_events SET seq = 1000002 WHERE seq = 2; UPDATE audit_events SET seq = 2 WHERE seq = 3; UPDATE audit_events SET seq = 3 WHERE seq = 1000002"),
+        // Admin changes are stored durably one at a time: event n is the block at first_seq n.
+        ("edited", "UPDATE audit_blocks SET events = replace(events, 'api_key.created', 'api_key.creatad') WHERE first_seq = 2"),
+        ("removed", "DELETE FROM audit_blocks WHERE first_seq = 2"),
+        // Swap events 2 and 3, renumbering them so that the seq sequence stays contiguous.
+        ("reordered", "UPDATE audit_blocks SET first_seq = 1000002, last_seq = 1000002 WHERE first_seq = 2; \
+                       UPDATE audit_blocks SET first_seq = 2, last_seq = 2, events = '2' || substr(events, 2) WHERE first_seq = 3; \
+                       UPDATE audit_blocks SET first_seq = 3, last_seq = 3, events = '3' || substr(events, 2) WHERE first_seq = 1000002"),
     ] {
         let s = Server::start(None);
         for n in 0..4 {
@@ -105,6 +109,8 @@ async fn audit_verify_finds_edited_removed_and_reordered_events() {
         let (code, out, err) = s.cli(&["audit", "verify"]);
         assert_eq!(code, 1, "{what}: {out}{err}");
         assert!(out.contains("BROKEN"), "{what}: {out}");
+        // The message names what was done (ChainError's texts say edited/removed/reordered).
+        assert!(out.contains(what), "{what}: {out}");
     }
 }
 

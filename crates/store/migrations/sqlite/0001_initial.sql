@@ -36,22 +36,21 @@ CREATE TABLE api_key_ips (
     PRIMARY KEY (key_id, ip)
 ) STRICT, WITHOUT ROWID;
 
--- The tamper-evident audit chain. `seq` is the rowid, so appends go to the end of the table.
-CREATE TABLE audit_events (
-    seq           INTEGER PRIMARY KEY CHECK (seq > 0),
-    time          INTEGER NOT NULL,
-    kind          TEXT    NOT NULL,
-    outcome       TEXT    NOT NULL,
-    credential_id TEXT,
-    body          TEXT    NOT NULL,
-    prev_hash     BLOB    NOT NULL CHECK (length(prev_hash) = 32),
-    hash          BLOB    NOT NULL CHECK (length(hash) = 32)
+-- The tamper-evident audit chain, stored in blocks: one row per appended batch.
+--
+-- Authentication decisions are audited at request rate; a row (and its index entries) per
+-- event costs more than the request it records. A block row holds a batch of events as text,
+-- one line per event (see `sqlite::encode_block`), each line carrying its own seq, prev_hash
+-- and hash, so that the chain is checked event by event exactly as before. `kinds` and
+-- `credentials` list (tab-delimited) the distinct values in the block, so that a filtered query
+-- skips blocks without decoding them.
+CREATE TABLE audit_blocks (
+    first_seq   INTEGER PRIMARY KEY CHECK (first_seq > 0),
+    last_seq    INTEGER NOT NULL CHECK (last_seq >= first_seq),
+    min_time    INTEGER NOT NULL,
+    max_time    INTEGER NOT NULL,
+    kinds       TEXT    NOT NULL,
+    outcomes    TEXT    NOT NULL,
+    credentials TEXT    NOT NULL,
+    events      TEXT    NOT NULL
 ) STRICT;
-
--- Filters of `AuditQuery`, newest first: every index ends in the rowid (seq) implicitly, so
--- `WHERE kind = ? ORDER BY seq DESC` walks the index backwards without sorting.
-CREATE INDEX audit_events_kind ON audit_events (kind);
-CREATE INDEX audit_events_outcome ON audit_events (outcome);
-CREATE INDEX audit_events_credential ON audit_events (credential_id)
-    WHERE credential_id IS NOT NULL;
-CREATE INDEX audit_events_time ON audit_events (time);
