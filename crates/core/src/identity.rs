@@ -83,6 +83,13 @@ impl SchemeSet {
         self.0 & s.bit() != 0
     }
 
+    /// The only scheme, when the set holds exactly one.
+    pub fn single(self) -> Option<Scheme> {
+        (self.0.count_ones() == 1)
+            .then(|| self.iter().next())
+            .flatten()
+    }
+
     /// The schemes in canonical order.
     pub fn iter(self) -> impl Iterator<Item = Scheme> {
         Scheme::ALL.into_iter().filter(move |s| self.contains(*s))
@@ -119,7 +126,25 @@ pub enum ScopeError {
 
 /// A set of OAuth-style scopes, sorted and unique. Cheap to clone (shared).
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct ScopeSet(Arc<[Box<str>]>);
+pub struct ScopeSet(Arc<Scopes>);
+
+/// The shared part of a [`ScopeSet`]: the tokens and, computed once, their space-separated
+/// form (forwarded upstream on every request).
+#[derive(Default, PartialEq, Eq, Hash)]
+struct Scopes {
+    items: Box<[Box<str>]>,
+    joined: Box<str>,
+}
+
+impl ScopeSet {
+    fn from_sorted(v: Vec<Box<str>>) -> Self {
+        let joined = v.join(" ").into();
+        Self(Arc::new(Scopes {
+            items: v.into(),
+            joined,
+        }))
+    }
+}
 
 impl ScopeSet {
     /// Longest scope token accepted.
@@ -147,12 +172,16 @@ impl ScopeSet {
         }
         v.sort();
         v.dedup();
-        Ok(Self(v.into()))
+        Ok(Self::from_sorted(v))
     }
 
     /// Whether every scope in `required` is in this set.
     pub fn contains_all(&self, required: &ScopeSet) -> bool {
-        required.0.iter().all(|r| self.0.binary_search(r).is_ok())
+        required
+            .0
+            .items
+            .iter()
+            .all(|r| self.0.items.binary_search(r).is_ok())
     }
 
     /// The union of two sets.
@@ -163,25 +192,30 @@ impl ScopeSet {
         if self.is_empty() {
             return other.clone();
         }
-        let mut v: Vec<Box<str>> = self.0.iter().chain(other.0.iter()).cloned().collect();
+        let mut v: Vec<Box<str>> = self.iter().chain(other.iter()).map(Into::into).collect();
         v.sort();
         v.dedup();
-        Self(v.into())
+        Self::from_sorted(v)
     }
 
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.items.is_empty()
     }
 
     /// The scopes in sorted order.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|s| &**s)
+        self.0.items.iter().map(|s| &**s)
     }
 
     /// Space-separated, as in OAuth's `scope` parameter and `X-Portcullis-Scopes`.
     pub fn to_space_separated(&self) -> String {
-        self.iter().collect::<Vec<_>>().join(" ")
+        self.as_space_separated().to_owned()
+    }
+
+    /// Space-separated, without an allocation (computed when the set was built).
+    pub fn as_space_separated(&self) -> &str {
+        &self.0.joined
     }
 }
 
@@ -263,6 +297,22 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn single_scheme_and_joined_scopes() {
+        assert_eq!(
+            SchemeSet::one(Scheme::ApiKey).single(),
+            Some(Scheme::ApiKey)
+        );
+        let two = SchemeSet::one(Scheme::ApiKey).union(SchemeSet::one(Scheme::Jwt));
+        assert_eq!(two.single(), None);
+        assert_eq!(SchemeSet::default().single(), None);
+        let s = ScopeSet::parse(["b", "a", "b"]).unwrap();
+        assert_eq!(s.as_space_separated(), "a b");
+        let u = s.union(&ScopeSet::parse(["c"]).unwrap());
+        assert_eq!(u.as_space_separated(), "a b c");
+        assert_eq!(ScopeSet::default().as_space_separated(), "");
+    }
 
     #[test]
     fn scheme_names_round_trip() {

@@ -36,6 +36,14 @@ pub mod identity_headers {
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const H_SCHEME: HeaderName = HeaderName::from_static(identity_headers::SCHEME);
+const H_CLIENT: HeaderName = HeaderName::from_static(identity_headers::CLIENT);
+const H_SUBJECT: HeaderName = HeaderName::from_static(identity_headers::SUBJECT);
+const H_SCOPES: HeaderName = HeaderName::from_static(identity_headers::SCOPES);
+const H_CREDENTIAL: HeaderName = HeaderName::from_static(identity_headers::CREDENTIAL);
+const H_XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+const H_XF_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const H_XF_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// One compiled route.
 pub struct Route {
@@ -279,26 +287,31 @@ impl Gateway {
         }
         if let Some(a) = authn {
             let id = &a.identity;
-            set(h, identity_headers::SCHEME, &id.schemes.to_string());
+            match id.schemes.single() {
+                Some(one) => {
+                    h.insert(H_SCHEME, HeaderValue::from_static(one.name()));
+                }
+                None => set(h, H_SCHEME, &id.schemes.to_string()),
+            }
             if let Some(c) = &id.client_id {
-                set(h, identity_headers::CLIENT, c);
+                set(h, H_CLIENT, c);
             }
             if let Some(s) = &id.subject {
-                set(h, identity_headers::SUBJECT, s);
+                set(h, H_SUBJECT, s);
             }
-            set(h, identity_headers::SCOPES, &id.scopes.to_space_separated());
-            set(h, identity_headers::CREDENTIAL, &id.credential_id);
+            set(h, H_SCOPES, id.scopes.as_space_separated());
+            set(h, H_CREDENTIAL, &id.credential_id);
         }
-        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match h.get(&H_XFF).and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {}", peer.ip()),
             None => peer.ip().to_string(),
         };
-        set(h, "x-forwarded-for", &xff);
-        set(h, "x-forwarded-proto", "http");
+        set(h, H_XFF, &xff);
+        h.insert(H_XF_PROTO, HeaderValue::from_static("http"));
         if let Some(host) = &host {
-            set(h, "x-forwarded-host", host);
+            set(h, H_XF_HOST, host);
         }
-        set(h, "x-request-id", request_id);
+        set(h, REQUEST_ID, request_id);
 
         let path = parts.uri.path();
         let path = if route.strip_prefix {
@@ -352,9 +365,9 @@ impl Gateway {
     }
 }
 
-fn set(h: &mut http::HeaderMap, name: &'static str, value: &str) {
+fn set(h: &mut http::HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
-        h.insert(HeaderName::from_static(name), v);
+        h.insert(name, v);
     }
 }
 

@@ -236,7 +236,9 @@ pub struct MemoryRateCells {
 
 #[derive(Default)]
 struct Shard {
-    cells: HashMap<Box<str>, (i64, i64)>, // (cell, expires_at_ms)
+    // foldhash (randomly seeded per process): probed on every request; keys hold client
+    // addresses, so the hasher must not be predictable from outside.
+    cells: foldhash::HashMap<Box<str>, (i64, i64)>, // (cell, expires_at_ms)
     ops: u32,
 }
 
