@@ -572,7 +572,7 @@ impl AuditLog for SqliteStore {
             .bind(b.kinds.as_str())
             .bind(b.outcomes.as_str())
             .bind(b.credentials.as_str())
-            .bind(b.events.as_str())
+            .bind(pack_block_text(&b.events))
             .execute(&mut *tx)
             .await
             .map_err(sql_err)?;
@@ -581,7 +581,7 @@ impl AuditLog for SqliteStore {
     }
 
     async fn head(&self) -> Result<Option<(i64, Sha256Digest)>, StoreError> {
-        let events: Option<String> =
+        let events: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT events FROM audit_blocks ORDER BY first_seq DESC LIMIT 1")
                 .fetch_optional(&self.reader)
                 .await
@@ -589,7 +589,7 @@ impl AuditLog for SqliteStore {
         let Some(events) = events else {
             return Ok(None);
         };
-        let last = decode_block(&events)?
+        let last = decode_block(&unpack_block_text(&events)?)?
             .pop()
             .ok_or_else(|| StoreError::Corrupt("empty audit block".into()))?;
         Ok(Some((last.seq, last.hash)))
@@ -628,8 +628,8 @@ impl AuditLog for SqliteStore {
             };
             below = last.try_get("first_seq").map_err(sql_err)?;
             for row in &rows {
-                let text: &str = row.try_get("events").map_err(sql_err)?;
-                for e in decode_block(text)?.into_iter().rev() {
+                let packed: &[u8] = row.try_get("events").map_err(sql_err)?;
+                for e in decode_block(&unpack_block_text(packed)?)?.into_iter().rev() {
                     if q.before_seq.is_none_or(|b| e.seq < b)
                         && q.kind.as_ref().is_none_or(|k| &e.kind == k)
                         && q.outcome.as_ref().is_none_or(|o| &e.outcome == o)
@@ -667,9 +667,9 @@ impl AuditLog for SqliteStore {
             };
             from = last.try_get("last_seq").map_err(sql_err)?;
             for row in &rows {
-                let text: &str = row.try_get("events").map_err(sql_err)?;
+                let packed: &[u8] = row.try_get("events").map_err(sql_err)?;
                 out.extend(
-                    decode_block(text)?
+                    decode_block(&unpack_block_text(packed)?)?
                         .into_iter()
                         .filter(|e| e.seq > after)
                         .take(limit - out.len()),
@@ -783,6 +783,37 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
         out.push(char::from(DIGITS[usize::from(b >> 4)]));
         out.push(char::from(DIGITS[usize::from(b & 15)]));
     }
+}
+
+/// Largest decompressed block accepted (a block of `MAX_BLOCK_EVENTS` admin events with big
+/// details stays far below): a corrupt or forged length prefix cannot make us allocate more.
+const MAX_BLOCK_TEXT: usize = 256 << 20;
+
+/// The stored form of a block's event lines (the `events` column): their length as 4 bytes
+/// little-endian, then an LZ4 block (`lz4_flex`). Public for forensic tools and tests.
+pub fn pack_block_text(text: &str) -> Vec<u8> {
+    let len = u32::try_from(text.len()).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(4 + text.len() / 3);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&lz4_flex::block::compress(text.as_bytes()));
+    out
+}
+
+/// The inverse of [`pack_block_text`].
+pub fn unpack_block_text(packed: &[u8]) -> Result<String, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("audit block: {what}"));
+    let (len, data) = packed
+        .split_first_chunk::<4>()
+        .ok_or_else(|| corrupt("too short"))?;
+    let len = usize::try_from(u32::from_le_bytes(*len)).unwrap_or(usize::MAX);
+    if len > MAX_BLOCK_TEXT {
+        return Err(corrupt("length out of bounds"));
+    }
+    let bytes = lz4_flex::block::decompress(data, len).map_err(|_| corrupt("compression"))?;
+    if bytes.len() != len {
+        return Err(corrupt("length"));
+    }
+    String::from_utf8(bytes).map_err(|_| corrupt("not UTF-8"))
 }
 
 /// Decodes a block's `events` text, in stored order.
@@ -1101,6 +1132,26 @@ mod tests {
         assert_eq!(newest[0].seq, 2500);
         let zero = s.query(&AuditQuery::default()).await.unwrap();
         assert_eq!(zero.len(), 1, "limit 0 reads as 1");
+    }
+
+    #[test]
+    fn packed_block_text_round_trips_and_refuses_corruption() {
+        let text = "1\t2\tk\to\t\t\tab\t{}\n".repeat(100);
+        let packed = pack_block_text(&text);
+        assert!(packed.len() < text.len() / 4, "{} bytes", packed.len());
+        assert_eq!(unpack_block_text(&packed).unwrap(), text);
+        assert_eq!(unpack_block_text(&pack_block_text("")).unwrap(), "");
+        let mut huge = packed.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut short = packed.clone();
+        short[..4].copy_from_slice(&10u32.to_le_bytes());
+        let truncated = &packed[..packed.len() / 2];
+        for bad in [&b""[..], &b"\x01\x00"[..], &huge, &short, truncated] {
+            assert!(matches!(
+                unpack_block_text(bad),
+                Err(StoreError::Corrupt(_))
+            ));
+        }
     }
 
     #[tokio::test]

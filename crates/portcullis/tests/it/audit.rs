@@ -77,26 +77,61 @@ async fn decisions_and_changes_are_audited_and_new_addresses_noticed() {
     assert!(first["hash"].as_str().unwrap().len() == 64);
 }
 
-async fn tamper(db: &std::path::Path, sql: &'static str) {
-    use sqlx::Connection;
+/// Edits the stored trail the way someone with write access to the database file could:
+/// through the store's own block format. Admin changes are stored durably one at a time, so
+/// event n is alone in the block at `first_seq` n.
+async fn tamper(db: &std::path::Path, what: &str) {
+    use portcullis_store::sqlite::{pack_block_text, unpack_block_text};
+    use sqlx::{Connection, Row};
     let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
         .await
         .unwrap();
-    sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+    let mut text = Vec::new();
+    for seq in [2i64, 3] {
+        let row = sqlx::query("SELECT events FROM audit_blocks WHERE first_seq = ?1")
+            .bind(seq)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        text.push(unpack_block_text(row.get::<&[u8], _>("events")).unwrap());
+    }
+    let put = |seq: i64, events: String| {
+        sqlx::query("UPDATE audit_blocks SET events = ?1 WHERE first_seq = ?2")
+            .bind(pack_block_text(&events))
+            .bind(seq)
+    };
+    match what {
+        "edited" => {
+            assert!(text[0].contains("api_key.created"));
+            let edited = text[0].replace("api_key.created", "api_key.creatad");
+            put(2, edited).execute(&mut c).await.unwrap();
+        }
+        "removed" => {
+            sqlx::query("DELETE FROM audit_blocks WHERE first_seq = 2")
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+        "reordered" => {
+            // Swap events 2 and 3, renumbered so that the seq sequence stays contiguous.
+            let (two, three) = (text[0].clone(), text[1].clone());
+            put(2, format!("2{}", &three[1..]))
+                .execute(&mut c)
+                .await
+                .unwrap();
+            put(3, format!("3{}", &two[1..]))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+        other => panic!("no tampering called {other}"),
+    }
     c.close().await.unwrap();
 }
 
 #[tokio::test]
 async fn audit_verify_finds_edited_removed_and_reordered_events() {
-    for (what, sql) in [
-        // Admin changes are stored durably one at a time: event n is the block at first_seq n.
-        ("edited", "UPDATE audit_blocks SET events = replace(events, 'api_key.created', 'api_key.creatad') WHERE first_seq = 2"),
-        ("removed", "DELETE FROM audit_blocks WHERE first_seq = 2"),
-        // Swap events 2 and 3, renumbering them so that the seq sequence stays contiguous.
-        ("reordered", "UPDATE audit_blocks SET first_seq = 1000002, last_seq = 1000002 WHERE first_seq = 2; \
-                       UPDATE audit_blocks SET first_seq = 2, last_seq = 2, events = '2' || substr(events, 2) WHERE first_seq = 3; \
-                       UPDATE audit_blocks SET first_seq = 3, last_seq = 3, events = '3' || substr(events, 2) WHERE first_seq = 1000002"),
-    ] {
+    for what in ["edited", "removed", "reordered"] {
         let s = Server::start(None);
         for n in 0..4 {
             s.create_key(&format!("k{n}"), "read:echo");
@@ -104,7 +139,7 @@ async fn audit_verify_finds_edited_removed_and_reordered_events() {
         let (code, _, _) = s.cli(&["audit", "verify"]);
         assert_eq!(code, 0);
         let stopped = s.kill9();
-        tamper(&stopped.dir.join("data").join("portcullis.db"), sql).await;
+        tamper(&stopped.dir.join("data").join("portcullis.db"), what).await;
         let s = stopped.start(None);
         let (code, out, err) = s.cli(&["audit", "verify"]);
         assert_eq!(code, 1, "{what}: {out}{err}");
