@@ -26,13 +26,23 @@ pub fn crc32(data: &[u8]) -> u32 {
 
 /// Lowercase hex encoding.
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 0xf) as usize] as char);
-    }
+    push_hex(&mut out, bytes);
     out
+}
+
+/// Appends the lowercase hex encoding of `bytes` to `out` (audit lines write two per event).
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 128];
+    for chunk in bytes.chunks(buf.len() / 2) {
+        for (i, b) in chunk.iter().enumerate() {
+            buf[2 * i] = DIGITS[usize::from(b >> 4)];
+            buf[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        }
+        // Only ASCII hex digits were written.
+        out.push_str(std::str::from_utf8(&buf[..2 * chunk.len()]).unwrap_or_default());
+    }
 }
 
 /// Decodes lowercase or uppercase hex into exactly `N` bytes.
@@ -75,6 +85,14 @@ mod tests {
         let d = sha256(b"x");
         assert_eq!(unhex::<32>(&hex(&d)), Some(d));
         assert_eq!(unhex::<2>("zz00"), None);
+        let long: Vec<u8> = (0..=255).collect();
+        assert_eq!(
+            unhex::<256>(&hex(&long)),
+            Some(long.clone().try_into().unwrap())
+        );
+        let mut s = String::from("x");
+        push_hex(&mut s, &[0xab, 0x01]);
+        assert_eq!(s, "xab01");
         assert_eq!(unhex::<2>("abc"), None);
     }
 }

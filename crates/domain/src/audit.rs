@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use portcullis_core::audit::{chain_hash, ChainError, ChainVerifier, GENESIS};
-use portcullis_core::crypto::{hex, Sha256Digest};
+use portcullis_core::crypto::{hex, push_hex, Sha256Digest};
 use portcullis_core::identity::SchemeSet;
 use portcullis_core::Timestamp;
 use portcullis_store::{AuditLog, StoreError, StoredEvent};
@@ -236,9 +236,9 @@ pub struct AuditWriter {
 }
 
 /// Largest batch written in one transaction.
-const BATCH: usize = 1024;
+const BATCH: usize = 4096;
 /// Longest an event waits for company before its batch is written.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+const LINGER: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Creates the channel and the writer, continuing the chain stored in `store`.
 pub async fn channel(
@@ -329,12 +329,9 @@ impl AuditWriter {
             let body = r.body.strip_suffix('}').unwrap_or(&r.body);
             let sep = if body.len() > 1 { "," } else { "" };
             buf.push_str(body);
-            let _ = writeln!(
-                buf,
-                "{sep}\"seq\":{},\"hash\":\"{}\"}}",
-                r.seq,
-                hex(&r.hash)
-            );
+            let _ = write!(buf, "{sep}\"seq\":{},\"hash\":\"", r.seq);
+            push_hex(&mut buf, &r.hash);
+            buf.push_str("\"}\n");
         }
         if let Err(e) = sink.write_all(buf.as_bytes()).and_then(|()| sink.flush()) {
             tracing::error!(error = %e, "writing the audit sink failed");

@@ -1,7 +1,7 @@
 //! The one renderer of refusals: JSON body, `WWW-Authenticate`, rate-limit headers, no caching.
 
 use axum::body::Body;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 use portcullis_core::ratelimit::Decision;
 use portcullis_core::WireError;
 
@@ -42,9 +42,12 @@ pub fn error_response(
 
 /// Sets `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
 pub fn rate_headers(h: &mut http::HeaderMap, d: &Decision) {
-    h.insert("ratelimit-limit", HeaderValue::from(d.limit));
-    h.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
-    h.insert("ratelimit-reset", HeaderValue::from(d.reset_secs));
+    const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+    const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+    const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+    h.insert(LIMIT, HeaderValue::from(d.limit));
+    h.insert(REMAINING, HeaderValue::from(d.remaining));
+    h.insert(RESET, HeaderValue::from(d.reset_secs));
 }
 
 #[cfg(test)]

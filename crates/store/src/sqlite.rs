@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use portcullis_core::crypto::{unhex, Sha256Digest};
+use portcullis_core::crypto::{push_hex, unhex, Sha256Digest};
 use portcullis_core::Timestamp;
 use serde::de::DeserializeOwned;
 use sqlx::migrate::Migrator;
@@ -775,14 +775,6 @@ fn encode_event(out: &mut String, e: &StoredEvent, chained: bool) -> Result<(), 
     out.push_str(&e.body);
     out.push('\n');
     Ok(())
-}
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
 }
 
 /// Largest decompressed block accepted (a block of `MAX_BLOCK_EVENTS` admin events with big
