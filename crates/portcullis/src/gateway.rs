@@ -302,11 +302,15 @@ impl Gateway {
             set(h, H_SCOPES, id.scopes.as_space_separated());
             set(h, H_CREDENTIAL, &id.credential_id);
         }
-        let xff = match h.get(&H_XFF).and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {}", peer.ip()),
-            None => peer.ip().to_string(),
-        };
-        set(h, H_XFF, &xff);
+        match h.get(&H_XFF).and_then(|v| v.to_str().ok()) {
+            Some(prev) => {
+                let xff = format!("{prev}, {}", peer.ip());
+                set(h, H_XFF, &xff);
+            }
+            None => {
+                h.insert(H_XFF, ip_header_value(peer.ip()));
+            }
+        }
         h.insert(H_XF_PROTO, HeaderValue::from_static("http"));
         if let Some(host) = &host {
             set(h, H_XF_HOST, host);
@@ -347,12 +351,10 @@ impl Gateway {
             } => {
                 let pq = build_path_and_query(base_path, path, query.as_deref())
                     .ok_or(GatewayError::BadRequest)?;
-                let uri = Uri::builder()
-                    .scheme(scheme.clone())
-                    .authority(authority.clone())
-                    .path_and_query(pq.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
-                    .build()
-                    .map_err(|_| GatewayError::BadRequest)?;
+                let mut uri = pq.into_parts();
+                uri.scheme = Some(scheme.clone());
+                uri.authority = Some(authority.clone());
+                let uri = Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest)?;
                 parts.uri = uri;
                 parts.version = http::Version::HTTP_11;
                 // The upstream sees its own host; the original is in X-Forwarded-Host.
@@ -369,6 +371,16 @@ fn set(h: &mut http::HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(name, v);
     }
+}
+
+/// The client address as a header value, formatted on the stack.
+fn ip_header_value(ip: std::net::IpAddr) -> HeaderValue {
+    use std::io::Write as _;
+    let mut buf = [0u8; 48]; // the longest IPv6 text is 45 bytes
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cur, "{ip}");
+    let n = usize::try_from(cur.position()).unwrap_or(0);
+    HeaderValue::from_bytes(&buf[..n]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 fn build_path_and_query(base: &str, path: &str, query: Option<&str>) -> Option<Uri> {
@@ -402,14 +414,17 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
 /// Whether a path has `.` or `..` segments, raw or percent-encoded. Such paths are refused:
 /// upstreams normalise them differently, which is how route-based access rules get bypassed.
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let lower = seg.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
+    // Fast path (nearly every request): nothing that could spell a dot segment.
+    if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    lower.split('/').any(|seg| {
+        let decoded = seg.replace("%2e", ".");
         decoded == "." || decoded == ".."
-    }) || path.to_ascii_lowercase().contains("%2f..")
+    }) || lower.contains("%2f..")
         || path.contains('\\')
 }
-
 fn request_host(req: &Request<Incoming>) -> Option<std::borrow::Cow<'_, str>> {
     let raw = req
         .headers()
@@ -445,6 +460,19 @@ mod tests {
         }
         for p in ["/a/b", "/a/..b/c", "/a/b.c", "/"] {
             assert!(!has_dot_segment(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn client_addresses_become_header_values() {
+        for ip in [
+            "127.0.0.1",
+            "::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_header_value(ip), ip.to_string().as_str());
         }
     }
 
