@@ -265,6 +265,23 @@ async fn api_keys_usage_and_ips(s: &impl ApiKeys) {
         "second is not"
     );
     assert!(s.remember_ip(&k.id, "::1", at).await.unwrap());
+    assert!(
+        !s.remember_ip("key_nope", "::1", at).await.unwrap(),
+        "an unknown key id remembers nothing"
+    );
+
+    // Batches from several instances arrive in any order: last use never goes back in time.
+    let earlier = KeyUsage {
+        key_id: k.id.clone(),
+        last_used_at: Timestamp::from_secs(1_700_000_000),
+        last_used_ip: "10.0.0.1".into(),
+        quota_window: 3,
+        quota_used: 43,
+    };
+    s.record_usage(&[earlier]).await.unwrap();
+    let got = s.find(&k.id).await.unwrap().unwrap();
+    assert_eq!(got.last_used_at, Some(at), "an older report does not win");
+    assert_eq!(got.last_used_ip.as_deref(), Some("127.0.0.9"));
 }
 
 async fn api_keys_import_is_atomic(s: &impl ApiKeys) {

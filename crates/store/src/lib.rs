@@ -62,13 +62,15 @@ pub trait ApiKeys: Send + Sync {
         old_expires_at: Timestamp,
     ) -> Result<ApiKeyRecord, StoreError>;
 
-    /// Records batched usage (last use, last address, quota counts). Unknown ids are ignored.
+    /// Records batched usage (last use, last address, quota counts). Unknown ids are ignored;
+    /// a report older than the stored last use leaves last use and address unchanged.
     async fn record_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError>;
 
     /// The persisted quota state of a key (default when never used).
     async fn quota_state(&self, id: &str) -> Result<QuotaState, StoreError>;
 
-    /// Remembers that `key_id` was used from `ip`. Returns `true` if this pair is new.
+    /// Remembers that `key_id` was used from `ip`. Returns `true` if this pair is new;
+    /// `false` (and remembers nothing) for a key id that does not exist.
     async fn remember_ip(&self, key_id: &str, ip: &str, at: Timestamp) -> Result<bool, StoreError>;
 
     /// How many keys are stored.

@@ -147,8 +147,10 @@ impl ApiKeys for MemoryStore {
         let mut g = self.lock();
         for u in usage {
             if let Some(k) = g.keys.get_mut(&u.key_id) {
-                k.last_used_at = Some(u.last_used_at);
-                k.last_used_ip = Some(u.last_used_ip.clone());
+                if k.last_used_at.is_none_or(|t| t <= u.last_used_at) {
+                    k.last_used_at = Some(u.last_used_at);
+                    k.last_used_ip = Some(u.last_used_ip.clone());
+                }
                 g.quota.insert(
                     u.key_id.clone(),
                     QuotaState {
@@ -171,7 +173,11 @@ impl ApiKeys for MemoryStore {
         ip: &str,
         _at: Timestamp,
     ) -> Result<bool, StoreError> {
-        Ok(self.lock().ips.insert((key_id.to_owned(), ip.to_owned())))
+        let mut g = self.lock();
+        if !g.keys.contains_key(key_id) {
+            return Ok(false);
+        }
+        Ok(g.ips.insert((key_id.to_owned(), ip.to_owned())))
     }
 
     async fn count(&self) -> Result<u64, StoreError> {

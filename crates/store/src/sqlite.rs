@@ -465,7 +465,11 @@ impl ApiKeys for SqliteStore {
 
         let mut tx = self.begin_write().await?;
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "UPDATE api_keys SET last_used_at = u.column2, last_used_ip = u.column3, \
+            // SET expressions see the row as it was: an older report keeps the newer use.
+            "UPDATE api_keys SET \
+             last_used_ip = CASE WHEN last_used_at IS NULL OR last_used_at <= u.column2 \
+                            THEN u.column3 ELSE last_used_ip END, \
+             last_used_at = max(coalesce(last_used_at, u.column2), u.column2), \
              quota_window = u.column4, quota_used = u.column5 FROM (",
         );
         for chunk in latest.chunks(ROWS_PER_STATEMENT) {
