@@ -4,6 +4,7 @@
 //! takes effect on the next request), and is audited (durably) with who made it. Raw keys are
 //! returned exactly once, from `create`, `rotate` and never again.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use portcullis_core::api_key::{self, Prefix};
@@ -106,6 +107,15 @@ pub struct ImportKey {
     pub fields: NewKey,
 }
 
+/// Who makes an admin change: the credential used and the address it came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor {
+    /// The admin credential (`admin-token`).
+    pub name: &'static str,
+    /// The client address of the admin request.
+    pub ip: Option<IpAddr>,
+}
+
 /// The admin use cases for keys.
 pub struct KeyAdmin {
     store: Arc<dyn ApiKeys>,
@@ -142,7 +152,7 @@ impl KeyAdmin {
     /// Creates a key; returns the record and the raw key (show it once).
     pub async fn create(
         &self,
-        actor: &str,
+        actor: Actor,
         req: NewKey,
     ) -> Result<(ApiKeyRecord, Secret), AdminError> {
         let now = self.clock.now();
@@ -170,7 +180,7 @@ impl KeyAdmin {
     }
 
     /// Revokes a key; effective on the next request.
-    pub async fn revoke(&self, actor: &str, id: &str) -> Result<ApiKeyRecord, AdminError> {
+    pub async fn revoke(&self, actor: Actor, id: &str) -> Result<ApiKeyRecord, AdminError> {
         let now = self.clock.now();
         let record = self.store.revoke(id, now).await?;
         self.cache.invalidate(&record.hash);
@@ -183,7 +193,7 @@ impl KeyAdmin {
     /// `grace_secs` (0: stops now). Returns (new record, raw new key, old record).
     pub async fn rotate(
         &self,
-        actor: &str,
+        actor: Actor,
         id: &str,
         grace_secs: u64,
     ) -> Result<(ApiKeyRecord, Secret, ApiKeyRecord), AdminError> {
@@ -227,7 +237,7 @@ impl KeyAdmin {
     /// Imports keys from another system, all or nothing. Returns the new records.
     pub async fn import(
         &self,
-        actor: &str,
+        actor: Actor,
         items: Vec<ImportKey>,
     ) -> Result<Vec<ApiKeyRecord>, AdminError> {
         if items.len() > limits::MAX_IMPORT {
@@ -274,7 +284,7 @@ impl KeyAdmin {
             self.cache.invalidate(&r.hash);
         }
         self.auditor
-            .emit_durable(AuditEvent::new(now, "api_key.imported", "ok").actor(actor).detail(json!({"count": records.len(), "ids": records.iter().map(|r| r.id.as_str()).take(100).collect::<Vec<_>>()})))
+            .emit_durable(with_ip(AuditEvent::new(now, "api_key.imported", "ok").actor(actor.name), actor).detail(json!({"count": records.len(), "ids": records.iter().map(|r| r.id.as_str()).take(100).collect::<Vec<_>>()})))
             .await;
         Ok(records)
     }
@@ -369,13 +379,13 @@ impl KeyAdmin {
         })
     }
 
-    async fn audit(&self, actor: &str, kind: &'static str, r: &ApiKeyRecord, now: Timestamp) {
+    async fn audit(&self, actor: Actor, kind: &'static str, r: &ApiKeyRecord, now: Timestamp) {
         self.audit_with(actor, kind, r, now, json!({})).await;
     }
 
     async fn audit_with(
         &self,
-        actor: &str,
+        actor: Actor,
         kind: &'static str,
         r: &ApiKeyRecord,
         now: Timestamp,
@@ -388,12 +398,18 @@ impl KeyAdmin {
         }
         self.auditor
             .emit_durable(
-                AuditEvent::new(now, kind, "ok")
-                    .actor(actor)
+                with_ip(AuditEvent::new(now, kind, "ok").actor(actor.name), actor)
                     .credential(r.id.as_str().into())
                     .detail(extra),
             )
             .await;
+    }
+}
+
+fn with_ip(e: AuditEvent, actor: Actor) -> AuditEvent {
+    match actor.ip {
+        Some(ip) => e.client_ip(ip),
+        None => e,
     }
 }
 

@@ -8,12 +8,12 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use portcullis_core::crypto::{hex, sha256};
 use portcullis_core::error::GatewayError;
 use portcullis_core::secret::ct_eq;
 use portcullis_core::{Timestamp, WireError};
-use portcullis_domain::admin::{AdminError, ImportKey, KeyAdmin, NewKey};
+use portcullis_domain::admin::{Actor, AdminError, ImportKey, KeyAdmin, NewKey};
 use portcullis_domain::audit;
 use portcullis_domain::Clock;
 use portcullis_store::{ApiKeyRecord, AuditLog, AuditQuery};
@@ -168,10 +168,21 @@ pub fn key_view(k: &ApiKeyRecord, now: Timestamp) -> Value {
     })
 }
 
-const ACTOR: &str = "admin-token";
+/// The client address of an admin request (set by the server before routing).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+/// Who an admin request acts as: the admin token, from the request's address.
+fn actor(peer: Option<Extension<Peer>>) -> Actor {
+    Actor {
+        name: "admin-token",
+        ip: peer.map(|Extension(Peer(p))| p.ip()),
+    }
+}
 
 async fn create_key(
     State(st): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Response {
     let body = match body {
@@ -182,7 +193,7 @@ async fn create_key(
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    match st.keys.create(ACTOR, req).await {
+    match st.keys.create(actor(peer), req).await {
         Ok((record, key)) => {
             let mut v = key_view(&record, st.clock.now());
             v["key"] = Value::String(key.expose().to_owned());
@@ -240,8 +251,12 @@ async fn show_key(State(st): State<Arc<AdminState>>, Path(id): Path<String>) -> 
     }
 }
 
-async fn revoke_key(State(st): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
-    match st.keys.revoke(ACTOR, &id).await {
+async fn revoke_key(
+    State(st): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
+    Path(id): Path<String>,
+) -> Response {
+    match st.keys.revoke(actor(peer), &id).await {
         Ok(k) => Json(key_view(&k, st.clock.now())).into_response(),
         Err(e) => admin_error(e),
     }
@@ -256,6 +271,7 @@ struct RotateReq {
 
 async fn rotate_key(
     State(st): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
     Path(id): Path<String>,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Response {
@@ -271,7 +287,7 @@ async fn rotate_key(
             Err(resp) => return resp,
         }
     };
-    match st.keys.rotate(ACTOR, &id, req.grace_seconds).await {
+    match st.keys.rotate(actor(peer), &id, req.grace_seconds).await {
         Ok((new, key, old)) => {
             let now = st.clock.now();
             let mut v = key_view(&new, now);
@@ -297,6 +313,7 @@ enum ImportBody {
 
 async fn import_keys(
     State(st): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Response {
     let body = match body {
@@ -318,7 +335,7 @@ async fn import_keys(
             );
         }
     };
-    match st.keys.import(ACTOR, items).await {
+    match st.keys.import(actor(peer), items).await {
         Ok(records) => {
             let now = st.clock.now();
             (StatusCode::CREATED, Json(json!({"imported": records.len(), "keys": records.iter().map(|k| key_view(k, now)).collect::<Vec<_>>()}))).into_response()

@@ -325,7 +325,9 @@ async fn dispatch(
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
     let resp = if path == "/admin/v1" || path.starts_with("/admin/v1/") {
-        match app.admin.clone().oneshot(req.map(Body::new)).await {
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(crate::admin_api::Peer(peer));
+        match app.admin.clone().oneshot(req).await {
             Ok(r) => r,
             Err(never) => match never {},
         }

@@ -49,6 +49,7 @@ async fn decisions_and_changes_are_audited_and_new_addresses_noticed() {
     assert_eq!(deny["reason"], "missing_credentials");
     let created = events(&s, "kind=api_key.created").await;
     assert_eq!(created[0]["actor"], "admin-token");
+    assert_eq!(created[0]["client_ip"], "127.0.0.1", "who: from where");
     assert_eq!(created[0]["detail"]["name"], "audited");
     let new_ip = s
         .eventually("api_key.new_ip", || async {
