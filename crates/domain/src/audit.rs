@@ -116,12 +116,31 @@ impl AuditEvent {
         field(out, "request_id", self.request_id.as_deref());
         field(out, "route", self.route.as_deref());
         if let Some(s) = self.scheme {
-            let _ = write!(out, ",\"scheme\":\"{s}\""); // scheme names are [a-z_]
+            // Scheme names are [a-z0-9_]: no escaping needed.
+            match s.single() {
+                Some(one) => field(out, "scheme", Some(one.name())),
+                None => {
+                    let _ = write!(out, ",\"scheme\":\"{s}\"");
+                }
+            }
         }
         field(out, "reason", self.reason);
         field(out, "credential_id", self.credential_id.as_deref());
-        if let Some(ip) = self.client_ip {
-            let _ = write!(out, ",\"client_ip\":\"{ip}\"");
+        match self.client_ip {
+            Some(IpAddr::V4(v4)) => {
+                out.push_str(",\"client_ip\":\"");
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push('.');
+                    }
+                    push_u8(out, octet);
+                }
+                out.push('"');
+            }
+            Some(ip) => {
+                let _ = write!(out, ",\"client_ip\":\"{ip}\"");
+            }
+            None => {}
         }
         field(out, "actor", self.actor.as_deref());
         if let Some(d) = &self.detail {
@@ -130,6 +149,17 @@ impl AuditEvent {
         }
         out.push('}');
     }
+}
+
+/// Decimal digits of a byte, without the formatting machinery (IPv4 octets, per event).
+fn push_u8(out: &mut String, n: u8) {
+    if n >= 100 {
+        out.push(char::from(b'0' + n / 100));
+    }
+    if n >= 10 {
+        out.push(char::from(b'0' + (n / 10) % 10));
+    }
+    out.push(char::from(b'0' + n % 10));
 }
 
 /// `,"name":"value"` when there is a value.
@@ -165,8 +195,8 @@ struct TimeFormat {
 }
 
 impl TimeFormat {
-    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-    fn format(&mut self, t: Timestamp) -> String {
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, without an allocation once per second.
+    fn format(&mut self, t: Timestamp) -> TimeText {
         let ms = t.as_millis();
         let (second, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
         if self.second != Some(second) {
@@ -176,10 +206,38 @@ impl TimeFormat {
                 .unwrap_or_else(|| String::from("0000-00-00T00:00:00"));
             self.second = Some(second);
         }
-        let mut s = String::with_capacity(self.prefix.len() + 5);
-        s.push_str(&self.prefix);
-        let _ = write!(s, ".{milli:03}Z");
-        s
+        let mut text = TimeText {
+            buf: [0; TimeText::CAP],
+            len: 0,
+        };
+        let milli = u8::try_from(milli / 10).unwrap_or(0); // 0..=99, then the last digit
+        let last = b'0' + u8::try_from(ms.rem_euclid(10)).unwrap_or(0);
+        for part in [
+            self.prefix.as_bytes(),
+            &[b'.', b'0' + milli / 10, b'0' + milli % 10, last, b'Z'],
+        ] {
+            let end = (text.len + part.len()).min(TimeText::CAP);
+            let n = end - text.len;
+            text.buf[text.len..end].copy_from_slice(&part[..n]);
+            text.len = end;
+        }
+        text
+    }
+}
+
+/// A formatted event time on the stack.
+struct TimeText {
+    buf: [u8; TimeText::CAP],
+    len: usize,
+}
+
+impl TimeText {
+    /// Room for years up to 9999 and beyond, with margin.
+    const CAP: usize = 40;
+
+    fn as_str(&self) -> &str {
+        // Only ASCII from the formatter and the digits above.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
     }
 }
 
@@ -302,7 +360,7 @@ impl AuditWriter {
         self.seq += 1;
         let time = self.times.format(e.at);
         let mut body = String::with_capacity(256);
-        e.write_json(&time, &mut body);
+        e.write_json(time.as_str(), &mut body);
         let hash = chain_hash(&self.head, self.seq, body.as_bytes());
         let row = StoredEvent {
             seq: self.seq,
@@ -436,17 +494,22 @@ mod tests {
         .detail(serde_json::json!({"ids": ["x"]}));
         let mut times = TimeFormat::default();
         let time = times.format(e.at);
+        let time = time.as_str();
         assert_eq!(time, "2025-11-24T16:00:00.123Z");
         assert_eq!(
-            times.format(Timestamp::from_millis(1_764_000_000_999)),
+            times
+                .format(Timestamp::from_millis(1_764_000_000_999))
+                .as_str(),
             "2025-11-24T16:00:00.999Z"
         );
         assert_eq!(
-            times.format(Timestamp::from_millis(1_764_000_001_000)),
+            times
+                .format(Timestamp::from_millis(1_764_000_001_000))
+                .as_str(),
             "2025-11-24T16:00:01.000Z"
         );
         let mut out = String::new();
-        e.write_json(&time, &mut out);
+        e.write_json(time, &mut out);
         assert!(!out.contains('\n'), "one line: {out}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["time"], "2025-11-24T16:00:00.123Z");
@@ -455,6 +518,19 @@ mod tests {
         assert_eq!(v["client_ip"], "::1");
         assert_eq!(v["actor"], "a \"quoted\"\nname\\ é");
         assert_eq!(v["detail"]["ids"][0], "x");
+        for ip in ["0.0.0.0", "255.255.255.255", "10.20.3.100", "1.0.99.9"] {
+            let mut line = String::new();
+            AuditEvent::new(Timestamp::from_millis(0), "k", "o")
+                .client_ip(ip.parse().unwrap())
+                .scheme(
+                    SchemeSet::one(portcullis_core::Scheme::ApiKey)
+                        .union(SchemeSet::one(portcullis_core::Scheme::Jwt)),
+                )
+                .write_json("t", &mut line);
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["client_ip"], ip);
+            assert_eq!(v["scheme"], "api_key,jwt");
+        }
         let mut bare = String::new();
         AuditEvent::new(Timestamp::from_millis(0), "k", "o").write_json("t", &mut bare);
         assert_eq!(bare, r#"{"time":"t","kind":"k","outcome":"o"}"#);
