@@ -477,6 +477,22 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any text in any field still makes one line of valid JSON holding that text.
+        #[test]
+        fn canonical_json_holds_any_text(actor in ".{0,40}", route in ".{0,40}") {
+            let e = AuditEvent::new(Timestamp::from_millis(0), "k", "o")
+                .route(route.as_str().into())
+                .actor(actor.clone());
+            let mut out = String::new();
+            e.write_json("t", &mut out);
+            proptest::prop_assert!(!out.contains('\n'));
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            proptest::prop_assert_eq!(v["actor"].as_str(), Some(actor.as_str()));
+            proptest::prop_assert_eq!(v["route"].as_str(), Some(route.as_str()));
+        }
+    }
+
     #[test]
     fn canonical_json_is_valid_and_escapes_what_needs_it() {
         let e = AuditEvent::new(
