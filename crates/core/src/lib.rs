@@ -23,6 +23,7 @@ pub mod identity;
 pub mod ratelimit;
 pub mod request;
 pub mod secret;
+pub mod text;
 pub mod time;
 pub mod verified;
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use portcullis_core::audit::{chain_hash, ChainError, ChainVerifier, GENESIS};
 use portcullis_core::crypto::{hex, push_hex, Sha256Digest};
 use portcullis_core::identity::SchemeSet;
+use portcullis_core::text::IpText;
 use portcullis_core::Timestamp;
 use portcullis_store::{AuditLog, StoreError, StoredEvent};
 use serde::Serialize;
@@ -126,21 +127,10 @@ impl AuditEvent {
         }
         field(out, "reason", self.reason);
         field(out, "credential_id", self.credential_id.as_deref());
-        match self.client_ip {
-            Some(IpAddr::V4(v4)) => {
-                out.push_str(",\"client_ip\":\"");
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        out.push('.');
-                    }
-                    push_u8(out, octet);
-                }
-                out.push('"');
-            }
-            Some(ip) => {
-                let _ = write!(out, ",\"client_ip\":\"{ip}\"");
-            }
-            None => {}
+        if let Some(ip) = self.client_ip {
+            out.push_str(",\"client_ip\":\"");
+            out.push_str(IpText::new(ip).as_str());
+            out.push('"');
         }
         field(out, "actor", self.actor.as_deref());
         if let Some(d) = &self.detail {
@@ -149,17 +139,6 @@ impl AuditEvent {
         }
         out.push('}');
     }
-}
-
-/// Decimal digits of a byte, without the formatting machinery (IPv4 octets, per event).
-fn push_u8(out: &mut String, n: u8) {
-    if n >= 100 {
-        out.push(char::from(b'0' + n / 100));
-    }
-    if n >= 10 {
-        out.push(char::from(b'0' + (n / 10) % 10));
-    }
-    out.push(char::from(b'0' + n % 10));
 }
 
 /// `,"name":"value"` when there is a value.

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use portcullis_core::ratelimit::{Decision, Limit};
+use portcullis_core::text::IpText;
 use portcullis_core::{AuthError, RequestParts, ScopeSet, Timestamp, WireError};
 
 use crate::audit::{AuditEvent, Auditor};
@@ -95,15 +96,23 @@ impl Gate {
         &self,
         route: &RouteGate,
         req: &RequestParts<'_>,
-        request_id: &Arc<str>,
+        request_id: &str,
         now: Timestamp,
     ) -> Result<Admitted, Refused> {
         if route.policy.is_public() {
             // No authentication decision to audit; only the optional per-address limit.
             let rate = match &route.rate_limit {
                 Some(l) => {
-                    self.limit_one(&format!("r:{}:ip:{}", route.name, req.client_ip), l, now)
-                        .await?
+                    self.limit_one(
+                        &cell_key(
+                            "r",
+                            &route.name,
+                            &["ip", IpText::new(req.client_ip).as_str()],
+                        ),
+                        l,
+                        now,
+                    )
+                    .await?
                 }
                 None => None,
             };
@@ -115,7 +124,7 @@ impl Gate {
             "auth.decision",
             if result.is_ok() { "allow" } else { "deny" },
         )
-        .request_id(request_id.clone())
+        .request_id(request_id.into())
         .route(route.name.clone())
         .client_ip(req.client_ip);
         let event = match &result {
@@ -145,10 +154,10 @@ impl Gate {
         req: &RequestParts<'_>,
         now: Timestamp,
     ) -> Result<Admitted, (Refused, Option<Arc<str>>)> {
-        let fail_key = route
-            .failure_limit
-            .as_ref()
-            .map(|l| (format!("f:{}:{}", route.name, req.client_ip), l));
+        let fail_key = route.failure_limit.as_ref().map(|l| {
+            let ip = IpText::new(req.client_ip);
+            (cell_key("f", &route.name, &[ip.as_str()]), l)
+        });
         if let Some((key, l)) = &fail_key {
             if let Some(d) = self.limiter.is_blocked(key, l, now).await {
                 return Err((
@@ -201,7 +210,7 @@ impl Gate {
             }
             None => {
                 if let Some(l) = &route.rate_limit {
-                    let key = format!("r:{}:{}", route.name, authn.identity.credential_id);
+                    let key = cell_key("r", &route.name, &[&authn.identity.credential_id]);
                     rate = self
                         .limit_one(&key, l, now)
                         .await
@@ -239,10 +248,41 @@ impl Gate {
     }
 }
 
+/// A rate-limit cell key, `kind:route:part:…` (built without the formatting machinery: one or
+/// two per request).
+fn cell_key(kind: &str, route: &str, parts: &[&str]) -> String {
+    let len = kind.len() + 1 + route.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>();
+    let mut k = String::with_capacity(len);
+    k.push_str(kind);
+    k.push(':');
+    k.push_str(route);
+    for p in parts {
+        k.push(':');
+        k.push_str(p);
+    }
+    k
+}
+
 /// Of two allowed decisions, the one with fewer requests left (what the caller should see).
 fn pick(a: Option<Decision>, b: Option<Decision>) -> Option<Decision> {
     match (a, b) {
         (Some(a), Some(b)) => Some(if b.remaining < a.remaining { b } else { a }),
         (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cell_keys_join_kind_route_and_parts_with_colons() {
+        assert_eq!(
+            cell_key("r", "orders", &["ip", "10.0.0.1"]),
+            "r:orders:ip:10.0.0.1"
+        );
+        assert_eq!(cell_key("f", "orders", &["::1"]), "f:orders:::1");
+        assert_eq!(cell_key("r", "orders", &["key_1"]), "r:orders:key_1");
+        assert_eq!(cell_key("r", "", &[]), "r:");
     }
 }

@@ -11,6 +11,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use portcullis_core::error::GatewayError;
+use portcullis_core::text::IpText;
 use portcullis_core::{AuthError, RequestParts, WireError};
 use portcullis_domain::authn::Authenticated;
 use portcullis_domain::gate::{Gate, RouteGate};
@@ -18,7 +19,7 @@ use portcullis_domain::Clock;
 
 use crate::config::{LimitsConfig, Upstream};
 use crate::metrics::Metrics;
-use crate::proxy::{strip_hop_by_hop, Proxy};
+use crate::proxy::{strip_hop_by_hop, UpstreamPool};
 use crate::wire::{error_response, rate_headers};
 
 /// Identity headers we set for the upstream; any caller-sent `x-portcullis-*` is removed.
@@ -57,6 +58,8 @@ pub struct Route {
     pub methods: Vec<http::Method>,
     /// Where to send admitted requests.
     pub upstream: Upstream,
+    /// The connection pool of a URL upstream.
+    pub pool: Option<Arc<UpstreamPool>>,
     /// Remove the prefix before proxying.
     pub strip_prefix: bool,
     /// Pass the consumed credential on to the upstream.
@@ -76,6 +79,7 @@ impl Route {
         path_prefix: String,
         methods: Vec<http::Method>,
         upstream: Upstream,
+        pool: Option<Arc<UpstreamPool>>,
         strip_prefix: bool,
         forward_credentials: bool,
         metrics: &Metrics,
@@ -97,6 +101,7 @@ impl Route {
             path_prefix: path_prefix.trim_end_matches('/').to_owned(),
             methods,
             upstream,
+            pool,
             strip_prefix,
             forward_credentials,
             api_key_query_param,
@@ -131,8 +136,6 @@ pub struct Gateway {
     pub routes: Vec<Route>,
     /// The decision.
     pub gate: Gate,
-    /// The upstream client.
-    pub proxy: Proxy,
     /// Time.
     pub clock: Arc<dyn Clock>,
     /// Metrics.
@@ -149,10 +152,10 @@ impl Gateway {
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
-        request_id: Arc<str>,
+        request_id: &str,
     ) -> Response<Body> {
-        let mut resp = self.handle_inner(req, peer, &request_id).await;
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
+        let mut resp = self.handle_inner(req, peer, request_id).await;
+        if let Ok(v) = HeaderValue::from_str(request_id) {
             resp.headers_mut().insert(REQUEST_ID, v);
         }
         resp
@@ -162,7 +165,7 @@ impl Gateway {
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
-        request_id: &Arc<str>,
+        request_id: &str,
     ) -> Response<Body> {
         let started = Instant::now();
         if header_bytes(req.headers()) > self.limits.max_header_bytes {
@@ -263,11 +266,13 @@ impl Gateway {
         peer: SocketAddr,
         authn: Option<&Authenticated>,
         host: Option<String>,
-        request_id: &Arc<str>,
+        request_id: &str,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = req.into_parts();
         let h = &mut parts.headers;
         strip_hop_by_hop(h);
+        // Room for the headers added below, so the map grows (and rehashes) at most once.
+        h.reserve(10);
         let ours: Vec<HeaderName> = h
             .keys()
             .filter(|k| k.as_str().starts_with("x-portcullis-"))
@@ -304,7 +309,7 @@ impl Gateway {
         }
         match h.get(&H_XFF).and_then(|v| v.to_str().ok()) {
             Some(prev) => {
-                let xff = format!("{prev}, {}", peer.ip());
+                let xff = format!("{prev}, {}", IpText::new(peer.ip()));
                 set(h, H_XFF, &xff);
             }
             None => {
@@ -344,24 +349,17 @@ impl Gateway {
                 parts.uri = uri;
                 Ok(crate::echo::respond(Request::from_parts(parts, limited)).await)
             }
-            Upstream::Url {
-                scheme,
-                authority,
-                base_path,
-            } => {
-                let pq = build_path_and_query(base_path, path, query.as_deref())
+            Upstream::Url { base_path, .. } => {
+                let pool = route
+                    .pool
+                    .as_ref()
+                    .ok_or(GatewayError::UpstreamUnavailable)?;
+                parts.uri = build_path_and_query(base_path, path, query.as_deref())
                     .ok_or(GatewayError::BadRequest)?;
-                let mut uri = pq.into_parts();
-                uri.scheme = Some(scheme.clone());
-                uri.authority = Some(authority.clone());
-                let uri = Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest)?;
-                parts.uri = uri;
                 parts.version = http::Version::HTTP_11;
-                // The upstream sees its own host; the original is in X-Forwarded-Host.
-                parts.headers.remove(header::HOST);
-                self.proxy
-                    .forward(Request::from_parts(parts, limited))
-                    .await
+                // The upstream sees its own host (set by the pool); the original is in
+                // X-Forwarded-Host.
+                pool.forward(Request::from_parts(parts, limited)).await
             }
         }
     }
@@ -375,12 +373,8 @@ fn set(h: &mut http::HeaderMap, name: HeaderName, value: &str) {
 
 /// The client address as a header value, formatted on the stack.
 fn ip_header_value(ip: std::net::IpAddr) -> HeaderValue {
-    use std::io::Write as _;
-    let mut buf = [0u8; 48]; // the longest IPv6 text is 45 bytes
-    let mut cur = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cur, "{ip}");
-    let n = usize::try_from(cur.position()).unwrap_or(0);
-    HeaderValue::from_bytes(&buf[..n]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    HeaderValue::from_str(IpText::new(ip).as_str())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 fn build_path_and_query(base: &str, path: &str, query: Option<&str>) -> Option<Uri> {

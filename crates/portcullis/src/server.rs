@@ -60,26 +60,50 @@ struct App {
 }
 
 /// Request ids: a random per-process prefix and a counter (unique, cheap, not guessable
-/// across restarts).
+/// across restarts), e.g. `3f9a0c51e2d4-1a2b`.
 struct RequestIds {
-    prefix: String,
+    prefix: [u8; 12],
     next: AtomicU64,
+}
+
+/// One request id, on the stack: 12 hex digits, `-`, up to 16 hex digits.
+struct RequestId {
+    buf: [u8; 29],
+    len: usize,
+}
+
+impl RequestId {
+    fn as_str(&self) -> &str {
+        // Only hex digits and `-` are ever written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("-")
+    }
 }
 
 impl RequestIds {
     fn new() -> Self {
+        let mut prefix = [0u8; 12];
+        prefix.copy_from_slice(hex(&portcullis_domain::random_bytes::<6>()).as_bytes());
         Self {
-            prefix: hex(&portcullis_domain::random_bytes::<6>()),
+            prefix,
             next: AtomicU64::new(1),
         }
     }
-    fn next(&self) -> Arc<str> {
-        format!(
-            "{}-{:x}",
-            self.prefix,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        )
-        .into()
+
+    fn next(&self) -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut id = RequestId {
+            buf: [0; 29],
+            len: 13,
+        };
+        id.buf[..12].copy_from_slice(&self.prefix);
+        id.buf[12] = b'-';
+        let digits = (64 - (n | 1).leading_zeros()).div_ceil(4);
+        for i in (0..digits).rev() {
+            id.buf[id.len] = HEX[usize::try_from((n >> (4 * i)) & 0xf).unwrap_or(0)];
+            id.len += 1;
+        }
+        id
     }
 }
 
@@ -159,8 +183,19 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         )),
     );
 
+    let proxy = Arc::new(Proxy::new(&cfg.proxy));
     let mut routes = Vec::with_capacity(cfg.routes.len());
     for r in &cfg.routes {
+        let pool = match &r.upstream {
+            crate::config::Upstream::Url {
+                scheme, authority, ..
+            } => Some(
+                proxy
+                    .pool(scheme, authority)
+                    .map_err(|e| StartError(format!("route `{}`: {e}", r.name)))?,
+            ),
+            crate::config::Upstream::Echo => None,
+        };
         let policy = Policy::compile(&r.policy, &available)
             .map_err(|e| StartError(format!("route `{}`: {e}", r.name)))?;
         let gate = RouteGate::new(
@@ -179,6 +214,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             r.path_prefix.clone(),
             r.methods.clone(),
             r.upstream.clone(),
+            pool,
             r.strip_prefix,
             r.forward_credentials,
             &metrics,
@@ -192,7 +228,6 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     let gateway = Gateway {
         routes,
         gate,
-        proxy: Proxy::new(&cfg.proxy),
         clock: clock.clone(),
         metrics: metrics.clone(),
         limits: cfg.limits.clone(),
@@ -220,6 +255,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         ids: RequestIds::new(),
     });
 
+    let reaper = proxy.spawn_reaper();
     let flusher = {
         let (usage, auditor) = (usage.clone(), auditor.clone());
         tokio::spawn(async move {
@@ -244,6 +280,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     accept_loop(listener, app, max_buf).await;
 
     flusher.abort();
+    reaper.abort();
     usage.flush(&auditor).await;
     auditor.flush().await;
     drop(auditor);
@@ -353,7 +390,7 @@ async fn dispatch(
         r
     } else {
         let id = app.ids.next();
-        return Ok(app.gateway.handle(req, peer, id).await);
+        return Ok(app.gateway.handle(req, peer, id.as_str()).await);
     };
     Ok(resp)
 }
@@ -433,4 +470,30 @@ fn admin_token(dir: &Path) -> Result<[u8; 32], StartError> {
         .map_err(|e| StartError(format!("cannot write {}: {e}", path.display())))?;
     println!("admin token written to {}", path.display());
     Ok(sha256(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_prefix_dash_counter_in_hex() {
+        let ids = RequestIds::new();
+        let prefix = std::str::from_utf8(&ids.prefix).unwrap().to_owned();
+        assert!(prefix.bytes().all(|b| b.is_ascii_hexdigit()), "{prefix}");
+        for n in [
+            0u64,
+            1,
+            9,
+            10,
+            15,
+            16,
+            0x1a2b,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            ids.next.store(n, Ordering::Relaxed);
+            assert_eq!(ids.next().as_str(), format!("{prefix}-{n:x}"));
+        }
+    }
 }

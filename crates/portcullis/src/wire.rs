@@ -45,15 +45,34 @@ pub fn rate_headers(h: &mut http::HeaderMap, d: &Decision) {
     const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
     const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
     const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
-    h.insert(LIMIT, HeaderValue::from(d.limit));
-    h.insert(REMAINING, HeaderValue::from(d.remaining));
-    h.insert(RESET, HeaderValue::from(d.reset_secs));
+    h.insert(LIMIT, number_value(u64::from(d.limit)));
+    h.insert(REMAINING, number_value(u64::from(d.remaining)));
+    h.insert(RESET, number_value(d.reset_secs));
+}
+
+/// A decimal header value; the small numbers that most rate-limit headers carry come from a
+/// table made once (a clone is a reference-count increment, not an allocation and a format).
+fn number_value(n: u64) -> HeaderValue {
+    static SMALL: std::sync::LazyLock<Vec<HeaderValue>> =
+        std::sync::LazyLock::new(|| (0..1024u64).map(HeaderValue::from).collect());
+    usize::try_from(n)
+        .ok()
+        .and_then(|i| SMALL.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(n))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use portcullis_core::{AuthError, WireError};
+
+    #[test]
+    fn number_values_are_decimal_inside_and_outside_the_table() {
+        for n in [0u64, 1, 9, 10, 1023, 1024, 99_999, u64::MAX] {
+            assert_eq!(number_value(n), n.to_string().as_str());
+        }
+    }
 
     #[test]
     fn challenges_only_on_401_and_retry_after_on_refusal() {

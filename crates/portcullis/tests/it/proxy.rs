@@ -1,6 +1,7 @@
 //! The reverse proxy against a real upstream: headers, bodies, prefixes, failures.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
@@ -160,4 +161,174 @@ policy = "public"
     let r = client().get(s.url("/pub/slow")).send().await.unwrap();
     assert_eq!(r.status(), 504);
     assert_eq!(json_of(r).await["error"], "upstream_timeout");
+}
+
+/// 64 KiB chunks with no length given (so the upstream sends them chunked).
+struct Chunks(usize);
+
+impl hyper::body::Body for Chunks {
+    type Data = bytes::Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Infallible>>> {
+        if self.0 == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.0 -= 1;
+        let chunk = bytes::Bytes::from(vec![b'b'; 64 * 1024]);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))))
+    }
+}
+
+/// An upstream that numbers its connections and says which one served each request:
+/// `/close` answers with `Connection: close`, `/empty` with 204, `/big` with 1 MiB sent in
+/// 64 KiB chunks; anything else with a short body. HEAD gets the headers only.
+async fn numbered_upstream() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let count = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let conn_id = count.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| async move {
+                        use http_body_util::BodyExt;
+                        let b = hyper::Response::builder().header("x-conn", conn_id.to_string());
+                        let body: http_body_util::combinators::BoxBody<bytes::Bytes, Infallible> =
+                            match req.uri().path() {
+                                "/big" => Chunks(16).boxed(),
+                                _ => http_body_util::Full::new(bytes::Bytes::from_static(b"hello"))
+                                    .boxed(),
+                            };
+                        let resp = match req.uri().path() {
+                            "/close" => b.header("connection", "close").body(body),
+                            "/empty" => b
+                                .status(204)
+                                .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed()),
+                            _ => b.body(body),
+                        };
+                        Ok::<_, Infallible>(resp.unwrap())
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A gateway whose one public route sends everything to `up`.
+fn public_gateway_to(up: &str) -> Server {
+    Server::start(Some(&format!(
+        "[[routes]]\nname = \"up\"\npath_prefix = \"/\"\nupstream = \"http://{up}\"\npolicy = \"public\"\n"
+    )))
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_replaced_when_closed() {
+    let up = numbered_upstream().await;
+    let s = public_gateway_to(&up);
+    let c = client();
+    let conn_of = |r: &reqwest::Response| -> String {
+        assert!(r.status().is_success(), "{}", r.status());
+        r.headers()["x-conn"].to_str().unwrap().to_owned()
+    };
+
+    // One request at a time: one upstream connection serves them all.
+    let first = c.get(s.url("/a")).send().await.unwrap();
+    let first_conn = conn_of(&first);
+    assert_eq!(first.text().await.unwrap(), "hello");
+    for path in ["/b", "/c", "/d"] {
+        let r = c.get(s.url(path)).send().await.unwrap();
+        assert_eq!(conn_of(&r), first_conn, "{path} reuses the connection");
+        r.bytes().await.unwrap();
+    }
+    // Bodiless answers (HEAD, 204) leave the connection reusable too.
+    let r = c.head(s.url("/a")).send().await.unwrap();
+    assert_eq!(conn_of(&r), first_conn);
+    let r = c.get(s.url("/empty")).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(conn_of(&r), first_conn);
+    // A streamed body arrives whole, then its connection serves the next request.
+    let r = c.get(s.url("/big")).send().await.unwrap();
+    assert_eq!(conn_of(&r), first_conn);
+    assert_eq!(r.bytes().await.unwrap().len(), 1024 * 1024);
+    let r = c.get(s.url("/a")).send().await.unwrap();
+    assert_eq!(conn_of(&r), first_conn);
+    r.bytes().await.unwrap();
+
+    // The upstream closes after this answer: the next request gets a new connection, not 502.
+    let r = c.get(s.url("/close")).send().await.unwrap();
+    assert_eq!(conn_of(&r), first_conn);
+    r.bytes().await.unwrap();
+    let r = c.get(s.url("/a")).send().await.unwrap();
+    let second_conn = conn_of(&r);
+    assert_ne!(second_conn, first_conn);
+    r.bytes().await.unwrap();
+
+    // A body abandoned halfway (the client went away) closes that upstream connection; the
+    // gateway carries on with a fresh one.
+    let mut r = client().get(s.url("/big")).send().await.unwrap();
+    assert_eq!(conn_of(&r), second_conn);
+    let _ = r.chunk().await.unwrap();
+    drop(r);
+    let r = c.get(s.url("/a")).send().await.unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(r.text().await.unwrap(), "hello");
+}
+
+/// An upstream that answers one request per connection with keep-alive, then closes the
+/// connection 100 ms later without saying so (as upstreams do when their idle timeout hits).
+async fn idle_closing_upstream() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok",
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn idle_connections_the_upstream_closed_are_not_used() {
+    let up = idle_closing_upstream().await;
+    let s = public_gateway_to(&up);
+    let c = client();
+    for _ in 0..3 {
+        let r = c.get(s.url("/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "ok");
+        // Long enough for the upstream to have closed the pooled connection.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
 }
