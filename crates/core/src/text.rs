@@ -1,5 +1,6 @@
-//! Small text renderings used once per request (client addresses in headers and audit
-//! events), written without the formatting machinery, which costs several times more.
+//! Small text renderings used once per request or event (client addresses in headers and
+//! audit events, sequence numbers), written without the formatting machinery, which costs
+//! several times more.
 
 use std::net::IpAddr;
 
@@ -62,10 +63,40 @@ impl std::fmt::Display for IpText {
     }
 }
 
+/// Appends `n` in decimal, as `Display` would (sequence numbers and times, per event).
+pub fn push_decimal(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    let mut v = n.unsigned_abs();
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + u8::try_from(v % 10).unwrap_or(0);
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn decimals_render_like_display_at_the_edges() {
+        for n in [0, 1, -1, 9, 10, -10, 1_764_000_000_000, i64::MAX, i64::MIN] {
+            let mut s = String::from("x");
+            push_decimal(&mut s, n);
+            assert_eq!(s, format!("x{n}"));
+        }
+    }
 
     #[test]
     fn edge_addresses_render_like_display() {
@@ -87,6 +118,13 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn any_decimal_renders_like_display(n in any::<i64>()) {
+            let mut s = String::new();
+            push_decimal(&mut s, n);
+            prop_assert_eq!(s, n.to_string());
+        }
+
         #[test]
         fn any_address_renders_like_display(v4 in any::<u32>(), v6 in any::<u128>()) {
             let a = IpAddr::from(std::net::Ipv4Addr::from(v4));

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use portcullis_core::audit::{chain_hash, ChainError, ChainVerifier, GENESIS};
 use portcullis_core::crypto::{hex, push_hex, Sha256Digest};
 use portcullis_core::identity::SchemeSet;
-use portcullis_core::text::IpText;
+use portcullis_core::text::{push_decimal, IpText};
 use portcullis_core::Timestamp;
 use portcullis_store::{AuditLog, StoreError, StoredEvent};
 use serde::Serialize;
@@ -366,7 +366,10 @@ impl AuditWriter {
             let body = r.body.strip_suffix('}').unwrap_or(&r.body);
             let sep = if body.len() > 1 { "," } else { "" };
             buf.push_str(body);
-            let _ = write!(buf, "{sep}\"seq\":{},\"hash\":\"", r.seq);
+            buf.push_str(sep);
+            buf.push_str("\"seq\":");
+            push_decimal(&mut buf, r.seq);
+            buf.push_str(",\"hash\":\"");
             push_hex(&mut buf, &r.hash);
             buf.push_str("\"}\n");
         }

@@ -1,6 +1,8 @@
 //! SQLite audit appends: one batch of 1,000 realistic decision events per iteration (block
 //! encoding, LZ4, one INSERT, a durable commit with its `fsync`), into a database file in the
 //! system temp directory. Time per iteration / 1,000 = the store's cost per audited decision.
+//! Two cases: every event by one key, and every event by a different key (the per-block
+//! credential list then holds 1,000 entries).
 //!
 //! `cargo bench -p portcullis-store --bench audit_append`
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -13,12 +15,17 @@ use portcullis_store::{AuditLog, StoredEvent};
 
 const EVENTS: usize = 1000;
 
-fn batch(first_seq: i64, prev: &mut [u8; 32]) -> Vec<StoredEvent> {
+fn batch(first_seq: i64, prev: &mut [u8; 32], distinct_keys: bool) -> Vec<StoredEvent> {
     (0..EVENTS as i64)
         .map(|i| {
             let seq = first_seq + i;
+            let key = if distinct_keys {
+                format!("key_{seq:022}")
+            } else {
+                "key_GAAUBHzdS6mnYYEMi6iqJ4".to_owned()
+            };
             let body = format!(
-                r#"{{"time":"2026-11-23T08:35:24.{:03}Z","kind":"auth.decision","outcome":"allow","request_id":"bd2f041c01dd-{seq:x}","route":"orders","scheme":"api_key","reason":"ok","credential_id":"key_GAAUBHzdS6mnYYEMi6iqJ4","client_ip":"127.0.0.1"}}"#,
+                r#"{{"time":"2026-11-23T08:35:24.{:03}Z","kind":"auth.decision","outcome":"allow","request_id":"bd2f041c01dd-{seq:x}","route":"orders","scheme":"api_key","reason":"ok","credential_id":"{key}","client_ip":"127.0.0.1"}}"#,
                 i % 1000
             );
             let hash = chain_hash(prev, seq, body.as_bytes());
@@ -27,7 +34,7 @@ fn batch(first_seq: i64, prev: &mut [u8; 32]) -> Vec<StoredEvent> {
                 time: Timestamp::from_millis(1_764_000_000_000 + seq),
                 kind: "auth.decision".into(),
                 outcome: "allow".into(),
-                credential_id: Some("key_GAAUBHzdS6mnYYEMi6iqJ4".into()),
+                credential_id: Some(key.as_str().into()),
                 body,
                 prev_hash: *prev,
                 hash,
@@ -52,17 +59,22 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(EVENTS as u64));
     let mut next = 1i64;
     let mut prev = GENESIS;
-    group.bench_function("append_1000_decisions", |b| {
-        b.iter_batched(
-            || {
-                let events = batch(next, &mut prev);
-                next += EVENTS as i64;
-                events
-            },
-            |events| rt.block_on(store.append(&events)).unwrap(),
-            criterion::BatchSize::LargeInput,
-        )
-    });
+    for (name, distinct) in [
+        ("append_1000_decisions", false),
+        ("append_1000_decisions_1000_keys", true),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let events = batch(next, &mut prev, distinct);
+                    next += EVENTS as i64;
+                    events
+                },
+                |events| rt.block_on(store.append(&events)).unwrap(),
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
     group.finish();
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use portcullis_core::crypto::{push_hex, unhex, Sha256Digest};
+use portcullis_core::text::push_decimal;
 use portcullis_core::Timestamp;
 use serde::de::DeserializeOwned;
 use sqlx::migrate::Migrator;
@@ -707,38 +708,61 @@ impl Block {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return Err(StoreError::Invalid("empty audit block"));
         };
+        let mut kinds = DistinctSet::default();
+        let mut outcomes = DistinctSet::default();
+        let mut credentials = DistinctSet::default();
         let mut b = Block {
             first_seq: first.seq,
             last_seq: last.seq,
             min_time: i64::MAX,
             max_time: i64::MIN,
-            kinds: String::from("\t"),
-            outcomes: String::from("\t"),
-            credentials: String::from("\t"),
+            kinds: String::new(),
+            outcomes: String::new(),
+            credentials: String::new(),
             events: String::with_capacity(events.iter().map(|e| e.body.len() + 200).sum()),
         };
         let mut prev: Option<&Sha256Digest> = None;
         for e in events {
             b.min_time = b.min_time.min(e.time.as_millis());
             b.max_time = b.max_time.max(e.time.as_millis());
-            add_distinct(&mut b.kinds, &e.kind);
-            add_distinct(&mut b.outcomes, &e.outcome);
+            kinds.add(&e.kind);
+            outcomes.add(&e.outcome);
             if let Some(c) = &e.credential_id {
-                add_distinct(&mut b.credentials, c);
+                credentials.add(c);
             }
             encode_event(&mut b.events, e, prev == Some(&e.prev_hash))?;
             prev = Some(&e.hash);
         }
+        b.kinds = kinds.text;
+        b.outcomes = outcomes.text;
+        b.credentials = credentials.text;
         Ok(b)
     }
 }
 
-/// Appends `v` to a tab-delimited set (`"\ta\tb\t"`) unless it is there already.
-fn add_distinct(set: &mut String, v: &str) {
-    let present = set.split('\t').any(|x| x == v && !x.is_empty());
-    if !present {
-        set.push_str(v);
-        set.push('\t');
+/// A tab-delimited set (`"\ta\tb\t"`, in order of first appearance) being built, with a hash
+/// set beside it: a block may name thousands of distinct credentials, and a scan of the text
+/// per event made encoding quadratic (11 µs per event at 1,000 keys per block).
+struct DistinctSet<'a> {
+    seen: std::collections::HashSet<&'a str, foldhash::fast::RandomState>,
+    text: String,
+}
+
+impl Default for DistinctSet<'_> {
+    fn default() -> Self {
+        Self {
+            seen: std::collections::HashSet::default(),
+            text: String::from("\t"),
+        }
+    }
+}
+
+impl<'a> DistinctSet<'a> {
+    fn add(&mut self, v: &'a str) {
+        if !v.is_empty() && self.seen.insert(v) {
+            self.text.push_str(v);
+            self.text.push('\t');
+        }
     }
 }
 
@@ -748,7 +772,6 @@ fn add_distinct(set: &mut String, v: &str) {
 /// is the hash on the line before (`chained`), which is the case for every event but a block's
 /// first: a tenth of the bytes, at request rate.
 fn encode_event(out: &mut String, e: &StoredEvent, chained: bool) -> Result<(), StoreError> {
-    use std::fmt::Write as _;
     let field_ok = |s: &str| !s.is_empty() && !s.contains(['\t', '\n']);
     if !field_ok(&e.kind)
         || !field_ok(&e.outcome)
@@ -763,7 +786,10 @@ fn encode_event(out: &mut String, e: &StoredEvent, chained: bool) -> Result<(), 
             "audit body must not contain a line feed",
         ));
     }
-    let _ = write!(out, "{}\t{}\t", e.seq, e.time.as_millis());
+    push_decimal(out, e.seq);
+    out.push('\t');
+    push_decimal(out, e.time.as_millis());
+    out.push('\t');
     out.push_str(&e.kind);
     out.push('\t');
     out.push_str(&e.outcome);
