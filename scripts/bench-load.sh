@@ -4,6 +4,10 @@
 #   scripts/bench-load.sh            # full: wrk -t1 -c32 -d10s, 3 runs per case, medians
 #   scripts/bench-load.sh --quick    # the same with -d3s runs, for fast iteration
 #   scripts/bench-load.sh --keep     # keep the temp dir (configs, logs, raw wrk output)
+#   scripts/bench-load.sh --instructions
+#                                    # Portcullis under callgrind: user-space instructions per
+#                                    # request for /open and /auth (deterministic, unlike req/s
+#                                    # on a shared VM; needs valgrind, installed if missing)
 #
 # Cases, all proxying the same nginx upstream (`return 200 "ok\n"`):
 #   nginx  nginx (1 worker) with keep-alive to the upstream
@@ -18,11 +22,13 @@ root=$PWD
 
 duration=10s
 keep=0
+instructions=0
 for arg in "$@"; do
     case $arg in
         --quick) duration=3s ;;
         --keep) keep=1 ;;
-        -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+        --instructions) instructions=1 ;;
+        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "bench-load.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -40,6 +46,7 @@ command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_pkgs+=(nginx-light)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
+[[ $instructions -eq 0 ]] || command -v callgrind_control >/dev/null 2>&1 || need_pkgs+=(valgrind)
 if [[ ${#need_pkgs[@]} -gt 0 ]]; then
     say "installing missing packages: ${need_pkgs[*]}"
     sudo=()
@@ -126,11 +133,16 @@ start_nginx proxy nginx-proxy.conf "$proxy_port"
 say "starting portcullis on 127.0.0.1:$gw_port"
 render "$root/bench/portcullis.toml" "$tmp/portcullis.toml" "$tmp" "$gw_port"
 mkdir -p "$tmp/data"
-PORTCULLIS_LOG=warn taskset -c "$server_cpu" "$bin" serve --config "$tmp/portcullis.toml" \
+under=()
+if [[ $instructions -eq 1 ]]; then
+    # Instrumentation starts off: only the measured wrk runs are counted.
+    under=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$tmp/callgrind.out")
+fi
+PORTCULLIS_LOG=warn taskset -c "$server_cpu" "${under[@]}" "$bin" serve --config "$tmp/portcullis.toml" \
     --listen "127.0.0.1:$gw_port" --data-dir "$tmp/data" >"$tmp/portcullis.out" 2>"$tmp/portcullis.err" &
 gw_pid=$!
 pids+=("$gw_pid")
-for _ in $(seq 100); do
+for _ in $(seq 600); do
     grep -q 'portcullis listening on http://' "$tmp/portcullis.out" 2>/dev/null && break
     kill -0 "$gw_pid" 2>/dev/null || die "portcullis exited during startup"
     sleep 0.1
@@ -181,6 +193,33 @@ run_wrk() { # case, duration, output file
     awk '/^Requests\/sec:/ { print $2; found = 1 } END { exit !found }' "$3" ||
         die "case $c: no Requests/sec in wrk output:"$'\n'"$(cat "$3")"
 }
+
+if [[ $instructions -eq 1 ]]; then
+    say "instructions: Portcullis under callgrind, wrk -t1 -c32 -d10s per case after a 2 s warm-up"
+    echo
+    echo "## User-space instructions per request (callgrind, wrk -t1 -c32 -d10s)"
+    echo
+    echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (dirty tree)')"
+    echo "- valgrind $(valgrind --version | sed 's/valgrind-//'); SHA-256 runs its portable code under valgrind (no SHA-NI), so /auth counts more than on the CPU"
+    echo
+    echo "| case | requests | instructions | per request |"
+    echo "|---|---:|---:|---:|"
+    n=0
+    for c in open auth; do
+        run_wrk "$c" 2s "$tmp/wrk-$c-warmup.txt" >/dev/null
+        callgrind_control -z "$gw_pid" >/dev/null 2>&1
+        callgrind_control -i on "$gw_pid" >/dev/null 2>&1
+        run_wrk "$c" 10s "$tmp/wrk-$c.txt" >/dev/null
+        callgrind_control -i off "$gw_pid" >/dev/null 2>&1
+        callgrind_control -d "$gw_pid" >/dev/null 2>&1
+        n=$((n + 1))
+        reqs=$(awk '/requests in/ { print $1 }' "$tmp/wrk-$c.txt")
+        ir=$(awk '/^totals:/ { print $2 }' "$tmp/callgrind.out.$n")
+        [[ -n $reqs && -n $ir ]] || die "no counts for $c"
+        printf '| %s | %s | %s | **%s** |\n' "$c" "$reqs" "$ir" "$((ir / reqs))"
+    done
+    exit 0
+fi
 
 say "load: wrk ${wrk_args[*]}, $runs runs per case, interleaved (2 s warm-up before each case run)"
 declare -A rps

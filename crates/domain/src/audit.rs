@@ -308,11 +308,14 @@ impl AuditWriter {
             // LINGER instead of one per wake-up. Nobody waits for these events, except a
             // durable emit or a flush, which end the wait at once.
             let deadline = tokio::time::Instant::now() + LINGER;
-            while msgs.len() < BATCH && !msgs.iter().any(|m| !matches!(m, Msg::Event(_))) {
-                let room = BATCH - msgs.len();
+            let waited_for = |m: &[Msg]| m.iter().any(|m| !matches!(m, Msg::Event(_)));
+            let mut urgent = waited_for(&msgs);
+            while msgs.len() < BATCH && !urgent {
+                let (room, seen) = (BATCH - msgs.len(), msgs.len());
                 match tokio::time::timeout_at(deadline, self.rx.recv_many(&mut msgs, room)).await {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+                    // Only the new messages need a look.
+                    Ok(_) => urgent = waited_for(&msgs[seen..]),
                 }
             }
             let mut rows = Vec::with_capacity(msgs.len());
