@@ -19,7 +19,7 @@ use portcullis_domain::Clock;
 
 use crate::config::{LimitsConfig, Upstream};
 use crate::metrics::Metrics;
-use crate::proxy::{strip_hop_by_hop, UpstreamPool};
+use crate::proxy::{strip_hop_by_hop, UpstreamBody, UpstreamPool};
 use crate::wire::{error_response, rate_headers};
 
 /// Identity headers we set for the upstream; any caller-sent `x-portcullis-*` is removed.
@@ -45,6 +45,49 @@ const H_CREDENTIAL: HeaderName = HeaderName::from_static(identity_headers::CREDE
 const H_XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 const H_XF_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const H_XF_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// What the gateway answers with: an upstream's body streamed through, or one made here
+/// (errors, echo, admin, health). One concrete type for the HTTP server, so that proxied
+/// responses skip `Body`'s boxing (an allocation and two virtual calls per frame).
+pub enum GatewayBody {
+    /// Streamed from an upstream connection.
+    Upstream(UpstreamBody),
+    /// Made by Portcullis.
+    Local(Body),
+}
+
+impl hyper::body::Body for GatewayBody {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Upstream(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+            Self::Local(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Upstream(b) => b.is_end_stream(),
+            Self::Local(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Self::Upstream(b) => b.size_hint(),
+            Self::Local(b) => b.size_hint(),
+        }
+    }
+}
 
 /// One compiled route.
 pub struct Route {
@@ -153,7 +196,7 @@ impl Gateway {
         req: Request<Incoming>,
         peer: SocketAddr,
         request_id: &str,
-    ) -> Response<Body> {
+    ) -> Response<GatewayBody> {
         let mut resp = self.handle_inner(req, peer, request_id).await;
         if let Ok(v) = HeaderValue::from_str(request_id) {
             resp.headers_mut().insert(REQUEST_ID, v);
@@ -166,7 +209,7 @@ impl Gateway {
         req: Request<Incoming>,
         peer: SocketAddr,
         request_id: &str,
-    ) -> Response<Body> {
+    ) -> Response<GatewayBody> {
         let started = Instant::now();
         if header_bytes(req.headers()) > self.limits.max_header_bytes {
             return self.refuse_gateway(GatewayError::HeadersTooLarge, "-");
@@ -218,7 +261,7 @@ impl Gateway {
                         .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
                 }
                 route.latency.observe(started.elapsed().as_secs_f64());
-                return resp;
+                return resp.map(GatewayBody::Local);
             }
         };
         let host_header = host.map(|h| h.into_owned());
@@ -239,7 +282,7 @@ impl Gateway {
                     .requests
                     .with_label_values(&[&*route.gate.name, "-", WireError::from(&e).code])
                     .inc();
-                return error_response(WireError::from(&e), &[], None);
+                return error_response(WireError::from(&e), &[], None).map(GatewayBody::Local);
             }
         };
         if let Some(d) = &admitted.rate {
@@ -250,13 +293,13 @@ impl Gateway {
         resp
     }
 
-    fn refuse_gateway(&self, e: GatewayError, route: &str) -> Response<Body> {
+    fn refuse_gateway(&self, e: GatewayError, route: &str) -> Response<GatewayBody> {
         let w = WireError::from(&e);
         self.metrics
             .requests
             .with_label_values(&[route, "-", w.code])
             .inc();
-        error_response(w, &[], None)
+        error_response(w, &[], None).map(GatewayBody::Local)
     }
 
     async fn forward(
@@ -267,7 +310,7 @@ impl Gateway {
         authn: Option<&Authenticated>,
         host: Option<String>,
         request_id: &str,
-    ) -> Result<Response<Body>, GatewayError> {
+    ) -> Result<Response<GatewayBody>, GatewayError> {
         let (mut parts, body) = req.into_parts();
         let h = &mut parts.headers;
         strip_hop_by_hop(h);
@@ -338,16 +381,17 @@ impl Gateway {
             (true, Some(param), Some(q)) => remove_param(q, param),
             (_, _, q) => q.map(str::to_owned),
         };
-        let limited = Body::new(http_body_util::Limited::new(
+        let limited = http_body_util::Limited::new(
             body,
             usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX),
-        ));
+        );
         match &route.upstream {
             Upstream::Echo => {
                 let uri = build_path_and_query("", path, query.as_deref())
                     .ok_or(GatewayError::BadRequest)?;
                 parts.uri = uri;
-                Ok(crate::echo::respond(Request::from_parts(parts, limited)).await)
+                let req = Request::from_parts(parts, Body::new(limited));
+                Ok(crate::echo::respond(req).await.map(GatewayBody::Local))
             }
             Upstream::Url { base_path, .. } => {
                 let pool = route
@@ -359,7 +403,8 @@ impl Gateway {
                 parts.version = http::Version::HTTP_11;
                 // The upstream sees its own host (set by the pool); the original is in
                 // X-Forwarded-Host.
-                pool.forward(Request::from_parts(parts, limited)).await
+                let resp = pool.forward(Request::from_parts(parts, limited)).await?;
+                Ok(resp.map(GatewayBody::Upstream))
             }
         }
     }

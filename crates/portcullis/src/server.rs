@@ -31,7 +31,7 @@ use tower::ServiceExt;
 
 use crate::admin_api::{self, AdminState};
 use crate::config::{Config, SinkKind};
-use crate::gateway::{Gateway, Route};
+use crate::gateway::{Gateway, GatewayBody, Route};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 
@@ -359,13 +359,13 @@ async fn dispatch(
     app: Arc<App>,
     req: Request<Incoming>,
     peer: SocketAddr,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<GatewayBody>, Infallible> {
     let path = req.uri().path();
     let resp = if path == "/admin/v1" || path.starts_with("/admin/v1/") {
         let mut req = req.map(Body::new);
         req.extensions_mut().insert(crate::admin_api::Peer(peer));
         match app.admin.clone().oneshot(req).await {
-            Ok(r) => r,
+            Ok(r) => r.map(GatewayBody::Local),
             Err(never) => match never {},
         }
     } else if path == "/healthz" {
@@ -382,7 +382,7 @@ async fn dispatch(
             }
         }
     } else if path == "/metrics" {
-        let mut r = Response::new(Body::from(app.metrics.render()));
+        let mut r = Response::new(GatewayBody::Local(Body::from(app.metrics.render())));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -395,8 +395,8 @@ async fn dispatch(
     Ok(resp)
 }
 
-fn json_response(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(Body::from(body));
+fn json_response(status: StatusCode, body: &'static str) -> Response<GatewayBody> {
+    let mut r = Response::new(GatewayBody::Local(Body::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
