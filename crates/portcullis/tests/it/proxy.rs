@@ -333,6 +333,15 @@ async fn idle_connections_the_upstream_closed_are_not_used() {
     }
 }
 
+/// POSTs `body` chunked (no Content-Length) on a fresh connection; returns the raw answer.
+async fn chunked_post(s: &Server, body: &str) -> String {
+    let req = format!(
+        "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    raw(s, &req).await
+}
+
 #[tokio::test]
 async fn streamed_bodies_over_the_limit_are_413_on_proxied_routes() {
     let up = upstream().await;
@@ -340,27 +349,11 @@ async fn streamed_bodies_over_the_limit_are_413_on_proxied_routes() {
         "[limits]\nmax_body_bytes = 1000\n\n[[routes]]\nname = \"up\"\npath_prefix = \"/\"\nupstream = \"http://{up}\"\npolicy = \"public\"\n"
     )));
     // No Content-Length: the limit can only be found while the body streams to the upstream.
-    let chunk = "a".repeat(3000);
-    let head = raw(
-        &s,
-        &format!(
-            "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
-            chunk.len()
-        ),
-    )
-    .await;
+    let head = chunked_post(&s, &"a".repeat(3000)).await;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert!(head.contains("payload_too_large"), "{head}");
     // Within the limit, the same request passes whole.
-    let small = "a".repeat(900);
-    let head = raw(
-        &s,
-        &format!(
-            "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{small}\r\n0\r\n\r\n",
-            small.len()
-        ),
-    )
-    .await;
+    let head = chunked_post(&s, &"a".repeat(900)).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains(r#""body_len":900"#), "{head}");
 }
