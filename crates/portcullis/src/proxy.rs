@@ -196,7 +196,7 @@ impl UpstreamPool {
             let mut fut = std::pin::pin!(lease.sender.try_send_request(req));
             // Drive the connection and the response future together, in this task.
             let mut ended = None;
-            let out = std::future::poll_fn(|cx| {
+            let first = std::future::poll_fn(|cx| {
                 if ended.is_none() {
                     if let Poll::Ready(r) = Pin::new(&mut lease.conn).poll(cx) {
                         ended = Some(r);
@@ -204,21 +204,31 @@ impl UpstreamPool {
                 }
                 match fut.as_mut().poll(cx) {
                     Poll::Ready(r) => Poll::Ready(Some(r)),
-                    // hyper answers every request before its connection finishes; this is a
-                    // guard against waiting forever should that ever change.
+                    // The connection finished without taking the request (the upstream had
+                    // closed it): the request is still queued inside it.
                     Poll::Pending if ended.is_some() => Poll::Ready(None),
                     Poll::Pending => Poll::Pending,
                 }
             })
             .await;
-            let Some(out) = out else {
-                tracing::warn!(upstream = %self.origin, "upstream connection ended without a response");
-                return Err(GatewayError::UpstreamUnavailable);
+            let (out, lease) = match first {
+                // A connection that finished with this response is not reused.
+                Some(out) => (out, ended.is_none().then_some(lease)),
+                None => {
+                    // Dropping the connection hands the untouched request back (as an error
+                    // carrying it), so it can go out on another connection.
+                    drop(lease);
+                    match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+                        Poll::Ready(out) => (out, None),
+                        Poll::Pending => {
+                            tracing::warn!(upstream = %self.origin, "upstream connection ended without a response");
+                            return Err(GatewayError::UpstreamUnavailable);
+                        }
+                    }
+                }
             };
             match out {
                 Ok(resp) => {
-                    // A connection that finished with this response is not reused.
-                    let lease = ended.is_none().then_some(lease);
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     let body = UpstreamBody {

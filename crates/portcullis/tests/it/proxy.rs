@@ -227,6 +227,33 @@ async fn numbered_upstream() -> String {
     addr
 }
 
+/// Runs futures concurrently and returns their outputs in order.
+async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in fs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
 /// A gateway whose one public route sends everything to `up`.
 fn public_gateway_to(up: &str) -> Server {
     Server::start(Some(&format!(
@@ -287,9 +314,11 @@ async fn upstream_connections_are_reused_and_replaced_when_closed() {
     assert_eq!(r.text().await.unwrap(), "hello");
 }
 
-/// An upstream that answers one request per connection with keep-alive, then closes the
-/// connection 100 ms later without saying so (as upstreams do when their idle timeout hits).
-async fn idle_closing_upstream() -> String {
+/// A keep-alive upstream with a 100 ms idle timeout: it answers requests (GETs without
+/// bodies) until a connection has been idle that long, then closes it without saying so, as
+/// upstreams do when their idle timeout hits or they restart; with a FIN or, when `reset`, an
+/// RST.
+async fn idle_closing_upstream(reset: bool) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -301,18 +330,27 @@ async fn idle_closing_upstream() -> String {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
                 let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                loop {
+                    // Serve every complete request head received so far.
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        got.drain(..end + 4);
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok";
+                        if stream.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                    let idle = Duration::from_millis(100);
+                    match tokio::time::timeout(idle, stream.read(&mut buf)).await {
+                        Ok(Ok(0) | Err(_)) => return,
+                        Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                        Err(_) => break, // idle: close
                     }
                 }
-                let _ = stream
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok",
-                    )
-                    .await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                if reset {
+                    #[allow(deprecated)] // set_linger: fine for a test's abortive close
+                    let _ = stream.set_linger(Some(Duration::ZERO));
+                }
+                drop(stream);
             });
         }
     });
@@ -321,15 +359,27 @@ async fn idle_closing_upstream() -> String {
 
 #[tokio::test]
 async fn idle_connections_the_upstream_closed_are_not_used() {
-    let up = idle_closing_upstream().await;
-    let s = public_gateway_to(&up);
-    let c = client();
-    for _ in 0..3 {
-        let r = c.get(s.url("/x")).send().await.unwrap();
-        assert_eq!(r.status(), 200);
-        assert_eq!(r.text().await.unwrap(), "ok");
-        // Long enough for the upstream to have closed the pooled connection.
-        tokio::time::sleep(Duration::from_millis(400)).await;
+    for reset in [false, true] {
+        let up = idle_closing_upstream(reset).await;
+        let s = public_gateway_to(&up);
+        for _ in 0..3 {
+            // Several at once, so several connections are pooled and then closed.
+            let answers = futures_join(
+                (0..8)
+                    .map(|_| async {
+                        let r = client().get(s.url("/x")).send().await.unwrap();
+                        (r.status(), r.text().await.unwrap())
+                    })
+                    .collect(),
+            )
+            .await;
+            for (status, text) in answers {
+                assert_eq!(status, 200, "reset: {reset}\n{}", s.output());
+                assert_eq!(text, "ok");
+            }
+            // Long enough for the upstream to have closed the pooled connections.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
     }
 }
 
