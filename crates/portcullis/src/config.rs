@@ -123,6 +123,11 @@ pub struct ProxyConfig {
     #[serde(deserialize_with = "de_duration")]
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// PEM file of CA certificates trusted for `https://` upstreams (relative paths are
+    /// relative to the configuration file).
+    pub ca_file: Option<PathBuf>,
+    /// Whether the public web PKI roots are trusted for `https://` upstreams too.
+    pub public_roots: bool,
 }
 
 impl Default for ProxyConfig {
@@ -132,6 +137,8 @@ impl Default for ProxyConfig {
             timeout: Duration::from_secs(30),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 256,
+            ca_file: None,
+            public_roots: true,
         }
     }
 }
@@ -240,7 +247,11 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
-        Self::parse(&text, &path.display().to_string())
+        let mut cfg = Self::parse(&text, &path.display().to_string())?;
+        if let (Some(ca), Some(dir)) = (&cfg.proxy.ca_file, path.parent()) {
+            cfg.proxy.ca_file = Some(dir.join(ca));
+        }
+        Ok(cfg)
     }
 
     /// Parses and validates configuration text; `file` names it in errors.
@@ -265,6 +276,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
+        if !self.proxy.public_roots && self.proxy.ca_file.is_none() {
+            return Err((
+                "proxy.public_roots".into(),
+                "with public_roots = false, proxy.ca_file must name the CAs to trust".into(),
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             let key = |k: &str| format!("routes[{i}].{k}");
@@ -623,6 +640,10 @@ failed_auth_limit = false
         let e = err("[proxy]\ntimeout = \"soon\"\n");
         assert!(e.starts_with("p.toml:2:"), "{e}");
         assert!(e.contains("proxy.timeout"), "{e}");
+
+        let e = err("[proxy]\npublic_roots = false\n");
+        assert!(e.starts_with("p.toml:2:"), "{e}");
+        assert!(e.contains("proxy.public_roots") && e.contains("ca_file"), "{e}");
 
         let e = err("listen = \n");
         assert!(e.starts_with("p.toml:1:"), "{e}");

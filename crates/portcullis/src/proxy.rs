@@ -53,18 +53,19 @@ struct Shared {
 }
 
 impl Proxy {
-    /// Builds the connector; pools are made per origin by [`Proxy::pool`].
-    pub fn new(cfg: &ProxyConfig) -> Self {
+    /// Builds the connector; pools are made per origin by [`Proxy::pool`]. Fails (with a
+    /// message naming the file) when `ca_file` cannot be read or holds no usable certificate.
+    pub fn new(cfg: &ProxyConfig) -> Result<Self, String> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config(tls_config(cfg)?)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        Self {
+        Ok(Self {
             shared: Arc::new(Shared {
                 connector,
                 timeout: cfg.timeout,
@@ -72,7 +73,7 @@ impl Proxy {
                 max_idle: cfg.pool_max_idle_per_host,
             }),
             pools: Mutex::new(Vec::new()),
-        }
+        })
     }
 
     /// The pool for `scheme://authority` (one per origin, shared by the routes that name it).
@@ -130,6 +131,42 @@ impl Proxy {
             }
         })
     }
+}
+
+/// TLS to upstreams: the public web PKI roots (unless `public_roots = false`) plus the CAs in
+/// `ca_file`, for upstreams with certificates from a private CA.
+fn tls_config(cfg: &ProxyConfig) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    if cfg.public_roots {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    if let Some(path) = &cfg.ca_file {
+        let file = path.display();
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("proxy.ca_file {file}: cannot read PEM certificates: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "proxy.ca_file {file}: no certificates (expected PEM `BEGIN CERTIFICATE` blocks)"
+            ));
+        }
+        for (i, cert) in certs.into_iter().enumerate() {
+            roots.add(cert).map_err(|e| {
+                format!(
+                    "proxy.ca_file {file}: certificate {} is not a usable CA: {e}",
+                    i + 1
+                )
+            })?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS for upstreams: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Idle connections to one upstream origin.

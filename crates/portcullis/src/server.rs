@@ -183,7 +183,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         )),
     );
 
-    let proxy = Arc::new(Proxy::new(&cfg.proxy));
+    let proxy = Arc::new(Proxy::new(&cfg.proxy).map_err(StartError)?);
     let mut routes = Vec::with_capacity(cfg.routes.len());
     for r in &cfg.routes {
         let pool = match &r.upstream {

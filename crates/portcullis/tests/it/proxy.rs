@@ -407,3 +407,113 @@ async fn streamed_bodies_over_the_limit_are_413_on_proxied_routes() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains(r#""body_len":900"#), "{head}");
 }
+
+/// An HTTPS upstream on 127.0.0.1 whose certificate (for that IP) comes from a fresh private
+/// CA; returns its address and the CA certificate in PEM.
+async fn tls_upstream() -> (String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "portcullis test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca_cert, &ca_key)
+        .unwrap();
+    let tls = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(format!("tls ok, host {host}")),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, ca_cert.pem())
+}
+
+#[tokio::test]
+async fn https_upstreams_with_a_private_ca_named_in_ca_file() {
+    let (up, ca_pem) = tls_upstream().await;
+    let route = format!(
+        "[[routes]]\nname = \"tls\"\npath_prefix = \"/\"\nupstream = \"https://{up}\"\npolicy = \"public\"\n"
+    );
+    // Trusted through proxy.ca_file (relative to the config file), with the public roots off.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("upstream-ca.pem"), &ca_pem).unwrap();
+    let s = Server::start_in(
+        dir.path(),
+        Some(&format!(
+            "[proxy]\nca_file = \"upstream-ca.pem\"\npublic_roots = false\n\n{route}"
+        )),
+    );
+    let r = client().get(s.url("/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), format!("tls ok, host {up}"));
+
+    // Without it, the certificate is not trusted: 502, and nothing of the upstream leaks.
+    let s = Server::start(Some(&route));
+    let r = client().get(s.url("/x")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(json_of(r).await["error"], "upstream_unavailable");
+}
+
+#[test]
+fn unusable_ca_files_stop_startup_with_the_file_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("empty.pem"), "not a certificate\n").unwrap();
+    for (ca, want) in [
+        ("empty.pem", "no certificates"),
+        ("missing.pem", "cannot read PEM certificates"),
+    ] {
+        let cfg = dir.path().join("portcullis.toml");
+        std::fs::write(&cfg, format!("[proxy]\nca_file = \"{ca}\"\n")).unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env_remove("PORTCULLIS_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(ca) && err.contains(want), "{err}");
+    }
+}
