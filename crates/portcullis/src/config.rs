@@ -643,7 +643,10 @@ failed_auth_limit = false
 
         let e = err("[proxy]\npublic_roots = false\n");
         assert!(e.starts_with("p.toml:2:"), "{e}");
-        assert!(e.contains("proxy.public_roots") && e.contains("ca_file"), "{e}");
+        assert!(
+            e.contains("proxy.public_roots") && e.contains("ca_file"),
+            "{e}"
+        );
 
         let e = err("listen = \n");
         assert!(e.starts_with("p.toml:1:"), "{e}");

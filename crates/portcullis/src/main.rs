@@ -104,6 +104,8 @@ fn main() -> ExitCode {
                 })
                 .map_err(|e| e.0)?;
                 if check {
+                    // Files the configuration names are part of it.
+                    proxy::Proxy::new(&cfg.proxy)?;
                     println!("configuration OK: {} routes", cfg.routes.len());
                     return Ok(true);
                 }

@@ -515,5 +515,14 @@ fn unusable_ca_files_stop_startup_with_the_file_named() {
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(ca) && err.contains(want), "{err}");
+        // `serve --check` finds it too.
+        let out = std::process::Command::new(BIN)
+            .args(["serve", "--check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(ca) && err.contains(want), "{err}");
     }
 }
