@@ -12,7 +12,7 @@
 //! polls the connection as it is read). When the body is done the lease goes back to the pool,
 //! ready for the next request. No task is spawned per connection or per request, and a request
 //! never waits on another task: 7 % fewer user-space instructions per proxied request
-//! (callgrind; see BENCHMARKS.md), and the connection's state stays in the request's cache.
+//! (callgrind; see BENCHMARKS.md).
 
 use std::error::Error as StdError;
 use std::future::Future;
