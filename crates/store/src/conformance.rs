@@ -315,6 +315,25 @@ async fn audit_chain_append_query_scan(s: &impl AuditLog) {
         ),
         "seq is unique"
     );
+    let e5 = sample_event(5, e3.hash, "auth.decision", "allow", None);
+    assert!(
+        matches!(
+            s.append(std::slice::from_ref(&e5)).await,
+            Err(StoreError::Invalid(_))
+        ),
+        "seqs continue the head without gaps"
+    );
+    let e4 = sample_event(4, e3.hash, "auth.decision", "allow", None);
+    let e6 = sample_event(6, e4.hash, "auth.decision", "allow", None);
+    assert!(
+        matches!(s.append(&[e4, e6]).await, Err(StoreError::Invalid(_))),
+        "within a batch too"
+    );
+    assert_eq!(
+        s.head().await.unwrap(),
+        Some((3, e3.hash)),
+        "nothing of a refused batch is stored"
+    );
 
     let all = s
         .query(&AuditQuery {

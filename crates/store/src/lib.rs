@@ -80,8 +80,9 @@ pub trait ApiKeys: Send + Sync {
 /// The tamper-evident audit trail (see `portcullis_core::audit`).
 #[async_trait]
 pub trait AuditLog: Send + Sync {
-    /// Appends events whose `seq` continue the stored chain, in one transaction.
-    /// `Conflict` if a `seq` exists already.
+    /// Appends events whose `seq` continue the stored chain (head + 1, + 2, …), in one
+    /// transaction. `Conflict` if a `seq` exists already, `Invalid` if one would leave a gap:
+    /// a writer bug cannot store a broken sequence.
     async fn append(&self, events: &[StoredEvent]) -> Result<(), StoreError>;
 
     /// The last stored event's `seq` and `hash`, if any.
@@ -109,3 +110,16 @@ pub trait RateCells: Send + Sync {
 /// The durable store the binary wires in.
 pub trait Durable: ApiKeys + AuditLog {}
 impl<T: ApiKeys + AuditLog> Durable for T {}
+
+/// The audit-seq rule every backend applies: `seq` must be exactly `next`.
+pub(crate) fn check_next_seq(seq: i64, next: i64) -> Result<(), StoreError> {
+    if seq < next {
+        Err(StoreError::Conflict("audit seq exists"))
+    } else if seq > next {
+        Err(StoreError::Invalid(
+            "audit seqs must continue the stored chain without gaps",
+        ))
+    } else {
+        Ok(())
+    }
+}

@@ -9,8 +9,8 @@ use portcullis_core::ratelimit::{Decision, Limit};
 use portcullis_core::Timestamp;
 
 use crate::{
-    ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyUsage, QuotaState, RateCells, StoreError,
-    StoredEvent,
+    check_next_seq, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyUsage, QuotaState, RateCells,
+    StoreError, StoredEvent,
 };
 
 /// Durable aggregates kept in memory (lost on exit: for tests and demos only).
@@ -191,9 +191,7 @@ impl AuditLog for MemoryStore {
         let mut g = self.lock();
         let mut next = g.events.last().map_or(1, |e| e.seq + 1);
         for e in events {
-            if e.seq < next {
-                return Err(StoreError::Conflict("audit seq exists"));
-            }
+            check_next_seq(e.seq, next)?;
             next = e.seq + 1;
         }
         g.events.extend_from_slice(events);

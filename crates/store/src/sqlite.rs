@@ -25,7 +25,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use crate::{
-    ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyUsage, QuotaState, StoreError, StoredEvent,
+    check_next_seq, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyUsage, QuotaState, StoreError,
+    StoredEvent,
 };
 
 /// The embedded schema migrations.
@@ -552,7 +553,7 @@ impl AuditLog for SqliteStore {
             .map(Block::encode)
             .collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.begin_write().await?;
-        // Like the memory store: every seq must be above the stored head and increasing.
+        // Like the memory store: the seqs continue the stored head, one by one.
         let head: Option<i64> =
             sqlx::query_scalar("SELECT last_seq FROM audit_blocks ORDER BY first_seq DESC LIMIT 1")
                 .fetch_optional(&mut *tx)
@@ -560,9 +561,7 @@ impl AuditLog for SqliteStore {
                 .map_err(sql_err)?;
         let mut next = head.map_or(1, |h| h.saturating_add(1));
         for e in events {
-            if e.seq < next {
-                return Err(StoreError::Conflict("audit seq exists"));
-            }
+            check_next_seq(e.seq, next)?;
             next = e.seq.saturating_add(1);
         }
         for b in &blocks {
@@ -1310,22 +1309,21 @@ mod tests {
     async fn append_refuses_seq_at_or_below_the_head() {
         let s = SqliteStore::open_in_memory().await.unwrap();
         let e1 = sample_event(1, GENESIS, "k", "ok", None);
-        let e3 = sample_event(3, e1.hash, "k", "ok", None);
-        s.append(&[e1.clone(), e3.clone()]).await.unwrap();
         let e2 = sample_event(2, e1.hash, "k", "ok", None);
+        s.append(&[e1.clone(), e2.clone()]).await.unwrap();
         assert!(matches!(
-            s.append(&[e2]).await,
+            s.append(std::slice::from_ref(&e2)).await,
             Err(StoreError::Conflict(_))
         ));
-        let e4 = sample_event(4, e3.hash, "k", "ok", None);
+        let e3 = sample_event(3, e2.hash, "k", "ok", None);
         assert!(
             matches!(
-                s.append(&[e4.clone(), e4]).await,
+                s.append(&[e3.clone(), e3]).await,
                 Err(StoreError::Conflict(_))
             ),
             "a batch must increase"
         );
-        assert_eq!(s.head().await.unwrap(), Some((3, e3.hash)));
+        assert_eq!(s.head().await.unwrap(), Some((2, e2.hash)));
     }
 
     #[tokio::test]
