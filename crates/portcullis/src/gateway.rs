@@ -17,7 +17,7 @@ use portcullis_domain::authn::Authenticated;
 use portcullis_domain::gate::{Gate, RouteGate};
 use portcullis_domain::Clock;
 
-use crate::config::{LimitsConfig, Upstream};
+use crate::config::LimitsConfig;
 use crate::metrics::Metrics;
 use crate::proxy::{strip_hop_by_hop, UpstreamBody, UpstreamPool};
 use crate::wire::{error_response, rate_headers};
@@ -89,6 +89,19 @@ impl hyper::body::Body for GatewayBody {
     }
 }
 
+/// Where a route sends admitted requests, resolved at load.
+pub enum Target {
+    /// The built-in echo service.
+    Echo,
+    /// An HTTP(S) upstream: its connection pool and the base path to prefix.
+    Upstream {
+        /// The pool of the upstream's origin (shared by the routes that name it).
+        pool: Arc<UpstreamPool>,
+        /// Path prefixed to the forwarded path (`""` for none).
+        base_path: String,
+    },
+}
+
 /// One compiled route.
 pub struct Route {
     /// Access rules.
@@ -100,9 +113,7 @@ pub struct Route {
     /// Methods to match (empty: any).
     pub methods: Vec<http::Method>,
     /// Where to send admitted requests.
-    pub upstream: Upstream,
-    /// The connection pool of a URL upstream.
-    pub pool: Option<Arc<UpstreamPool>>,
+    pub target: Target,
     /// Remove the prefix before proxying.
     pub strip_prefix: bool,
     /// Pass the consumed credential on to the upstream.
@@ -121,8 +132,7 @@ impl Route {
         host: Option<String>,
         path_prefix: String,
         methods: Vec<http::Method>,
-        upstream: Upstream,
-        pool: Option<Arc<UpstreamPool>>,
+        target: Target,
         strip_prefix: bool,
         forward_credentials: bool,
         metrics: &Metrics,
@@ -143,8 +153,7 @@ impl Route {
             host: host.map(|h| h.to_ascii_lowercase()),
             path_prefix: path_prefix.trim_end_matches('/').to_owned(),
             methods,
-            upstream,
-            pool,
+            target,
             strip_prefix,
             forward_credentials,
             api_key_query_param,
@@ -197,8 +206,12 @@ impl Gateway {
         peer: SocketAddr,
         request_id: &str,
     ) -> Response<GatewayBody> {
-        let mut resp = self.handle_inner(req, peer, request_id).await;
-        if let Ok(v) = HeaderValue::from_str(request_id) {
+        // Made once: the upstream gets a copy (a reference-count increment), the caller this.
+        let id_header = HeaderValue::from_str(request_id).ok();
+        let mut resp = self
+            .handle_inner(req, peer, request_id, id_header.as_ref())
+            .await;
+        if let Some(v) = id_header {
             resp.headers_mut().insert(REQUEST_ID, v);
         }
         resp
@@ -209,6 +222,7 @@ impl Gateway {
         req: Request<Incoming>,
         peer: SocketAddr,
         request_id: &str,
+        id_header: Option<&HeaderValue>,
     ) -> Response<GatewayBody> {
         let started = Instant::now();
         if header_bytes(req.headers()) > self.limits.max_header_bytes {
@@ -272,7 +286,7 @@ impl Gateway {
                 peer,
                 admitted.authn.as_ref(),
                 host_header,
-                request_id,
+                id_header,
             )
             .await
         {
@@ -309,7 +323,7 @@ impl Gateway {
         peer: SocketAddr,
         authn: Option<&Authenticated>,
         host: Option<String>,
-        request_id: &str,
+        id_header: Option<&HeaderValue>,
     ) -> Result<Response<GatewayBody>, GatewayError> {
         let (mut parts, body) = req.into_parts();
         let h = &mut parts.headers;
@@ -363,7 +377,9 @@ impl Gateway {
         if let Some(host) = &host {
             set(h, H_XF_HOST, host);
         }
-        set(h, REQUEST_ID, request_id);
+        if let Some(v) = id_header {
+            h.insert(REQUEST_ID, v.clone());
+        }
 
         let path = parts.uri.path();
         let path = if route.strip_prefix {
@@ -385,19 +401,15 @@ impl Gateway {
             body,
             usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX),
         );
-        match &route.upstream {
-            Upstream::Echo => {
+        match &route.target {
+            Target::Echo => {
                 let uri = build_path_and_query("", path, query.as_deref())
                     .ok_or(GatewayError::BadRequest)?;
                 parts.uri = uri;
                 let req = Request::from_parts(parts, Body::new(limited));
                 Ok(crate::echo::respond(req).await.map(GatewayBody::Local))
             }
-            Upstream::Url { base_path, .. } => {
-                let pool = route
-                    .pool
-                    .as_ref()
-                    .ok_or(GatewayError::UpstreamUnavailable)?;
+            Target::Upstream { pool, base_path } => {
                 parts.uri = build_path_and_query(base_path, path, query.as_deref())
                     .ok_or(GatewayError::BadRequest)?;
                 parts.version = http::Version::HTTP_11;

@@ -30,8 +30,8 @@ use portcullis_store::{ApiKeys, AuditLog};
 use tower::ServiceExt;
 
 use crate::admin_api::{self, AdminState};
-use crate::config::{Config, SinkKind};
-use crate::gateway::{Gateway, GatewayBody, Route};
+use crate::config::{Config, SinkKind, Upstream};
+use crate::gateway::{Gateway, GatewayBody, Route, Target};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 
@@ -186,15 +186,18 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     let proxy = Arc::new(Proxy::new(&cfg.proxy).map_err(StartError)?);
     let mut routes = Vec::with_capacity(cfg.routes.len());
     for r in &cfg.routes {
-        let pool = match &r.upstream {
-            crate::config::Upstream::Url {
-                scheme, authority, ..
-            } => Some(
-                proxy
+        let target = match &r.upstream {
+            Upstream::Url {
+                scheme,
+                authority,
+                base_path,
+            } => Target::Upstream {
+                pool: proxy
                     .pool(scheme, authority)
                     .map_err(|e| StartError(format!("route `{}`: {e}", r.name)))?,
-            ),
-            crate::config::Upstream::Echo => None,
+                base_path: base_path.clone(),
+            },
+            Upstream::Echo => Target::Echo,
         };
         let policy = Policy::compile(&r.policy, &available)
             .map_err(|e| StartError(format!("route `{}`: {e}", r.name)))?;
@@ -213,8 +216,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             r.host.clone(),
             r.path_prefix.clone(),
             r.methods.clone(),
-            r.upstream.clone(),
-            pool,
+            target,
             r.strip_prefix,
             r.forward_credentials,
             &metrics,

@@ -105,6 +105,7 @@ policy = "public"
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-upstream"], "yes");
+    let request_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert!(
         r.headers().get("x-hop").is_none(),
         "hop-by-hop headers named in Connection are removed"
@@ -120,6 +121,11 @@ policy = "public"
     assert_eq!(h["x-forwarded-host"], "api.example.test");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-portcullis-credential"], id.as_str());
+    assert_eq!(
+        h["x-request-id"],
+        request_id.as_str(),
+        "the upstream sees the same id"
+    );
     assert!(h.get("x-drop-me").is_none(), "{h}");
     assert!(h.get("x-api-key").is_none(), "{h}");
 
