@@ -6,17 +6,29 @@ use std::time::Duration;
 
 use crate::support::*;
 
-/// A tiny upstream on an ephemeral port: `/slow` sleeps 3 s; everything else answers with a
-/// JSON description of the request, including its body, with a hop-by-hop header.
-async fn upstream() -> String {
+/// Listens on an ephemeral loopback port and hands each accepted connection, numbered from 1,
+/// to `serve` on a task of its own. Returns the address.
+async fn listen<F, Fut>(serve: F) -> String
+where
+    F: Fn(tokio::net::TcpStream, usize) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((stream, _)) = listener.accept().await {
+            n += 1;
+            tokio::spawn(serve(stream, n));
+        }
+    });
+    addr
+}
+
+/// A tiny upstream on an ephemeral port: `/slow` sleeps 3 s; everything else answers with a
+/// JSON description of the request, including its body, with a hop-by-hop header.
+async fn upstream() -> String {
+    listen(|stream, _| async move {
                 let svc = hyper::service::service_fn(
                     |req: hyper::Request<hyper::body::Incoming>| async move {
                         use http_body_util::BodyExt;
@@ -53,10 +65,8 @@ async fn upstream() -> String {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                     .await;
-            });
-        }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test]
@@ -193,71 +203,31 @@ impl hyper::body::Body for Chunks {
 /// `/close` answers with `Connection: close`, `/empty` with 204, `/big` with 1 MiB sent in
 /// 64 KiB chunks; anything else with a short body. HEAD gets the headers only.
 async fn numbered_upstream() -> String {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let count = Arc::new(AtomicUsize::new(0));
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let conn_id = count.fetch_add(1, Ordering::SeqCst) + 1;
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| async move {
-                        use http_body_util::BodyExt;
-                        let b = hyper::Response::builder().header("x-conn", conn_id.to_string());
-                        let body: http_body_util::combinators::BoxBody<bytes::Bytes, Infallible> =
-                            match req.uri().path() {
-                                "/big" => Chunks(16).boxed(),
-                                _ => http_body_util::Full::new(bytes::Bytes::from_static(b"hello"))
-                                    .boxed(),
-                            };
-                        let resp = match req.uri().path() {
-                            "/close" => b.header("connection", "close").body(body),
-                            "/empty" => b
-                                .status(204)
-                                .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed()),
-                            _ => b.body(body),
-                        };
-                        Ok::<_, Infallible>(resp.unwrap())
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-/// Runs futures concurrently and returns their outputs in order.
-async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in fs {
-        set.push(Box::pin(f));
-    }
-    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in set.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
+    listen(|stream, conn_id| async move {
+        let svc = hyper::service::service_fn(
+            move |req: hyper::Request<hyper::body::Incoming>| async move {
+                use http_body_util::BodyExt;
+                let b = hyper::Response::builder().header("x-conn", conn_id.to_string());
+                let body: http_body_util::combinators::BoxBody<bytes::Bytes, Infallible> =
+                    match req.uri().path() {
+                        "/big" => Chunks(16).boxed(),
+                        _ => http_body_util::Full::new(bytes::Bytes::from_static(b"hello")).boxed(),
+                    };
+                let resp = match req.uri().path() {
+                    "/close" => b.header("connection", "close").body(body),
+                    "/empty" => b
+                        .status(204)
+                        .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed()),
+                    _ => b.body(body),
+                };
+                Ok::<_, Infallible>(resp.unwrap())
+            },
+        );
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+            .await;
     })
-    .await;
-    out.into_iter().flatten().collect()
+    .await
 }
 
 /// A gateway whose one public route sends everything to `up`.
@@ -326,41 +296,33 @@ async fn upstream_connections_are_reused_and_replaced_when_closed() {
 /// RST.
 async fn idle_closing_upstream(reset: bool) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
+    listen(move |mut stream, _| async move {
+        let mut buf = vec![0u8; 8192];
+        let mut got = Vec::new();
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut got = Vec::new();
-                loop {
-                    // Serve every complete request head received so far.
-                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        got.drain(..end + 4);
-                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok";
-                        if stream.write_all(ok).await.is_err() {
-                            return;
-                        }
-                    }
-                    let idle = Duration::from_millis(100);
-                    match tokio::time::timeout(idle, stream.read(&mut buf)).await {
-                        Ok(Ok(0) | Err(_)) => return,
-                        Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-                        Err(_) => break, // idle: close
-                    }
+            // Serve every complete request head received so far.
+            while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                got.drain(..end + 4);
+                let ok =
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok";
+                if stream.write_all(ok).await.is_err() {
+                    return;
                 }
-                if reset {
-                    #[allow(deprecated)] // set_linger: fine for a test's abortive close
-                    let _ = stream.set_linger(Some(Duration::ZERO));
-                }
-                drop(stream);
-            });
+            }
+            let idle = Duration::from_millis(100);
+            match tokio::time::timeout(idle, stream.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => break, // idle: close
+            }
         }
-    });
-    addr
+        if reset {
+            #[allow(deprecated)] // set_linger: fine for a test's abortive close
+            let _ = stream.set_linger(Some(Duration::ZERO));
+        }
+        drop(stream);
+    })
+    .await
 }
 
 #[tokio::test]
@@ -370,16 +332,15 @@ async fn idle_connections_the_upstream_closed_are_not_used() {
         let s = public_gateway_to(&up);
         for _ in 0..3 {
             // Several at once, so several connections are pooled and then closed.
-            let answers = futures_join(
-                (0..8)
-                    .map(|_| async {
-                        let r = client().get(s.url("/x")).send().await.unwrap();
-                        (r.status(), r.text().await.unwrap())
-                    })
-                    .collect(),
-            )
-            .await;
-            for (status, text) in answers {
+            let mut answers = tokio::task::JoinSet::new();
+            for _ in 0..8 {
+                let url = s.url("/x");
+                answers.spawn(async move {
+                    let r = client().get(url).send().await.unwrap();
+                    (r.status(), r.text().await.unwrap())
+                });
+            }
+            for (status, text) in answers.join_all().await {
                 assert_eq!(status, 200, "reset: {reset}\n{}", s.output());
                 assert_eq!(text, "ok");
             }
@@ -440,37 +401,31 @@ async fn tls_upstream() -> (String, String) {
     )
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
+    let addr = listen(move |stream, _| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(stream) = acceptor.accept(stream).await else {
                 return;
             };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let host = req
-                            .headers()
-                            .get("host")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_owned();
-                        Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
-                            bytes::Bytes::from(format!("tls ok, host {host}")),
-                        )))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
+            let svc = hyper::service::service_fn(
+                |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let host = req
+                        .headers()
+                        .get("host")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from(format!("tls ok, host {host}")),
+                    )))
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
         }
-    });
+    })
+    .await;
     (addr, ca_cert.pem())
 }
 
