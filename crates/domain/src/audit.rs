@@ -268,7 +268,7 @@ pub struct AuditWriter {
     seq: i64,
     head: Sha256Digest,
     times: TimeFormat,
-    /// The sink's output buffer, kept between batches (a batch is up to ~300 KiB).
+    /// The sink's output buffer, kept between batches (a full batch is about 1 MiB).
     line_buf: String,
 }
 

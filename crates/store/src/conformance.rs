@@ -315,6 +315,14 @@ async fn audit_chain_append_query_scan(s: &impl AuditLog) {
         ),
         "seq is unique"
     );
+    let e4 = sample_event(4, e3.hash, "auth.decision", "allow", None);
+    assert!(
+        matches!(
+            s.append(&[e4.clone(), e4.clone()]).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a batch must increase"
+    );
     let e5 = sample_event(5, e3.hash, "auth.decision", "allow", None);
     assert!(
         matches!(
@@ -323,7 +331,6 @@ async fn audit_chain_append_query_scan(s: &impl AuditLog) {
         ),
         "seqs continue the head without gaps"
     );
-    let e4 = sample_event(4, e3.hash, "auth.decision", "allow", None);
     let e6 = sample_event(6, e4.hash, "auth.decision", "allow", None);
     assert!(
         matches!(s.append(&[e4, e6]).await, Err(StoreError::Invalid(_))),
