@@ -1,6 +1,6 @@
 //! Small text renderings used once per request or event (client addresses in headers and
-//! audit events, sequence numbers), written without the formatting machinery, which costs
-//! several times more.
+//! audit events, sequence numbers, request ids, rate-limit keys), written without the
+//! formatting machinery and, where they fit, without an allocation.
 
 use std::net::IpAddr;
 
@@ -84,10 +84,74 @@ pub fn push_decimal(out: &mut String, n: i64) {
     }
 }
 
+/// Text joined from pieces and kept inline when it fits in `N` bytes, on the heap only when
+/// longer: request ids in audit events and rate-limit cell keys, made once or twice per
+/// request, nearly always fit.
+#[derive(Clone, Debug)]
+pub enum CompactText<const N: usize> {
+    /// The text is the first `len` bytes of `buf`.
+    Inline {
+        /// Storage.
+        buf: [u8; N],
+        /// Bytes used.
+        len: usize,
+    },
+    /// Longer than `N` bytes.
+    Heap(Box<str>),
+}
+
+impl<const N: usize> CompactText<N> {
+    /// The concatenation of `parts`.
+    pub fn from_parts<'a, I>(parts: I) -> Self
+    where
+        I: IntoIterator<Item = &'a str> + Clone,
+    {
+        let len: usize = parts.clone().into_iter().map(str::len).sum();
+        if len > N {
+            let mut s = String::with_capacity(len);
+            parts.into_iter().for_each(|p| s.push_str(p));
+            return Self::Heap(s.into_boxed_str());
+        }
+        let mut buf = [0u8; N];
+        let mut at = 0;
+        for p in parts {
+            // Both passes see the same pieces: `at + p.len()` never passes `len <= N`.
+            buf[at..at + p.len()].copy_from_slice(p.as_bytes());
+            at += p.len();
+        }
+        Self::Inline { buf, len: at }
+    }
+
+    /// A copy of `s`.
+    pub fn new(s: &str) -> Self {
+        Self::from_parts([s])
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Whole `&str`s were copied in: always UTF-8.
+            Self::Inline { buf, len } => std::str::from_utf8(&buf[..*len]).unwrap_or_default(),
+            Self::Heap(s) => s,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn compact_text_is_inline_up_to_its_size() {
+        let t = CompactText::<8>::from_parts(["abcd", "", "efgh"]);
+        assert!(matches!(t, CompactText::Inline { len: 8, .. }));
+        assert_eq!(t.as_str(), "abcdefgh");
+        let t = CompactText::<8>::from_parts(["abcd", "efghi"]);
+        assert!(matches!(t, CompactText::Heap(_)));
+        assert_eq!(t.as_str(), "abcdefghi");
+        assert_eq!(CompactText::<0>::new("").as_str(), "");
+    }
 
     #[test]
     fn decimals_render_like_display_at_the_edges() {
@@ -123,6 +187,14 @@ mod tests {
             let mut s = String::new();
             push_decimal(&mut s, n);
             prop_assert_eq!(s, n.to_string());
+        }
+
+        #[test]
+        fn compact_text_is_the_concatenation(parts in proptest::collection::vec(".{0,12}", 0..6)) {
+            let joined: String = parts.concat();
+            let t = CompactText::<24>::from_parts(parts.iter().map(String::as_str));
+            prop_assert_eq!(t.as_str(), joined.as_str());
+            prop_assert_eq!(matches!(t, CompactText::Inline { .. }), joined.len() <= 24);
         }
 
         #[test]

@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
                 for _ in 0..EVENTS {
                     at += 1;
                     let e = AuditEvent::new(Timestamp::from_millis(at), "auth.decision", "allow")
-                        .request_id(request_id.clone())
+                        .request_id(&request_id)
                         .route(route.clone())
                         .client_ip([127, 0, 0, 1].into())
                         .reason("ok")

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use portcullis_core::ratelimit::{Decision, Limit};
-use portcullis_core::text::IpText;
+use portcullis_core::text::{CompactText, IpText};
 use portcullis_core::{AuthError, RequestParts, ScopeSet, Timestamp, WireError};
 
 use crate::audit::{AuditEvent, Auditor};
@@ -103,16 +103,9 @@ impl Gate {
             // No authentication decision to audit; only the optional per-address limit.
             let rate = match &route.rate_limit {
                 Some(l) => {
-                    self.limit_one(
-                        &cell_key(
-                            "r",
-                            &route.name,
-                            &["ip", IpText::new(req.client_ip).as_str()],
-                        ),
-                        l,
-                        now,
-                    )
-                    .await?
+                    let ip = IpText::new(req.client_ip);
+                    let key = cell_key("r", &route.name, &["ip", ip.as_str()]);
+                    self.limit_one(key.as_str(), l, now).await?
                 }
                 None => None,
             };
@@ -124,7 +117,7 @@ impl Gate {
             "auth.decision",
             if result.is_ok() { "allow" } else { "deny" },
         )
-        .request_id(request_id.into())
+        .request_id(request_id)
         .route(route.name.clone())
         .client_ip(req.client_ip);
         let event = match &result {
@@ -159,7 +152,7 @@ impl Gate {
             (cell_key("f", &route.name, &[ip.as_str()]), l)
         });
         if let Some((key, l)) = &fail_key {
-            if let Some(d) = self.limiter.is_blocked(key, l, now).await {
+            if let Some(d) = self.limiter.is_blocked(key.as_str(), l, now).await {
                 return Err((
                     Refused {
                         error: AuthError::RateLimited {
@@ -175,7 +168,7 @@ impl Gate {
             Ok(a) => a,
             Err(error) => {
                 if let Some((key, l)) = &fail_key {
-                    let _ = self.limiter.check(key, l, now).await;
+                    let _ = self.limiter.check(key.as_str(), l, now).await;
                 }
                 return Err((Refused { error, rate: None }, None));
             }
@@ -212,7 +205,7 @@ impl Gate {
                 if let Some(l) = &route.rate_limit {
                     let key = cell_key("r", &route.name, &[&authn.identity.credential_id]);
                     rate = self
-                        .limit_one(&key, l, now)
+                        .limit_one(key.as_str(), l, now)
                         .await
                         .map_err(|r| (r, cred.clone()))?;
                 }
@@ -248,19 +241,16 @@ impl Gate {
     }
 }
 
-/// A rate-limit cell key, `kind:route:part:…` (built without the formatting machinery: one or
-/// two per request).
-fn cell_key(kind: &str, route: &str, parts: &[&str]) -> String {
-    let len = kind.len() + 1 + route.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>();
-    let mut k = String::with_capacity(len);
-    k.push_str(kind);
-    k.push(':');
-    k.push_str(route);
-    for p in parts {
-        k.push(':');
-        k.push_str(p);
-    }
-    k
+/// A rate-limit cell key, `kind:route:part:…`: one or two per request, so built on the stack
+/// when it fits (it nearly always does) and without the formatting machinery.
+type CellKey = CompactText<128>;
+
+fn cell_key(kind: &str, route: &str, parts: &[&str]) -> CellKey {
+    CompactText::from_parts(
+        [kind, ":", route]
+            .into_iter()
+            .chain(parts.iter().flat_map(|p| [":", *p])),
+    )
 }
 
 /// Of two allowed decisions, the one with fewer requests left (what the caller should see).
@@ -277,12 +267,15 @@ mod tests {
 
     #[test]
     fn cell_keys_join_kind_route_and_parts_with_colons() {
+        let key = |kind, route, parts: &[&str]| cell_key(kind, route, parts).as_str().to_owned();
         assert_eq!(
-            cell_key("r", "orders", &["ip", "10.0.0.1"]),
+            key("r", "orders", &["ip", "10.0.0.1"]),
             "r:orders:ip:10.0.0.1"
         );
-        assert_eq!(cell_key("f", "orders", &["::1"]), "f:orders:::1");
-        assert_eq!(cell_key("r", "orders", &["key_1"]), "r:orders:key_1");
-        assert_eq!(cell_key("r", "", &[]), "r:");
+        assert_eq!(key("f", "orders", &["::1"]), "f:orders:::1");
+        assert_eq!(key("r", "orders", &["key_1"]), "r:orders:key_1");
+        assert_eq!(key("r", "", &[]), "r:");
+        let long = "é".repeat(100);
+        assert_eq!(key("r", &long, &["x"]), format!("r:{long}:x"));
     }
 }

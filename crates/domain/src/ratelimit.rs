@@ -21,6 +21,9 @@ impl RateLimiter {
 
     /// Counts one request against `limit` for `key`. `None` when the store failed (allow).
     pub async fn check(&self, key: &str, limit: &Limit, now: Timestamp) -> Option<Decision> {
+        if let Some(d) = self.cells.check_in_process(key, limit, now, true) {
+            return Some(d);
+        }
         match self.cells.check(key, limit, now).await {
             Ok(d) => Some(d),
             Err(e) => {
@@ -32,6 +35,9 @@ impl RateLimiter {
 
     /// Whether `key` is currently refused under `limit`, without counting a request.
     pub async fn is_blocked(&self, key: &str, limit: &Limit, now: Timestamp) -> Option<Decision> {
+        if let Some(d) = self.cells.check_in_process(key, limit, now, false) {
+            return Some(d).filter(|d| !d.allowed);
+        }
         match self.cells.peek(key, limit, now).await {
             Ok(d) if !d.allowed => Some(d),
             Ok(_) => None,

@@ -64,8 +64,8 @@ pub fn sample_event(
     StoredEvent {
         seq,
         time: Timestamp::from_secs(1_700_000_000 + seq),
-        kind: kind.into(),
-        outcome: outcome.into(),
+        kind: kind.to_owned().into(),
+        outcome: outcome.to_owned().into(),
         credential_id: cred.map(Into::into),
         hash: chain_hash(&prev, seq, body.as_bytes()),
         body,
@@ -445,4 +445,30 @@ pub async fn ephemeral_suite<S: RateCells>(make: impl Fn() -> S) {
     let later = t.plus_millis(10_000);
     let fresh = s.check("a", &limit, later).await.unwrap();
     assert_eq!(fresh.remaining, 1, "an idle cell is back to full");
+
+    // A store that answers in process does so from the same cells as its async methods.
+    if let Some(first) = s.check_in_process("c", &limit, t, true) {
+        assert!(first.allowed);
+        assert!(s.check("c", &limit, t).await.unwrap().allowed);
+        assert!(
+            !s.peek("c", &limit, t).await.unwrap().allowed,
+            "the in-process check counted in the shared cell"
+        );
+        assert_eq!(
+            s.check_in_process("c", &limit, t, false).map(|d| d.allowed),
+            Some(false),
+            "the in-process peek sees what the async check spent"
+        );
+        for _ in 0..3 {
+            assert_eq!(
+                s.check_in_process("d", &limit, t, false).map(|d| d.allowed),
+                Some(true)
+            );
+        }
+        assert_eq!(
+            s.check("d", &limit, t).await.unwrap().remaining,
+            1,
+            "an in-process peek does not count"
+        );
+    }
 }

@@ -105,6 +105,21 @@ pub trait RateCells: Send + Sync {
 
     /// What [`RateCells::check`] would decide at `now`, without changing the cell.
     async fn peek(&self, key: &str, limit: &Limit, now: Timestamp) -> Result<Decision, StoreError>;
+
+    /// [`RateCells::check`] (`commit`) or [`RateCells::peek`] (not `commit`) answered at once,
+    /// for a store that keeps its cells in this process: the request path then skips an async
+    /// call and its boxed future, twice per authenticated request. `None` (the default): this
+    /// store has to be asked through the async methods.
+    fn check_in_process(
+        &self,
+        key: &str,
+        limit: &Limit,
+        now: Timestamp,
+        commit: bool,
+    ) -> Option<Decision> {
+        let _ = (key, limit, now, commit);
+        None
+    }
 }
 
 /// The durable store the binary wires in.

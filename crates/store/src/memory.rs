@@ -276,23 +276,24 @@ impl MemoryRateCells {
         if shard.ops.is_multiple_of(SWEEP_EVERY) {
             shard.cells.retain(|_, (_, exp)| *exp > now_ms);
         }
-        let ttl = i64::try_from(limit.ttl_ms()).unwrap_or(i64::MAX);
-        let current = shard
-            .cells
-            .get(key)
-            .filter(|(_, exp)| *exp > now_ms)
-            .map(|(c, _)| *c);
-        let d = limit.check(current, now_ms);
-        if d.allowed && commit {
-            let exp = now_ms.saturating_add(ttl);
-            match shard.cells.get_mut(key) {
-                Some(slot) => *slot = (d.cell, exp),
-                None => {
+        let exp = now_ms.saturating_add(i64::try_from(limit.ttl_ms()).unwrap_or(i64::MAX));
+        // One hash lookup for a known key (the common case), a second only to insert.
+        match shard.cells.get_mut(key) {
+            Some(slot) => {
+                let d = limit.check(Some(slot.0).filter(|_| slot.1 > now_ms), now_ms);
+                if d.allowed && commit {
+                    *slot = (d.cell, exp);
+                }
+                d
+            }
+            None => {
+                let d = limit.check(None, now_ms);
+                if d.allowed && commit {
                     shard.cells.insert(key.into(), (d.cell, exp));
                 }
+                d
             }
         }
-        d
     }
 }
 
@@ -309,6 +310,16 @@ impl RateCells for MemoryRateCells {
 
     async fn peek(&self, key: &str, limit: &Limit, now: Timestamp) -> Result<Decision, StoreError> {
         Ok(self.check_sync(key, limit, now, false))
+    }
+
+    fn check_in_process(
+        &self,
+        key: &str,
+        limit: &Limit,
+        now: Timestamp,
+        commit: bool,
+    ) -> Option<Decision> {
+        Some(self.check_sync(key, limit, now, commit))
     }
 }
 

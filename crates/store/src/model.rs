@@ -1,5 +1,7 @@
 //! Stored records. Hashes, never raw secrets; `Debug` shows no hash either.
 
+use std::borrow::Cow;
+
 use portcullis_core::crypto::Sha256Digest;
 use portcullis_core::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -122,9 +124,10 @@ pub struct StoredEvent {
     /// Event time.
     pub time: Timestamp,
     /// Event kind (`auth.decision`, `api_key.created`, `api_key.new_ip` …), for filtering.
-    pub kind: String,
+    /// Borrowed when the writer names it (kinds are constants: no allocation per event).
+    pub kind: Cow<'static, str>,
     /// Outcome (`allow`, `deny`, `ok` …), for filtering.
-    pub outcome: String,
+    pub outcome: Cow<'static, str>,
     /// Credential id involved, if any, for filtering.
     pub credential_id: Option<String>,
     /// The event as canonical JSON (what the hash covers).

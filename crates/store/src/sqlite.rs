@@ -845,8 +845,8 @@ fn decode_block(text: &str) -> Result<Vec<StoredEvent>, StoreError> {
         let mut next = |name: &str| f.next().ok_or_else(|| corrupt(name));
         let seq = next("seq")?.parse().map_err(|_| corrupt("seq"))?;
         let time = next("time")?.parse().map_err(|_| corrupt("time"))?;
-        let kind = next("kind")?.to_owned();
-        let outcome = next("outcome")?.to_owned();
+        let kind = next("kind")?.to_owned().into();
+        let outcome = next("outcome")?.to_owned().into();
         let credential_id = Some(next("credential_id")?)
             .filter(|c| !c.is_empty())
             .map(str::to_owned);
