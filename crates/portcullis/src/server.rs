@@ -126,6 +126,8 @@ pub fn load_config(o: &Overrides) -> Result<Config, StartError> {
 pub async fn serve(cfg: Config) -> Result<(), StartError> {
     let data_dir = cfg.data_dir.clone();
     create_private_dir(&data_dir)?;
+    // Held until `serve` returns (the kernel releases it if the process dies).
+    let _lock = lock_data_dir(&data_dir)?;
     let token_hash = admin_token(&data_dir)?;
     let store = Arc::new(
         SqliteStore::open(&data_dir.join("portcullis.db"))
@@ -418,6 +420,49 @@ fn create_private_dir(dir: &Path) -> Result<(), StartError> {
             dir.display()
         ))
     })
+}
+
+/// Takes `<data dir>/portcullis.lock` exclusively, and writes this process's id into it for
+/// the message another server gets. Two servers on one embedded store would each continue the
+/// audit chain from the same head (the second one's appends are refused for ever after) and
+/// would not see each other's revocations in their key caches: the second one must not start.
+/// (Several instances on shared state are what the PostgreSQL and Redis stores are for.)
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
+    use std::io::{Read, Seek};
+    let path = dir.join("portcullis.lock");
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let fail = |e: std::io::Error| StartError(format!("cannot lock {}: {e}", path.display()));
+    let mut f = o.open(&path).map_err(fail)?;
+    match f.try_lock() {
+        Ok(()) => {
+            f.set_len(0).map_err(fail)?;
+            f.write_all(format!("{}\n", std::process::id()).as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(fail)?;
+            Ok(f)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = f
+                .rewind()
+                .and_then(|()| f.take(32).read_to_string(&mut holder));
+            let pid = holder.trim();
+            let by = if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
+                format!(" (pid {pid})")
+            } else {
+                String::new()
+            };
+            Err(StartError(format!(
+                "data directory {} is in use by another Portcullis server{by}; stop it, or give \
+                 this one its own --data-dir",
+                dir.display()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(fail(e)),
+    }
 }
 
 fn open_private_append(path: &Path) -> Result<std::fs::File, StartError> {

@@ -51,3 +51,39 @@ async fn acknowledged_changes_survive_sigkill() {
         "{events}"
     );
 }
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_refuses_to_start() {
+    let s = Server::start(None);
+    let mut second = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(s.data_dir())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = second.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second server on the same data dir kept running");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "is in use by another Portcullis server (pid {})",
+            s.child.id()
+        )),
+        "{err}"
+    );
+    // The first one is untouched.
+    let r = client().get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
