@@ -9,6 +9,7 @@
 use std::fmt::Write as _;
 use std::io::Write;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use portcullis_core::audit::{chain_hash, ChainError, ChainVerifier, GENESIS};
@@ -242,9 +243,40 @@ struct Msg {
 #[derive(Clone)]
 pub struct Auditor {
     tx: mpsc::Sender<Msg>,
+    /// Whether the writer's last append reached the store (shared with the writer).
+    storing: Arc<AtomicBool>,
 }
 
+/// The audit trail could not take an event in time: the writer is stuck behind a store that
+/// refuses appends and its queue is full. A decision that cannot be audited is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the audit trail is not accepting events")]
+pub struct AuditUnavailable;
+
+/// Longest a request waits for room in a full audit queue before it is refused.
+pub const EMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Auditor {
+    /// Queues an event for a decision that must not go unaudited: waits at most
+    /// [`EMIT_WAIT`] for room, then refuses (the request fails closed instead of hanging
+    /// while the store is down).
+    pub async fn emit_bounded(&self, e: AuditEvent) -> Result<(), AuditUnavailable> {
+        let msg = Msg {
+            event: Some(e),
+            ack: None,
+        };
+        self.tx
+            .send_timeout(msg, EMIT_WAIT)
+            .await
+            .map_err(|_| AuditUnavailable)
+    }
+
+    /// Whether the trail is storing: false from a failed append until one succeeds again
+    /// (readiness reports it).
+    pub fn is_storing(&self) -> bool {
+        self.storing.load(Ordering::Relaxed)
+    }
+
     /// Queues an event (waits only if the queue is full).
     pub async fn emit(&self, e: AuditEvent) {
         let msg = Msg {
@@ -291,6 +323,8 @@ pub struct AuditWriter {
     times: TimeFormat,
     /// The sink's output buffer, kept between batches (a full batch is about 1 MiB).
     line_buf: String,
+    /// See [`Auditor::is_storing`].
+    storing: Arc<AtomicBool>,
 }
 
 /// Largest batch written in one transaction.
@@ -306,8 +340,12 @@ pub async fn channel(
 ) -> Result<(Auditor, AuditWriter), StoreError> {
     let (seq, head) = store.head().await?.unwrap_or((0, GENESIS));
     let (tx, rx) = mpsc::channel(capacity.max(1));
+    let storing = Arc::new(AtomicBool::new(true));
     Ok((
-        Auditor { tx },
+        Auditor {
+            tx,
+            storing: storing.clone(),
+        },
         AuditWriter {
             rx,
             store,
@@ -316,6 +354,7 @@ pub async fn channel(
             head,
             times: TimeFormat::default(),
             line_buf: String::new(),
+            storing,
         },
     ))
 }
@@ -347,7 +386,7 @@ impl AuditWriter {
                 }
                 acks.extend(m.ack);
             }
-            store_rows(self.store.as_ref(), &rows).await;
+            store_rows(self.store.as_ref(), &rows, &self.storing).await;
             self.write_sink(&rows);
             for a in acks {
                 let _ = a.send(());
@@ -402,15 +441,19 @@ impl AuditWriter {
 
 /// Appends `rows`, retrying with backoff until the store accepts them: events are never
 /// dropped; while the store is down, emitters slow down behind the bounded channel.
-async fn store_rows(store: &dyn AuditLog, rows: &[StoredEvent]) {
+async fn store_rows(store: &dyn AuditLog, rows: &[StoredEvent], storing: &AtomicBool) {
     if rows.is_empty() {
         return;
     }
     let mut delay = std::time::Duration::from_millis(50);
     loop {
         match store.append(rows).await {
-            Ok(()) => return,
+            Ok(()) => {
+                storing.store(true, Ordering::Relaxed);
+                return;
+            }
             Err(e) => {
+                storing.store(false, Ordering::Relaxed);
                 tracing::error!(error = %e, events = rows.len(), "storing audit events failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(5));
@@ -552,6 +595,64 @@ mod tests {
         let mut bare = String::new();
         AuditEvent::new(Timestamp::from_millis(0), "k", "o").write_json("t", &mut bare);
         assert_eq!(bare, r#"{"time":"t","kind":"k","outcome":"o"}"#);
+    }
+
+    /// A memory store whose appends fail while `refuse` is set.
+    #[derive(Default)]
+    struct Refusing {
+        inner: MemoryStore,
+        refuse: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl AuditLog for Refusing {
+        async fn append(&self, events: &[StoredEvent]) -> Result<(), StoreError> {
+            if self.refuse.load(Ordering::Relaxed) {
+                return Err(StoreError::Unavailable("disk full".into()));
+            }
+            self.inner.append(events).await
+        }
+        async fn head(&self) -> Result<Option<(i64, Sha256Digest)>, StoreError> {
+            self.inner.head().await
+        }
+        async fn query(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>, StoreError> {
+            self.inner.query(q).await
+        }
+        async fn scan(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+            self.inner.scan(after, limit).await
+        }
+    }
+
+    /// (Paused clock: the waits below are virtual and exact.)
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_store_refuses_emitters_in_bounded_time_then_recovers() {
+        let store = Arc::new(Refusing::default());
+        store.refuse.store(true, Ordering::Relaxed);
+        let (auditor, writer) = channel(store.clone(), None, 1).await.unwrap();
+        let task = tokio::spawn(writer.run());
+        let event = || AuditEvent::new(Timestamp::from_secs(1), "auth.decision", "allow");
+        assert!(auditor.is_storing());
+
+        // The writer takes the first event and fails to store it; it keeps retrying.
+        auditor.emit_bounded(event()).await.unwrap();
+        while auditor.is_storing() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // The queue (capacity 1) takes one more; the next waits EMIT_WAIT and is refused.
+        auditor.emit_bounded(event()).await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(auditor.emit_bounded(event()).await, Err(AuditUnavailable));
+        assert_eq!(started.elapsed(), EMIT_WAIT);
+        assert!(!auditor.is_storing());
+
+        // The store comes back: both accepted events are stored, none lost.
+        store.refuse.store(false, Ordering::Relaxed);
+        auditor.flush().await;
+        assert!(auditor.is_storing());
+        let report = verify(store.as_ref()).await.unwrap();
+        assert!(report.ok && report.checked == 2, "{report:?}");
+        drop(auditor);
+        task.await.unwrap();
     }
 
     #[tokio::test]

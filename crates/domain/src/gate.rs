@@ -137,7 +137,13 @@ impl Gate {
                 }
             }
         };
-        self.auditor.emit(event).await;
+        if self.auditor.emit_bounded(event).await.is_err() {
+            // Not audited, not allowed: fail closed rather than wait for ever.
+            return Err(Refused {
+                error: AuthError::Unavailable,
+                rate: None,
+            });
+        }
         result.map_err(|(r, _)| r)
     }
 

@@ -56,6 +56,7 @@ struct App {
     admin: axum::Router,
     metrics: Arc<Metrics>,
     keys: Arc<dyn ApiKeys>,
+    auditor: audit::Auditor,
     ids: RequestIds,
 }
 
@@ -256,6 +257,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         admin: admin_api::router(admin_state),
         metrics,
         keys,
+        auditor: auditor.clone(),
         ids: RequestIds::new(),
     });
 
@@ -376,14 +378,20 @@ async fn dispatch(
         json_response(StatusCode::OK, r#"{"status":"ok"}"#)
     } else if path == "/readyz" {
         match app.keys.count().await {
-            Ok(_) => json_response(StatusCode::OK, r#"{"status":"ready"}"#),
             Err(e) => {
                 tracing::warn!(error = %e, "readiness check failed");
                 json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    r#"{"status":"unavailable"}"#,
+                    r#"{"status":"unavailable","failing":"store"}"#,
                 )
             }
+            // Authenticated requests would be refused (or wait) while decisions cannot be
+            // stored: take this instance out of rotation.
+            Ok(_) if !app.auditor.is_storing() => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status":"unavailable","failing":"audit"}"#,
+            ),
+            Ok(_) => json_response(StatusCode::OK, r#"{"status":"ready"}"#),
         }
     } else if path == "/metrics" {
         let mut r = Response::new(GatewayBody::Local(Body::from(app.metrics.render())));
