@@ -37,6 +37,9 @@ pub enum AdminError {
     /// The store failed.
     #[error("store: {0}")]
     Store(StoreError),
+    /// The audit trail is not storing events: a change it could not record is not made.
+    #[error("the audit trail is not storing events")]
+    AuditUnavailable,
 }
 
 impl From<StoreError> for AdminError {
@@ -155,6 +158,7 @@ impl KeyAdmin {
         actor: Actor,
         req: NewKey,
     ) -> Result<(ApiKeyRecord, Secret), AdminError> {
+        self.ensure_auditable()?;
         let now = self.clock.now();
         let g = api_key::generate(&self.prefix, &random_bytes::<32>());
         let record = self.build(req, g.hash, g.display_prefix, "native", now)?;
@@ -181,6 +185,7 @@ impl KeyAdmin {
 
     /// Revokes a key; effective on the next request.
     pub async fn revoke(&self, actor: Actor, id: &str) -> Result<ApiKeyRecord, AdminError> {
+        self.ensure_auditable()?;
         let now = self.clock.now();
         let record = self.store.revoke(id, now).await?;
         self.cache.invalidate(&record.hash);
@@ -197,6 +202,7 @@ impl KeyAdmin {
         id: &str,
         grace_secs: u64,
     ) -> Result<(ApiKeyRecord, Secret, ApiKeyRecord), AdminError> {
+        self.ensure_auditable()?;
         let now = self.clock.now();
         let old = self.store.find(id).await?.ok_or(AdminError::NotFound)?;
         let g = api_key::generate(&self.prefix, &random_bytes::<32>());
@@ -240,6 +246,7 @@ impl KeyAdmin {
         actor: Actor,
         items: Vec<ImportKey>,
     ) -> Result<Vec<ApiKeyRecord>, AdminError> {
+        self.ensure_auditable()?;
         if items.len() > limits::MAX_IMPORT {
             return Err(AdminError::Invalid(format!(
                 "at most {} keys per import",
@@ -379,6 +386,16 @@ impl KeyAdmin {
         })
     }
 
+    /// Every change is audited before the API answers; while the trail cannot store events,
+    /// changes are refused up front (nothing is changed) rather than made and left waiting.
+    fn ensure_auditable(&self) -> Result<(), AdminError> {
+        if self.auditor.is_storing() {
+            Ok(())
+        } else {
+            Err(AdminError::AuditUnavailable)
+        }
+    }
+
     async fn audit(&self, actor: Actor, kind: &'static str, r: &ApiKeyRecord, now: Timestamp) {
         self.audit_with(actor, kind, r, now, json!({})).await;
     }
@@ -476,6 +493,62 @@ mod tests {
             "94eeb7bbe979dd0d2f0bb085172b76a1bc9e61789839480834a9bcb5aaf9c6ef"
         );
         assert_eq!(parse_hash("nope"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_are_refused_while_the_audit_trail_cannot_store_them() {
+        use crate::audit::testing::Refusing;
+        use portcullis_store::memory::MemoryStore;
+        use std::sync::atomic::Ordering;
+
+        let keys = Arc::new(MemoryStore::new());
+        let trail = Arc::new(Refusing::default());
+        trail.refuse.store(true, Ordering::Relaxed);
+        let (auditor, writer) = crate::audit::channel(trail.clone(), None, 16)
+            .await
+            .unwrap();
+        let writer = tokio::spawn(writer.run());
+        let admin = KeyAdmin::new(
+            keys.clone(),
+            Arc::new(KeyCache::new(16)),
+            Arc::new(UsageTracker::new(keys.clone())),
+            auditor.clone(),
+            Arc::new(crate::ManualClock::new(Timestamp::from_secs(1_700_000_000))),
+            Prefix::new("pk_test").unwrap(),
+            false,
+        );
+        let actor = Actor {
+            name: "admin-token",
+            ip: None,
+        };
+        let new_key = || serde_json::from_value::<NewKey>(json!({"name": "k"})).unwrap();
+        // A decision the writer cannot store makes the trail report it.
+        auditor
+            .emit_bounded(AuditEvent::new(
+                Timestamp::from_secs(1),
+                "auth.decision",
+                "allow",
+            ))
+            .await
+            .unwrap();
+        while auditor.is_storing() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(matches!(
+            admin.create(actor, new_key()).await,
+            Err(AdminError::AuditUnavailable)
+        ));
+        assert_eq!(keys.count().await.unwrap(), 0, "nothing was changed");
+
+        trail.refuse.store(false, Ordering::Relaxed);
+        auditor.flush().await;
+        let (record, _) = admin.create(actor, new_key()).await.unwrap();
+        assert_eq!(keys.count().await.unwrap(), 1);
+        admin.revoke(actor, &record.id).await.unwrap();
+        drop((admin, auditor));
+        writer.await.unwrap();
+        let report = crate::audit::verify(trail.as_ref()).await.unwrap();
+        assert!(report.ok && report.checked == 3, "{report:?}");
     }
 
     #[test]

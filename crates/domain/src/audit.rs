@@ -504,8 +504,45 @@ fn report(v: &ChainVerifier, err: Option<ChainError>) -> VerifyReport {
     }
 }
 
+/// Test doubles shared by this crate's tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use portcullis_core::crypto::Sha256Digest;
+    use portcullis_store::memory::MemoryStore;
+    use portcullis_store::{AuditLog, AuditQuery, StoreError, StoredEvent};
+
+    /// A memory store whose appends fail while `refuse` is set.
+    #[derive(Default)]
+    pub(crate) struct Refusing {
+        pub(crate) inner: MemoryStore,
+        pub(crate) refuse: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl AuditLog for Refusing {
+        async fn append(&self, events: &[StoredEvent]) -> Result<(), StoreError> {
+            if self.refuse.load(Ordering::Relaxed) {
+                return Err(StoreError::Unavailable("disk full".into()));
+            }
+            self.inner.append(events).await
+        }
+        async fn head(&self) -> Result<Option<(i64, Sha256Digest)>, StoreError> {
+            self.inner.head().await
+        }
+        async fn query(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>, StoreError> {
+            self.inner.query(q).await
+        }
+        async fn scan(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+            self.inner.scan(after, limit).await
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::Refusing;
     use super::*;
     use portcullis_store::memory::MemoryStore;
     use portcullis_store::AuditQuery;
@@ -595,32 +632,6 @@ mod tests {
         let mut bare = String::new();
         AuditEvent::new(Timestamp::from_millis(0), "k", "o").write_json("t", &mut bare);
         assert_eq!(bare, r#"{"time":"t","kind":"k","outcome":"o"}"#);
-    }
-
-    /// A memory store whose appends fail while `refuse` is set.
-    #[derive(Default)]
-    struct Refusing {
-        inner: MemoryStore,
-        refuse: AtomicBool,
-    }
-
-    #[async_trait::async_trait]
-    impl AuditLog for Refusing {
-        async fn append(&self, events: &[StoredEvent]) -> Result<(), StoreError> {
-            if self.refuse.load(Ordering::Relaxed) {
-                return Err(StoreError::Unavailable("disk full".into()));
-            }
-            self.inner.append(events).await
-        }
-        async fn head(&self) -> Result<Option<(i64, Sha256Digest)>, StoreError> {
-            self.inner.head().await
-        }
-        async fn query(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>, StoreError> {
-            self.inner.query(q).await
-        }
-        async fn scan(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
-            self.inner.scan(after, limit).await
-        }
     }
 
     /// (Paused clock: the waits below are virtual and exact.)

@@ -105,6 +105,11 @@ fn admin_error(e: AdminError) -> Response {
         AdminError::Invalid(m) => error(StatusCode::BAD_REQUEST, "invalid_request", &m),
         AdminError::NotFound => error(StatusCode::NOT_FOUND, "not_found", "No such key."),
         AdminError::Conflict(m) => error(StatusCode::CONFLICT, "conflict", &m),
+        AdminError::AuditUnavailable => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "The audit trail cannot record changes right now; nothing was changed.",
+        ),
         other => {
             let id = hex(&portcullis_domain::random_bytes::<8>());
             tracing::error!(error_id = %id, error = %other, "admin request failed");
