@@ -183,7 +183,7 @@ struct TimeFormat {
 
 impl TimeFormat {
     /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, without an allocation once per second.
-    fn format(&mut self, t: Timestamp) -> TimeText {
+    fn format(&mut self, t: Timestamp) -> CompactText<40> {
         let ms = t.as_millis();
         let (second, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
         if self.second != Some(second) {
@@ -193,38 +193,17 @@ impl TimeFormat {
                 .unwrap_or_else(|| String::from("0000-00-00T00:00:00"));
             self.second = Some(second);
         }
-        let mut text = TimeText {
-            buf: [0; TimeText::CAP],
-            len: 0,
-        };
-        let milli = u8::try_from(milli / 10).unwrap_or(0); // 0..=99, then the last digit
-        let last = b'0' + u8::try_from(ms.rem_euclid(10)).unwrap_or(0);
-        for part in [
-            self.prefix.as_bytes(),
-            &[b'.', b'0' + milli / 10, b'0' + milli % 10, last, b'Z'],
-        ] {
-            let end = (text.len + part.len()).min(TimeText::CAP);
-            let n = end - text.len;
-            text.buf[text.len..end].copy_from_slice(&part[..n]);
-            text.len = end;
-        }
-        text
-    }
-}
-
-/// A formatted event time on the stack.
-struct TimeText {
-    buf: [u8; TimeText::CAP],
-    len: usize,
-}
-
-impl TimeText {
-    /// Room for years up to 9999 and beyond, with margin.
-    const CAP: usize = 40;
-
-    fn as_str(&self) -> &str {
-        // Only ASCII from the formatter and the digits above.
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+        // 0..=999: three ASCII digits.
+        let digit = |n: i64| b'0' + u8::try_from(n % 10).unwrap_or(0);
+        let fraction = [
+            b'.',
+            digit(milli / 100),
+            digit(milli / 10),
+            digit(milli),
+            b'Z',
+        ];
+        let fraction = std::str::from_utf8(&fraction).unwrap_or(".000Z");
+        CompactText::from_parts([self.prefix.as_str(), fraction])
     }
 }
 

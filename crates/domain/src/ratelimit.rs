@@ -21,26 +21,31 @@ impl RateLimiter {
 
     /// Counts one request against `limit` for `key`. `None` when the store failed (allow).
     pub async fn check(&self, key: &str, limit: &Limit, now: Timestamp) -> Option<Decision> {
-        if let Some(d) = self.cells.check_in_process(key, limit, now, true) {
-            return Some(d);
-        }
-        match self.cells.check(key, limit, now).await {
-            Ok(d) => Some(d),
-            Err(e) => {
-                tracing::warn!(error = %e, "rate-limit store failed; allowing");
-                None
-            }
-        }
+        self.decide(key, limit, now, true).await
     }
 
     /// Whether `key` is currently refused under `limit`, without counting a request.
     pub async fn is_blocked(&self, key: &str, limit: &Limit, now: Timestamp) -> Option<Decision> {
-        if let Some(d) = self.cells.check_in_process(key, limit, now, false) {
-            return Some(d).filter(|d| !d.allowed);
-        }
-        match self.cells.peek(key, limit, now).await {
-            Ok(d) if !d.allowed => Some(d),
-            Ok(_) => None,
+        self.decide(key, limit, now, false)
+            .await
+            .filter(|d| !d.allowed)
+    }
+
+    /// A check (`commit`) or a peek, in process when the store can answer there.
+    async fn decide(
+        &self,
+        key: &str,
+        limit: &Limit,
+        now: Timestamp,
+        commit: bool,
+    ) -> Option<Decision> {
+        let answer = match self.cells.check_in_process(key, limit, now, commit) {
+            Some(d) => Ok(d),
+            None if commit => self.cells.check(key, limit, now).await,
+            None => self.cells.peek(key, limit, now).await,
+        };
+        match answer {
+            Ok(d) => Some(d),
             Err(e) => {
                 tracing::warn!(error = %e, "rate-limit store failed; allowing");
                 None

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portcullis_core::crypto::{hex, sha256};
+use portcullis_core::text::CompactText;
 use portcullis_core::Scheme;
 use portcullis_domain::admin::KeyAdmin;
 use portcullis_domain::audit;
@@ -63,29 +64,18 @@ struct App {
 /// Request ids: a random per-process prefix and a counter (unique, cheap, not guessable
 /// across restarts), e.g. `3f9a0c51e2d4-1a2b`.
 struct RequestIds {
-    prefix: [u8; 12],
+    /// 12 hex digits.
+    prefix: String,
     next: AtomicU64,
 }
 
 /// One request id, on the stack: 12 hex digits, `-`, up to 16 hex digits.
-struct RequestId {
-    buf: [u8; 29],
-    len: usize,
-}
-
-impl RequestId {
-    fn as_str(&self) -> &str {
-        // Only hex digits and `-` are ever written.
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("-")
-    }
-}
+type RequestId = CompactText<29>;
 
 impl RequestIds {
     fn new() -> Self {
-        let mut prefix = [0u8; 12];
-        prefix.copy_from_slice(hex(&portcullis_domain::random_bytes::<6>()).as_bytes());
         Self {
-            prefix,
+            prefix: hex(&portcullis_domain::random_bytes::<6>()),
             next: AtomicU64::new(1),
         }
     }
@@ -93,18 +83,14 @@ impl RequestIds {
     fn next(&self) -> RequestId {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut id = RequestId {
-            buf: [0; 29],
-            len: 13,
-        };
-        id.buf[..12].copy_from_slice(&self.prefix);
-        id.buf[12] = b'-';
-        let digits = (64 - (n | 1).leading_zeros()).div_ceil(4);
-        for i in (0..digits).rev() {
-            id.buf[id.len] = HEX[usize::try_from((n >> (4 * i)) & 0xf).unwrap_or(0)];
-            id.len += 1;
+        let mut digits = [0u8; 16];
+        let len = usize::try_from((64 - (n | 1).leading_zeros()).div_ceil(4)).unwrap_or(16);
+        for (i, d) in digits[..len].iter_mut().rev().enumerate() {
+            *d = HEX[usize::try_from((n >> (4 * i)) & 0xf).unwrap_or(0)];
         }
-        id
+        // Only hex digits were written.
+        let digits = std::str::from_utf8(&digits[..len]).unwrap_or("0");
+        CompactText::from_parts([self.prefix.as_str(), "-", digits])
     }
 }
 
@@ -534,7 +520,7 @@ mod tests {
     #[test]
     fn request_ids_are_prefix_dash_counter_in_hex() {
         let ids = RequestIds::new();
-        let prefix = std::str::from_utf8(&ids.prefix).unwrap().to_owned();
+        let prefix = ids.prefix.clone();
         assert!(prefix.bytes().all(|b| b.is_ascii_hexdigit()), "{prefix}");
         for n in [
             0u64,
