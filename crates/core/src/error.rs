@@ -64,6 +64,12 @@ pub enum GatewayError {
     /// The upstream did not answer in time.
     #[error("upstream timeout")]
     UpstreamTimeout,
+    /// The request uses a transfer coding other than `chunked`.
+    #[error("not implemented")]
+    NotImplemented,
+    /// The request is not HTTP/1.0 or HTTP/1.1.
+    #[error("HTTP version not supported")]
+    VersionNotSupported,
 }
 
 /// What a refusal looks like on the wire: status, `error` code, and a safe description.
@@ -161,6 +167,16 @@ impl From<&GatewayError> for WireError {
                 504,
                 "upstream_timeout",
                 "The upstream service did not answer in time.",
+            ),
+            GatewayError::NotImplemented => wire(
+                501,
+                "not_implemented",
+                "The request uses a transfer coding this server does not support.",
+            ),
+            GatewayError::VersionNotSupported => wire(
+                505,
+                "http_version_not_supported",
+                "Only HTTP/1.0 and HTTP/1.1 are served here.",
             ),
         }
     }

@@ -8,8 +8,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, Uri};
-use hyper::body::Incoming;
+use http::{Response, Uri};
 use portcullis_core::error::GatewayError;
 use portcullis_core::text::IpText;
 use portcullis_core::{AuthError, RequestParts, WireError};
@@ -18,9 +17,10 @@ use portcullis_domain::gate::{Gate, RouteGate};
 use portcullis_domain::Clock;
 
 use crate::config::LimitsConfig;
+use crate::h1::head::{is_hop_by_hop, push_field};
 use crate::metrics::Metrics;
-use crate::proxy::{strip_hop_by_hop, UpstreamBody, UpstreamPool};
-use crate::wire::{error_response, rate_headers};
+use crate::proxy::UpstreamPool;
+use crate::wire::error_response;
 
 /// Identity headers we set for the upstream; any caller-sent `x-portcullis-*` is removed.
 pub mod identity_headers {
@@ -36,7 +36,8 @@ pub mod identity_headers {
     pub const CREDENTIAL: &str = "x-portcullis-credential";
 }
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The request id, to the upstream and back to the caller.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const H_SCHEME: HeaderName = HeaderName::from_static(identity_headers::SCHEME);
 const H_CLIENT: HeaderName = HeaderName::from_static(identity_headers::CLIENT);
 const H_SUBJECT: HeaderName = HeaderName::from_static(identity_headers::SUBJECT);
@@ -45,49 +46,6 @@ const H_CREDENTIAL: HeaderName = HeaderName::from_static(identity_headers::CREDE
 const H_XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 const H_XF_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const H_XF_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// What the gateway answers with: an upstream's body streamed through, or one made here
-/// (errors, echo, admin, health). One concrete type for the HTTP server, so that proxied
-/// responses skip `Body`'s boxing (an allocation and two virtual calls per frame).
-pub enum GatewayBody {
-    /// Streamed from an upstream connection.
-    Upstream(UpstreamBody),
-    /// Made by Portcullis.
-    Local(Body),
-}
-
-impl hyper::body::Body for GatewayBody {
-    type Data = bytes::Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            Self::Upstream(b) => std::pin::Pin::new(b)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(Into::into))),
-            Self::Local(b) => std::pin::Pin::new(b)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(Into::into))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Upstream(b) => b.is_end_stream(),
-            Self::Local(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        match self {
-            Self::Upstream(b) => b.size_hint(),
-            Self::Local(b) => b.size_hint(),
-        }
-    }
-}
 
 /// Where a route sends admitted requests, resolved at load.
 pub enum Target {
@@ -198,60 +156,65 @@ pub struct Gateway {
     pub api_key_header: HeaderName,
 }
 
-impl Gateway {
-    /// Handles one request from `peer`.
-    pub async fn handle(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        request_id: &str,
-    ) -> Response<GatewayBody> {
-        // Made once: the upstream gets a copy (a reference-count increment), the caller this.
-        let id_header = HeaderValue::from_str(request_id).ok();
-        let mut resp = self
-            .handle_inner(req, peer, request_id, id_header.as_ref())
-            .await;
-        if let Some(v) = id_header {
-            resp.headers_mut().insert(REQUEST_ID, v);
-        }
-        resp
-    }
+/// What to do with a request, decided by [`Gateway::plan`].
+pub enum Plan<'g> {
+    /// Answer with this (a refusal or an error); nothing goes upstream.
+    Respond(Response<Body>),
+    /// Admitted for the built-in echo: `parts` now hold what the echo is to see.
+    Echo(Admitted<'g>),
+    /// Admitted for an upstream: the request head to send it (request line and fields,
+    /// without the framing fields and the final empty line) is in the buffer given to `plan`.
+    Forward(Admitted<'g>, &'g Arc<UpstreamPool>),
+}
 
-    async fn handle_inner(
-        &self,
-        req: Request<Incoming>,
+/// An admitted request, for the adapter that serves it to report back.
+pub struct Admitted<'g> {
+    /// The route that admitted it.
+    pub route: &'g Route,
+    /// The rate-limit decision to show in `RateLimit-*` headers.
+    pub rate: Option<portcullis_core::ratelimit::Decision>,
+    started: Instant,
+}
+
+impl Gateway {
+    /// Decides what to do with a request from `peer`: matches a route, runs the gate, and
+    /// prepares what goes upstream. For [`Plan::Forward`], the upstream request head is
+    /// written into `upstream_head` (which is cleared first).
+    pub async fn plan<'g>(
+        &'g self,
+        parts: &mut http::request::Parts,
         peer: SocketAddr,
         request_id: &str,
-        id_header: Option<&HeaderValue>,
-    ) -> Response<GatewayBody> {
+        upstream_head: &mut Vec<u8>,
+    ) -> Plan<'g> {
         let started = Instant::now();
-        if header_bytes(req.headers()) > self.limits.max_header_bytes {
-            return self.refuse_gateway(GatewayError::HeadersTooLarge, "-");
+        if header_bytes(&parts.headers) > self.limits.max_header_bytes {
+            return Plan::Respond(self.refuse_gateway(GatewayError::HeadersTooLarge, "-"));
         }
-        if content_length(req.headers()).is_some_and(|n| n > self.limits.max_body_bytes) {
-            return self.refuse_gateway(GatewayError::BodyTooLarge, "-");
+        if content_length(&parts.headers).is_some_and(|n| n > self.limits.max_body_bytes) {
+            return Plan::Respond(self.refuse_gateway(GatewayError::BodyTooLarge, "-"));
         }
-        let path = req.uri().path();
+        let path = parts.uri.path();
         if has_dot_segment(path) {
-            return self.refuse_gateway(GatewayError::BadRequest, "-");
+            return Plan::Respond(self.refuse_gateway(GatewayError::BadRequest, "-"));
         }
-        let host = request_host(&req);
+        let host = request_host(parts);
         let Some(route) = self
             .routes
             .iter()
-            .find(|r| r.matches(host.as_deref(), path, req.method()))
+            .find(|r| r.matches(host.as_deref(), path, &parts.method))
         else {
-            return self.refuse_gateway(GatewayError::NoRoute, "-");
+            return Plan::Respond(self.refuse_gateway(GatewayError::NoRoute, "-"));
         };
         let now = self.clock.now();
-        let parts = RequestParts {
-            method: req.method(),
+        let req = RequestParts {
+            method: &parts.method,
             path,
-            query: req.uri().query(),
-            headers: req.headers(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
             client_ip: peer.ip(),
         };
-        let admitted = match self.gate.admit(&route.gate, &parts, request_id, now).await {
+        let admitted = match self.gate.admit(&route.gate, &req, request_id, now).await {
             Ok(a) => a,
             Err(refused) => {
                 let wire = WireError::from(&refused.error);
@@ -275,112 +238,27 @@ impl Gateway {
                         .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
                 }
                 route.latency.observe(started.elapsed().as_secs_f64());
-                return resp.map(GatewayBody::Local);
+                return Plan::Respond(resp);
             }
         };
-        let host_header = host.map(|h| h.into_owned());
-        let mut resp = match self
-            .forward(
-                route,
-                req,
-                peer,
-                admitted.authn.as_ref(),
-                host_header,
-                id_header,
-            )
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                self.metrics
-                    .requests
-                    .with_label_values(&[&*route.gate.name, "-", WireError::from(&e).code])
-                    .inc();
-                return error_response(WireError::from(&e), &[], None).map(GatewayBody::Local);
-            }
+        let consumed = admitted
+            .authn
+            .as_ref()
+            .map(|a| a.consumed)
+            .unwrap_or_default();
+        let passed = Passed {
+            drop_api_key: consumed.api_key_header && !route.forward_credentials,
+            drop_authorization: consumed.authorization && !route.forward_credentials,
+            api_key_header: &self.api_key_header,
+            named_in_connection: named_in_connection(&parts.headers),
         };
-        if let Some(d) = &admitted.rate {
-            rate_headers(resp.headers_mut(), d);
-        }
-        route.allowed.inc();
-        route.latency.observe(started.elapsed().as_secs_f64());
-        resp
-    }
-
-    fn refuse_gateway(&self, e: GatewayError, route: &str) -> Response<GatewayBody> {
-        let w = WireError::from(&e);
-        self.metrics
-            .requests
-            .with_label_values(&[route, "-", w.code])
-            .inc();
-        error_response(w, &[], None).map(GatewayBody::Local)
-    }
-
-    async fn forward(
-        &self,
-        route: &Route,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        authn: Option<&Authenticated>,
-        host: Option<String>,
-        id_header: Option<&HeaderValue>,
-    ) -> Result<Response<GatewayBody>, GatewayError> {
-        let (mut parts, body) = req.into_parts();
-        let h = &mut parts.headers;
-        strip_hop_by_hop(h);
-        // Room for the headers added below, so the map grows (and rehashes) at most once.
-        h.reserve(10);
-        let ours: Vec<HeaderName> = h
-            .keys()
-            .filter(|k| k.as_str().starts_with("x-portcullis-"))
-            .cloned()
-            .collect();
-        for k in ours {
-            h.remove(k);
-        }
-        let consumed = authn.map(|a| a.consumed).unwrap_or_default();
-        if !route.forward_credentials {
-            if consumed.api_key_header {
-                h.remove(&self.api_key_header);
-            }
-            if consumed.authorization {
-                h.remove(header::AUTHORIZATION);
-            }
-        }
-        if let Some(a) = authn {
-            let id = &a.identity;
-            match id.schemes.single() {
-                Some(one) => {
-                    h.insert(H_SCHEME, HeaderValue::from_static(one.name()));
-                }
-                None => set(h, H_SCHEME, &id.schemes.to_string()),
-            }
-            if let Some(c) = &id.client_id {
-                set(h, H_CLIENT, c);
-            }
-            if let Some(s) = &id.subject {
-                set(h, H_SUBJECT, s);
-            }
-            set(h, H_SCOPES, id.scopes.as_space_separated());
-            set(h, H_CREDENTIAL, &id.credential_id);
-        }
-        match h.get(&H_XFF).and_then(|v| v.to_str().ok()) {
-            Some(prev) => {
-                let xff = format!("{prev}, {}", IpText::new(peer.ip()));
-                set(h, H_XFF, &xff);
-            }
-            None => {
-                h.insert(H_XFF, ip_header_value(peer.ip()));
-            }
-        }
-        h.insert(H_XF_PROTO, HeaderValue::from_static("http"));
-        if let Some(host) = &host {
-            set(h, H_XF_HOST, host);
-        }
-        if let Some(v) = id_header {
-            h.insert(REQUEST_ID, v.clone());
-        }
-
+        let ours = Ours {
+            authn: admitted.authn.as_ref(),
+            headers: &parts.headers,
+            peer,
+            host: host.as_deref(),
+            request_id,
+        };
         let path = parts.uri.path();
         let path = if route.strip_prefix {
             path.strip_prefix(route.path_prefix.as_str())
@@ -394,44 +272,205 @@ impl Gateway {
             route.api_key_query_param.as_deref(),
             parts.uri.query(),
         ) {
-            (true, Some(param), Some(q)) => remove_param(q, param),
-            (_, _, q) => q.map(str::to_owned),
+            (true, Some(param), Some(q)) => remove_param(q, param).map(std::borrow::Cow::Owned),
+            (_, _, q) => q.map(std::borrow::Cow::Borrowed),
         };
-        let limited = http_body_util::Limited::new(
-            body,
-            usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX),
-        );
+        let rate = admitted.rate;
+        let admitted = Admitted {
+            route,
+            rate,
+            started,
+        };
         match &route.target {
             Target::Echo => {
-                let uri = build_path_and_query("", path, query.as_deref())
-                    .ok_or(GatewayError::BadRequest)?;
+                let Some(uri) = build_path_and_query("", path, query.as_deref()) else {
+                    return Plan::Respond(self.refuse_gateway(GatewayError::BadRequest, "-"));
+                };
+                // The echo shows what an upstream would get, host and framing included.
+                let mut h = http::HeaderMap::with_capacity(parts.headers.len() + 10);
+                for (name, value) in &parts.headers {
+                    if passed.passes(name, false) {
+                        h.append(name.clone(), value.clone());
+                    }
+                }
+                ours.write(|name, value| {
+                    if let Ok(v) = HeaderValue::from_str(value) {
+                        h.append(name, v);
+                    }
+                });
+                parts.headers = h;
                 parts.uri = uri;
-                let req = Request::from_parts(parts, Body::new(limited));
-                Ok(crate::echo::respond(req).await.map(GatewayBody::Local))
+                Plan::Echo(admitted)
             }
             Target::Upstream { pool, base_path } => {
-                parts.uri = build_path_and_query(base_path, path, query.as_deref())
-                    .ok_or(GatewayError::BadRequest)?;
-                parts.version = http::Version::HTTP_11;
-                // The upstream sees its own host (set by the pool); the original is in
-                // X-Forwarded-Host.
-                let resp = pool.forward(Request::from_parts(parts, limited)).await?;
-                Ok(resp.map(GatewayBody::Upstream))
+                // The request line: the path and query come from a parsed URI and the base
+                // path from a validated config, so they are valid request-target bytes.
+                let out = upstream_head;
+                out.clear();
+                out.extend_from_slice(parts.method.as_str().as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(base_path.as_bytes());
+                out.extend_from_slice(path.as_bytes());
+                if let Some(q) = &query {
+                    out.push(b'?');
+                    out.extend_from_slice(q.as_bytes());
+                }
+                out.extend_from_slice(b" HTTP/1.1\r\n");
+                // The upstream sees its own host; the original is in X-Forwarded-Host.
+                push_field(out, b"host", pool.host().as_bytes());
+                for (name, value) in &parts.headers {
+                    if passed.passes(name, true) {
+                        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+                    }
+                }
+                ours.write(|name, value| {
+                    // Our values come from the store and the config; one that could not be
+                    // a field value is left out, as a header map would refuse it.
+                    if value
+                        .bytes()
+                        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+                    {
+                        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+                    }
+                });
+                Plan::Forward(admitted, pool)
             }
         }
     }
-}
 
-fn set(h: &mut http::HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        h.insert(name, v);
+    /// Records a request that was served (proxied or echoed).
+    pub fn served(&self, a: &Admitted<'_>) {
+        a.route.allowed.inc();
+        a.route.latency.observe(a.started.elapsed().as_secs_f64());
+    }
+
+    /// Records a request that was admitted but failed on the way (upstream down or slow,
+    /// body too large …) and renders the refusal.
+    pub fn failed(&self, a: &Admitted<'_>, e: &GatewayError) -> Response<Body> {
+        let wire = WireError::from(e);
+        self.metrics
+            .requests
+            .with_label_values(&[&*a.route.gate.name, "-", wire.code])
+            .inc();
+        error_response(wire, &[], None)
+    }
+
+    /// Renders a refusal of a request that never reached a route (malformed, too large).
+    pub fn refuse_gateway(&self, e: GatewayError, route: &str) -> Response<Body> {
+        let w = WireError::from(&e);
+        self.metrics
+            .requests
+            .with_label_values(&[route, "-", w.code])
+            .inc();
+        error_response(w, &[], None)
     }
 }
 
-/// The client address as a header value, formatted on the stack.
-fn ip_header_value(ip: std::net::IpAddr) -> HeaderValue {
-    HeaderValue::from_str(IpText::new(ip).as_str())
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+/// Which of the caller's header fields go on to the upstream.
+struct Passed<'a> {
+    drop_api_key: bool,
+    drop_authorization: bool,
+    api_key_header: &'a HeaderName,
+    /// Field names listed in `Connection` (hop-by-hop for this message); usually empty.
+    named_in_connection: Vec<HeaderName>,
+}
+
+impl Passed<'_> {
+    /// `upstream`: the fields that the upstream request's writer sets itself (host, framing,
+    /// `Expect`, which was answered here) go too.
+    fn passes(&self, name: &HeaderName, upstream: bool) -> bool {
+        let n = name.as_str();
+        if upstream
+            && matches!(
+                n,
+                "host" | "content-length" | "transfer-encoding" | "expect"
+            )
+        {
+            return false;
+        }
+        !(is_hop_by_hop(n)
+            || n.starts_with("x-portcullis-")
+            || matches!(
+                n,
+                "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "x-request-id"
+            )
+            || (self.drop_api_key && name == self.api_key_header)
+            || (self.drop_authorization && name == header::AUTHORIZATION)
+            || self.named_in_connection.contains(name))
+    }
+}
+
+/// The names a `Connection` field lists, other than `close` and `keep-alive`.
+fn named_in_connection(h: &http::HeaderMap) -> Vec<HeaderName> {
+    let mut named = Vec::new();
+    for v in h.get_all(header::CONNECTION) {
+        for token in v.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty()
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"keep-alive")
+            {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(token) {
+                named.push(n);
+            }
+        }
+    }
+    named
+}
+
+/// The fields Portcullis sets for the upstream: the identity, forwarding and request id.
+struct Ours<'a> {
+    authn: Option<&'a Authenticated>,
+    /// The caller's fields (for a previous `X-Forwarded-For`).
+    headers: &'a http::HeaderMap,
+    peer: SocketAddr,
+    host: Option<&'a str>,
+    request_id: &'a str,
+}
+
+impl Ours<'_> {
+    fn write(&self, mut f: impl FnMut(HeaderName, &str)) {
+        if let Some(a) = self.authn {
+            let id = &a.identity;
+            match id.schemes.single() {
+                Some(one) => f(H_SCHEME, one.name()),
+                None => f(H_SCHEME, &id.schemes.to_string()),
+            }
+            if let Some(c) = &id.client_id {
+                f(H_CLIENT, c);
+            }
+            if let Some(s) = &id.subject {
+                f(H_SUBJECT, s);
+            }
+            f(H_SCOPES, id.scopes.as_space_separated());
+            f(H_CREDENTIAL, &id.credential_id);
+        }
+        let ip = IpText::new(self.peer.ip());
+        let mut prev = self
+            .headers
+            .get_all(&H_XFF)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .peekable();
+        if prev.peek().is_none() {
+            f(H_XFF, ip.as_str());
+        } else {
+            let mut xff = String::with_capacity(64);
+            for p in prev {
+                xff.push_str(p);
+                xff.push_str(", ");
+            }
+            xff.push_str(ip.as_str());
+            f(H_XFF, &xff);
+        }
+        f(H_XF_PROTO, "http");
+        if let Some(host) = self.host {
+            f(H_XF_HOST, host);
+        }
+        f(REQUEST_ID, self.request_id);
+    }
 }
 
 fn build_path_and_query(base: &str, path: &str, query: Option<&str>) -> Option<Uri> {
@@ -476,12 +515,13 @@ fn has_dot_segment(path: &str) -> bool {
     }) || lower.contains("%2f..")
         || path.contains('\\')
 }
-fn request_host(req: &Request<Incoming>) -> Option<std::borrow::Cow<'_, str>> {
+fn request_host(req: &http::request::Parts) -> Option<std::borrow::Cow<'_, str>> {
+    // An absolute-form target's authority wins over Host (RFC 9112 §3.2.2).
     let raw = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get(header::HOST).and_then(|v| v.to_str().ok()))?;
     let host = match raw.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(v6),
         None => raw.split(':').next().unwrap_or(raw),
@@ -514,17 +554,81 @@ mod tests {
         }
     }
 
+    fn passed_names(h: &http::HeaderMap, upstream: bool) -> Vec<String> {
+        let api_key = HeaderName::from_static("x-api-key");
+        let p = Passed {
+            drop_api_key: true,
+            drop_authorization: false,
+            api_key_header: &api_key,
+            named_in_connection: named_in_connection(h),
+        };
+        h.keys()
+            .filter(|n| p.passes(n, upstream))
+            .map(|n| n.as_str().to_owned())
+            .collect()
+    }
+
     #[test]
-    fn client_addresses_become_header_values() {
-        for ip in [
-            "127.0.0.1",
-            "::1",
-            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
-            "::ffff:255.255.255.255",
+    fn hop_by_hop_and_connection_named_fields_stay_behind() {
+        let mut h = http::HeaderMap::new();
+        for (n, v) in [
+            ("connection", "keep-alive, X-Secret-Hop, close"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("x-portcullis-client", "spoof"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-request-id", "mine"),
+            ("x-api-key", "pk_test_x"),
+            ("authorization", "Bearer t"),
+            ("host", "h"),
+            ("content-length", "3"),
+            ("expect", "100-continue"),
+            ("content-type", "text/plain"),
         ] {
-            let ip: std::net::IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_header_value(ip), ip.to_string().as_str());
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
         }
+        assert_eq!(passed_names(&h, true), ["authorization", "content-type"]);
+        assert_eq!(
+            passed_names(&h, false),
+            [
+                "authorization",
+                "host",
+                "content-length",
+                "expect",
+                "content-type"
+            ]
+        );
+    }
+
+    #[test]
+    fn our_fields_extend_a_previous_forwarded_for() {
+        let mut h = http::HeaderMap::new();
+        h.append(H_XFF, HeaderValue::from_static("203.0.113.7"));
+        h.append(H_XFF, HeaderValue::from_static("198.51.100.1"));
+        let ours = Ours {
+            authn: None,
+            headers: &h,
+            peer: "[::1]:9".parse().unwrap(),
+            host: Some("api.example.test"),
+            request_id: "abc-1",
+        };
+        let mut got = Vec::new();
+        ours.write(|n, v| got.push(format!("{n}: {v}")));
+        assert_eq!(
+            got,
+            [
+                "x-forwarded-for: 203.0.113.7, 198.51.100.1, ::1",
+                "x-forwarded-proto: http",
+                "x-forwarded-host: api.example.test",
+                "x-request-id: abc-1"
+            ]
+        );
     }
 
     #[test]

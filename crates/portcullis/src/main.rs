@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod echo;
 mod gateway;
+mod h1;
 mod metrics;
 mod proxy;
 mod server;

@@ -1,74 +1,51 @@
-//! The reverse proxy: pooled upstream connections, streamed bodies, hop-by-hop headers removed,
-//! timeouts mapped to 502/504.
+//! The reverse proxy's upstream side: pooled HTTP/1.1 connections to each upstream origin
+//! (plain TCP, or TLS with rustls), with connect and idle timeouts.
 //!
-//! # Why not hyper-util's pooled client
+//! # Leases, not a client task
 //!
-//! hyper-util's `legacy::Client` runs every upstream connection as its own task: a request is
-//! handed to that task through a channel and the response comes back through another; it also
-//! spawns a task per request to return the connection to its pool, and looks the pool up by a
-//! SipHash of `(scheme, authority)`. Here an upstream connection is *leased* to one request at a
-//! time and driven by the task that serves the downstream connection: the same task writes the
-//! request, reads the response head, and streams the body (the body type [`UpstreamBody`]
-//! polls the connection as it is read). When the body is done the lease goes back to the pool,
-//! ready for the next request. No task is spawned per connection or per request, and a request
-//! never waits on another task: 7 % fewer user-space instructions per proxied request
-//! (callgrind; see BENCHMARKS.md).
+//! An upstream connection is *leased* to one request at a time and driven by the task that
+//! serves the caller's connection: that task writes the request, reads the response head and
+//! streams the body (see `h1::serve`), then gives the connection back. No task is spawned per
+//! connection or per request and no request waits on another task. (hyper-util's pooled
+//! client ran a task per connection, handed each request to it through a channel and spawned
+//! a task per request to return the connection; see BENCHMARKS.md for what that cost.)
 
-use std::error::Error as StdError;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
+use bytes::BytesMut;
+use http::HeaderValue;
 use portcullis_core::error::GatewayError;
-use tower::ServiceExt;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use crate::config::ProxyConfig;
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-type Io = hyper_rustls::MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
-/// What goes upstream: the caller's body, bounded. A concrete type, not a boxed `Body`: no
-/// allocation and no virtual calls per request on the hot path.
-pub type UpstreamRequestBody = http_body_util::Limited<Incoming>;
-type Conn = http1::Connection<Io, UpstreamRequestBody>;
-type Sender = http1::SendRequest<UpstreamRequestBody>;
-
-/// The upstream client: a connector and one pool per upstream origin.
+/// The upstream client: TLS settings, timeouts, and one pool per upstream origin.
 pub struct Proxy {
     shared: Arc<Shared>,
     pools: Mutex<Vec<Weak<UpstreamPool>>>,
 }
 
 struct Shared {
-    connector: Connector,
+    tls: tokio_rustls::TlsConnector,
+    connect_timeout: Duration,
     timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
 }
 
 impl Proxy {
-    /// Builds the connector; pools are made per origin by [`Proxy::pool`]. Fails (with a
+    /// Builds the TLS settings; pools are made per origin by [`Proxy::pool`]. Fails (with a
     /// message naming the file) when `ca_file` cannot be read or holds no usable certificate.
     pub fn new(cfg: &ProxyConfig) -> Result<Self, String> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(cfg)?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
         Ok(Self {
             shared: Arc::new(Shared {
-                connector,
+                tls: tokio_rustls::TlsConnector::from(Arc::new(tls_config(cfg)?)),
+                connect_timeout: cfg.connect_timeout,
                 timeout: cfg.timeout,
                 idle_timeout: cfg.pool_idle_timeout,
                 max_idle: cfg.pool_max_idle_per_host,
@@ -83,28 +60,42 @@ impl Proxy {
         scheme: &http::uri::Scheme,
         authority: &http::uri::Authority,
     ) -> Result<Arc<UpstreamPool>, String> {
+        let origin = format!("{scheme}://{authority}");
         let mut pools = lock(&self.pools);
         pools.retain(|p| p.strong_count() > 0);
         if let Some(p) = pools
             .iter()
             .filter_map(Weak::upgrade)
-            .find(|p| p.origin.scheme() == Some(scheme) && p.origin.authority() == Some(authority))
+            .find(|p| p.origin == origin)
         {
             return Ok(p);
         }
-        let origin = Uri::builder()
-            .scheme(scheme.clone())
-            .authority(authority.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|e| format!("upstream {scheme}://{authority}: {e}"))?;
-        let host = HeaderValue::from_str(authority.as_str())
-            .map_err(|e| format!("upstream {scheme}://{authority}: {e}"))?;
+        let tls = match scheme.as_str() {
+            "http" => false,
+            "https" => true,
+            other => return Err(format!("upstream {origin}: unsupported scheme `{other}`")),
+        };
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let host = authority.host();
+        // `[::1]` in a URL is `::1` to the resolver and to TLS.
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let server_name = if tls {
+            Some(
+                ServerName::try_from(bare.to_owned())
+                    .map_err(|e| format!("upstream {origin}: {e}"))?,
+            )
+        } else {
+            None
+        };
+        let host_header = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| format!("upstream {origin}: {e}"))?;
         let pool = Arc::new(UpstreamPool {
             shared: self.shared.clone(),
-            origin,
-            host,
+            addr: (bare.to_owned(), port),
+            server_name,
+            host: host_header,
             idle: Mutex::new(Vec::new()),
+            origin,
         });
         pools.push(Arc::downgrade(&pool));
         Ok(pool)
@@ -173,8 +164,12 @@ fn tls_config(cfg: &ProxyConfig) -> Result<rustls::ClientConfig, String> {
 /// Idle connections to one upstream origin.
 pub struct UpstreamPool {
     shared: Arc<Shared>,
-    /// `scheme://authority/`: what the connector dials.
-    origin: Uri,
+    /// `scheme://authority`, for logs.
+    origin: String,
+    /// What to dial.
+    addr: (String, u16),
+    /// `Some` for `https` upstreams: the name the certificate must carry.
+    server_name: Option<ServerName<'static>>,
     /// The `Host` header the upstream is sent.
     host: HeaderValue,
     /// Most recently used last.
@@ -182,172 +177,100 @@ pub struct UpstreamPool {
 }
 
 struct Idle {
-    lease: Lease,
+    conn: UpstreamConn,
     since: Instant,
 }
 
-/// One upstream connection, used by one request at a time. The connection state is large
-/// (hyper's buffers and dispatcher, about a kilobyte): boxed, so a lease moves as a pointer.
-struct Lease {
-    sender: Sender,
-    conn: Box<Conn>,
-}
-
-impl Lease {
-    /// Polls the connection once: reads what the upstream sent (a close, most likely) without
-    /// waiting. `false` when the connection is finished.
-    fn poll_alive(&mut self, cx: &mut Context<'_>) -> bool {
-        Pin::new(&mut self.conn).poll(cx).is_pending() && !self.sender.is_closed()
-    }
+/// One upstream connection, leased to one request at a time.
+pub struct UpstreamConn {
+    io: UpstreamIo,
+    /// Bytes read from the upstream and not yet used.
+    pub buf: BytesMut,
+    /// Whether it served a request before (a request that fails on a reused connection before
+    /// any response byte may be retried on a fresh one).
+    pub reused: bool,
 }
 
 impl UpstreamPool {
-    /// Sends `req` (origin-form URI) to the upstream and returns its response head; the body
-    /// streams from the same connection as it is read. Timeout (to the response head) → 504,
-    /// failure → 502.
-    pub async fn forward(
-        self: &Arc<Self>,
-        mut req: Request<UpstreamRequestBody>,
-    ) -> Result<Response<UpstreamBody>, GatewayError> {
-        req.headers_mut().insert(header::HOST, self.host.clone());
-        match tokio::time::timeout(self.shared.timeout, self.send(req)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout),
-            Ok(r) => r,
-        }
+    /// The `Host` header value for this upstream.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
     }
 
-    async fn send(
-        self: &Arc<Self>,
-        mut req: Request<UpstreamRequestBody>,
-    ) -> Result<Response<UpstreamBody>, GatewayError> {
-        // Let the other requests that are ready reach this point first, so the upstream is
-        // written to in bursts: an upstream on the same machine then wakes once per burst, not
-        // once per request. On one core this nearly halves the context switches per request
-        // (0.45 -> 0.26 with wrk -c32) and lowers the upstream's own cost per request; see
-        // BENCHMARKS.md. When nothing else is ready it costs one scheduler turn.
-        tokio::task::yield_now().await;
-        loop {
-            let (mut lease, reused) = match self.checkout().await {
-                Some(l) => (l, true),
-                None => (self.connect().await?, false),
-            };
-            let mut fut = std::pin::pin!(lease.sender.try_send_request(req));
-            // Drive the connection and the response future together, in this task.
-            let mut ended = None;
-            let first = std::future::poll_fn(|cx| {
-                if ended.is_none() {
-                    if let Poll::Ready(r) = Pin::new(&mut lease.conn).poll(cx) {
-                        ended = Some(r);
-                    }
-                }
-                match fut.as_mut().poll(cx) {
-                    Poll::Ready(r) => Poll::Ready(Some(r)),
-                    // The connection finished without taking the request (the upstream had
-                    // closed it): the request is still queued inside it.
-                    Poll::Pending if ended.is_some() => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
+    /// `scheme://authority`.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// How long a request may wait for the response head.
+    pub fn timeout(&self) -> Duration {
+        self.shared.timeout
+    }
+
+    /// An idle connection that is still open, or a new one (connect timeout → 504, failure →
+    /// 502).
+    pub async fn lease(&self) -> Result<UpstreamConn, GatewayError> {
+        if let Some(c) = self.checkout() {
+            return Ok(c);
+        }
+        self.connect().await
+    }
+
+    /// A new connection, never a pooled one.
+    pub async fn connect(&self) -> Result<UpstreamConn, GatewayError> {
+        let dial = async {
+            let tcp = TcpStream::connect((self.addr.0.as_str(), self.addr.1)).await?;
+            tcp.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(match &self.server_name {
+                None => UpstreamIo::Plain(tcp),
+                Some(name) => {
+                    UpstreamIo::Tls(Box::new(self.shared.tls.connect(name.clone(), tcp).await?))
                 }
             })
-            .await;
-            let (out, lease) = match first {
-                // A connection that finished with this response is not reused.
-                Some(out) => (out, ended.is_none().then_some(lease)),
-                None => {
-                    // Dropping the connection hands the untouched request back (as an error
-                    // carrying it), so it can go out on another connection.
-                    drop(lease);
-                    match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
-                        Poll::Ready(out) => (out, None),
-                        Poll::Pending => {
-                            tracing::warn!(upstream = %self.origin, "upstream connection ended without a response");
-                            return Err(GatewayError::UpstreamUnavailable);
-                        }
-                    }
-                }
-            };
-            match out {
-                Ok(resp) => {
-                    let (mut parts, body) = resp.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    let body = UpstreamBody {
-                        body,
-                        lease,
-                        pool: self.clone(),
-                    };
-                    return Ok(Response::from_parts(parts, body));
-                }
-                Err(mut e) => {
-                    // A pooled connection that the upstream had closed before the request
-                    // went out: the request comes back untouched; try the next connection.
-                    if reused {
-                        if let Some(again) = e.take_message() {
-                            req = again;
-                            continue;
-                        }
-                    }
-                    let e = e.into_error();
-                    let conn_err = ended.and_then(Result::err);
-                    if is_body_too_large(&e)
-                        || conn_err.as_ref().is_some_and(|c| is_body_too_large(c))
-                    {
-                        return Err(GatewayError::BodyTooLarge);
-                    }
-                    tracing::warn!(error = %e, source = ?e.source(), connection = ?conn_err, "upstream request failed");
-                    return Err(GatewayError::UpstreamUnavailable);
-                }
+        };
+        let io = match tokio::time::timeout(self.shared.connect_timeout, dial).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, upstream = %self.origin, "upstream connect failed");
+                return Err(GatewayError::UpstreamUnavailable);
             }
-        }
+            Err(_) => {
+                tracing::warn!(upstream = %self.origin, "upstream connect timed out");
+                return Err(GatewayError::UpstreamUnavailable);
+            }
+        };
+        Ok(UpstreamConn {
+            io,
+            buf: BytesMut::with_capacity(8 * 1024),
+            reused: false,
+        })
     }
 
-    /// The most recently used idle connection that is still open and ready.
-    async fn checkout(&self) -> Option<Lease> {
+    /// The most recently used idle connection that is still open.
+    fn checkout(&self) -> Option<UpstreamConn> {
         loop {
             let idle = lock(&self.idle).pop()?;
             if idle.since.elapsed() >= self.shared.idle_timeout {
                 continue; // dropped here, outside the lock
             }
-            let mut lease = idle.lease;
-            let usable = std::future::poll_fn(|cx| {
-                Poll::Ready(lease.poll_alive(cx) && lease.sender.is_ready())
-            })
-            .await;
-            if usable {
-                return Some(lease);
+            let mut conn = idle.conn;
+            if conn.is_open() {
+                conn.reused = true;
+                return Some(conn);
             }
         }
     }
 
-    async fn connect(&self) -> Result<Lease, GatewayError> {
-        let io = self
-            .shared
-            .connector
-            .clone()
-            .oneshot(self.origin.clone())
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, source = ?e.source(), upstream = %self.origin, "upstream connect failed");
-                GatewayError::UpstreamUnavailable
-            })?;
-        let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(|e| {
-            tracing::warn!(error = %e, upstream = %self.origin, "upstream handshake failed");
-            GatewayError::UpstreamUnavailable
-        })?;
-        Ok(Lease {
-            sender,
-            conn: Box::new(conn),
-        })
-    }
-
     /// Puts a connection back after its response was read in full.
-    fn checkin(&self, lease: Lease) {
-        if lease.sender.is_closed() || self.shared.max_idle == 0 {
-            return;
+    pub fn give_back(&self, conn: UpstreamConn) {
+        if self.shared.max_idle == 0 || !conn.buf.is_empty() {
+            return; // unasked-for bytes after a response: the connection is out of step
         }
         let evicted = {
             let mut idle = lock(&self.idle);
             let evicted = (idle.len() >= self.shared.max_idle).then(|| idle.remove(0));
             idle.push(Idle {
-                lease,
+                conn,
                 since: Instant::now(),
             });
             evicted
@@ -357,76 +280,95 @@ impl UpstreamPool {
 
     /// Drops idle connections that timed out or were closed by the upstream.
     fn reap(&self) {
-        let mut waker_cx = Context::from_waker(std::task::Waker::noop());
         let taken = std::mem::take(&mut *lock(&self.idle));
         let mut kept = Vec::with_capacity(taken.len());
         for mut i in taken {
-            if i.since.elapsed() < self.shared.idle_timeout && i.lease.poll_alive(&mut waker_cx) {
+            if i.since.elapsed() < self.shared.idle_timeout && i.conn.is_open() {
                 kept.push(i);
             }
         }
         let mut idle = lock(&self.idle);
-        // Connections checked in while we looked are newer: they stay on top.
+        // Connections given back while we looked are newer: they stay on top.
         kept.append(&mut idle);
         *idle = kept;
     }
 }
 
-/// A response body from an upstream. Reading it drives the upstream connection; once it
-/// has been read to the end, the connection returns to its pool.
-pub struct UpstreamBody {
-    body: Incoming,
-    lease: Option<Lease>,
-    pool: Arc<UpstreamPool>,
-}
+impl UpstreamConn {
+    /// Whether the upstream has neither closed the connection nor sent anything unasked,
+    /// without waiting. Usually no system call: the socket's readiness is known.
+    fn is_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut scratch = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut scratch);
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut rb),
+            Poll::Pending
+        )
+    }
 
-impl UpstreamBody {
-    fn release(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            self.pool.checkin(lease);
+    /// Reads more from the upstream into `buf`; `Ok(0)` at end of stream.
+    pub async fn read_more(&mut self) -> std::io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(16 * 1024);
         }
+        self.io.read_buf(&mut self.buf).await
+    }
+
+    /// Writes all of `data`.
+    pub async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.io.write_all(data).await?;
+        if let UpstreamIo::Tls(t) = &mut self.io {
+            t.flush().await?;
+        }
+        Ok(())
     }
 }
 
-impl hyper::body::Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
+/// A connection to an upstream.
+enum UpstreamIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
 
-    fn poll_frame(
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        if let Some(lease) = &mut this.lease {
-            if Pin::new(&mut lease.conn).poll(cx).is_ready() {
-                // Closed (or failed): the body ends or fails with it; nothing to give back.
-                this.lease = None;
-            }
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
-        let out = Pin::new(&mut this.body).poll_frame(cx);
-        match &out {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Err(_))) => this.lease = None,
-            _ => {}
-        }
-        out
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        // A body with nothing left to read (HEAD, 204, 304, or read to the end) leaves the
-        // connection reusable; one dropped half-read does not: the connection closes.
-        if self.body.is_end_stream() {
-            self.release();
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -434,133 +376,4 @@ impl Drop for UpstreamBody {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The guarded data stays consistent across a panic (plain pushes and pops).
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn is_body_too_large(e: &(dyn StdError + 'static)) -> bool {
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// Hop-by-hop header names (RFC 9110 §7.6.1 and the de-facto `keep-alive`,
-/// `proxy-connection`), as one bit each.
-fn hop_by_hop_bit(name: &str) -> u16 {
-    match name {
-        "connection" => 1,
-        "keep-alive" => 1 << 1,
-        "proxy-authenticate" => 1 << 2,
-        "proxy-authorization" => 1 << 3,
-        "proxy-connection" => 1 << 4,
-        "te" => 1 << 5,
-        "trailer" => 1 << 6,
-        "transfer-encoding" => 1 << 7,
-        "upgrade" => 1 << 8,
-        _ => 0,
-    }
-}
-
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
-///
-/// One pass over the names finds which are present (usually none, or `Connection` and
-/// `Keep-Alive`); only those are removed, so the common case costs no hash lookups.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let mut present = 0u16;
-    for name in h.keys() {
-        present |= hop_by_hop_bit(name.as_str());
-    }
-    if present == 0 {
-        return;
-    }
-    if present & 1 != 0 {
-        // Names listed in Connection go too, unless they are hop-by-hop already (and so
-        // handled below) or `close`, which names no header.
-        let mut named: Vec<HeaderName> = Vec::new();
-        for token in h
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        {
-            let token = token.trim_ascii();
-            if token.is_empty()
-                || token.eq_ignore_ascii_case(b"close")
-                || token.eq_ignore_ascii_case(b"keep-alive")
-            {
-                continue; // the usual values: nothing more to remove
-            }
-            if let Ok(n) = HeaderName::from_bytes(token) {
-                if hop_by_hop_bit(n.as_str()) == 0 {
-                    named.push(n);
-                }
-            }
-        }
-        for n in named {
-            h.remove(n);
-        }
-    }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            h.remove(name);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_go_including_connection_named_ones() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            "keep-alive, x-secret-hop".parse().unwrap(),
-        );
-        h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert("x-secret-hop", "1".parse().unwrap());
-        h.insert(header::TE, "trailers".parse().unwrap());
-        h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key(header::CONTENT_TYPE));
-    }
-
-    #[test]
-    fn every_hop_by_hop_header_goes_and_nothing_else() {
-        let mut h = HeaderMap::new();
-        for n in HOP_BY_HOP {
-            h.append(n, HeaderValue::from_static("x"));
-        }
-        h.append(
-            header::CONNECTION,
-            HeaderValue::from_static("close, X-A ,x-b"),
-        );
-        h.insert("x-a", HeaderValue::from_static("1"));
-        h.insert("x-b", HeaderValue::from_static("1"));
-        h.insert("x-c", HeaderValue::from_static("1"));
-        h.insert(header::HOST, HeaderValue::from_static("h"));
-        strip_hop_by_hop(&mut h);
-        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        assert_eq!(left, ["x-c", "host"]);
-        // Nothing to remove: nothing changes.
-        let before = h.clone();
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h, before);
-    }
 }

@@ -1,19 +1,15 @@
 //! `portcullis serve`: wires config, store, domain and HTTP together, then serves.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use portcullis_core::crypto::{hex, sha256};
 use portcullis_core::text::CompactText;
 use portcullis_core::Scheme;
@@ -32,7 +28,7 @@ use tower::ServiceExt;
 
 use crate::admin_api::{self, AdminState};
 use crate::config::{Config, SinkKind, Upstream};
-use crate::gateway::{Gateway, GatewayBody, Route, Target};
+use crate::gateway::{Gateway, Route, Target};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 
@@ -52,13 +48,59 @@ pub struct Overrides {
 #[error("{0}")]
 pub struct StartError(pub String);
 
-struct App {
-    gateway: Gateway,
+/// What the listener's connections share.
+pub struct App {
+    pub(crate) gateway: Gateway,
     admin: axum::Router,
     metrics: Arc<Metrics>,
     keys: Arc<dyn ApiKeys>,
     auditor: audit::Auditor,
     ids: RequestIds,
+    clock: Arc<dyn Clock>,
+    max_head_bytes: usize,
+    max_body: u64,
+    header_timeout: Duration,
+    stopping: AtomicBool,
+}
+
+impl App {
+    /// A new request id.
+    pub(crate) fn next_request_id(&self) -> RequestId {
+        self.ids.next()
+    }
+
+    /// The most bytes a request head may take (the header limit plus the request line).
+    pub(crate) fn max_head_bytes(&self) -> usize {
+        self.max_head_bytes
+    }
+
+    /// The request body limit.
+    pub(crate) fn max_body(&self) -> u64 {
+        self.max_body
+    }
+
+    /// How long a caller may take to send a request head.
+    pub(crate) fn header_timeout(&self) -> Duration {
+        self.header_timeout
+    }
+
+    /// Whether the server is shutting down (connections close after their current request).
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Appends the current time as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+    pub(crate) fn push_http_date(&self, out: &mut Vec<u8>) {
+        let secs = self.clock.now().as_secs();
+        if let Ok(t) = time::OffsetDateTime::from_unix_timestamp(secs) {
+            let f = time::macros::format_description!(
+                "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+            );
+            if let Ok(s) = t.format(f) {
+                out.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
 }
 
 /// Request ids: a random per-process prefix and a counter (unique, cheap, not guessable
@@ -70,7 +112,7 @@ struct RequestIds {
 }
 
 /// One request id, on the stack: 12 hex digits, `-`, up to 16 hex digits.
-type RequestId = CompactText<29>;
+pub(crate) type RequestId = CompactText<29>;
 
 impl RequestIds {
     fn new() -> Self {
@@ -236,8 +278,9 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         ),
         audit: audit_log,
         token_hash,
-        clock,
+        clock: clock.clone(),
     });
+    let max_head_bytes = cfg.limits.max_header_bytes + 8 * 1024;
     let app = Arc::new(App {
         gateway,
         admin: admin_api::router(admin_state),
@@ -245,6 +288,11 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         keys,
         auditor: auditor.clone(),
         ids: RequestIds::new(),
+        clock,
+        max_head_bytes,
+        max_body: cfg.limits.max_body_bytes,
+        header_timeout: HEADER_TIMEOUT,
+        stopping: AtomicBool::new(false),
     });
 
     let reaper = proxy.spawn_reaper();
@@ -268,8 +316,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     println!("portcullis listening on http://{local}");
     tracing::info!(%local, routes = cfg.routes.len(), data_dir = %data_dir.display(), "started");
 
-    let max_buf = (cfg.limits.max_header_bytes * 2).max(16 * 1024);
-    accept_loop(listener, app, max_buf).await;
+    accept_loop(listener, app).await;
 
     flusher.abort();
     reaper.abort();
@@ -281,18 +328,13 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, app: Arc<App>, max_buf: usize) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .max_buf_size(max_buf);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_buf).unwrap_or(u32::MAX));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+/// How long a caller may take to send a request head (idle keep-alive connections included).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn accept_loop(listener: tokio::net::TcpListener, app: Arc<App>) {
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let open = Arc::new(AtomicU64::new(0));
+    let all_closed = Arc::new(tokio::sync::Notify::new());
     let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
         tokio::select! {
@@ -306,13 +348,13 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Arc<App>, max_buf: 
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let app = app.clone();
-                let svc = hyper::service::service_fn(move |req| dispatch(app.clone(), req, peer));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
+                let (app, stop, open, all_closed) =
+                    (app.clone(), stop.clone(), open.clone(), all_closed.clone());
+                open.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    crate::h1::serve::serve(stream, peer, app, stop).await;
+                    if open.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        all_closed.notify_waiters();
                     }
                 });
             }
@@ -320,9 +362,16 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Arc<App>, max_buf: 
         }
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
+    // Idle connections close now; busy ones after their current request.
+    app.stopping.store(true, Ordering::Relaxed);
+    let closed = all_closed.notified();
+    let mut closed = std::pin::pin!(closed);
+    closed.as_mut().enable();
+    stop.notify_waiters();
+    if open.load(Ordering::Acquire) > 0
+        && tokio::time::timeout(Duration::from_secs(10), closed)
+            .await
+            .is_err()
     {
         tracing::warn!("connections still open after 10s; closing");
     }
@@ -347,17 +396,20 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn dispatch(
-    app: Arc<App>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Result<Response<GatewayBody>, Infallible> {
+/// Whether `path` is served by Portcullis itself (admin API, health, metrics) on any host.
+pub(crate) fn is_local(path: &str) -> bool {
+    path == "/admin/v1"
+        || path.starts_with("/admin/v1/")
+        || matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// Serves a request for which [`is_local`] holds.
+pub(crate) async fn local(app: &App, mut req: Request<Body>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path();
-    let resp = if path == "/admin/v1" || path.starts_with("/admin/v1/") {
-        let mut req = req.map(Body::new);
+    if path == "/admin/v1" || path.starts_with("/admin/v1/") {
         req.extensions_mut().insert(crate::admin_api::Peer(peer));
         match app.admin.clone().oneshot(req).await {
-            Ok(r) => r.map(GatewayBody::Local),
+            Ok(r) => r,
             Err(never) => match never {},
         }
     } else if path == "/healthz" {
@@ -379,22 +431,18 @@ async fn dispatch(
             ),
             Ok(_) => json_response(StatusCode::OK, r#"{"status":"ready"}"#),
         }
-    } else if path == "/metrics" {
-        let mut r = Response::new(GatewayBody::Local(Body::from(app.metrics.render())));
+    } else {
+        let mut r = Response::new(Body::from(app.metrics.render()));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
         );
         r
-    } else {
-        let id = app.ids.next();
-        return Ok(app.gateway.handle(req, peer, id.as_str()).await);
-    };
-    Ok(resp)
+    }
 }
 
-fn json_response(status: StatusCode, body: &'static str) -> Response<GatewayBody> {
-    let mut r = Response::new(GatewayBody::Local(Body::from(body)));
+fn json_response(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -50,6 +50,29 @@ pub fn rate_headers(h: &mut http::HeaderMap, d: &Decision) {
     h.insert(RESET, number_value(d.reset_secs));
 }
 
+/// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` as header lines.
+pub fn push_rate_fields(out: &mut Vec<u8>, d: &Decision) {
+    use crate::h1::head::push_decimal;
+    out.extend_from_slice(b"ratelimit-limit: ");
+    push_decimal(out, u64::from(d.limit));
+    out.extend_from_slice(b"\r\nratelimit-remaining: ");
+    push_decimal(out, u64::from(d.remaining));
+    out.extend_from_slice(b"\r\nratelimit-reset: ");
+    push_decimal(out, d.reset_secs);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether `name` is one of the fields [`rate_headers`] sets.
+pub fn is_rate_field(name: &str) -> bool {
+    name.get(..10)
+        .is_some_and(|p| p.eq_ignore_ascii_case("ratelimit-"))
+        && name.get(10..).is_some_and(|rest| {
+            ["limit", "remaining", "reset"]
+                .iter()
+                .any(|s| rest.eq_ignore_ascii_case(s))
+        })
+}
+
 /// A decimal header value; the small numbers that most rate-limit headers carry come from a
 /// table made once (a clone is a reference-count increment, not an allocation and a format).
 fn number_value(n: u64) -> HeaderValue {

@@ -9,5 +9,6 @@ mod audit;
 mod config;
 mod durability;
 mod gateway;
+mod http1;
 mod proxy;
 mod ratelimit;

@@ -1,0 +1,849 @@
+//! The listener's HTTP/1.1 connections: one task per caller connection reads request heads,
+//! asks the gateway what to do with each, and moves bodies between the caller and the
+//! upstream connection it leased, writing heads straight from the parsed bytes.
+//!
+//! Framing decisions are [`super::head`]'s and [`super::chunked`]'s (pure); this file only
+//! does IO, timeouts and the order of events. Failure rules:
+//! - a malformed or oversized head gets its error response and the connection closes;
+//! - a request answered without its body having been read closes the connection after the
+//!   answer (the unread body would otherwise be taken for the next request);
+//! - an upstream that fails before its response head gets the caller a 502 (504 when it was
+//!   too slow); one that fails after it breaks the caller's connection, so the truncation
+//!   shows;
+//! - a request that fails on a reused upstream connection before any response byte arrived
+//!   is sent once more on a fresh connection when that is safe (no body, idempotent method).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, Response, Version};
+use http_body_util::BodyExt;
+use portcullis_core::error::GatewayError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+
+use super::chunked::{encode_chunk, ChunkedDecoder, Step, LAST_CHUNK};
+use super::head::{
+    parse_request, parse_response, push_decimal, push_field, push_status_line, HeadError,
+    RequestBody, RequestHead, ResponseBody,
+};
+use crate::gateway::{Admitted, Plan, REQUEST_ID};
+use crate::proxy::UpstreamConn;
+use crate::server::App;
+use crate::wire::{is_rate_field, push_rate_fields, rate_headers};
+
+/// Bytes of body moved per write when streaming.
+const STREAM_CHUNK: usize = 64 * 1024;
+
+/// Serves one caller connection until it closes, fails, times out, or `stop` is notified
+/// while it is idle.
+pub async fn serve(io: TcpStream, peer: SocketAddr, app: Arc<App>, stop: Arc<Notify>) {
+    let stopped = stop.notified();
+    let mut stopped = std::pin::pin!(stopped);
+    stopped.as_mut().enable();
+    let mut conn = Conn {
+        caller: Caller {
+            io,
+            buf: BytesMut::with_capacity(8 * 1024),
+        },
+        out: Vec::with_capacity(8 * 1024),
+        upstream_head: Vec::with_capacity(1024),
+        timer: Deadline::new(),
+        app,
+        peer,
+    };
+    loop {
+        let head = match conn.read_head(stopped.as_mut()).await {
+            Ok(Some(h)) => h,
+            Ok(None) => break,
+            Err(e) => {
+                conn.refuse_head(e).await;
+                break;
+            }
+        };
+        if !conn.respond(head).await || conn.app.stopping() {
+            break;
+        }
+    }
+    conn.caller.linger().await;
+}
+
+/// How long a closing connection keeps reading what the caller still sends.
+const LINGER: Duration = Duration::from_secs(1);
+
+struct Caller {
+    io: TcpStream,
+    /// Read from the caller and not yet used.
+    buf: BytesMut,
+}
+
+impl Caller {
+    /// Closes the connection the way that lets the caller read our last response: half-close
+    /// first, then read and discard what the caller still sends (an unread body) for a
+    /// moment, because closing a socket with unread input makes the kernel reset the
+    /// connection, and a reset can destroy the response before the caller read it.
+    async fn linger(&mut self) {
+        if self.io.shutdown().await.is_err() {
+            return;
+        }
+        let drain = async {
+            let mut sink = [0u8; 8 * 1024];
+            let mut total = 0usize;
+            while total < 1024 * 1024 {
+                match self.io.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => total += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+
+    /// Reads more of a request body; the caller closing mid-body is a bad request.
+    async fn read_body_bytes(&mut self) -> Result<(), GatewayError> {
+        match self.read_more().await {
+            Ok(0) | Err(_) => Err(GatewayError::BadRequest),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    async fn read_more(&mut self) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 2048 {
+            self.buf.reserve(8 * 1024);
+        }
+        self.io.read_buf(&mut self.buf).await
+    }
+}
+
+struct Conn {
+    caller: Caller,
+    /// What goes to the caller next.
+    out: Vec<u8>,
+    /// The upstream request head the gateway prepares.
+    upstream_head: Vec<u8>,
+    /// The one timer of this connection: the head-read timeout, then the upstream's.
+    timer: Deadline,
+    app: Arc<App>,
+    peer: SocketAddr,
+}
+
+/// Why an exchange with the upstream failed.
+enum Failed {
+    /// The caller's body was malformed, too large, or ended early: the connection closes.
+    Caller(GatewayError),
+    /// The upstream failed or timed out before its response head.
+    Upstream(GatewayError),
+}
+
+impl Conn {
+    /// The next request head. `Ok(None)`: the caller closed the connection, or it stayed
+    /// silent past the header timeout, or the server is stopping and the connection is idle.
+    async fn read_head(
+        &mut self,
+        mut stopped: Pin<&mut tokio::sync::futures::Notified<'_>>,
+    ) -> Result<Option<RequestHead>, HeadError> {
+        let limit = self.app.max_head_bytes();
+        let mut armed = false;
+        loop {
+            if !self.caller.buf.is_empty() {
+                if let Some(h) = parse_request(&mut self.caller.buf, limit)? {
+                    return Ok(Some(h));
+                }
+            }
+            if !armed {
+                self.timer.set(Instant::now() + self.app.header_timeout());
+                armed = true;
+            }
+            let idle = self.caller.buf.is_empty();
+            let read = tokio::select! {
+                biased;
+                r = self.caller.read_more() => r,
+                () = self.timer.expired() => return Ok(None),
+                () = stopped.as_mut(), if idle => return Ok(None),
+            };
+            match read {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Answers a head that could not be parsed, then the connection closes.
+    async fn refuse_head(&mut self, e: HeadError) {
+        let ge = match e {
+            HeadError::Malformed | HeadError::Framing => GatewayError::BadRequest,
+            HeadError::TooLarge => GatewayError::HeadersTooLarge,
+            HeadError::UnsupportedCoding => GatewayError::NotImplemented,
+            HeadError::Version => GatewayError::VersionNotSupported,
+        };
+        let resp = self.app.gateway.refuse_gateway(ge, "-");
+        self.write_local(resp, false, false, None).await;
+    }
+
+    /// Serves one request; `false` when the connection must close afterwards.
+    async fn respond(&mut self, head: RequestHead) -> bool {
+        let RequestHead {
+            mut parts,
+            body,
+            keep_alive,
+            expect_continue,
+        } = head;
+        let is_head = parts.method == Method::HEAD;
+        let http10 = parts.version == Version::HTTP_10;
+        if crate::server::is_local(parts.uri.path()) {
+            let bytes = match self.read_whole_body(body, expect_continue).await {
+                Ok(b) => b,
+                Err(e) => {
+                    let resp = self.app.gateway.refuse_gateway(e, "-");
+                    self.write_local(resp, false, is_head, None).await;
+                    return false;
+                }
+            };
+            let req = Request::from_parts(parts, Body::from(bytes));
+            let resp = crate::server::local(&self.app, req, self.peer).await;
+            return self.write_local(resp, keep_alive, is_head, None).await;
+        }
+
+        let id = self.app.next_request_id();
+        let app = self.app.clone();
+        match app
+            .gateway
+            .plan(&mut parts, self.peer, id.as_str(), &mut self.upstream_head)
+            .await
+        {
+            Plan::Respond(resp) => {
+                // The body (if any) was not read: the connection cannot go on.
+                let keep = keep_alive && body == RequestBody::Empty;
+                self.write_local(resp, keep, is_head, Some(id.as_str()))
+                    .await
+            }
+            Plan::Echo(admitted) => {
+                let bytes = match self.read_whole_body(body, expect_continue).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let resp = app.gateway.failed(&admitted, &e);
+                        self.write_local(resp, false, is_head, Some(id.as_str()))
+                            .await;
+                        return false;
+                    }
+                };
+                let mut resp =
+                    crate::echo::respond(Request::from_parts(parts, Body::from(bytes))).await;
+                if let Some(d) = &admitted.rate {
+                    rate_headers(resp.headers_mut(), d);
+                }
+                app.gateway.served(&admitted);
+                self.write_local(resp, keep_alive, is_head, Some(id.as_str()))
+                    .await
+            }
+            Plan::Forward(admitted, pool) => {
+                let ctx = Exchange {
+                    body,
+                    expect_continue,
+                    is_head,
+                    idempotent: parts.method.is_idempotent(),
+                    keep_alive,
+                    http10,
+                    id: id.as_str(),
+                    admitted: &admitted,
+                };
+                self.forward(pool, ctx).await
+            }
+        }
+    }
+
+    /// Proxies one admitted request. `false` when the caller's connection must close.
+    async fn forward(&mut self, pool: &Arc<crate::proxy::UpstreamPool>, x: Exchange<'_>) -> bool {
+        match x.body {
+            RequestBody::Empty => {}
+            RequestBody::Length(n) => {
+                self.upstream_head.extend_from_slice(b"content-length: ");
+                push_decimal(&mut self.upstream_head, n);
+                self.upstream_head.extend_from_slice(b"\r\n");
+            }
+            RequestBody::Chunked => {
+                push_field(&mut self.upstream_head, b"transfer-encoding", b"chunked");
+            }
+        }
+        self.upstream_head.extend_from_slice(b"\r\n");
+        if x.expect_continue
+            && self
+                .caller
+                .io
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+        {
+            return false;
+        }
+        // Let the other requests that are ready reach this point first, so the upstream is
+        // written to in bursts: an upstream on the same machine then wakes once per burst, not
+        // once per request (see BENCHMARKS.md). When nothing else is ready it costs one
+        // scheduler turn.
+        tokio::task::yield_now().await;
+
+        self.timer.set(Instant::now() + pool.timeout());
+        let max_body = self.app.max_body();
+        let max_head = self.app.max_head_bytes();
+        let Conn {
+            caller,
+            out,
+            upstream_head,
+            timer,
+            ..
+        } = self;
+        let exchange = async {
+            let mut retried = false;
+            loop {
+                let mut up = pool.lease().await.map_err(Failed::Upstream)?;
+                let reused = up.reused;
+                let sent =
+                    send_request(caller, &mut up, upstream_head, x.body, max_body, out).await;
+                let replayable = reused && !retried && x.body == RequestBody::Empty;
+                match sent {
+                    Ok(()) => {}
+                    Err(Failed::Upstream(_)) if replayable => {
+                        retried = true;
+                        continue;
+                    }
+                    Err(f) => return Err(f),
+                }
+                match read_response_head(&mut up, x.is_head, max_head).await {
+                    Ok(h) => return Ok((up, h)),
+                    Err(ReadHead::Closed) if replayable && x.idempotent => {
+                        retried = true;
+                        continue;
+                    }
+                    Err(ReadHead::Closed | ReadHead::Io) => {
+                        tracing::warn!(upstream = %pool.origin(), "upstream connection ended without a response");
+                        return Err(Failed::Upstream(GatewayError::UpstreamUnavailable));
+                    }
+                    Err(ReadHead::Bad(e)) => {
+                        tracing::warn!(upstream = %pool.origin(), error = %e, "upstream sent a malformed response head");
+                        return Err(Failed::Upstream(GatewayError::UpstreamUnavailable));
+                    }
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            biased;
+            r = exchange => r,
+            () = timer.expired() => Err(Failed::Caller(GatewayError::UpstreamTimeout)),
+        };
+        let (mut up, rh) = match outcome {
+            Ok(v) => v,
+            Err(f) => {
+                // Whether the caller's body was read in full is unknown after a timeout or a
+                // caller failure: close then.
+                let (e, caller_ok) = match f {
+                    Failed::Upstream(e) => (e, true),
+                    Failed::Caller(e) => (e, false),
+                };
+                let resp = self.app.gateway.failed(x.admitted, &e);
+                let keep = caller_ok && x.keep_alive && x.body == RequestBody::Empty;
+                return self.write_local(resp, keep, x.is_head, Some(x.id)).await;
+            }
+        };
+
+        // The response head, straight from the upstream's bytes.
+        let out = &mut self.out;
+        out.clear();
+        push_status_line(out, rh.status);
+        let own_rate = x.admitted.rate.is_some();
+        let pass_length = rh.body == ResponseBody::Empty;
+        rh.end_to_end_fields(|name, value| {
+            if name.eq_ignore_ascii_case(REQUEST_ID.as_str())
+                || (own_rate && is_rate_field(name))
+                || (!pass_length && name.eq_ignore_ascii_case("content-length"))
+            {
+                return;
+            }
+            push_field(out, name.as_bytes(), value);
+        });
+        push_field(out, REQUEST_ID.as_str().as_bytes(), x.id.as_bytes());
+        if let Some(d) = &x.admitted.rate {
+            push_rate_fields(out, d);
+        }
+        let mut keep = x.keep_alive;
+        // A body of unknown length goes to an HTTP/1.1 caller chunked, to an HTTP/1.0 caller
+        // delimited by closing the connection.
+        let rechunk = !x.http10;
+        match rh.body {
+            ResponseBody::Empty => {}
+            ResponseBody::Length(n) => {
+                out.extend_from_slice(b"content-length: ");
+                push_decimal(out, n);
+                out.extend_from_slice(b"\r\n");
+            }
+            ResponseBody::Chunked | ResponseBody::UntilClose => {
+                if rechunk {
+                    push_field(out, b"transfer-encoding", b"chunked");
+                } else {
+                    keep = false;
+                }
+            }
+        }
+        if !keep {
+            push_field(out, b"connection", b"close");
+        } else if x.http10 {
+            push_field(out, b"connection", b"keep-alive");
+        }
+        out.extend_from_slice(b"\r\n");
+
+        let streamed = match rh.body {
+            ResponseBody::Empty => self.flush_out().await,
+            ResponseBody::Length(n) => self.stream_length(&mut up, n, pool.timeout()).await,
+            ResponseBody::Chunked => self.stream_chunked(&mut up, rechunk, pool.timeout()).await,
+            ResponseBody::UntilClose => {
+                self.stream_until_close(&mut up, rechunk, pool.timeout())
+                    .await
+            }
+        };
+        self.app.gateway.served(x.admitted);
+        match streamed {
+            Ok(()) => {
+                if rh.reusable {
+                    pool.give_back(up);
+                }
+                keep
+            }
+            Err(()) => false,
+        }
+    }
+
+    async fn flush_out(&mut self) -> Result<(), ()> {
+        let r = self.caller.io.write_all(&self.out).await;
+        self.out.clear();
+        r.map_err(|_| ())
+    }
+
+    /// Waits for more of the upstream's body, at most `timeout` (a stalled upstream must not
+    /// hold the caller's connection for ever).
+    async fn upstream_read(
+        &mut self,
+        up: &mut UpstreamConn,
+        timeout: Duration,
+    ) -> Result<usize, ()> {
+        self.timer.set(Instant::now() + timeout);
+        tokio::select! {
+            biased;
+            r = up.read_more() => r.map_err(|_| ()),
+            () = self.timer.expired() => Err(()),
+        }
+    }
+
+    async fn stream_length(
+        &mut self,
+        up: &mut UpstreamConn,
+        n: u64,
+        timeout: Duration,
+    ) -> Result<(), ()> {
+        let mut left = n;
+        loop {
+            let take = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .min(up.buf.len());
+            self.out.extend_from_slice(&up.buf[..take]);
+            up.buf.advance(take);
+            left -= take as u64;
+            // Everything read so far goes out before waiting for more: a slow body streams,
+            // and a truncated one still shows the caller what arrived.
+            self.flush_out().await?;
+            if left == 0 {
+                return Ok(());
+            }
+            if self.upstream_read(up, timeout).await? == 0 {
+                return Err(()); // the upstream ended early
+            }
+        }
+    }
+
+    async fn stream_chunked(
+        &mut self,
+        up: &mut UpstreamConn,
+        rechunk: bool,
+        timeout: Duration,
+    ) -> Result<(), ()> {
+        let mut dec = ChunkedDecoder::new();
+        loop {
+            match dec.decode(&up.buf).map_err(|_| ())? {
+                Step::Data {
+                    start,
+                    end,
+                    consumed,
+                } => {
+                    let data = up.buf.get(start..end).ok_or(())?;
+                    if rechunk {
+                        encode_chunk(&mut self.out, data);
+                    } else {
+                        self.out.extend_from_slice(data);
+                    }
+                    up.buf.advance(consumed);
+                    if self.out.len() >= STREAM_CHUNK {
+                        self.flush_out().await?;
+                    }
+                }
+                Step::Consumed(n) => up.buf.advance(n),
+                Step::NeedMore => {
+                    if !self.out.is_empty() {
+                        self.flush_out().await?;
+                    }
+                    if self.upstream_read(up, timeout).await? == 0 {
+                        return Err(());
+                    }
+                }
+                Step::Done { consumed } => {
+                    up.buf.advance(consumed);
+                    if rechunk {
+                        self.out.extend_from_slice(LAST_CHUNK);
+                    }
+                    return self.flush_out().await;
+                }
+            }
+        }
+    }
+
+    async fn stream_until_close(
+        &mut self,
+        up: &mut UpstreamConn,
+        rechunk: bool,
+        timeout: Duration,
+    ) -> Result<(), ()> {
+        loop {
+            if !up.buf.is_empty() {
+                if rechunk {
+                    encode_chunk(&mut self.out, &up.buf);
+                } else {
+                    self.out.extend_from_slice(&up.buf);
+                }
+                up.buf.clear();
+            }
+            if !self.out.is_empty() {
+                self.flush_out().await?;
+            }
+            if self.upstream_read(up, timeout).await? == 0 {
+                if rechunk {
+                    self.out.extend_from_slice(LAST_CHUNK);
+                }
+                return self.flush_out().await;
+            }
+        }
+    }
+
+    /// Reads a whole request body (for the admin API and the echo), bounded by the body limit
+    /// and the header timeout.
+    async fn read_whole_body(
+        &mut self,
+        body: RequestBody,
+        expect_continue: bool,
+    ) -> Result<Bytes, GatewayError> {
+        if body == RequestBody::Empty {
+            return Ok(Bytes::new());
+        }
+        if expect_continue {
+            self.caller
+                .io
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .map_err(|_| GatewayError::BadRequest)?;
+        }
+        let mut reader = BodyReader::new(body, self.app.max_body())?;
+        self.timer.set(Instant::now() + self.app.header_timeout());
+        let caller = &mut self.caller;
+        let read = async {
+            let mut data = Vec::new();
+            while reader.take(&mut caller.buf, |piece| data.extend_from_slice(piece))?
+                == Progress::NeedMore
+            {
+                caller.read_body_bytes().await?;
+            }
+            Ok(Bytes::from(data))
+        };
+        tokio::select! {
+            biased;
+            r = read => r,
+            () = self.timer.expired() => Err(GatewayError::BadRequest),
+        }
+    }
+
+    /// Writes a response made here. `false` when the connection must close afterwards.
+    async fn write_local(
+        &mut self,
+        resp: Response<Body>,
+        keep_alive: bool,
+        is_head: bool,
+        id: Option<&str>,
+    ) -> bool {
+        let (parts, body) = resp.into_parts();
+        let body = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                tracing::warn!(error = %e, "a local response body failed");
+                return false;
+            }
+        };
+        let out = &mut self.out;
+        out.clear();
+        push_status_line(out, parts.status.as_u16());
+        for (name, value) in &parts.headers {
+            if name == http::header::CONTENT_LENGTH || name == REQUEST_ID {
+                continue;
+            }
+            push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if let Some(id) = id {
+            push_field(out, REQUEST_ID.as_str().as_bytes(), id.as_bytes());
+        }
+        if !parts.headers.contains_key(http::header::DATE) {
+            out.extend_from_slice(b"date: ");
+            self.app.push_http_date(out);
+            out.extend_from_slice(b"\r\n");
+        }
+        let status = parts.status.as_u16();
+        let bodiless = status == 204 || status == 304 || (100..200).contains(&status);
+        if !bodiless {
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, body.len() as u64);
+            out.extend_from_slice(b"\r\n");
+        }
+        if !keep_alive {
+            push_field(out, b"connection", b"close");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !is_head && !bodiless {
+            out.extend_from_slice(&body);
+        }
+        self.flush_out().await.is_ok() && keep_alive
+    }
+}
+
+/// What [`Conn::forward`] needs to know about the request.
+struct Exchange<'a> {
+    body: RequestBody,
+    expect_continue: bool,
+    is_head: bool,
+    idempotent: bool,
+    keep_alive: bool,
+    http10: bool,
+    id: &'a str,
+    admitted: &'a Admitted<'a>,
+}
+
+/// Sends the request head and streams the caller's body after it (a chunked body is chunked
+/// anew: sizes only, no extensions, no trailers).
+async fn send_request(
+    caller: &mut Caller,
+    up: &mut UpstreamConn,
+    head: &[u8],
+    body: RequestBody,
+    max_body: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), Failed> {
+    if body == RequestBody::Empty {
+        return up
+            .write_all(head)
+            .await
+            .map_err(|_| Failed::Upstream(GatewayError::UpstreamUnavailable));
+    }
+    let mut reader = BodyReader::new(body, max_body).map_err(Failed::Caller)?;
+    out.clear();
+    out.extend_from_slice(head);
+    let chunked = body == RequestBody::Chunked;
+    loop {
+        let progress = reader
+            .take(&mut caller.buf, |data| {
+                if chunked {
+                    encode_chunk(out, data);
+                } else {
+                    out.extend_from_slice(data);
+                }
+            })
+            .map_err(Failed::Caller)?;
+        if progress == Progress::Done && chunked {
+            out.extend_from_slice(LAST_CHUNK);
+        }
+        // What was read goes upstream before waiting for more.
+        if !out.is_empty() {
+            up.write_all(out)
+                .await
+                .map_err(|_| Failed::Upstream(GatewayError::UpstreamUnavailable))?;
+            out.clear();
+        }
+        if progress == Progress::Done {
+            return Ok(());
+        }
+        caller.read_body_bytes().await.map_err(Failed::Caller)?;
+    }
+}
+
+/// How far [`BodyReader::take`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// The body continues in bytes not read yet.
+    NeedMore,
+    /// The body is complete.
+    Done,
+}
+
+/// Takes a request body out of the caller's buffer as it arrives: the framing (length or
+/// chunked) and the size limit, for every consumer of bodies.
+struct BodyReader {
+    /// Bytes left of a `Content-Length` body.
+    left: u64,
+    /// `Some` for a chunked body.
+    chunked: Option<ChunkedDecoder>,
+    taken: u64,
+    max: u64,
+}
+
+impl BodyReader {
+    fn new(body: RequestBody, max: u64) -> Result<Self, GatewayError> {
+        match body {
+            RequestBody::Length(n) if n > max => Err(GatewayError::BodyTooLarge),
+            RequestBody::Length(n) => Ok(Self {
+                left: n,
+                chunked: None,
+                taken: 0,
+                max,
+            }),
+            RequestBody::Chunked => Ok(Self {
+                left: 0,
+                chunked: Some(ChunkedDecoder::new()),
+                taken: 0,
+                max,
+            }),
+            RequestBody::Empty => Ok(Self {
+                left: 0,
+                chunked: None,
+                taken: 0,
+                max,
+            }),
+        }
+    }
+
+    /// Hands each piece of body in `buf` to `data` and removes what it used from `buf`
+    /// (bytes after the body stay: they are the next request).
+    fn take(
+        &mut self,
+        buf: &mut BytesMut,
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<Progress, GatewayError> {
+        let Some(dec) = &mut self.chunked else {
+            let n = usize::try_from(self.left)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            if n > 0 {
+                data(&buf[..n]);
+                buf.advance(n);
+                self.left -= n as u64;
+            }
+            return Ok(if self.left == 0 {
+                Progress::Done
+            } else {
+                Progress::NeedMore
+            });
+        };
+        loop {
+            match dec.decode(buf).map_err(|_| GatewayError::BadRequest)? {
+                Step::Data {
+                    start,
+                    end,
+                    consumed,
+                } => {
+                    let piece = buf.get(start..end).ok_or(GatewayError::BadRequest)?;
+                    self.taken += piece.len() as u64;
+                    if self.taken > self.max {
+                        return Err(GatewayError::BodyTooLarge);
+                    }
+                    data(piece);
+                    buf.advance(consumed);
+                }
+                Step::Consumed(n) => buf.advance(n),
+                Step::NeedMore => return Ok(Progress::NeedMore),
+                Step::Done { consumed } => {
+                    buf.advance(consumed);
+                    return Ok(Progress::Done);
+                }
+            }
+        }
+    }
+}
+
+enum ReadHead {
+    /// The upstream closed the connection before sending anything.
+    Closed,
+    /// Reading failed, or the connection ended inside the head.
+    Io,
+    /// A malformed head.
+    Bad(HeadError),
+}
+
+/// Reads the final response head, skipping interim (1xx) responses.
+async fn read_response_head(
+    up: &mut UpstreamConn,
+    is_head: bool,
+    max: usize,
+) -> Result<super::head::ResponseHead, ReadHead> {
+    let mut got_any = false;
+    loop {
+        if !up.buf.is_empty() {
+            got_any = true;
+            match parse_response(&mut up.buf, max, is_head) {
+                Ok(Some(h)) if h.status == 101 => return Err(ReadHead::Bad(HeadError::Malformed)),
+                Ok(Some(h)) if (100..200).contains(&h.status) => continue,
+                Ok(Some(h)) => return Ok(h),
+                Ok(None) => {}
+                Err(e) => return Err(ReadHead::Bad(e)),
+            }
+        }
+        match up.read_more().await {
+            Ok(0) if !got_any => return Err(ReadHead::Closed),
+            Ok(0) | Err(_) if got_any => return Err(ReadHead::Io),
+            Err(_) => return Err(ReadHead::Closed),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A deadline that moves without touching the timer wheel: the timer is armed for some
+/// instant no later than the target, and re-armed when it fires early. Setting a later
+/// target (every request) is a store; only an earlier one resets the timer.
+struct Deadline {
+    sleep: Pin<Box<Sleep>>,
+    target: Instant,
+}
+
+impl Deadline {
+    fn new() -> Self {
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(far)),
+            target: far,
+        }
+    }
+
+    fn set(&mut self, target: Instant) {
+        if target < self.sleep.deadline() {
+            self.sleep.as_mut().reset(target);
+        }
+        self.target = target;
+    }
+
+    /// Completes once the target has passed.
+    async fn expired(&mut self) {
+        loop {
+            self.sleep.as_mut().await;
+            if Instant::now() >= self.target {
+                return;
+            }
+            let t = self.target;
+            self.sleep.as_mut().reset(t);
+        }
+    }
+}
