@@ -150,11 +150,26 @@ fn checksum_chars(mut n: u32) -> [u8; CHECKSUM_LEN] {
 }
 
 fn checksum_value(chars: &[u8]) -> Option<u64> {
-    chars.iter().try_fold(0u64, |acc, c| {
-        let d = ALPHABET.iter().position(|a| a == c)? as u64; // ≤ 6 chars: a scan is fine
-        Some(acc * 58 + d)
+    chars.iter().try_fold(0u64, |acc, &c| {
+        let d = DIGIT_OF[usize::from(c)];
+        (d != NOT_BASE58).then(|| acc * 58 + u64::from(d))
     })
 }
+
+/// Marks a byte outside the base58 alphabet in [`DIGIT_OF`].
+const NOT_BASE58: u8 = 0xff;
+
+/// The base58 digit of each byte (a table: a scan of the alphabet per character was a tenth
+/// of a key check).
+const DIGIT_OF: [u8; 256] = {
+    let mut t = [NOT_BASE58; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        t[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Which format a presented key has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,6 +358,11 @@ mod tests {
     fn the_charset_check_matches_the_alphabet() {
         for b in 0..=255u8 {
             assert_eq!(is_base58(b), ALPHABET.contains(&b), "byte {b}");
+            assert_eq!(
+                checksum_value(&[b]),
+                ALPHABET.iter().position(|&a| a == b).map(|d| d as u64),
+                "byte {b}"
+            );
         }
         assert_eq!(bs58::encode([0xffu8; 32]).into_string().len(), MAX_BODY_LEN);
         assert_eq!(bs58::encode([0u8; 32]).into_string().len(), MIN_BODY_LEN);
