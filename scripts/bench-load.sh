@@ -8,6 +8,8 @@
 #                                    # Portcullis under callgrind: user-space instructions per
 #                                    # request for /open and /auth (deterministic, unlike req/s
 #                                    # on a shared VM; needs valgrind, installed if missing)
+#   scripts/bench-load.sh --cpu      # CPU time per request (user and system, from
+#                                    # /proc/<pid>/stat) of each server process, per case
 #
 # Cases, all proxying the same nginx upstream (`return 200 "ok\n"`):
 #   nginx  nginx (1 worker) with keep-alive to the upstream
@@ -23,12 +25,14 @@ root=$PWD
 duration=10s
 keep=0
 instructions=0
+cpu=0
 for arg in "$@"; do
     case $arg in
         --quick) duration=3s ;;
         --keep) keep=1 ;;
         --instructions) instructions=1 ;;
-        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+        --cpu) cpu=1 ;;
+        -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "bench-load.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -217,6 +221,43 @@ if [[ $instructions -eq 1 ]]; then
         ir=$(awk '/^totals:/ { print $2 }' "$tmp/callgrind.out.$n")
         [[ -n $reqs && -n $ir ]] || die "no counts for $c"
         printf '| %s | %s | %s | **%s** |\n' "$c" "$reqs" "$ir" "$((ir / reqs))"
+    done
+    exit 0
+fi
+
+if [[ $cpu -eq 1 ]]; then
+    # The nginx workers are the children of the two masters started above.
+    worker_of() { pgrep -P "$1" | head -1; }
+    up_worker=$(worker_of "${pids[0]}")
+    proxy_worker=$(worker_of "${pids[1]}")
+    [[ -n $up_worker && -n $proxy_worker ]] || die "cannot find the nginx worker processes"
+    ticks() { awk '{ print $14, $15 }' "/proc/$1/stat"; } # utime stime, in clock ticks
+    hz=$(getconf CLK_TCK)
+    say "cpu: wrk -t1 -c32 -d5s per case after a 2 s warm-up; CPU per request from /proc/<pid>/stat"
+    echo
+    echo "## CPU per request (µs, user + system), wrk -t1 -c32 -d5s"
+    echo
+    echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (dirty tree)')"
+    echo
+    echo "| case | req/s | upstream nginx | nginx proxy | portcullis | all three |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for c in "${cases[@]}"; do
+        run_wrk "$c" 2s "$tmp/wrk-$c-warmup.txt" >/dev/null
+        read -r u1 s1 < <(ticks "$up_worker")
+        read -r u2 s2 < <(ticks "$proxy_worker")
+        read -r u3 s3 < <(ticks "$gw_pid")
+        r=$(run_wrk "$c" 5s "$tmp/wrk-$c.txt")
+        read -r v1 t1 < <(ticks "$up_worker")
+        read -r v2 t2 < <(ticks "$proxy_worker")
+        read -r v3 t3 < <(ticks "$gw_pid")
+        n=$(awk '/requests in/ { print $1 }' "$tmp/wrk-$c.txt")
+        awk -v c="$c" -v r="$r" -v n="$n" -v hz="$hz" \
+            -v a="$((v1 - u1))" -v b="$((t1 - s1))" -v d="$((v2 - u2))" -v e="$((t2 - s2))" \
+            -v f="$((v3 - u3))" -v g="$((t3 - s3))" 'BEGIN {
+                k = 1e6 / hz / n
+                printf "| %s | %.0f | %.2f + %.2f | %.2f + %.2f | %.2f + %.2f | %.2f |\n", c, r,
+                    a * k, b * k, d * k, e * k, f * k, g * k, (a + b + d + e + f + g) * k
+            }'
     done
     exit 0
 fi
