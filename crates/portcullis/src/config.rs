@@ -102,6 +102,12 @@ impl Default for AuditConfig {
 pub struct LimitsConfig {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
+    /// How long a caller may take to send a request head, idle keep-alive time included.
+    #[serde(deserialize_with = "de_duration")]
+    pub header_timeout: Duration,
+    /// How long a caller may leave a response unread before the connection is dropped.
+    #[serde(deserialize_with = "de_duration")]
+    pub send_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -109,6 +115,8 @@ impl Default for LimitsConfig {
         Self {
             max_header_bytes: 16 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -324,6 +332,14 @@ impl Config {
                 "limits.max_header_bytes".into(),
                 "must be between 1024 and 1048576".into(),
             ));
+        }
+        for (name, d) in [
+            ("limits.header_timeout", self.limits.header_timeout),
+            ("limits.send_timeout", self.limits.send_timeout),
+        ] {
+            if d.is_zero() {
+                return Err((name.into(), "must be more than 0".into()));
+            }
         }
         if self.audit.queue == 0 {
             return Err(("audit.queue".into(), "must be at least 1".into()));
@@ -640,6 +656,13 @@ failed_auth_limit = false
         let e = err("[proxy]\ntimeout = \"soon\"\n");
         assert!(e.starts_with("p.toml:2:"), "{e}");
         assert!(e.contains("proxy.timeout"), "{e}");
+        let e = err("[limits]\nheader_timeout = \"0s\"\n");
+        assert!(e.contains("limits.header_timeout"), "{e}");
+        let e = err("[limits]\nsend_timeout = \"0s\"\n");
+        assert!(e.contains("limits.send_timeout"), "{e}");
+        let c = Config::parse("[limits]\nsend_timeout = \"5s\"\n", "p.toml").unwrap();
+        assert_eq!(c.limits.send_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(10));
 
         let e = err("[proxy]\npublic_roots = false\n");
         assert!(e.starts_with("p.toml:2:"), "{e}");

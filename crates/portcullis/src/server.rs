@@ -60,6 +60,7 @@ pub struct App {
     max_head_bytes: usize,
     max_body: u64,
     header_timeout: Duration,
+    send_timeout: Duration,
     stopping: AtomicBool,
 }
 
@@ -82,6 +83,11 @@ impl App {
     /// How long a caller may take to send a request head.
     pub(crate) fn header_timeout(&self) -> Duration {
         self.header_timeout
+    }
+
+    /// How long a caller may leave a response unread.
+    pub(crate) fn send_timeout(&self) -> Duration {
+        self.send_timeout
     }
 
     /// Whether the server is shutting down (connections close after their current request).
@@ -291,7 +297,8 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         clock,
         max_head_bytes,
         max_body: cfg.limits.max_body_bytes,
-        header_timeout: HEADER_TIMEOUT,
+        header_timeout: cfg.limits.header_timeout,
+        send_timeout: cfg.limits.send_timeout,
         stopping: AtomicBool::new(false),
     });
 
@@ -327,9 +334,6 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     tracing::info!("stopped");
     Ok(())
 }
-
-/// How long a caller may take to send a request head (idle keep-alive connections included).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn accept_loop(listener: tokio::net::TcpListener, app: Arc<App>) {
     let stop = Arc::new(tokio::sync::Notify::new());

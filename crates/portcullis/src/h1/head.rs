@@ -132,6 +132,11 @@ fn build_request(head: &Bytes) -> Result<RequestHead, HeadError> {
     }
     let uri = Uri::from_maybe_shared(head.slice_ref(target.as_bytes()))
         .map_err(|_| HeadError::Malformed)?;
+    // Userinfo in an absolute-form target is deprecated (RFC 9110 §4.2.4) and would pass as
+    // part of the host.
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(HeadError::Malformed);
+    }
 
     let mut map = HeaderMap::with_capacity(req.headers.len() + 8);
     let mut framing = Framing::default();
@@ -540,6 +545,7 @@ mod tests {
             ("GET / HTTP/1.1\r\n\r\n", HeadError::Malformed),
             ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", HeadError::Malformed),
             ("GET example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n", HeadError::Malformed),
+            ("GET http://u:p@example.com/ HTTP/1.1\r\nHost: x\r\n\r\n", HeadError::Malformed),
             ("GET / HTTP/1.2\r\nHost: x\r\n\r\n", HeadError::Version),
             ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", HeadError::Version),
             ("GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", HeadError::Malformed),

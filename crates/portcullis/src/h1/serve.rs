@@ -417,10 +417,35 @@ impl Conn {
         }
     }
 
+    /// Writes `out` to the caller. A caller that stops reading gets `limits.send_timeout` to
+    /// take the rest before the connection is dropped (it would otherwise hold this task, and an
+    /// upstream connection, for ever). The timer is only set when the socket is full.
     async fn flush_out(&mut self) -> Result<(), ()> {
-        let r = self.caller.io.write_all(&self.out).await;
+        let mut sent = match self.caller.io.try_write(&self.out) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(_) => {
+                self.out.clear();
+                return Err(());
+            }
+        };
+        if sent < self.out.len() {
+            self.timer.set(Instant::now() + self.app.send_timeout());
+            let rest = self.out.get(sent..).unwrap_or_default();
+            let done = tokio::select! {
+                biased;
+                r = self.caller.io.write_all(rest) => r.is_ok(),
+                () = self.timer.expired() => false,
+            };
+            if !done {
+                self.out.clear();
+                return Err(());
+            }
+            sent = self.out.len();
+        }
+        debug_assert_eq!(sent, self.out.len());
         self.out.clear();
-        r.map_err(|_| ())
+        Ok(())
     }
 
     /// Waits for more of the upstream's body, at most `timeout` (a stalled upstream must not

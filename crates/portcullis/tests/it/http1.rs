@@ -27,6 +27,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const SETTLE: Duration = Duration::from_millis(300);
 
 const MAX_HEADER_BYTES: usize = 2048;
+/// The length of `/big` responses.
+const BIG_BODY: usize = 32 * 1024 * 1024;
 const MAX_BODY_BYTES: usize = 4096;
 
 // ---------------------------------------------------------------------------------------------
@@ -348,6 +350,12 @@ async fn upstream_respond(s: &mut TcpStream, req: &Seen) -> bool {
         }
         let _ = s.shutdown().await;
         return false;
+    }
+    if path.ends_with("/big") {
+        // More than the loopback socket buffers between here and a caller hold.
+        let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG_BODY}\r\n\r\n").into_bytes();
+        out.resize(out.len() + BIG_BODY, b'b');
+        return write(s, out).await;
     }
     if path.ends_with("/truncated") {
         // Promises 1000 bytes, sends 500, closes.
@@ -1548,4 +1556,65 @@ async fn a_stalled_partial_request_does_not_block_other_clients() {
     let r = stalled_body.expect_response("POST", "stalled body").await;
     assert_eq!(r.text(), "POST /stall/body body=10");
     assert_eq!(up.only("/stall/body").body, b"abcdefghij");
+}
+
+#[tokio::test]
+async fn silent_and_unreading_callers_are_dropped_after_their_timeouts() {
+    let up = Upstream::start().await;
+    let s = Server::start(Some(&format!(
+        r#"
+[audit]
+sink = "none"
+
+[limits]
+header_timeout = "1s"
+send_timeout = "1s"
+
+[[routes]]
+name = "public"
+path_prefix = "/"
+upstream = "http://{}"
+policy = "public"
+"#,
+        up.addr
+    )));
+    // Silent from the start, or after half a head: closed, without an answer, well within
+    // the client's own read timeout.
+    let mut silent = Client::connect(&s).await;
+    silent.expect_closed("a caller that sends nothing").await;
+    let mut half = Client::connect(&s).await;
+    half.send("GET /half HTTP/1.1\r\nHost: gw.te").await;
+    half.expect_closed("a caller that stops halfway through a head")
+        .await;
+
+    // A caller that leaves a response unread past the send timeout is dropped: reading
+    // afterwards ends before the whole response.
+    let mut lazy = Client::connect(&s).await;
+    lazy.send("GET /big HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut total = 0usize;
+    loop {
+        match lazy.fill().await {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) => panic!("reading the unread response: {e:?}"),
+        }
+        lazy.buf.clear();
+    }
+    assert!(total > 0, "part of the response was sent");
+    assert!(
+        total < BIG_BODY,
+        "the connection was dropped before the whole body ({total} bytes read)"
+    );
+
+    // The gateway goes on serving.
+    let mut next = Client::connect(&s).await;
+    next.send("GET /after HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        .await;
+    let r = next
+        .expect_response("GET", "a request after the drop")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), get_body("/after"));
 }
