@@ -388,7 +388,7 @@ impl Passed<'_> {
         {
             return false;
         }
-        !(is_hop_by_hop(n)
+        !(is_hop_by_hop(n.as_bytes())
             || n.starts_with("x-portcullis-")
             || matches!(
                 n,

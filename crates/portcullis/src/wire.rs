@@ -63,14 +63,12 @@ pub fn push_rate_fields(out: &mut Vec<u8>, d: &Decision) {
 }
 
 /// Whether `name` is one of the fields [`rate_headers`] sets.
-pub fn is_rate_field(name: &str) -> bool {
-    name.get(..10)
-        .is_some_and(|p| p.eq_ignore_ascii_case("ratelimit-"))
-        && name.get(10..).is_some_and(|rest| {
-            ["limit", "remaining", "reset"]
-                .iter()
-                .any(|s| rest.eq_ignore_ascii_case(s))
-        })
+pub fn is_rate_field(name: &[u8]) -> bool {
+    name.len() > 10
+        && name[..10].eq_ignore_ascii_case(b"ratelimit-")
+        && [&b"limit"[..], b"remaining", b"reset"]
+            .iter()
+            .any(|s| name[10..].eq_ignore_ascii_case(s))
 }
 
 /// A decimal header value; the small numbers that most rate-limit headers carry come from a
@@ -89,6 +87,35 @@ fn number_value(n: u64) -> HeaderValue {
 mod tests {
     use super::*;
     use portcullis_core::{AuthError, WireError};
+
+    #[test]
+    fn rate_fields_are_recognised_in_any_case_and_written_as_lines() {
+        for n in ["ratelimit-limit", "RateLimit-Remaining", "RATELIMIT-RESET"] {
+            assert!(is_rate_field(n.as_bytes()), "{n}");
+        }
+        for n in [
+            "ratelimit-",
+            "ratelimit-policy",
+            "x-ratelimit-limit",
+            "ratelimit",
+        ] {
+            assert!(!is_rate_field(n.as_bytes()), "{n}");
+        }
+        let d = Decision {
+            allowed: true,
+            cell: 0,
+            limit: 100,
+            remaining: 99,
+            reset_secs: 1,
+            retry_after_secs: 0,
+        };
+        let mut out = Vec::new();
+        push_rate_fields(&mut out, &d);
+        assert_eq!(
+            out,
+            b"ratelimit-limit: 100\r\nratelimit-remaining: 99\r\nratelimit-reset: 1\r\n"
+        );
+    }
 
     #[test]
     fn number_values_are_decimal_inside_and_outside_the_table() {

@@ -70,27 +70,103 @@ pub fn parse_request(
     buf: &mut BytesMut,
     max_bytes: usize,
 ) -> Result<Option<RequestHead>, HeadError> {
-    let len = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if buf.len() >= max_bytes => {
-                return Err(HeadError::TooLarge)
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(httparse::Error::Version) if is_well_formed_request_line(buf) => {
-                return Err(HeadError::Version)
-            }
-            Err(_) => return Err(HeadError::Malformed),
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= max_bytes => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(httparse::Error::Version) if is_well_formed_request_line(buf) => {
+            return Err(HeadError::Version)
         }
+        Err(_) => return Err(HeadError::Malformed),
     };
     if len > max_bytes {
         return Err(HeadError::TooLarge);
     }
+    let version = match req.version {
+        Some(0) => Version::HTTP_10,
+        Some(1) => Version::HTTP_11,
+        _ => return Err(HeadError::Version),
+    };
+    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+        .map_err(|_| HeadError::Malformed)?;
+    let target = req.path.unwrap_or_default();
+    // origin-form, or absolute-form (RFC 9112 §3.2); `*` and authority-form are for OPTIONS
+    // and CONNECT, which a gateway in front of an API does not serve.
+    if !(target.starts_with('/') || target.starts_with("http://") || target.starts_with("https://"))
+    {
+        return Err(HeadError::Malformed);
+    }
+    // Parsed once: everything is taken from the borrowed bytes now except what must share
+    // the head's buffer (the target and the field values), whose places are noted for after
+    // the head is split off.
+    let base = buf.as_ptr() as usize;
+    let place = |s: &[u8]| -> Result<std::ops::Range<usize>, HeadError> {
+        let start = (s.as_ptr() as usize).wrapping_sub(base);
+        let end = start.wrapping_add(s.len());
+        (start <= end && end <= len)
+            .then_some(start..end)
+            .ok_or(HeadError::Malformed)
+    };
+    let target = place(target.as_bytes())?;
+    let mut fields = Vec::with_capacity(req.headers.len());
+    let mut framing = Framing::default();
+    let mut hosts = 0usize;
+    let mut connection = ConnectionTokens::default();
+    let mut expect_continue = false;
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
+        if name == header::HOST {
+            hosts += 1;
+        } else if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            framing.add(&name, h.value)?;
+        } else if name == header::CONNECTION {
+            connection.add(h.value);
+        } else if name == header::EXPECT
+            && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
+        {
+            expect_continue = true;
+        }
+        fields.push((name, place(h.value)?));
+    }
+    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+        return Err(HeadError::Malformed);
+    }
+    let body = match framing.resolve(version == Version::HTTP_10)? {
+        BodyFraming::Length(0) | BodyFraming::None => RequestBody::Empty,
+        BodyFraming::Length(n) => RequestBody::Length(n),
+        BodyFraming::Chunked => RequestBody::Chunked,
+        // Requests are never delimited by the connection closing.
+        BodyFraming::NotChunked => return Err(HeadError::UnsupportedCoding),
+    };
+    let keep_alive = connection.keep_alive(version);
+
     let head = buf.split_to(len).freeze();
-    build_request(&head).map(Some)
+    let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| HeadError::Malformed)?;
+    // Userinfo in an absolute-form target is deprecated (RFC 9110 §4.2.4) and would pass as
+    // part of the host.
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(HeadError::Malformed);
+    }
+    let mut map = HeaderMap::with_capacity(fields.len() + 8);
+    for (name, value) in fields {
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| HeadError::Malformed)?;
+        map.append(name, value);
+    }
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = map;
+    Ok(Some(RequestHead {
+        parts,
+        body,
+        keep_alive,
+        expect_continue: expect_continue && body != RequestBody::Empty,
+    }))
 }
 
 /// Whether the first line is `method SP target SP HTTP/d.d`: a version error in such a line
@@ -107,81 +183,6 @@ fn is_well_formed_request_line(buf: &[u8]) -> bool {
     !method.is_empty()
         && !target.is_empty()
         && matches!(version, [b'H', b'T', b'T', b'P', b'/', d1, b'.', d2] if d1.is_ascii_digit() && d2.is_ascii_digit())
-}
-
-fn build_request(head: &Bytes) -> Result<RequestHead, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    // Parsed once already: complete and valid.
-    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
-        return Err(HeadError::Malformed);
-    }
-    let version = match req.version {
-        Some(0) => Version::HTTP_10,
-        Some(1) => Version::HTTP_11,
-        _ => return Err(HeadError::Version),
-    };
-    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
-        .map_err(|_| HeadError::Malformed)?;
-    let target = req.path.unwrap_or_default();
-    // origin-form, or absolute-form (RFC 9112 §3.2); `*` and authority-form are for OPTIONS
-    // and CONNECT, which a gateway in front of an API does not serve.
-    if !(target.starts_with('/') || target.starts_with("http://") || target.starts_with("https://"))
-    {
-        return Err(HeadError::Malformed);
-    }
-    let uri = Uri::from_maybe_shared(head.slice_ref(target.as_bytes()))
-        .map_err(|_| HeadError::Malformed)?;
-    // Userinfo in an absolute-form target is deprecated (RFC 9110 §4.2.4) and would pass as
-    // part of the host.
-    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(HeadError::Malformed);
-    }
-
-    let mut map = HeaderMap::with_capacity(req.headers.len() + 8);
-    let mut framing = Framing::default();
-    let mut hosts = 0usize;
-    let mut connection = ConnectionTokens::default();
-    let mut expect_continue = false;
-    for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
-        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
-            .map_err(|_| HeadError::Malformed)?;
-        if name == header::HOST {
-            hosts += 1;
-        } else if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            framing.add(&name, h.value)?;
-        } else if name == header::CONNECTION {
-            connection.add(h.value);
-        } else if name == header::EXPECT
-            && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
-        {
-            expect_continue = true;
-        }
-        map.append(name, value);
-    }
-    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
-        return Err(HeadError::Malformed);
-    }
-    let body = match framing.resolve(version == Version::HTTP_10)? {
-        BodyFraming::Length(0) | BodyFraming::None => RequestBody::Empty,
-        BodyFraming::Length(n) => RequestBody::Length(n),
-        BodyFraming::Chunked => RequestBody::Chunked,
-        // Requests are never delimited by the connection closing.
-        BodyFraming::NotChunked => return Err(HeadError::UnsupportedCoding),
-    };
-    let keep_alive = connection.keep_alive(version);
-    let mut parts = http::Request::new(()).into_parts().0;
-    parts.method = method;
-    parts.uri = uri;
-    parts.version = version;
-    parts.headers = map;
-    Ok(RequestHead {
-        parts,
-        body,
-        keep_alive,
-        expect_continue: expect_continue && body != RequestBody::Empty,
-    })
 }
 
 /// How a response body is delimited.
@@ -208,8 +209,17 @@ pub struct ResponseHead {
     /// Whether the upstream connection may carry another request after this response.
     pub reusable: bool,
     head: Bytes,
+    /// Where each field's name and value are in `head`.
+    fields: Vec<FieldPlace>,
     /// Field names listed in `Connection` (other than `close` / `keep-alive`): hop-by-hop.
     named_in_connection: Vec<HeaderName>,
+}
+
+/// A field's name and value as ranges of a head.
+#[derive(Debug)]
+struct FieldPlace {
+    name: std::ops::Range<usize>,
+    value: std::ops::Range<usize>,
 }
 
 /// Parses one response head from the start of `buf` (see [`parse_request`] for the buffer
@@ -240,6 +250,15 @@ pub fn parse_response(
     let http10 = resp.version == Some(0);
     let mut framing = Framing::default();
     let mut connection = ConnectionTokens::default();
+    let base = buf.as_ptr() as usize;
+    let place = |s: &[u8]| -> Result<std::ops::Range<usize>, HeadError> {
+        let start = (s.as_ptr() as usize).wrapping_sub(base);
+        let end = start.wrapping_add(s.len());
+        (start <= end && end <= len)
+            .then_some(start..end)
+            .ok_or(HeadError::Malformed)
+    };
+    let mut fields = Vec::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             framing.add(&header::CONTENT_LENGTH, h.value)?;
@@ -251,6 +270,10 @@ pub fn parse_response(
         if HeaderValue::from_bytes(h.value).is_err() {
             return Err(HeadError::Malformed);
         }
+        fields.push(FieldPlace {
+            name: place(h.name.as_bytes())?,
+            value: place(h.value)?,
+        });
     }
     let no_body = head_request || (100..200).contains(&status) || status == 204 || status == 304;
     // RFC 9112 §6.3: for responses, a transfer coding that does not end in chunked is
@@ -275,6 +298,7 @@ pub fn parse_response(
         body,
         reusable,
         head,
+        fields,
         named_in_connection,
     }))
 }
@@ -284,39 +308,40 @@ impl ResponseHead {
     /// hop-by-hop fields (RFC 9110 §7.6.1, including those named in `Connection`, and
     /// `Transfer-Encoding`). `Content-Length` is passed: the caller decides whether the next
     /// hop's framing keeps it.
-    pub fn end_to_end_fields(&self, mut f: impl FnMut(&str, &[u8])) {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        if resp.parse(&self.head).is_err() {
-            return; // parsed before: cannot happen
-        }
-        for h in resp.headers.iter() {
-            if is_hop_by_hop(h.name)
+    pub fn end_to_end_fields(&self, mut f: impl FnMut(&[u8], &[u8])) {
+        for p in &self.fields {
+            let (Some(name), Some(value)) = (
+                self.head.get(p.name.clone()),
+                self.head.get(p.value.clone()),
+            ) else {
+                continue; // places inside the head by construction
+            };
+            if is_hop_by_hop(name)
                 || self
                     .named_in_connection
                     .iter()
-                    .any(|n| h.name.eq_ignore_ascii_case(n.as_str()))
+                    .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
             {
                 continue;
             }
-            f(h.name, h.value);
+            f(name, value);
         }
     }
 }
 
 /// Whether `name` is a hop-by-hop field (RFC 9110 §7.6.1, plus the de-facto `Keep-Alive` and
 /// `Proxy-Connection`).
-pub fn is_hop_by_hop(name: &str) -> bool {
-    const NAMES: [&str; 9] = [
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
     ];
     // Short-circuit on length first: most names are not candidates.
     matches!(name.len(), 2 | 7 | 10 | 16..=19) && NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
@@ -651,7 +676,13 @@ mod tests {
             .unwrap();
         assert!(!r.reusable);
         let mut seen = Vec::new();
-        r.end_to_end_fields(|n, v| seen.push(format!("{n}={}", String::from_utf8_lossy(v))));
+        r.end_to_end_fields(|n, v| {
+            seen.push(format!(
+                "{}={}",
+                String::from_utf8_lossy(n),
+                String::from_utf8_lossy(v)
+            ))
+        });
         assert_eq!(seen, ["Content-Length=0", "X-Keep=2"]);
         assert!(
             resp("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false)
@@ -687,10 +718,10 @@ mod tests {
             "Proxy-Authenticate",
             "proxy-connection",
         ] {
-            assert!(is_hop_by_hop(n), "{n}");
+            assert!(is_hop_by_hop(n.as_bytes()), "{n}");
         }
         for n in ["content-length", "x-te", "trailers", "host"] {
-            assert!(!is_hop_by_hop(n), "{n}");
+            assert!(!is_hop_by_hop(n.as_bytes()), "{n}");
         }
     }
 

@@ -358,13 +358,13 @@ impl Conn {
         let own_rate = x.admitted.rate.is_some();
         let pass_length = rh.body == ResponseBody::Empty;
         rh.end_to_end_fields(|name, value| {
-            if name.eq_ignore_ascii_case(REQUEST_ID.as_str())
+            if name.eq_ignore_ascii_case(REQUEST_ID.as_str().as_bytes())
                 || (own_rate && is_rate_field(name))
-                || (!pass_length && name.eq_ignore_ascii_case("content-length"))
+                || (!pass_length && name.eq_ignore_ascii_case(b"content-length"))
             {
                 return;
             }
-            push_field(out, name.as_bytes(), value);
+            push_field(out, name, value);
         });
         push_field(out, REQUEST_ID.as_str().as_bytes(), x.id.as_bytes());
         if let Some(d) = &x.admitted.rate {
