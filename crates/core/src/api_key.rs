@@ -232,7 +232,7 @@ const MIN_BODY_LEN: usize = BODY_BYTES;
 const MAX_BODY_LEN: usize = 44;
 
 fn is_base58(b: u8) -> bool {
-    matches!(b, b'1'..=b'9' | b'A'..=b'H' | b'J'..=b'N' | b'P'..=b'Z' | b'a'..=b'k' | b'm'..=b'z')
+    DIGIT_OF[usize::from(b)] != NOT_BASE58
 }
 
 /// Parses a presented key. Foreign (imported) formats are accepted only if `allow_foreign`.
