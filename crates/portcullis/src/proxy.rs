@@ -207,17 +207,17 @@ impl UpstreamPool {
         self.shared.timeout
     }
 
-    /// An idle connection that is still open, or a new one (connect timeout → 504, failure →
-    /// 502).
-    pub async fn lease(&self) -> Result<UpstreamConn, GatewayError> {
+    /// An idle connection that is still open, or a new one (failure or connect timeout →
+    /// 502, logged with `request_id`).
+    pub async fn lease(&self, request_id: &str) -> Result<UpstreamConn, GatewayError> {
         if let Some(c) = self.checkout() {
             return Ok(c);
         }
-        self.connect().await
+        self.connect(request_id).await
     }
 
     /// A new connection, never a pooled one.
-    pub async fn connect(&self) -> Result<UpstreamConn, GatewayError> {
+    async fn connect(&self, request_id: &str) -> Result<UpstreamConn, GatewayError> {
         let dial = async {
             let tcp = TcpStream::connect((self.addr.0.as_str(), self.addr.1)).await?;
             tcp.set_nodelay(true)?;
@@ -231,11 +231,11 @@ impl UpstreamPool {
         let io = match tokio::time::timeout(self.shared.connect_timeout, dial).await {
             Ok(Ok(io)) => io,
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, upstream = %self.origin, "upstream connect failed");
+                tracing::warn!(request_id, error = %e, upstream = %self.origin, "upstream connect failed");
                 return Err(GatewayError::UpstreamUnavailable);
             }
             Err(_) => {
-                tracing::warn!(upstream = %self.origin, "upstream connect timed out");
+                tracing::warn!(request_id, upstream = %self.origin, "upstream connect timed out");
                 return Err(GatewayError::UpstreamUnavailable);
             }
         };

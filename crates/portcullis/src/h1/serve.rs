@@ -301,7 +301,7 @@ impl Conn {
         let exchange = async {
             let mut retried = false;
             loop {
-                let mut up = pool.lease().await.map_err(Failed::Upstream)?;
+                let mut up = pool.lease(x.id).await.map_err(Failed::Upstream)?;
                 let reused = up.reused;
                 let sent =
                     send_request(caller, &mut up, upstream_head, x.body, max_body, out).await;
@@ -321,11 +321,11 @@ impl Conn {
                         continue;
                     }
                     Err(ReadHead::Closed | ReadHead::Io) => {
-                        tracing::warn!(upstream = %pool.origin(), "upstream connection ended without a response");
+                        tracing::warn!(request_id = x.id, upstream = %pool.origin(), "upstream connection ended without a response");
                         return Err(Failed::Upstream(GatewayError::UpstreamUnavailable));
                     }
                     Err(ReadHead::Bad(e)) => {
-                        tracing::warn!(upstream = %pool.origin(), error = %e, "upstream sent a malformed response head");
+                        tracing::warn!(request_id = x.id, upstream = %pool.origin(), error = %e, "upstream sent a malformed response head");
                         return Err(Failed::Upstream(GatewayError::UpstreamUnavailable));
                     }
                 }
@@ -334,7 +334,10 @@ impl Conn {
         let outcome = tokio::select! {
             biased;
             r = exchange => r,
-            () = timer.expired() => Err(Failed::Caller(GatewayError::UpstreamTimeout)),
+            () = timer.expired() => {
+                tracing::warn!(request_id = x.id, upstream = %pool.origin(), timeout = ?pool.timeout(), "upstream did not answer in time");
+                Err(Failed::Caller(GatewayError::UpstreamTimeout))
+            }
         };
         let (mut up, rh) = match outcome {
             Ok(v) => v,

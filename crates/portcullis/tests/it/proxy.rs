@@ -173,10 +173,22 @@ policy = "public"
     // Upstream down → 502; slow → 504; JSON bodies.
     let r = client().get(s.url("/down/x")).send().await.unwrap();
     assert_eq!(r.status(), 502);
+    let down_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(json_of(r).await["error"], "upstream_unavailable");
     let r = client().get(s.url("/pub/slow")).send().await.unwrap();
     assert_eq!(r.status(), 504);
+    let slow_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(json_of(r).await["error"], "upstream_timeout");
+    // The operator finds each failure in the log by the id the caller got.
+    let log = s
+        .eventually("both failures logged", || async {
+            let out = s.output();
+            (out.contains(&down_id) && out.contains(&slow_id)).then_some(out)
+        })
+        .await;
+    let line = |id: &str| log.lines().find(|l| l.contains(id)).unwrap().to_owned();
+    assert!(line(&down_id).contains("upstream connect failed"), "{log}");
+    assert!(line(&slow_id).contains("did not answer in time"), "{log}");
 }
 
 /// 64 KiB chunks with no length given (so the upstream sends them chunked).
