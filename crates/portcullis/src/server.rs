@@ -97,14 +97,18 @@ impl App {
 
     /// Appends the current time as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
     pub(crate) fn push_http_date(&self, out: &mut Vec<u8>) {
-        let secs = self.clock.now().as_secs();
-        if let Ok(t) = time::OffsetDateTime::from_unix_timestamp(secs) {
-            let f = time::macros::format_description!(
-                "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-            );
-            if let Ok(s) = t.format(f) {
-                out.extend_from_slice(s.as_bytes());
-            }
+        push_http_date(out, self.clock.now().as_secs());
+    }
+}
+
+/// Appends `secs` since the Unix epoch as an IMF-fixdate (RFC 9110 §5.6.7).
+fn push_http_date(out: &mut Vec<u8>, secs: i64) {
+    if let Ok(t) = time::OffsetDateTime::from_unix_timestamp(secs) {
+        let f = time::macros::format_description!(
+            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+        );
+        if let Ok(s) = t.format(f) {
+            out.extend_from_slice(s.as_bytes());
         }
     }
 }
@@ -588,5 +592,13 @@ mod tests {
             ids.next.store(n, Ordering::Relaxed);
             assert_eq!(ids.next().as_str(), format!("{prefix}-{n:x}"));
         }
+    }
+
+    #[test]
+    fn http_dates_are_imf_fixdates() {
+        let mut out = Vec::new();
+        // RFC 9110's own example.
+        push_http_date(&mut out, 784_111_777);
+        assert_eq!(out, b"Sun, 06 Nov 1994 08:49:37 GMT");
     }
 }
