@@ -27,6 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
+use tracing::Instrument;
 
 use super::chunked::{encode_chunk, ChunkedDecoder, Step, LAST_CHUNK};
 use super::head::{
@@ -189,7 +190,7 @@ impl Conn {
     /// Serves one request; `false` when the connection must close afterwards.
     async fn respond(&mut self, head: RequestHead) -> bool {
         let RequestHead {
-            mut parts,
+            parts,
             body,
             keep_alive,
             expect_continue,
@@ -211,25 +212,53 @@ impl Conn {
         }
 
         let id = self.app.next_request_id();
+        // Debug level: free unless someone asks for it (`PORTCULLIS_LOG=debug`); warnings on
+        // the way carry the id as a field of their own.
+        let span = tracing::debug_span!("request", id = id.as_str(), method = %parts.method, path = parts.uri.path());
+        let req = Admission {
+            body,
+            keep_alive,
+            expect_continue,
+            is_head,
+            http10,
+        };
+        self.gateway_request(parts, req, id.as_str())
+            .instrument(span)
+            .await
+    }
+
+    /// Serves a request for the gateway (not the admin API): the gateway's plan, then the
+    /// refusal, the echo, or the exchange with the upstream.
+    async fn gateway_request(
+        &mut self,
+        mut parts: http::request::Parts,
+        req: Admission,
+        id: &str,
+    ) -> bool {
+        let Admission {
+            body,
+            keep_alive,
+            expect_continue,
+            is_head,
+            http10,
+        } = req;
         let app = self.app.clone();
         match app
             .gateway
-            .plan(&mut parts, self.peer, id.as_str(), &mut self.upstream_head)
+            .plan(&mut parts, self.peer, id, &mut self.upstream_head)
             .await
         {
             Plan::Respond(resp) => {
                 // The body (if any) was not read: the connection cannot go on.
                 let keep = keep_alive && body == RequestBody::Empty;
-                self.write_local(resp, keep, is_head, Some(id.as_str()))
-                    .await
+                self.write_local(resp, keep, is_head, Some(id)).await
             }
             Plan::Echo(admitted) => {
                 let bytes = match self.read_whole_body(body, expect_continue).await {
                     Ok(b) => b,
                     Err(e) => {
                         let resp = app.gateway.failed(&admitted, &e);
-                        self.write_local(resp, false, is_head, Some(id.as_str()))
-                            .await;
+                        self.write_local(resp, false, is_head, Some(id)).await;
                         return false;
                     }
                 };
@@ -239,8 +268,7 @@ impl Conn {
                     rate_headers(resp.headers_mut(), d);
                 }
                 app.gateway.served(&admitted);
-                self.write_local(resp, keep_alive, is_head, Some(id.as_str()))
-                    .await
+                self.write_local(resp, keep_alive, is_head, Some(id)).await
             }
             Plan::Forward(admitted, pool) => {
                 let ctx = Exchange {
@@ -250,7 +278,7 @@ impl Conn {
                     idempotent: parts.method.is_idempotent(),
                     keep_alive,
                     http10,
-                    id: id.as_str(),
+                    id,
                     admitted: &admitted,
                 };
                 self.forward(pool, ctx).await
@@ -649,6 +677,15 @@ impl Conn {
         }
         self.flush_out().await.is_ok() && keep_alive
     }
+}
+
+/// What the parsed head says about how to serve a request.
+struct Admission {
+    body: RequestBody,
+    keep_alive: bool,
+    expect_continue: bool,
+    is_head: bool,
+    http10: bool,
 }
 
 /// What [`Conn::forward`] needs to know about the request.
