@@ -430,6 +430,16 @@ impl Client {
         Client { s, buf: Vec::new() }
     }
 
+    /// A client with a small, fixed receive buffer (no autotuning): what it leaves unread
+    /// soon fills the path, whatever the machine's TCP buffer limits.
+    async fn connect_small_window(server: &Server) -> Client {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(64 * 1024).unwrap();
+        let s = sock.connect(server.addr.parse().unwrap()).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        Client { s, buf: Vec::new() }
+    }
+
     /// Writes `bytes` in one `write_all` (one segment for small requests, which is what
     /// pipelining tests need). An error (the server already closed) is ignored: the reads
     /// that follow say what happened.
@@ -1589,7 +1599,7 @@ policy = "public"
 
     // A caller that leaves a response unread past the send timeout is dropped: reading
     // afterwards ends before the whole response.
-    let mut lazy = Client::connect(&s).await;
+    let mut lazy = Client::connect_small_window(&s).await;
     lazy.send("GET /big HTTP/1.1\r\nHost: gw.test\r\n\r\n")
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
