@@ -222,9 +222,10 @@ impl Conn {
             is_head,
             http10,
         };
-        self.gateway_request(parts, req, id.as_str())
-            .instrument(span)
-            .await
+        // Instrumented where it is pinned, not moved into the wrapper (a copy of the whole
+        // request's future).
+        let served = std::pin::pin!(self.gateway_request(parts, req, id.as_str()));
+        served.instrument(span).await
     }
 
     /// Serves a request for the gateway (not the admin API): the gateway's plan, then the
@@ -359,12 +360,16 @@ impl Conn {
                 }
             }
         };
-        let outcome = tokio::select! {
-            biased;
-            r = exchange => r,
-            () = timer.expired() => {
-                tracing::warn!(request_id = x.id, upstream = %pool.origin(), timeout = ?pool.timeout(), "upstream did not answer in time");
-                Err(Failed::Caller(GatewayError::UpstreamTimeout))
+        // Pinned where it is: moving the exchange (a large future) into the select costs a copy.
+        let outcome = {
+            let mut exchange = std::pin::pin!(exchange);
+            tokio::select! {
+                biased;
+                r = &mut exchange => r,
+                () = timer.expired() => {
+                    tracing::warn!(request_id = x.id, upstream = %pool.origin(), timeout = ?pool.timeout(), "upstream did not answer in time");
+                    Err(Failed::Caller(GatewayError::UpstreamTimeout))
+                }
             }
         };
         let (mut up, rh) = match outcome {
