@@ -267,7 +267,7 @@ pub fn parse_response(
         } else if h.name.eq_ignore_ascii_case("connection") {
             connection.add(h.value);
         }
-        if HeaderValue::from_bytes(h.value).is_err() {
+        if !is_field_value(h.value) {
             return Err(HeadError::Malformed);
         }
         fields.push(FieldPlace {
@@ -345,6 +345,12 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
     ];
     // Short-circuit on length first: most names are not candidates.
     matches!(name.len(), 2 | 7 | 10 | 16..=19) && NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Whether `v` is a valid field value as `HeaderValue` would take it (no control characters
+/// but HTAB, no DEL), checked without making one (which copies).
+fn is_field_value(v: &[u8]) -> bool {
+    v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// `Content-Length` / `Transfer-Encoding` as seen across all lines of a head.
@@ -736,6 +742,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn field_values_are_checked_like_header_values(v in proptest::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert_eq!(is_field_value(&v), HeaderValue::from_bytes(&v).is_ok());
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512), max in 1usize..600) {
             let mut b = BytesMut::from(&data[..]);
