@@ -104,6 +104,9 @@ pub fn parse_request(
     // the head is split off.
     let base = buf.as_ptr() as usize;
     let place = |s: &[u8]| -> Result<std::ops::Range<usize>, HeadError> {
+        if s.is_empty() {
+            return Ok(0..0); // wherever an empty slice points, its bytes are none
+        }
         let start = (s.as_ptr() as usize).wrapping_sub(base);
         let end = start.wrapping_add(s.len());
         (start <= end && end <= len)
@@ -252,6 +255,9 @@ pub fn parse_response(
     let mut connection = ConnectionTokens::default();
     let base = buf.as_ptr() as usize;
     let place = |s: &[u8]| -> Result<std::ops::Range<usize>, HeadError> {
+        if s.is_empty() {
+            return Ok(0..0); // wherever an empty slice points, its bytes are none
+        }
         let start = (s.as_ptr() as usize).wrapping_sub(base);
         let end = start.wrapping_add(s.len());
         (start <= end && end <= len)
@@ -613,6 +619,26 @@ mod tests {
         assert!(!ka("GET / HTTP/1.0\r\n\r\n"));
         assert!(ka("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
         assert!(ka("GET http://h/p HTTP/1.1\r\nHost: h\r\n\r\n"));
+    }
+
+    #[test]
+    fn empty_field_values_are_kept() {
+        for head in [
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Empty:\r\nX-Blank:   \r\n\r\n",
+            "GET / HTTP/1.1\r\nX-Empty:\r\nHost: x\r\n\r\n",
+        ] {
+            let r = req(head).unwrap().unwrap();
+            assert_eq!(r.parts.headers["x-empty"], "", "{head:?}");
+        }
+        let r = resp(
+            "HTTP/1.1 200 OK\r\nX-Empty:\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        let mut seen = Vec::new();
+        r.end_to_end_fields(|n, v| seen.push((n.to_vec(), v.to_vec())));
+        assert_eq!(seen[0], (b"X-Empty".to_vec(), Vec::new()));
     }
 
     #[test]
