@@ -597,8 +597,8 @@ impl Conn {
         }
     }
 
-    /// Reads a whole request body (for the admin API and the echo), bounded by the body limit
-    /// and the header timeout.
+    /// Reads a whole request body (for the admin API and the echo), bounded by the body limit,
+    /// with the header timeout as the longest silence between reads.
     async fn read_whole_body(
         &mut self,
         body: RequestBody,
@@ -615,22 +615,20 @@ impl Conn {
                 .map_err(|_| GatewayError::BadRequest)?;
         }
         let mut reader = BodyReader::new(body, self.app.max_body())?;
-        self.timer.set(Instant::now() + self.app.header_timeout());
-        let caller = &mut self.caller;
-        let read = async {
-            let mut data = Vec::new();
-            while reader.take(&mut caller.buf, |piece| data.extend_from_slice(piece))?
-                == Progress::NeedMore
-            {
-                caller.read_body_bytes().await?;
+        let mut data = Vec::new();
+        // An idle timeout, not a total one: a caller sending steadily (a large import over a
+        // slow link) is never cut off; one that stops for `header_timeout` is.
+        while reader.take(&mut self.caller.buf, |piece| data.extend_from_slice(piece))?
+            == Progress::NeedMore
+        {
+            self.timer.set(Instant::now() + self.app.header_timeout());
+            tokio::select! {
+                biased;
+                r = self.caller.read_body_bytes() => r?,
+                () = self.timer.expired() => return Err(GatewayError::BadRequest),
             }
-            Ok(Bytes::from(data))
-        };
-        tokio::select! {
-            biased;
-            r = read => r,
-            () = self.timer.expired() => Err(GatewayError::BadRequest),
         }
+        Ok(Bytes::from(data))
     }
 
     /// Writes a response made here. `false` when the connection must close afterwards.
