@@ -32,7 +32,7 @@ use tracing::Instrument;
 use super::chunked::{encode_chunk, ChunkedDecoder, Step, LAST_CHUNK};
 use super::head::{
     parse_request, parse_response, push_decimal, push_field, push_status_line, HeadError,
-    RequestBody, RequestHead, ResponseBody,
+    RequestBody, RequestHead, ResponseBody, ResponseHead,
 };
 use crate::gateway::{Admitted, Plan, REQUEST_ID};
 use crate::proxy::UpstreamConn;
@@ -317,6 +317,43 @@ impl Conn {
         // scheduler turn.
         tokio::task::yield_now().await;
 
+        let outcome = if x.body == RequestBody::Empty {
+            self.exchange_bodiless(pool, &x).await
+        } else {
+            self.exchange_with_body(pool, &x).await
+        };
+        let (mut up, rh) = match outcome {
+            Ok(v) => v,
+            Err(f) => {
+                // Whether the caller's body was read in full is unknown after a timeout or a
+                // caller failure: close then.
+                let (e, caller_ok) = match f {
+                    Failed::Upstream(e) => (e, true),
+                    Failed::Caller(e) => (e, false),
+                };
+                let resp = self.app.gateway.failed(x.admitted, &e);
+                let keep = caller_ok && x.keep_alive && x.body == RequestBody::Empty;
+                return self.write_local(resp, keep, x.is_head, Some(x.id)).await;
+            }
+        };
+        match self.respond_upstream(pool, &x, &mut up, &rh).await {
+            Ok(keep) => {
+                if rh.reusable {
+                    pool.give_back(up);
+                }
+                keep
+            }
+            Err(()) => false,
+        }
+    }
+
+    /// A request without a body: the upstream has `proxy.timeout` from here to answer; one
+    /// retry on a fresh connection when a reused one turns out closed.
+    async fn exchange_bodiless(
+        &mut self,
+        pool: &Arc<crate::proxy::UpstreamPool>,
+        x: &Exchange<'_>,
+    ) -> Result<(UpstreamConn, ResponseHead), Failed> {
         self.timer.set(Instant::now() + pool.timeout());
         let max_body = self.app.max_body();
         let max_head = self.app.max_head_bytes();
@@ -333,7 +370,7 @@ impl Conn {
                 let mut up = pool.lease(x.id).await.map_err(Failed::Upstream)?;
                 let reused = up.reused;
                 let sent =
-                    send_request(caller, &mut up, upstream_head, x.body, max_body, out).await;
+                    send_request(caller, &mut up, upstream_head, x.body, max_body, out, None).await;
                 let replayable = reused && !retried && x.body == RequestBody::Empty;
                 match sent {
                     Ok(()) => {}
@@ -349,44 +386,69 @@ impl Conn {
                         retried = true;
                         continue;
                     }
-                    Err(ReadHead::Closed | ReadHead::Io) => {
-                        tracing::warn!(request_id = x.id, upstream = %pool.origin(), "upstream connection ended without a response");
-                        return Err(Failed::Upstream(GatewayError::UpstreamUnavailable));
-                    }
-                    Err(ReadHead::Bad(e)) => {
-                        tracing::warn!(request_id = x.id, upstream = %pool.origin(), error = %e, "upstream sent a malformed response head");
-                        return Err(Failed::Upstream(GatewayError::UpstreamUnavailable));
-                    }
+                    Err(e) => return Err(head_failed(pool, x.id, &e)),
                 }
             }
         };
         // Pinned where it is: moving the exchange (a large future) into the select costs a copy.
-        let outcome = {
-            let mut exchange = std::pin::pin!(exchange);
-            tokio::select! {
-                biased;
-                r = &mut exchange => r,
-                () = timer.expired() => {
-                    tracing::warn!(request_id = x.id, upstream = %pool.origin(), timeout = ?pool.timeout(), "upstream did not answer in time");
-                    Err(Failed::Caller(GatewayError::UpstreamTimeout))
-                }
-            }
-        };
-        let (mut up, rh) = match outcome {
-            Ok(v) => v,
-            Err(f) => {
-                // Whether the caller's body was read in full is unknown after a timeout or a
-                // caller failure: close then.
-                let (e, caller_ok) = match f {
-                    Failed::Upstream(e) => (e, true),
-                    Failed::Caller(e) => (e, false),
-                };
-                let resp = self.app.gateway.failed(x.admitted, &e);
-                let keep = caller_ok && x.keep_alive && x.body == RequestBody::Empty;
-                return self.write_local(resp, keep, x.is_head, Some(x.id)).await;
-            }
-        };
+        let mut exchange = std::pin::pin!(exchange);
+        tokio::select! {
+            biased;
+            r = &mut exchange => r,
+            () = timer.expired() => Err(too_slow(pool, x.id)),
+        }
+    }
 
+    /// A request with a body: the body is streamed with idle timeouts on both sides (the
+    /// caller's silence bounded by `limits.header_timeout`, an upstream that stops taking it
+    /// by `proxy.timeout`); the upstream's `proxy.timeout` to answer starts once the whole
+    /// request is sent, so a large upload over a slow link is not cut off for its length.
+    async fn exchange_with_body(
+        &mut self,
+        pool: &Arc<crate::proxy::UpstreamPool>,
+        x: &Exchange<'_>,
+    ) -> Result<(UpstreamConn, ResponseHead), Failed> {
+        let mut up = pool.lease(x.id).await.map_err(Failed::Upstream)?;
+        let idle = Idle {
+            caller: self.app.header_timeout(),
+            upstream: pool.timeout(),
+        };
+        send_request(
+            &mut self.caller,
+            &mut up,
+            &self.upstream_head,
+            x.body,
+            self.app.max_body(),
+            &mut self.out,
+            Some(idle),
+        )
+        .await
+        .inspect_err(|f| {
+            if matches!(f, Failed::Upstream(GatewayError::UpstreamTimeout)) {
+                tracing::warn!(request_id = x.id, upstream = %pool.origin(), "upstream stopped taking the request body");
+            }
+        })?;
+        self.timer.set(Instant::now() + pool.timeout());
+        let max_head = self.app.max_head_bytes();
+        tokio::select! {
+            biased;
+            r = read_response_head(&mut up, x.is_head, max_head) => match r {
+                Ok(h) => Ok((up, h)),
+                Err(e) => Err(head_failed(pool, x.id, &e)),
+            },
+            () = self.timer.expired() => Err(too_slow(pool, x.id)),
+        }
+    }
+
+    /// Writes the upstream's response to the caller: `Ok(keep)` when it went out whole
+    /// (`keep`: whether the caller's connection may go on), `Err` when either side broke off.
+    async fn respond_upstream(
+        &mut self,
+        pool: &Arc<crate::proxy::UpstreamPool>,
+        x: &Exchange<'_>,
+        up: &mut UpstreamConn,
+        rh: &ResponseHead,
+    ) -> Result<bool, ()> {
         // The response head, straight from the upstream's bytes.
         let out = &mut self.out;
         out.clear();
@@ -434,23 +496,12 @@ impl Conn {
 
         let streamed = match rh.body {
             ResponseBody::Empty => self.flush_out().await,
-            ResponseBody::Length(n) => self.stream_length(&mut up, n, pool.timeout()).await,
-            ResponseBody::Chunked => self.stream_chunked(&mut up, rechunk, pool.timeout()).await,
-            ResponseBody::UntilClose => {
-                self.stream_until_close(&mut up, rechunk, pool.timeout())
-                    .await
-            }
+            ResponseBody::Length(n) => self.stream_length(up, n, pool.timeout()).await,
+            ResponseBody::Chunked => self.stream_chunked(up, rechunk, pool.timeout()).await,
+            ResponseBody::UntilClose => self.stream_until_close(up, rechunk, pool.timeout()).await,
         };
         self.app.gateway.served(x.admitted);
-        match streamed {
-            Ok(()) => {
-                if rh.reusable {
-                    pool.give_back(up);
-                }
-                keep
-            }
-            Err(()) => false,
-        }
+        streamed.map(|()| keep)
     }
 
     /// Writes `out` to the caller. A caller that stops reading gets `limits.send_timeout` to
@@ -703,8 +754,19 @@ struct Exchange<'a> {
     admitted: &'a Admitted<'a>,
 }
 
+/// Longest silences while a request body is streamed (see [`Conn::exchange_with_body`]).
+#[derive(Debug, Clone, Copy)]
+struct Idle {
+    /// Between reads from the caller.
+    caller: Duration,
+    /// For the upstream to take what was written.
+    upstream: Duration,
+}
+
 /// Sends the request head and streams the caller's body after it (a chunked body is chunked
-/// anew: sizes only, no extensions, no trailers).
+/// anew: sizes only, no extensions, no trailers). With `idle`, each wait on either side is
+/// bounded: a caller that stops sending is a bad request, an upstream that stops taking the
+/// body a timeout.
 async fn send_request(
     caller: &mut Caller,
     up: &mut UpstreamConn,
@@ -712,12 +774,21 @@ async fn send_request(
     body: RequestBody,
     max_body: u64,
     out: &mut Vec<u8>,
+    idle: Option<Idle>,
 ) -> Result<(), Failed> {
+    /// `fut`, bounded by `limit` when there is one.
+    async fn bounded<T>(
+        limit: Option<Duration>,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        match limit {
+            None => Some(fut.await),
+            Some(d) => tokio::time::timeout(d, fut).await.ok(),
+        }
+    }
+    let upstream_gone = |_| Failed::Upstream(GatewayError::UpstreamUnavailable);
     if body == RequestBody::Empty {
-        return up
-            .write_all(head)
-            .await
-            .map_err(|_| Failed::Upstream(GatewayError::UpstreamUnavailable));
+        return up.write_all(head).await.map_err(upstream_gone);
     }
     let mut reader = BodyReader::new(body, max_body).map_err(Failed::Caller)?;
     out.clear();
@@ -738,16 +809,40 @@ async fn send_request(
         }
         // What was read goes upstream before waiting for more.
         if !out.is_empty() {
-            up.write_all(out)
+            bounded(idle.map(|i| i.upstream), up.write_all(out))
                 .await
-                .map_err(|_| Failed::Upstream(GatewayError::UpstreamUnavailable))?;
+                .ok_or(Failed::Upstream(GatewayError::UpstreamTimeout))?
+                .map_err(upstream_gone)?;
             out.clear();
         }
         if progress == Progress::Done {
             return Ok(());
         }
-        caller.read_body_bytes().await.map_err(Failed::Caller)?;
+        bounded(idle.map(|i| i.caller), caller.read_body_bytes())
+            .await
+            .ok_or(Failed::Caller(GatewayError::BadRequest))?
+            .map_err(Failed::Caller)?;
     }
+}
+
+/// The failure an unusable response head means, logged.
+fn head_failed(pool: &crate::proxy::UpstreamPool, request_id: &str, e: &ReadHead) -> Failed {
+    match e {
+        ReadHead::Closed | ReadHead::Io => {
+            tracing::warn!(request_id, upstream = %pool.origin(), "upstream connection ended without a response");
+        }
+        ReadHead::Bad(e) => {
+            tracing::warn!(request_id, upstream = %pool.origin(), error = %e, "upstream sent a malformed response head");
+        }
+    }
+    Failed::Upstream(GatewayError::UpstreamUnavailable)
+}
+
+/// The failure of an upstream that did not answer within its timeout, logged. (The caller's
+/// body may be half read: the connection closes.)
+fn too_slow(pool: &crate::proxy::UpstreamPool, request_id: &str) -> Failed {
+    tracing::warn!(request_id, upstream = %pool.origin(), timeout = ?pool.timeout(), "upstream did not answer in time");
+    Failed::Caller(GatewayError::UpstreamTimeout)
 }
 
 /// How far [`BodyReader::take`] got.

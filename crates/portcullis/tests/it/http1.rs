@@ -1628,3 +1628,58 @@ policy = "public"
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), get_body("/after"));
 }
+
+#[tokio::test]
+async fn a_slow_steady_upload_is_not_cut_off_and_a_stalled_one_is() {
+    let up = Upstream::start().await;
+    let s = Server::start(Some(&format!(
+        r#"
+[audit]
+sink = "none"
+
+[limits]
+header_timeout = "1s"
+
+[proxy]
+timeout = "1s"
+
+[[routes]]
+name = "public"
+path_prefix = "/"
+upstream = "http://{}"
+policy = "public"
+"#,
+        up.addr
+    )));
+    // Five pieces 400 ms apart: twice `proxy.timeout` in all, never a second of silence. The
+    // upstream's time to answer starts once the body is through.
+    let mut steady = Client::connect(&s).await;
+    steady
+        .send("POST /slow-upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 50\r\n\r\n")
+        .await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        steady.send([b'u'; 10]).await;
+    }
+    let r = steady
+        .expect_response("POST", "a slow, steady upload")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "POST /slow-upload body=50");
+
+    // A body that stops arriving: 400, the connection closes, the upstream never gets the
+    // request whole.
+    let mut stalled = Client::connect(&s).await;
+    stalled
+        .send("POST /stalled-upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 50\r\n\r\n0123456789")
+        .await;
+    let r = stalled.expect_response("POST", "a stalled upload").await;
+    assert_error(&r, 400, "bad_request", "a stalled upload");
+    stalled.expect_closed("after a stalled upload").await;
+    tokio::time::sleep(SETTLE).await;
+    assert!(
+        !up.complete_paths().iter().any(|p| p == "/stalled-upload"),
+        "{:?}",
+        up.complete_paths()
+    );
+}
