@@ -16,8 +16,7 @@ use portcullis_domain::authn::Authenticated;
 use portcullis_domain::gate::{Gate, RouteGate};
 use portcullis_domain::Clock;
 
-use crate::config::LimitsConfig;
-use crate::h1::head::{is_hop_by_hop, push_field};
+use crate::h1::head::{is_field_value, is_hop_by_hop, push_field};
 use crate::metrics::Metrics;
 use crate::proxy::UpstreamPool;
 use crate::wire::error_response;
@@ -150,8 +149,6 @@ pub struct Gateway {
     pub clock: Arc<dyn Clock>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Size limits.
-    pub limits: LimitsConfig,
     /// The API-key header (removed before proxying when consumed).
     pub api_key_header: HeaderName,
 }
@@ -188,12 +185,6 @@ impl Gateway {
         upstream_head: &mut Vec<u8>,
     ) -> Plan<'g> {
         let started = Instant::now();
-        if header_bytes(&parts.headers) > self.limits.max_header_bytes {
-            return Plan::Respond(self.refuse_gateway(GatewayError::HeadersTooLarge, "-"));
-        }
-        if content_length(&parts.headers).is_some_and(|n| n > self.limits.max_body_bytes) {
-            return Plan::Respond(self.refuse_gateway(GatewayError::BodyTooLarge, "-"));
-        }
         let path = parts.uri.path();
         if has_dot_segment(path) {
             return Plan::Respond(self.refuse_gateway(GatewayError::BadRequest, "-"));
@@ -326,10 +317,7 @@ impl Gateway {
                 ours.write(|name, value| {
                     // Our values come from the store and the config; one that could not be
                     // a field value is left out, as a header map would refuse it.
-                    if value
-                        .bytes()
-                        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
-                    {
+                    if is_field_value(value.as_bytes()) {
                         push_field(out, name.as_str().as_bytes(), value.as_bytes());
                     }
                 });
@@ -490,15 +478,6 @@ fn remove_param(query: &str, name: &str) -> Option<String> {
         .filter(|p| p.split('=').next() != Some(name))
         .collect();
     (!kept.is_empty()).then(|| kept.join("&"))
-}
-
-/// Total size of the request headers as sent (name, value and `: ` + CRLF per line).
-fn header_bytes(h: &http::HeaderMap) -> usize {
-    h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum()
-}
-
-fn content_length(h: &http::HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// Whether a path has `.` or `..` segments, raw or percent-encoded. Such paths are refused:

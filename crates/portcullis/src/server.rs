@@ -27,7 +27,7 @@ use portcullis_store::{ApiKeys, AuditLog};
 use tower::ServiceExt;
 
 use crate::admin_api::{self, AdminState};
-use crate::config::{Config, SinkKind, Upstream};
+use crate::config::{Config, LimitsConfig, SinkKind, Upstream};
 use crate::gateway::{Gateway, Route, Target};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -57,10 +57,7 @@ pub struct App {
     auditor: audit::Auditor,
     ids: RequestIds,
     clock: Arc<dyn Clock>,
-    max_head_bytes: usize,
-    max_body: u64,
-    header_timeout: Duration,
-    send_timeout: Duration,
+    limits: LimitsConfig,
     stopping: AtomicBool,
 }
 
@@ -70,24 +67,15 @@ impl App {
         self.ids.next()
     }
 
-    /// The most bytes a request head may take (the header limit plus the request line).
+    /// The size limits and timeouts of `[limits]`.
+    pub(crate) fn limits(&self) -> &LimitsConfig {
+        &self.limits
+    }
+
+    /// The most bytes a head may take: the header limit plus room for the request or
+    /// status line (a longer head is refused before its fields are counted).
     pub(crate) fn max_head_bytes(&self) -> usize {
-        self.max_head_bytes
-    }
-
-    /// The request body limit.
-    pub(crate) fn max_body(&self) -> u64 {
-        self.max_body
-    }
-
-    /// How long a caller may take to send a request head.
-    pub(crate) fn header_timeout(&self) -> Duration {
-        self.header_timeout
-    }
-
-    /// How long a caller may leave a response unread.
-    pub(crate) fn send_timeout(&self) -> Duration {
-        self.send_timeout
+        self.limits.max_header_bytes + 8 * 1024
     }
 
     /// Whether the server is shutting down (connections close after their current request).
@@ -273,7 +261,6 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         gate,
         clock: clock.clone(),
         metrics: metrics.clone(),
-        limits: cfg.limits.clone(),
         api_key_header: cfg.api_keys.header.clone(),
     };
     let admin_state = Arc::new(AdminState {
@@ -290,7 +277,6 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         token_hash,
         clock: clock.clone(),
     });
-    let max_head_bytes = cfg.limits.max_header_bytes + 8 * 1024;
     let app = Arc::new(App {
         gateway,
         admin: admin_api::router(admin_state),
@@ -299,10 +285,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         auditor: auditor.clone(),
         ids: RequestIds::new(),
         clock,
-        max_head_bytes,
-        max_body: cfg.limits.max_body_bytes,
-        header_timeout: cfg.limits.header_timeout,
-        send_timeout: cfg.limits.send_timeout,
+        limits: cfg.limits.clone(),
         stopping: AtomicBool::new(false),
     });
 

@@ -9,6 +9,8 @@
 //! already in `input` (`consumed == end + 2`); otherwise `consumed == end` and a later call
 //! checks the CRLF. `Data` ranges never cover framing bytes and are never empty.
 
+use super::head::is_field_byte;
+
 /// Why a chunked body was refused. Every variant means "malformed body": the connection must
 /// be closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -212,7 +214,7 @@ fn parse_size_line(line: &[u8], complete: bool) -> Result<u64, ChunkedError> {
         [] if complete && ws > 0 => return Err(ChunkedError::Size),
         [] => {}
         // Loose on purpose: `;name[=value]` pairs are not parsed, only their bytes are checked.
-        [b';', ext @ ..] if ext.iter().all(|&b| is_text(b)) => {}
+        [b';', ext @ ..] if ext.iter().all(|&b| is_field_byte(b)) => {}
         [b';', ..] => return Err(ChunkedError::Extension),
         _ => return Err(ChunkedError::Size),
     }
@@ -229,14 +231,9 @@ fn check_field_line(line: &[u8], complete: bool) -> Result<(), ChunkedError> {
     let name = line.iter().take_while(|&&b| is_tchar(b)).count();
     match line.get(name..).unwrap_or_default() {
         [] if !complete => Ok(()),
-        [b':', value @ ..] if name > 0 && value.iter().all(|&b| is_text(b)) => Ok(()),
+        [b':', value @ ..] if name > 0 && value.iter().all(|&b| is_field_byte(b)) => Ok(()),
         _ => Err(ChunkedError::Trailer),
     }
-}
-
-/// Any byte but a CTL (HTAB allowed): VCHAR, SP, HTAB, obs-text.
-fn is_text(b: u8) -> bool {
-    b == b'\t' || (b >= 0x20 && b != 0x7f)
 }
 
 fn is_tchar(b: u8) -> bool {

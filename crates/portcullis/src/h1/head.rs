@@ -61,6 +61,9 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue`.
     pub expect_continue: bool,
+    /// Size of the header fields as sent (name, value and `: ` + CRLF each), for the
+    /// configured header limit.
+    pub header_bytes: usize,
 }
 
 /// Parses one request head from the start of `buf`. `Ok(None)`: incomplete (read more, unless
@@ -102,24 +105,16 @@ pub fn parse_request(
     // Parsed once: everything is taken from the borrowed bytes now except what must share
     // the head's buffer (the target and the field values), whose places are noted for after
     // the head is split off.
-    let base = buf.as_ptr() as usize;
-    let place = |s: &[u8]| -> Result<std::ops::Range<usize>, HeadError> {
-        if s.is_empty() {
-            return Ok(0..0); // wherever an empty slice points, its bytes are none
-        }
-        let start = (s.as_ptr() as usize).wrapping_sub(base);
-        let end = start.wrapping_add(s.len());
-        (start <= end && end <= len)
-            .then_some(start..end)
-            .ok_or(HeadError::Malformed)
-    };
+    let place = |part: &[u8]| place(buf, len, part);
     let target = place(target.as_bytes())?;
     let mut fields = Vec::with_capacity(req.headers.len());
     let mut framing = Framing::default();
     let mut hosts = 0usize;
     let mut connection = ConnectionTokens::default();
     let mut expect_continue = false;
+    let mut header_bytes = 0usize;
     for h in req.headers.iter() {
+        header_bytes += h.name.len() + h.value.len() + 4;
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
         if name == header::HOST {
             hosts += 1;
@@ -169,7 +164,21 @@ pub fn parse_request(
         body,
         keep_alive,
         expect_continue: expect_continue && body != RequestBody::Empty,
+        header_bytes,
     }))
+}
+
+/// Where `part`, a slice of `buf` that httparse handed out, lies in the first `len` bytes of
+/// `buf`: the range to take from the head once it is split off and frozen.
+fn place(buf: &[u8], len: usize, part: &[u8]) -> Result<std::ops::Range<usize>, HeadError> {
+    if part.is_empty() {
+        return Ok(0..0); // wherever an empty slice points, its bytes are none
+    }
+    let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    let end = start.wrapping_add(part.len());
+    (start <= end && end <= len)
+        .then_some(start..end)
+        .ok_or(HeadError::Malformed)
 }
 
 /// Whether the first line is `method SP target SP HTTP/d.d`: a version error in such a line
@@ -253,17 +262,7 @@ pub fn parse_response(
     let http10 = resp.version == Some(0);
     let mut framing = Framing::default();
     let mut connection = ConnectionTokens::default();
-    let base = buf.as_ptr() as usize;
-    let place = |s: &[u8]| -> Result<std::ops::Range<usize>, HeadError> {
-        if s.is_empty() {
-            return Ok(0..0); // wherever an empty slice points, its bytes are none
-        }
-        let start = (s.as_ptr() as usize).wrapping_sub(base);
-        let end = start.wrapping_add(s.len());
-        (start <= end && end <= len)
-            .then_some(start..end)
-            .ok_or(HeadError::Malformed)
-    };
+    let place = |part: &[u8]| place(buf, len, part);
     let mut fields = Vec::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -353,10 +352,15 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
     matches!(name.len(), 2 | 7 | 10 | 16..=19) && NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
-/// Whether `v` is a valid field value as `HeaderValue` would take it (no control characters
-/// but HTAB, no DEL), checked without making one (which copies).
-fn is_field_value(v: &[u8]) -> bool {
-    v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+/// Whether `b` may stand in a field value (RFC 9110 §5.5: VCHAR, SP, HTAB, obs-text; no
+/// other control character, no DEL) — the rule `HeaderValue` applies.
+pub fn is_field_byte(b: u8) -> bool {
+    b == b'\t' || (b >= 0x20 && b != 0x7f)
+}
+
+/// Whether `v` is a valid field value, checked without making a `HeaderValue` (which copies).
+pub fn is_field_value(v: &[u8]) -> bool {
+    v.iter().all(|&b| is_field_byte(b))
 }
 
 /// `Content-Length` / `Transfer-Encoding` as seen across all lines of a head.
@@ -619,6 +623,15 @@ mod tests {
         assert!(!ka("GET / HTTP/1.0\r\n\r\n"));
         assert!(ka("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
         assert!(ka("GET http://h/p HTTP/1.1\r\nHost: h\r\n\r\n"));
+    }
+
+    #[test]
+    fn header_bytes_count_the_fields_as_sent() {
+        let r = req("GET /long/target HTTP/1.1\r\nHost: x\r\nX-Ab:  cd \r\n\r\n")
+            .unwrap()
+            .unwrap();
+        // "Host: x\r\n" and "X-Ab: cd\r\n" (optional whitespace is not the value's)
+        assert_eq!(r.header_bytes, 9 + 10);
     }
 
     #[test]

@@ -158,7 +158,8 @@ impl Conn {
                 }
             }
             if !armed {
-                self.timer.set(Instant::now() + self.app.header_timeout());
+                self.timer
+                    .set(Instant::now() + self.app.limits().header_timeout);
                 armed = true;
             }
             let idle = self.caller.buf.is_empty();
@@ -194,6 +195,7 @@ impl Conn {
             body,
             keep_alive,
             expect_continue,
+            header_bytes,
         } = head;
         let is_head = parts.method == Method::HEAD;
         let http10 = parts.version == Version::HTTP_10;
@@ -221,6 +223,8 @@ impl Conn {
             expect_continue,
             is_head,
             http10,
+            idempotent: parts.method.is_idempotent(),
+            header_bytes,
         };
         // Instrumented where it is pinned, not moved into the wrapper (a copy of the whole
         // request's future).
@@ -241,9 +245,24 @@ impl Conn {
             keep_alive,
             expect_continue,
             is_head,
-            http10,
+            ..
         } = req;
         let app = self.app.clone();
+        // The sizes the parser measured, against the configured limits (the head as a whole
+        // was already bounded while it was read).
+        let limits = app.limits();
+        let too_large = if req.header_bytes > limits.max_header_bytes {
+            Some(GatewayError::HeadersTooLarge)
+        } else if matches!(body, RequestBody::Length(n) if n > limits.max_body_bytes) {
+            Some(GatewayError::BodyTooLarge)
+        } else {
+            None
+        };
+        if let Some(e) = too_large {
+            let resp = app.gateway.refuse_gateway(e, "-");
+            let keep = keep_alive && body == RequestBody::Empty;
+            return self.write_local(resp, keep, is_head, Some(id)).await;
+        }
         match app
             .gateway
             .plan(&mut parts, self.peer, id, &mut self.upstream_head)
@@ -273,12 +292,7 @@ impl Conn {
             }
             Plan::Forward(admitted, pool) => {
                 let ctx = Exchange {
-                    body,
-                    expect_continue,
-                    is_head,
-                    idempotent: parts.method.is_idempotent(),
-                    keep_alive,
-                    http10,
+                    req,
                     id,
                     admitted: &admitted,
                 };
@@ -289,7 +303,7 @@ impl Conn {
 
     /// Proxies one admitted request. `false` when the caller's connection must close.
     async fn forward(&mut self, pool: &Arc<crate::proxy::UpstreamPool>, x: Exchange<'_>) -> bool {
-        match x.body {
+        match x.req.body {
             RequestBody::Empty => {}
             RequestBody::Length(n) => {
                 self.upstream_head.extend_from_slice(b"content-length: ");
@@ -301,7 +315,7 @@ impl Conn {
             }
         }
         self.upstream_head.extend_from_slice(b"\r\n");
-        if x.expect_continue
+        if x.req.expect_continue
             && self
                 .caller
                 .io
@@ -317,7 +331,7 @@ impl Conn {
         // scheduler turn.
         tokio::task::yield_now().await;
 
-        let outcome = if x.body == RequestBody::Empty {
+        let outcome = if x.req.body == RequestBody::Empty {
             self.exchange_bodiless(pool, &x).await
         } else {
             self.exchange_with_body(pool, &x).await
@@ -332,8 +346,10 @@ impl Conn {
                     Failed::Caller(e) => (e, false),
                 };
                 let resp = self.app.gateway.failed(x.admitted, &e);
-                let keep = caller_ok && x.keep_alive && x.body == RequestBody::Empty;
-                return self.write_local(resp, keep, x.is_head, Some(x.id)).await;
+                let keep = caller_ok && x.req.keep_alive && x.req.body == RequestBody::Empty;
+                return self
+                    .write_local(resp, keep, x.req.is_head, Some(x.id))
+                    .await;
             }
         };
         match self.respond_upstream(pool, &x, &mut up, &rh).await {
@@ -355,7 +371,7 @@ impl Conn {
         x: &Exchange<'_>,
     ) -> Result<(UpstreamConn, ResponseHead), Failed> {
         self.timer.set(Instant::now() + pool.timeout());
-        let max_body = self.app.max_body();
+        let max_body = self.app.limits().max_body_bytes;
         let max_head = self.app.max_head_bytes();
         let Conn {
             caller,
@@ -369,9 +385,17 @@ impl Conn {
             loop {
                 let mut up = pool.lease(x.id).await.map_err(Failed::Upstream)?;
                 let reused = up.reused;
-                let sent =
-                    send_request(caller, &mut up, upstream_head, x.body, max_body, out, None).await;
-                let replayable = reused && !retried && x.body == RequestBody::Empty;
+                let sent = send_request(
+                    caller,
+                    &mut up,
+                    upstream_head,
+                    x.req.body,
+                    max_body,
+                    out,
+                    None,
+                )
+                .await;
+                let replayable = reused && !retried && x.req.body == RequestBody::Empty;
                 match sent {
                     Ok(()) => {}
                     Err(Failed::Upstream(_)) if replayable => {
@@ -380,9 +404,9 @@ impl Conn {
                     }
                     Err(f) => return Err(f),
                 }
-                match read_response_head(&mut up, x.is_head, max_head).await {
+                match read_response_head(&mut up, x.req.is_head, max_head).await {
                     Ok(h) => return Ok((up, h)),
-                    Err(ReadHead::Closed) if replayable && x.idempotent => {
+                    Err(ReadHead::Closed) if replayable && x.req.idempotent => {
                         retried = true;
                         continue;
                     }
@@ -410,15 +434,15 @@ impl Conn {
     ) -> Result<(UpstreamConn, ResponseHead), Failed> {
         let mut up = pool.lease(x.id).await.map_err(Failed::Upstream)?;
         let idle = Idle {
-            caller: self.app.header_timeout(),
+            caller: self.app.limits().header_timeout,
             upstream: pool.timeout(),
         };
         send_request(
             &mut self.caller,
             &mut up,
             &self.upstream_head,
-            x.body,
-            self.app.max_body(),
+            x.req.body,
+            self.app.limits().max_body_bytes,
             &mut self.out,
             Some(idle),
         )
@@ -432,7 +456,7 @@ impl Conn {
         let max_head = self.app.max_head_bytes();
         tokio::select! {
             biased;
-            r = read_response_head(&mut up, x.is_head, max_head) => match r {
+            r = read_response_head(&mut up, x.req.is_head, max_head) => match r {
                 Ok(h) => Ok((up, h)),
                 Err(e) => Err(head_failed(pool, x.id, &e)),
             },
@@ -468,10 +492,10 @@ impl Conn {
         if let Some(d) = &x.admitted.rate {
             push_rate_fields(out, d);
         }
-        let mut keep = x.keep_alive;
+        let mut keep = x.req.keep_alive;
         // A body of unknown length goes to an HTTP/1.1 caller chunked, to an HTTP/1.0 caller
         // delimited by closing the connection.
-        let rechunk = !x.http10;
+        let rechunk = !x.req.http10;
         match rh.body {
             ResponseBody::Empty => {}
             ResponseBody::Length(n) => {
@@ -489,7 +513,7 @@ impl Conn {
         }
         if !keep {
             push_field(out, b"connection", b"close");
-        } else if x.http10 {
+        } else if x.req.http10 {
             push_field(out, b"connection", b"keep-alive");
         }
         out.extend_from_slice(b"\r\n");
@@ -508,31 +532,31 @@ impl Conn {
     /// take the rest before the connection is dropped (it would otherwise hold this task, and an
     /// upstream connection, for ever). The timer is only set when the socket is full.
     async fn flush_out(&mut self) -> Result<(), ()> {
-        let mut sent = match self.caller.io.try_write(&self.out) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-            Err(_) => {
-                self.out.clear();
-                return Err(());
-            }
+        let sent = match self.caller.io.try_write(&self.out) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+            Err(_) => Err(()),
         };
-        if sent < self.out.len() {
-            self.timer.set(Instant::now() + self.app.send_timeout());
-            let rest = self.out.get(sent..).unwrap_or_default();
-            let done = tokio::select! {
-                biased;
-                r = self.caller.io.write_all(rest) => r.is_ok(),
-                () = self.timer.expired() => false,
-            };
-            if !done {
-                self.out.clear();
-                return Err(());
+        let done = match sent {
+            Ok(n) if n == self.out.len() => true,
+            Ok(n) => {
+                self.timer
+                    .set(Instant::now() + self.app.limits().send_timeout);
+                let rest = self.out.get(n..).unwrap_or_default();
+                tokio::select! {
+                    biased;
+                    r = self.caller.io.write_all(rest) => r.is_ok(),
+                    () = self.timer.expired() => false,
+                }
             }
-            sent = self.out.len();
-        }
-        debug_assert_eq!(sent, self.out.len());
+            Err(()) => false,
+        };
         self.out.clear();
-        Ok(())
+        if done {
+            Ok(())
+        } else {
+            Err(())
+        }
     }
 
     /// Waits for more of the upstream's body, at most `timeout` (a stalled upstream must not
@@ -665,14 +689,15 @@ impl Conn {
                 .await
                 .map_err(|_| GatewayError::BadRequest)?;
         }
-        let mut reader = BodyReader::new(body, self.app.max_body())?;
+        let mut reader = BodyReader::new(body, self.app.limits().max_body_bytes)?;
         let mut data = Vec::new();
         // An idle timeout, not a total one: a caller sending steadily (a large import over a
         // slow link) is never cut off; one that stops for `header_timeout` is.
         while reader.take(&mut self.caller.buf, |piece| data.extend_from_slice(piece))?
             == Progress::NeedMore
         {
-            self.timer.set(Instant::now() + self.app.header_timeout());
+            self.timer
+                .set(Instant::now() + self.app.limits().header_timeout);
             tokio::select! {
                 biased;
                 r = self.caller.read_body_bytes() => r?,
@@ -734,22 +759,21 @@ impl Conn {
 }
 
 /// What the parsed head says about how to serve a request.
+#[derive(Debug, Clone, Copy)]
 struct Admission {
     body: RequestBody,
     keep_alive: bool,
     expect_continue: bool,
     is_head: bool,
     http10: bool,
+    /// Safe to send twice (RFC 9110 §9.2.2).
+    idempotent: bool,
+    header_bytes: usize,
 }
 
 /// What [`Conn::forward`] needs to know about the request.
 struct Exchange<'a> {
-    body: RequestBody,
-    expect_continue: bool,
-    is_head: bool,
-    idempotent: bool,
-    keep_alive: bool,
-    http10: bool,
+    req: Admission,
     id: &'a str,
     admitted: &'a Admitted<'a>,
 }
