@@ -6,7 +6,10 @@
 //! detected against a head (seq, hash) kept elsewhere, which is why the JSON-lines sink carries
 //! both for every event.
 
+use std::net::IpAddr;
+
 use crate::crypto::{self, Sha256Digest};
+use crate::text::IpText;
 
 /// The `prev_hash` of the first event.
 pub const GENESIS: Sha256Digest = [0u8; 32];
@@ -14,6 +17,178 @@ pub const GENESIS: Sha256Digest = [0u8; 32];
 /// The chain hash of event `seq` with canonical JSON `body`, following `prev`.
 pub fn chain_hash(prev: &Sha256Digest, seq: i64, body: &[u8]) -> Sha256Digest {
     crypto::sha256_parts(&[prev, &seq.to_be_bytes(), body])
+}
+
+/// The fields of one audit event: everything its canonical JSON is made of, borrowed.
+///
+/// The writer renders an event's canonical JSON from these fields with [`write_json`] and
+/// hashes that; a store may keep the fields instead of the JSON and render it again when
+/// read (the SQLite store does). Both renderings must be the same bytes for ever, so
+/// [`write_json`] is frozen: changing its output would make every stored event that is
+/// rendered on read fail verification. A different rendering needs a new stored format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fields<'a> {
+    /// Event time, milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    /// `auth.decision`, `api_key.created`, `api_key.new_ip` …
+    pub kind: &'a str,
+    /// `allow`, `deny`, `ok`, `notice` …
+    pub outcome: &'a str,
+    /// Request id.
+    pub request_id: Option<&'a str>,
+    /// Route name.
+    pub route: Option<&'a str>,
+    /// Scheme(s) that decided, comma-separated.
+    pub scheme: Option<&'a str>,
+    /// Documented reason code.
+    pub reason: Option<&'a str>,
+    /// Credential id (never the secret).
+    pub credential_id: Option<&'a str>,
+    /// Client address.
+    pub client_ip: Option<IpAddr>,
+    /// Who made an admin change.
+    pub actor: Option<&'a str>,
+    /// Admin-change details: a JSON value's text, written into the event as it is.
+    pub detail: Option<&'a str>,
+}
+
+impl<'a> Fields<'a> {
+    /// An event of `kind` with `outcome` at `time_ms`, no other field set.
+    pub fn new(time_ms: i64, kind: &'a str, outcome: &'a str) -> Self {
+        Self {
+            time_ms,
+            kind,
+            outcome,
+            request_id: None,
+            route: None,
+            scheme: None,
+            reason: None,
+            credential_id: None,
+            client_ip: None,
+            actor: None,
+            detail: None,
+        }
+    }
+}
+
+/// Appends the canonical JSON of an event: one line, fields in the order of [`Fields`],
+/// absent ones left out, `time` first as RFC 3339 UTC with milliseconds
+/// (`2025-11-24T16:00:00.123Z`). `detail` is written as given (the caller's JSON text).
+pub fn write_json(f: &Fields<'_>, out: &mut String) {
+    out.push_str("{\"time\":\"");
+    push_time(out, f.time_ms);
+    out.push('"');
+    field(out, ",\"kind\":\"", Some(f.kind));
+    field(out, ",\"outcome\":\"", Some(f.outcome));
+    field(out, ",\"request_id\":\"", f.request_id);
+    field(out, ",\"route\":\"", f.route);
+    field(out, ",\"scheme\":\"", f.scheme);
+    field(out, ",\"reason\":\"", f.reason);
+    field(out, ",\"credential_id\":\"", f.credential_id);
+    if let Some(ip) = f.client_ip {
+        out.push_str(",\"client_ip\":\"");
+        out.push_str(IpText::new(ip).as_str());
+        out.push('"');
+    }
+    field(out, ",\"actor\":\"", f.actor);
+    if let Some(d) = f.detail {
+        out.push_str(",\"detail\":");
+        out.push_str(d);
+    }
+    out.push('}');
+}
+
+/// `,"name":"value"` when there is a value; `open` is `,"name":"`.
+fn field(out: &mut String, open: &str, value: Option<&str>) {
+    if let Some(v) = value {
+        out.push_str(open);
+        push_json_chars(out, v);
+        out.push('"');
+    }
+}
+
+/// A JSON string literal, escaped as serde_json escapes it: `"` and `\\`, the short escapes
+/// `\b \f \n \r \t`, other control characters as `\u00xx`; everything else as it is.
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    push_json_chars(out, s);
+    out.push('"');
+}
+
+/// The inside of [`push_json_str`]'s literal.
+fn push_json_chars(out: &mut String, s: &str) {
+    // A fold without an early exit, which the compiler can vectorise: identifiers (the
+    // common case) are copied in one go.
+    let plain = s
+        .bytes()
+        .fold(true, |ok, b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+    if plain {
+        out.push_str(s);
+    } else {
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                c if u32::from(c) < 0x20 => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    let b = u32::from(c) as usize;
+                    out.push_str("\\u00");
+                    out.push(char::from(HEX[b >> 4]));
+                    out.push(char::from(HEX[b & 0xf]));
+                }
+                c => out.push(c),
+            }
+        }
+    }
+}
+
+/// Appends `YYYY-MM-DDTHH:MM:SS.mmmZ` for `ms` since the Unix epoch (UTC, proleptic
+/// Gregorian). Years outside 0..=9999 are written as `0000-00-00T00:00:00` (with the
+/// milliseconds): no clock of ours produces them.
+pub fn push_time(out: &mut String, ms: i64) {
+    let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    if (0..=9999).contains(&y) {
+        put_digits(&mut b[0..4], y);
+        put_digits(&mut b[5..7], m);
+        put_digits(&mut b[8..10], d);
+        put_digits(&mut b[11..13], sod / 3600);
+        put_digits(&mut b[14..16], sod / 60 % 60);
+        put_digits(&mut b[17..19], sod % 60);
+    }
+    put_digits(&mut b[20..23], milli);
+    // Only ASCII digits were written into an ASCII template.
+    out.push_str(std::str::from_utf8(&b).unwrap_or("0000-00-00T00:00:00.000Z"));
+}
+
+/// Writes the low `dst.len()` decimal digits of `n` (non-negative) into `dst`.
+fn put_digits(dst: &mut [u8], mut n: i64) {
+    for slot in dst.iter_mut().rev() {
+        // n % 10 is 0..=9 for the non-negative values passed here.
+        *slot = b'0' + u8::try_from(n.rem_euclid(10)).unwrap_or(0);
+        n /= 10;
+    }
+}
+
+/// (year, month, day) of a day count since 1970-01-01: Howard Hinnant's `civil_from_days`.
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 /// What is wrong with a chain, at the first event found broken.
@@ -98,6 +273,120 @@ impl ChainVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn time(ms: i64) -> String {
+        let mut s = String::new();
+        push_time(&mut s, ms);
+        s
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc_with_milliseconds() {
+        assert_eq!(time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(time(1_764_000_000_123), "2025-11-24T16:00:00.123Z");
+        assert_eq!(time(951_782_400_999), "2000-02-29T00:00:00.999Z");
+        assert_eq!(time(951_868_800_000), "2000-03-01T00:00:00.000Z");
+        assert_eq!(time(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(time(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(time(253_402_300_800_000), "0000-00-00T00:00:00.000Z");
+        assert_eq!(time(i64::MIN), "0000-00-00T00:00:00.192Z");
+    }
+
+    #[test]
+    fn canonical_json_writes_fields_in_order_and_leaves_out_absent_ones() {
+        let mut bare = String::new();
+        write_json(&Fields::new(0, "k", "o"), &mut bare);
+        assert_eq!(
+            bare,
+            r#"{"time":"1970-01-01T00:00:00.000Z","kind":"k","outcome":"o"}"#
+        );
+        let full = Fields {
+            request_id: Some("req-1"),
+            route: Some("r"),
+            scheme: Some("mtls,jwt"),
+            reason: Some("ok"),
+            credential_id: Some("key_1"),
+            client_ip: Some("::1".parse().unwrap_or(IpAddr::from([0u8; 16]))),
+            actor: Some("a \"b\"\u{1}\n\\ é\u{7f}"),
+            detail: Some(r#"{"ids":["x"]}"#),
+            ..Fields::new(1_764_000_000_123, "api_key.revoked", "ok")
+        };
+        let mut out = String::new();
+        write_json(&full, &mut out);
+        assert_eq!(
+            out,
+            concat!(
+                r#"{"time":"2025-11-24T16:00:00.123Z","kind":"api_key.revoked","outcome":"ok","#,
+                r#""request_id":"req-1","route":"r","scheme":"mtls,jwt","reason":"ok","#,
+                r#""credential_id":"key_1","client_ip":"::1","#,
+                "\"actor\":\"a \\\"b\\\"\\u0001\\n\\\\ é\u{7f}\",",
+                r#""detail":{"ids":["x"]}}"#
+            )
+        );
+    }
+
+    proptest::proptest! {
+        /// Against an independent oracle: days back to a date by counting forward.
+        #[test]
+        fn time_matches_a_day_count(days in 0i64..2_932_897, sod in 0i64..86_400, ms in 0i64..1000) {
+            let t = time((days * 86_400 + sod) * 1000 + ms);
+            let (y, m, d) = {
+                let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+                let (mut y, mut left) = (1970, days);
+                while left >= if leap(y) { 366 } else { 365 } {
+                    left -= if leap(y) { 366 } else { 365 };
+                    y += 1;
+                }
+                let lens = [31, if leap(y) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+                let mut m = 0;
+                while left >= lens[m] {
+                    left -= lens[m];
+                    m += 1;
+                }
+                (y, m as i64 + 1, left + 1)
+            };
+            let want = format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", sod / 3600, sod / 60 % 60, sod % 60);
+            proptest::prop_assert_eq!(t, want);
+        }
+
+        /// Any text makes a JSON string literal that reads back as that text.
+        #[test]
+        fn json_strings_read_back(s in "\\PC*|[\\x00-\\x7f]{0,20}") {
+            let mut out = String::new();
+            push_json_str(&mut out, &s);
+            proptest::prop_assert!(!out.contains('\n'));
+            proptest::prop_assert_eq!(unquote(&out), Some(s));
+        }
+    }
+
+    /// A minimal JSON string reader for the test above (the crate has no JSON parser).
+    fn unquote(lit: &str) -> Option<String> {
+        let inner = lit.strip_prefix('"')?.strip_suffix('"')?;
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next()? {
+                    '"' => out.push('"'),
+                    '\\' => out.push('\\'),
+                    'n' => out.push('\n'),
+                    'r' => out.push('\r'),
+                    't' => out.push('\t'),
+                    'b' => out.push('\u{8}'),
+                    'f' => out.push('\u{c}'),
+                    'u' => {
+                        let hex: String = chars.by_ref().take(4).collect();
+                        out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                    }
+                    _ => return None,
+                },
+                '"' => return None,
+                c if u32::from(c) < 0x20 => return None,
+                c => out.push(c),
+            }
+        }
+        Some(out)
+    }
 
     fn chain(bodies: &[&str]) -> Vec<(i64, Vec<u8>, Sha256Digest, Sha256Digest)> {
         let mut prev = GENESIS;

@@ -11,14 +11,14 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use portcullis_core::identity::SchemeSet;
 use portcullis_core::{Scheme, Timestamp};
 use portcullis_domain::audit::{self, AuditEvent};
-use portcullis_store::{AuditLog, AuditQuery, StoreError, StoredEvent};
+use portcullis_store::{AuditLog, AuditQuery, Sealed, StoreError, StoredEvent};
 
 /// Accepts and forgets: isolates the pipeline from any store's cost.
 struct NullLog;
 
 #[async_trait::async_trait]
 impl AuditLog for NullLog {
-    async fn append(&self, events: &[StoredEvent]) -> Result<(), StoreError> {
+    async fn append(&self, events: &[Sealed<'_>]) -> Result<(), StoreError> {
         std::hint::black_box(events);
         Ok(())
     }

@@ -6,26 +6,27 @@
 //! credential *ids* only. When the channel is full, emitters wait (an audit trail that drops
 //! events under load is not one).
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use portcullis_core::audit::{chain_hash, ChainError, ChainVerifier, GENESIS};
+use portcullis_core::audit::{chain_hash, write_json, ChainError, ChainVerifier, Fields, GENESIS};
 use portcullis_core::crypto::{hex, push_hex, Sha256Digest};
 use portcullis_core::identity::SchemeSet;
-use portcullis_core::text::{push_decimal, CompactText, IpText};
+use portcullis_core::text::{push_decimal, CompactText};
 use portcullis_core::Timestamp;
-use portcullis_store::{AuditLog, StoreError, StoredEvent};
+use portcullis_store::{AuditLog, Sealed, StoreError};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 /// One audit event. Build with [`AuditEvent::new`] and the setters.
 ///
-/// Its canonical JSON (what the chain hash covers) is written by hand, field by field in the
-/// order below, absent fields left out: the writer serialises one event per audited request,
-/// and a generic serializer costs more than the rest of the decision.
+/// Its canonical JSON (what the chain hash covers) is `portcullis_core::audit::write_json`
+/// of [`AuditEvent::fields`]: written by hand, field by field, absent fields left out (the
+/// writer serialises one event per audited request, and a generic serializer costs more
+/// than the rest of the decision).
 #[derive(Debug, Clone)]
 pub struct AuditEvent {
     at: Timestamp,
@@ -38,8 +39,8 @@ pub struct AuditEvent {
     pub request_id: Option<CompactText<40>>,
     /// Route name.
     pub route: Option<Arc<str>>,
-    /// Scheme(s) that decided.
-    pub scheme: Option<SchemeSet>,
+    /// Scheme(s) that decided, as written (`api_key`, `mtls,jwt`).
+    pub scheme: Option<Cow<'static, str>>,
     /// Documented reason code (the wire `error` code for denials).
     pub reason: Option<&'static str>,
     /// Credential id (never the secret).
@@ -48,8 +49,8 @@ pub struct AuditEvent {
     pub client_ip: Option<IpAddr>,
     /// Who made an admin change.
     pub actor: Option<String>,
-    /// Admin-change details (ids, names, scopes; never secrets).
-    pub detail: Option<serde_json::Value>,
+    /// Admin-change details (ids, names, scopes; never secrets), as JSON text.
+    pub detail: Option<String>,
 }
 
 impl AuditEvent {
@@ -81,7 +82,11 @@ impl AuditEvent {
     }
     /// Sets the scheme(s).
     pub fn scheme(mut self, v: SchemeSet) -> Self {
-        self.scheme = Some(v);
+        // One scheme (nearly every decision): its constant name, no allocation.
+        self.scheme = Some(match v.single() {
+            Some(one) => Cow::Borrowed(one.name()),
+            None => Cow::Owned(v.to_string()),
+        });
         self
     }
     /// Sets the reason code.
@@ -106,109 +111,28 @@ impl AuditEvent {
     }
     /// Sets admin-change details.
     pub fn detail(mut self, v: serde_json::Value) -> Self {
-        self.detail = Some(v);
+        // A `Value` always serialises; "null" keeps the event well-formed regardless.
+        self.detail = Some(serde_json::to_string(&v).unwrap_or_else(|_| String::from("null")));
         self
     }
 
-    /// Appends the canonical JSON of the event, with `time` (RFC 3339) as its first field.
-    pub fn write_json(&self, time: &str, out: &mut String) {
-        out.push_str("{\"time\":");
-        push_json_str(out, time);
-        field(out, "kind", Some(self.kind));
-        field(out, "outcome", Some(self.outcome));
-        field(
-            out,
-            "request_id",
-            self.request_id.as_ref().map(CompactText::as_str),
-        );
-        field(out, "route", self.route.as_deref());
-        if let Some(s) = self.scheme {
-            // Scheme names are [a-z0-9_]: no escaping needed.
-            match s.single() {
-                Some(one) => field(out, "scheme", Some(one.name())),
-                None => {
-                    let _ = write!(out, ",\"scheme\":\"{s}\"");
-                }
-            }
+    /// The fields its canonical JSON is made of.
+    pub fn fields(&self) -> Fields<'_> {
+        Fields {
+            time_ms: self.at.as_millis(),
+            kind: self.kind,
+            outcome: self.outcome,
+            request_id: self.request_id.as_ref().map(CompactText::as_str),
+            route: self.route.as_deref(),
+            scheme: self.scheme.as_deref(),
+            reason: self.reason,
+            credential_id: self.credential_id.as_deref(),
+            client_ip: self.client_ip,
+            actor: self.actor.as_deref(),
+            detail: self.detail.as_deref(),
         }
-        field(out, "reason", self.reason);
-        field(out, "credential_id", self.credential_id.as_deref());
-        if let Some(ip) = self.client_ip {
-            out.push_str(",\"client_ip\":\"");
-            out.push_str(IpText::new(ip).as_str());
-            out.push('"');
-        }
-        field(out, "actor", self.actor.as_deref());
-        if let Some(d) = &self.detail {
-            out.push_str(",\"detail\":");
-            out.push_str(&serde_json::to_string(d).unwrap_or_else(|_| String::from("null")));
-        }
-        out.push('}');
     }
 }
-
-/// `,"name":"value"` when there is a value.
-fn field(out: &mut String, name: &str, value: Option<&str>) {
-    if let Some(v) = value {
-        out.push_str(",\"");
-        out.push_str(name);
-        out.push_str("\":");
-        push_json_str(out, v);
-    }
-}
-
-/// A JSON string literal. Identifiers (the common case) are copied as they are; anything
-/// that needs escaping goes through serde_json.
-fn push_json_str(out: &mut String, s: &str) {
-    // A fold without an early exit, which the compiler can vectorise.
-    let plain = s.bytes().fold(true, |ok, b| {
-        ok & (0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\')
-    });
-    if plain {
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
-    } else {
-        out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| String::from("\"\"")));
-    }
-}
-
-/// Formats event times, reusing the date-and-second part while it does not change (events
-/// come in time order, thousands per second).
-#[derive(Default)]
-struct TimeFormat {
-    second: Option<i64>,
-    prefix: String,
-}
-
-impl TimeFormat {
-    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, without an allocation once per second.
-    fn format(&mut self, t: Timestamp) -> CompactText<40> {
-        let ms = t.as_millis();
-        let (second, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
-        if self.second != Some(second) {
-            self.prefix = time::OffsetDateTime::from_unix_timestamp(second)
-                .ok()
-                .and_then(|d| d.format(SECOND_FORMAT).ok())
-                .unwrap_or_else(|| String::from("0000-00-00T00:00:00"));
-            self.second = Some(second);
-        }
-        // 0..=999: three ASCII digits.
-        let digit = |n: i64| b'0' + u8::try_from(n % 10).unwrap_or(0);
-        let fraction = [
-            b'.',
-            digit(milli / 100),
-            digit(milli / 10),
-            digit(milli),
-            b'Z',
-        ];
-        let fraction = std::str::from_utf8(&fraction).unwrap_or(".000Z");
-        CompactText::from_parts([self.prefix.as_str(), fraction])
-    }
-}
-
-const SECOND_FORMAT: &[time::format_description::BorrowedFormatItem<'static>] =
-    time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
 
 /// One message to the writer: an event, an acknowledgement wanted once everything before it
 /// is stored, or both (a durable emit). The event travels inline in the channel's block (no
@@ -299,8 +223,8 @@ pub struct AuditWriter {
     sink: Option<Box<dyn Write + Send>>,
     seq: i64,
     head: Sha256Digest,
-    times: TimeFormat,
-    /// The sink's output buffer, kept between batches (a full batch is about 1 MiB).
+    /// Each event's canonical JSON is rendered here, then finished as its sink line (a full
+    /// batch is about 1.3 MiB); kept between batches.
     line_buf: String,
     /// See [`Auditor::is_storing`].
     storing: Arc<AtomicBool>,
@@ -331,7 +255,6 @@ pub async fn channel(
             sink,
             seq,
             head,
-            times: TimeFormat::default(),
             line_buf: String::new(),
             storing,
         },
@@ -357,70 +280,71 @@ impl AuditWriter {
                     Ok(_) => urgent = waited_for(&msgs[seen..]),
                 }
             }
-            let mut rows = Vec::with_capacity(msgs.len());
-            let mut acks = Vec::new();
-            for m in msgs.drain(..) {
-                if let Some(e) = m.event {
-                    rows.push(self.seal(e));
-                }
-                acks.extend(m.ack);
-            }
-            store_rows(self.store.as_ref(), &rows, &self.storing).await;
-            self.write_sink(&rows);
-            for a in acks {
+            // The events stay where the channel put them (each is a few hundred bytes).
+            // The events stay where the channel put them (each is a few hundred bytes); the
+            // batch borrows their fields.
+            let mut sealed: Vec<Sealed<'_>> = msgs
+                .iter()
+                .filter_map(|m| m.event.as_ref())
+                .map(|e| Sealed {
+                    seq: 0,
+                    fields: e.fields(),
+                    prev_hash: GENESIS,
+                    hash: GENESIS,
+                })
+                .collect();
+            self.seal(&mut sealed);
+            store_rows(self.store.as_ref(), &sealed, &self.storing).await;
+            drop(sealed);
+            self.write_sink();
+            for a in msgs.drain(..).filter_map(|m| m.ack) {
                 let _ = a.send(());
             }
         }
     }
 
-    fn seal(&mut self, e: AuditEvent) -> StoredEvent {
-        self.seq += 1;
-        let time = self.times.format(e.at);
-        let mut body = String::with_capacity(256);
-        e.write_json(time.as_str(), &mut body);
-        let hash = chain_hash(&self.head, self.seq, body.as_bytes());
-        let row = StoredEvent {
-            seq: self.seq,
-            time: e.at,
-            kind: e.kind.into(),
-            outcome: e.outcome.into(),
-            credential_id: e.credential_id.as_deref().map(Into::into),
-            body,
-            prev_hash: self.head,
-            hash,
-        };
-        self.head = hash;
-        row
+    /// Numbers and chains `events`, and renders their sink lines into `line_buf`: the
+    /// canonical JSON that was hashed, with its place in the chain (`seq`, `hash`) added
+    /// before the closing brace.
+    fn seal(&mut self, events: &mut [Sealed<'_>]) {
+        self.line_buf.clear();
+        for e in events {
+            self.seq += 1;
+            let start = self.line_buf.len();
+            write_json(&e.fields, &mut self.line_buf);
+            let hash = chain_hash(&self.head, self.seq, &self.line_buf.as_bytes()[start..]);
+            (e.seq, e.prev_hash, e.hash) = (self.seq, self.head, hash);
+            self.head = hash;
+            if self.sink.is_none() {
+                self.line_buf.truncate(start);
+                continue;
+            }
+            // The body always holds "time": the added fields follow a comma.
+            self.line_buf.pop();
+            self.line_buf.push_str(",\"seq\":");
+            push_decimal(&mut self.line_buf, self.seq);
+            self.line_buf.push_str(",\"hash\":\"");
+            push_hex(&mut self.line_buf, &hash);
+            self.line_buf.push_str("\"}\n");
+        }
     }
 
-    fn write_sink(&mut self, rows: &[StoredEvent]) {
+    fn write_sink(&mut self) {
         let Some(sink) = self.sink.as_mut() else {
             return;
         };
-        let mut buf = std::mem::take(&mut self.line_buf);
-        buf.clear();
-        for r in rows {
-            // The line is the hashed body plus its place in the chain.
-            let body = r.body.strip_suffix('}').unwrap_or(&r.body);
-            let sep = if body.len() > 1 { "," } else { "" };
-            buf.push_str(body);
-            buf.push_str(sep);
-            buf.push_str("\"seq\":");
-            push_decimal(&mut buf, r.seq);
-            buf.push_str(",\"hash\":\"");
-            push_hex(&mut buf, &r.hash);
-            buf.push_str("\"}\n");
-        }
-        if let Err(e) = sink.write_all(buf.as_bytes()).and_then(|()| sink.flush()) {
+        if let Err(e) = sink
+            .write_all(self.line_buf.as_bytes())
+            .and_then(|()| sink.flush())
+        {
             tracing::error!(error = %e, "writing the audit sink failed");
         }
-        self.line_buf = buf;
     }
 }
 
 /// Appends `rows`, retrying with backoff until the store accepts them: events are never
 /// dropped; while the store is down, emitters slow down behind the bounded channel.
-async fn store_rows(store: &dyn AuditLog, rows: &[StoredEvent], storing: &AtomicBool) {
+async fn store_rows(store: &dyn AuditLog, rows: &[Sealed<'_>], storing: &AtomicBool) {
     if rows.is_empty() {
         return;
     }
@@ -490,7 +414,7 @@ pub(crate) mod testing {
 
     use portcullis_core::crypto::Sha256Digest;
     use portcullis_store::memory::MemoryStore;
-    use portcullis_store::{AuditLog, AuditQuery, StoreError, StoredEvent};
+    use portcullis_store::{AuditLog, AuditQuery, Sealed, StoreError, StoredEvent};
 
     /// A memory store whose appends fail while `refuse` is set.
     #[derive(Default)]
@@ -501,7 +425,7 @@ pub(crate) mod testing {
 
     #[async_trait::async_trait]
     impl AuditLog for Refusing {
-        async fn append(&self, events: &[StoredEvent]) -> Result<(), StoreError> {
+        async fn append(&self, events: &[Sealed<'_>]) -> Result<(), StoreError> {
             if self.refuse.load(Ordering::Relaxed) {
                 return Err(StoreError::Unavailable("disk full".into()));
             }
@@ -538,6 +462,12 @@ mod tests {
         }
     }
 
+    fn json(e: &AuditEvent) -> String {
+        let mut out = String::new();
+        write_json(&e.fields(), &mut out);
+        out
+    }
+
     proptest::proptest! {
         /// Any text in any field still makes one line of valid JSON holding that text.
         #[test]
@@ -545,8 +475,7 @@ mod tests {
             let e = AuditEvent::new(Timestamp::from_millis(0), "k", "o")
                 .route(route.as_str().into())
                 .actor(actor.clone());
-            let mut out = String::new();
-            e.write_json("t", &mut out);
+            let out = json(&e);
             proptest::prop_assert!(!out.contains('\n'));
             let v: serde_json::Value = serde_json::from_str(&out).unwrap();
             proptest::prop_assert_eq!(v["actor"].as_str(), Some(actor.as_str()));
@@ -569,24 +498,7 @@ mod tests {
         .client_ip("::1".parse().unwrap())
         .actor("a \"quoted\"\nname\\ é")
         .detail(serde_json::json!({"ids": ["x"]}));
-        let mut times = TimeFormat::default();
-        let time = times.format(e.at);
-        let time = time.as_str();
-        assert_eq!(time, "2025-11-24T16:00:00.123Z");
-        assert_eq!(
-            times
-                .format(Timestamp::from_millis(1_764_000_000_999))
-                .as_str(),
-            "2025-11-24T16:00:00.999Z"
-        );
-        assert_eq!(
-            times
-                .format(Timestamp::from_millis(1_764_000_001_000))
-                .as_str(),
-            "2025-11-24T16:00:01.000Z"
-        );
-        let mut out = String::new();
-        e.write_json(time, &mut out);
+        let out = json(&e);
         assert!(!out.contains('\n'), "one line: {out}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["time"], "2025-11-24T16:00:00.123Z");
@@ -596,21 +508,22 @@ mod tests {
         assert_eq!(v["actor"], "a \"quoted\"\nname\\ é");
         assert_eq!(v["detail"]["ids"][0], "x");
         for ip in ["0.0.0.0", "255.255.255.255", "10.20.3.100", "1.0.99.9"] {
-            let mut line = String::new();
-            AuditEvent::new(Timestamp::from_millis(0), "k", "o")
-                .client_ip(ip.parse().unwrap())
-                .scheme(
-                    SchemeSet::one(portcullis_core::Scheme::ApiKey)
-                        .union(SchemeSet::one(portcullis_core::Scheme::Jwt)),
-                )
-                .write_json("t", &mut line);
+            let line = json(
+                &AuditEvent::new(Timestamp::from_millis(0), "k", "o")
+                    .client_ip(ip.parse().unwrap())
+                    .scheme(
+                        SchemeSet::one(portcullis_core::Scheme::ApiKey)
+                            .union(SchemeSet::one(portcullis_core::Scheme::Jwt)),
+                    ),
+            );
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
             assert_eq!(v["client_ip"], ip);
             assert_eq!(v["scheme"], "api_key,jwt");
         }
-        let mut bare = String::new();
-        AuditEvent::new(Timestamp::from_millis(0), "k", "o").write_json("t", &mut bare);
-        assert_eq!(bare, r#"{"time":"t","kind":"k","outcome":"o"}"#);
+        assert_eq!(
+            json(&AuditEvent::new(Timestamp::from_millis(0), "k", "o")),
+            r#"{"time":"1970-01-01T00:00:00.000Z","kind":"k","outcome":"o"}"#
+        );
     }
 
     /// (Paused clock: the waits below are virtual and exact.)

@@ -1,5 +1,5 @@
 //! SQLite audit appends: one batch of 1,000 realistic decision events per iteration (block
-//! encoding, LZ4, one INSERT, a durable commit with its `fsync`), into a database file in the
+//! encoding, one INSERT, a durable commit with its `fsync`), into a database file in the
 //! system temp directory. Time per iteration / 1,000 = the store's cost per audited decision.
 //! Two cases: every event by one key, and every event by a different key (the per-block
 //! credential list then holds 1,000 entries).
@@ -8,14 +8,15 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use portcullis_core::audit::{chain_hash, GENESIS};
-use portcullis_core::Timestamp;
+use portcullis_core::audit::{chain_hash, write_json, GENESIS};
+use portcullis_store::audit_block::{OwnedFields, Record};
 use portcullis_store::sqlite::SqliteStore;
-use portcullis_store::{AuditLog, StoredEvent};
+use portcullis_store::{AuditLog, Sealed};
 
 const EVENTS: usize = 1000;
 
-fn batch(first_seq: i64, prev: &mut [u8; 32], distinct_keys: bool) -> Vec<StoredEvent> {
+fn batch(first_seq: i64, prev: &mut [u8; 32], distinct_keys: bool) -> Vec<Record> {
+    let mut body = String::new();
     (0..EVENTS as i64)
         .map(|i| {
             let seq = first_seq + i;
@@ -24,18 +25,25 @@ fn batch(first_seq: i64, prev: &mut [u8; 32], distinct_keys: bool) -> Vec<Stored
             } else {
                 "key_GAAUBHzdS6mnYYEMi6iqJ4".to_owned()
             };
-            let body = format!(
-                r#"{{"time":"2026-11-23T08:35:24.{:03}Z","kind":"auth.decision","outcome":"allow","request_id":"bd2f041c01dd-{seq:x}","route":"orders","scheme":"api_key","reason":"ok","credential_id":"{key}","client_ip":"127.0.0.1"}}"#,
-                i % 1000
-            );
-            let hash = chain_hash(prev, seq, body.as_bytes());
-            let e = StoredEvent {
-                seq,
-                time: Timestamp::from_millis(1_764_000_000_000 + seq),
+            let fields = OwnedFields {
+                time_ms: 1_764_000_000_000 + seq / 30,
                 kind: "auth.decision".into(),
                 outcome: "allow".into(),
-                credential_id: Some(key.as_str().into()),
-                body,
+                request_id: Some(format!("bd2f041c01dd-{seq:x}")),
+                route: Some("orders".into()),
+                scheme: Some("api_key".into()),
+                reason: Some("ok".into()),
+                credential_id: Some(key),
+                client_ip: Some([127, 0, 0, 1].into()),
+                actor: None,
+                detail: None,
+            };
+            body.clear();
+            write_json(&fields.fields(), &mut body);
+            let hash = chain_hash(prev, seq, body.as_bytes());
+            let e = Record {
+                seq,
+                fields,
                 prev_hash: *prev,
                 hash,
             };
@@ -70,7 +78,10 @@ fn bench(c: &mut Criterion) {
                     next += EVENTS as i64;
                     events
                 },
-                |events| rt.block_on(store.append(&events)).unwrap(),
+                |events| {
+                    let sealed: Vec<Sealed<'_>> = events.iter().map(Record::sealed).collect();
+                    rt.block_on(store.append(&sealed)).unwrap()
+                },
                 criterion::BatchSize::LargeInput,
             )
         });

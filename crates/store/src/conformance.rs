@@ -7,13 +7,14 @@
 
 use std::future::Future;
 
-use portcullis_core::audit::{chain_hash, GENESIS};
+use portcullis_core::audit::{chain_hash, write_json, GENESIS};
 use portcullis_core::ratelimit::{Algorithm, Limit};
 use portcullis_core::Timestamp;
 
+use crate::audit_block::{OwnedFields, Record};
 use crate::{
     ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, Durable, KeyUsage, QuotaSpec, RateCells,
-    RateLimitSpec, StoreError, StoredEvent,
+    RateLimitSpec, Sealed, StoreError,
 };
 
 /// A key record for tests; `n` makes id and hash unique.
@@ -59,18 +60,34 @@ pub fn sample_event(
     kind: &str,
     outcome: &str,
     cred: Option<&str>,
-) -> StoredEvent {
-    let body = format!(r#"{{"seq":{seq},"kind":"{kind}"}}"#);
-    StoredEvent {
-        seq,
-        time: Timestamp::from_secs(1_700_000_000 + seq),
-        kind: kind.to_owned().into(),
-        outcome: outcome.to_owned().into(),
+) -> Record {
+    let fields = OwnedFields {
+        time_ms: (1_700_000_000 + seq) * 1000,
+        kind: kind.to_owned(),
+        outcome: outcome.to_owned(),
+        request_id: Some(format!("req-{seq}")),
+        route: None,
+        scheme: None,
+        reason: None,
         credential_id: cred.map(Into::into),
+        client_ip: None,
+        actor: None,
+        detail: None,
+    };
+    let mut body = String::new();
+    write_json(&fields.fields(), &mut body);
+    Record {
+        seq,
         hash: chain_hash(&prev, seq, body.as_bytes()),
-        body,
+        fields,
         prev_hash: prev,
     }
+}
+
+/// [`AuditLog::append`] of owned records.
+pub async fn append(s: &impl AuditLog, records: &[Record]) -> Result<(), StoreError> {
+    let sealed: Vec<Sealed<'_>> = records.iter().map(Record::sealed).collect();
+    s.append(&sealed).await
 }
 
 /// Runs every durable-store contract against fresh stores from `make`.
@@ -305,12 +322,12 @@ async fn audit_chain_append_query_scan(s: &impl AuditLog) {
     let e1 = sample_event(1, GENESIS, "api_key.created", "ok", Some("key_001"));
     let e2 = sample_event(2, e1.hash, "auth.decision", "deny", None);
     let e3 = sample_event(3, e2.hash, "auth.decision", "allow", Some("key_001"));
-    s.append(&[e1.clone(), e2.clone()]).await.unwrap();
-    s.append(std::slice::from_ref(&e3)).await.unwrap();
+    append(s, &[e1.clone(), e2.clone()]).await.unwrap();
+    append(s, std::slice::from_ref(&e3)).await.unwrap();
     assert_eq!(s.head().await.unwrap(), Some((3, e3.hash)));
     assert!(
         matches!(
-            s.append(std::slice::from_ref(&e3)).await,
+            append(s, std::slice::from_ref(&e3)).await,
             Err(StoreError::Conflict(_))
         ),
         "seq is unique"
@@ -318,7 +335,7 @@ async fn audit_chain_append_query_scan(s: &impl AuditLog) {
     let e4 = sample_event(4, e3.hash, "auth.decision", "allow", None);
     assert!(
         matches!(
-            s.append(&[e4.clone(), e4.clone()]).await,
+            append(s, &[e4.clone(), e4.clone()]).await,
             Err(StoreError::Conflict(_))
         ),
         "a batch must increase"
@@ -326,15 +343,27 @@ async fn audit_chain_append_query_scan(s: &impl AuditLog) {
     let e5 = sample_event(5, e3.hash, "auth.decision", "allow", None);
     assert!(
         matches!(
-            s.append(std::slice::from_ref(&e5)).await,
+            append(s, std::slice::from_ref(&e5)).await,
             Err(StoreError::Invalid(_))
         ),
         "seqs continue the head without gaps"
     );
     let e6 = sample_event(6, e4.hash, "auth.decision", "allow", None);
     assert!(
-        matches!(s.append(&[e4, e6]).await, Err(StoreError::Invalid(_))),
+        matches!(
+            append(s, &[e4.clone(), e6]).await,
+            Err(StoreError::Invalid(_))
+        ),
         "within a batch too"
+    );
+    let mut unchained = sample_event(5, [9; 32], "auth.decision", "allow", None);
+    unchained.prev_hash = [9; 32];
+    assert!(
+        matches!(
+            append(s, &[e4, unchained]).await,
+            Err(StoreError::Invalid(_))
+        ),
+        "within a batch, each event follows the one before"
     );
     assert_eq!(
         s.head().await.unwrap(),
@@ -354,7 +383,7 @@ async fn audit_chain_append_query_scan(s: &impl AuditLog) {
         [3, 2, 1],
         "newest first"
     );
-    assert_eq!(all[2], e1, "stored exactly");
+    assert_eq!(all[2], e1.sealed().to_stored(), "stored exactly");
     let decisions = s
         .query(&AuditQuery {
             kind: Some("auth.decision".into()),
@@ -389,7 +418,7 @@ async fn audit_chain_append_query_scan(s: &impl AuditLog) {
     let older = s
         .query(&AuditQuery {
             before_seq: Some(3),
-            since: Some(e2.time),
+            since: Some(Timestamp::from_millis(e2.fields.time_ms)),
             limit: 10,
             ..Default::default()
         })

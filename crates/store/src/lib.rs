@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audit_block;
 pub mod conformance;
 pub mod error;
 pub mod memory;
@@ -82,8 +83,9 @@ pub trait ApiKeys: Send + Sync {
 pub trait AuditLog: Send + Sync {
     /// Appends events whose `seq` continue the stored chain (head + 1, + 2, …), in one
     /// transaction. `Conflict` if a `seq` exists already, `Invalid` if one would leave a gap:
-    /// a writer bug cannot store a broken sequence.
-    async fn append(&self, events: &[StoredEvent]) -> Result<(), StoreError>;
+    /// a writer bug cannot store a broken sequence. Likewise `Invalid` if an event's
+    /// `prev_hash` is not the hash of the event before it in the same call.
+    async fn append(&self, events: &[Sealed<'_>]) -> Result<(), StoreError>;
 
     /// The last stored event's `seq` and `hash`, if any.
     async fn head(&self) -> Result<Option<(i64, Sha256Digest)>, StoreError>;

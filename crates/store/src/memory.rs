@@ -10,7 +10,7 @@ use portcullis_core::Timestamp;
 
 use crate::{
     check_next_seq, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyUsage, QuotaState, RateCells,
-    StoreError, StoredEvent,
+    Sealed, StoreError, StoredEvent,
 };
 
 /// Durable aggregates kept in memory (lost on exit: for tests and demos only).
@@ -187,14 +187,21 @@ impl ApiKeys for MemoryStore {
 
 #[async_trait]
 impl AuditLog for MemoryStore {
-    async fn append(&self, events: &[StoredEvent]) -> Result<(), StoreError> {
+    async fn append(&self, events: &[Sealed<'_>]) -> Result<(), StoreError> {
         let mut g = self.lock();
         let mut next = g.events.last().map_or(1, |e| e.seq + 1);
+        let mut before: Option<&Sealed<'_>> = None;
         for e in events {
             check_next_seq(e.seq, next)?;
+            if before.is_some_and(|b| b.hash != e.prev_hash) {
+                return Err(StoreError::Invalid(
+                    "audit events in a call must follow each other",
+                ));
+            }
+            before = Some(e);
             next = e.seq + 1;
         }
-        g.events.extend_from_slice(events);
+        g.events.extend(events.iter().map(Sealed::to_stored));
         Ok(())
     }
 

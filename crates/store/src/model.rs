@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 
+use portcullis_core::audit::{write_json, Fields};
 use portcullis_core::crypto::Sha256Digest;
 use portcullis_core::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -153,4 +154,37 @@ pub struct AuditQuery {
     pub before_seq: Option<i64>,
     /// At most this many (the store caps it at 1000).
     pub limit: u32,
+}
+
+/// One audit event handed to [`crate::AuditLog::append`]: its fields (borrowed from the
+/// writer's batch) and its place in the hash chain. The canonical JSON that `hash` covers is
+/// `portcullis_core::audit::write_json(&fields)`; a store keeps the fields, the JSON, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed<'a> {
+    /// Position in the chain, 1-based and contiguous.
+    pub seq: i64,
+    /// What the event says.
+    pub fields: Fields<'a>,
+    /// Hash of the previous event (zeros for the first).
+    pub prev_hash: Sha256Digest,
+    /// `SHA-256(prev_hash ‖ seq as 8 big-endian bytes ‖ canonical JSON)`.
+    pub hash: Sha256Digest,
+}
+
+impl Sealed<'_> {
+    /// The event as read back: its canonical JSON rendered.
+    pub fn to_stored(&self) -> StoredEvent {
+        let mut body = String::with_capacity(256);
+        write_json(&self.fields, &mut body);
+        StoredEvent {
+            seq: self.seq,
+            time: Timestamp::from_millis(self.fields.time_ms),
+            kind: Cow::Owned(self.fields.kind.to_owned()),
+            outcome: Cow::Owned(self.fields.outcome.to_owned()),
+            credential_id: self.fields.credential_id.map(str::to_owned),
+            body,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        }
+    }
 }

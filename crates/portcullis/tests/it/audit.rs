@@ -82,30 +82,33 @@ async fn decisions_and_changes_are_audited_and_new_addresses_noticed() {
 /// through the store's own block format. Admin changes are stored durably one at a time, so
 /// event n is alone in the block at `first_seq` n.
 async fn tamper(db: &std::path::Path, what: &str) {
-    use portcullis_store::sqlite::{pack_block_text, unpack_block_text};
+    use portcullis_store::audit_block::{decode, encode, Record};
     use sqlx::{Connection, Row};
     let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
         .await
         .unwrap();
-    let mut text = Vec::new();
+    let mut blocks = Vec::new();
     for seq in [2i64, 3] {
         let row = sqlx::query("SELECT events FROM audit_blocks WHERE first_seq = ?1")
             .bind(seq)
             .fetch_one(&mut c)
             .await
             .unwrap();
-        text.push(unpack_block_text(row.get::<&[u8], _>("events")).unwrap());
+        let mut records = decode(row.get::<&[u8], _>("events")).unwrap();
+        assert_eq!(records.len(), 1);
+        blocks.push(records.remove(0));
     }
-    let put = |seq: i64, events: String| {
+    let put = |seq: i64, r: &Record| {
         sqlx::query("UPDATE audit_blocks SET events = ?1 WHERE first_seq = ?2")
-            .bind(pack_block_text(&events))
+            .bind(encode(&[r.sealed()]).unwrap().bytes)
             .bind(seq)
     };
     match what {
         "edited" => {
-            assert!(text[0].contains("api_key.created"));
-            let edited = text[0].replace("api_key.created", "api_key.creatad");
-            put(2, edited).execute(&mut c).await.unwrap();
+            let mut r = blocks[0].clone();
+            assert_eq!(r.fields.kind, "api_key.created");
+            r.fields.kind = "api_key.creatad".into();
+            put(2, &r).execute(&mut c).await.unwrap();
         }
         "removed" => {
             sqlx::query("DELETE FROM audit_blocks WHERE first_seq = 2")
@@ -115,15 +118,10 @@ async fn tamper(db: &std::path::Path, what: &str) {
         }
         "reordered" => {
             // Swap events 2 and 3, renumbered so that the seq sequence stays contiguous.
-            let (two, three) = (text[0].clone(), text[1].clone());
-            put(2, format!("2{}", &three[1..]))
-                .execute(&mut c)
-                .await
-                .unwrap();
-            put(3, format!("3{}", &two[1..]))
-                .execute(&mut c)
-                .await
-                .unwrap();
+            let (mut two, mut three) = (blocks[0].clone(), blocks[1].clone());
+            (two.seq, three.seq) = (3, 2);
+            put(2, &three).execute(&mut c).await.unwrap();
+            put(3, &two).execute(&mut c).await.unwrap();
         }
         other => panic!("no tampering called {other}"),
     }
