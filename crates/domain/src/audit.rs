@@ -168,6 +168,12 @@ impl Auditor {
             event: Some(e),
             ack: None,
         };
+        // With room in the queue (nearly always) no timer is set up (nor the clock read).
+        let msg = match self.tx.try_send(msg) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(msg)) => msg,
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(AuditUnavailable),
+        };
         self.tx
             .send_timeout(msg, EMIT_WAIT)
             .await

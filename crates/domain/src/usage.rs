@@ -55,6 +55,10 @@ impl UsageTracker {
                 s.dirty.insert(key_id.clone(), (now, ip));
             }
         }
+        // The common case, a known address, without touching the key's reference count.
+        if s.known_ips.get(key_id).is_some_and(|k| k.contains(&ip)) {
+            return;
+        }
         let known = s.known_ips.entry(key_id.clone()).or_default();
         if !known.contains(&ip) {
             if known.len() >= KNOWN_IPS_PER_KEY {
