@@ -1,8 +1,9 @@
 //! SQLite audit appends: one batch of 1,000 realistic decision events per iteration (block
 //! encoding, one INSERT, a durable commit with its `fsync`), into a database file in the
 //! system temp directory. Time per iteration / 1,000 = the store's cost per audited decision.
-//! Two cases: every event by one key, and every event by a different key (the per-block
-//! credential list then holds 1,000 entries).
+//! Three cases: every event by one key, every event by a different key (the per-block
+//! credential list then holds 1,000 entries), and the first again into an in-memory database
+//! (no file, no `fsync`: the CPU work alone).
 //!
 //! `cargo bench -p portcullis-store --bench audit_append`
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -63,13 +64,17 @@ fn bench(c: &mut Criterion) {
     let store = rt
         .block_on(SqliteStore::open(&dir.join("audit.db")))
         .unwrap();
+    // The same appends into an in-memory database: no file, no fsync, so what is left is the
+    // CPU work per decision (block encoding, the INSERT, SQLite's page writes).
+    let in_memory = rt.block_on(SqliteStore::open_in_memory()).unwrap();
     let mut group = c.benchmark_group("sqlite_audit");
     group.throughput(Throughput::Elements(EVENTS as u64));
     let mut next = 1i64;
     let mut prev = GENESIS;
-    for (name, distinct) in [
-        ("append_1000_decisions", false),
-        ("append_1000_decisions_1000_keys", true),
+    for (name, distinct, store) in [
+        ("append_1000_decisions", false, &store),
+        ("append_1000_decisions_1000_keys", true, &store),
+        ("append_1000_decisions_in_memory_db", false, &in_memory),
     ] {
         group.bench_function(name, |b| {
             b.iter_batched(
