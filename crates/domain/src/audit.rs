@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use portcullis_core::audit::{chain_hash, write_json, ChainError, ChainVerifier, Fields, GENESIS};
+use portcullis_core::audit::{chain_hash, ChainError, ChainVerifier, Fields, JsonWriter, GENESIS};
 use portcullis_core::crypto::{hex, push_hex, Sha256Digest};
 use portcullis_core::identity::SchemeSet;
 use portcullis_core::text::{push_decimal, CompactText};
@@ -232,6 +232,8 @@ pub struct AuditWriter {
     /// Each event's canonical JSON is rendered here, then finished as its sink line (a full
     /// batch is about 1.3 MiB); kept between batches.
     line_buf: String,
+    /// Renders the JSON, remembering what consecutive events share.
+    json: JsonWriter,
     /// See [`Auditor::is_storing`].
     storing: Arc<AtomicBool>,
 }
@@ -262,6 +264,7 @@ pub async fn channel(
             seq,
             head,
             line_buf: String::new(),
+            json: JsonWriter::default(),
             storing,
         },
     ))
@@ -317,7 +320,7 @@ impl AuditWriter {
         for e in events {
             self.seq += 1;
             let start = self.line_buf.len();
-            write_json(&e.fields, &mut self.line_buf);
+            self.json.write(&e.fields, &mut self.line_buf);
             let hash = chain_hash(&self.head, self.seq, &self.line_buf.as_bytes()[start..]);
             (e.seq, e.prev_hash, e.hash) = (self.seq, self.head, hash);
             self.head = hash;
@@ -470,7 +473,7 @@ mod tests {
 
     fn json(e: &AuditEvent) -> String {
         let mut out = String::new();
-        write_json(&e.fields(), &mut out);
+        portcullis_core::audit::write_json(&e.fields(), &mut out);
         out
     }
 
