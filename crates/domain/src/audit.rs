@@ -289,7 +289,6 @@ impl AuditWriter {
                     Ok(_) => urgent = waited_for(&msgs[seen..]),
                 }
             }
-            // The events stay where the channel put them (each is a few hundred bytes).
             // The events stay where the channel put them (each is a few hundred bytes); the
             // batch borrows their fields.
             let mut sealed: Vec<Sealed<'_>> = msgs

@@ -563,9 +563,17 @@ impl AuditLog for SqliteStore {
                 "audit kind, outcome and credential id must be non-empty without tabs",
             ));
         }
+        // Each block checked its own events; what is left is where one block meets the next.
         for pair in blocks.windows(2) {
             if let [a, b] = pair {
                 check_next_seq(b.first_seq, a.last_seq.saturating_add(1))?;
+            }
+        }
+        for i in (MAX_BLOCK_EVENTS..events.len()).step_by(MAX_BLOCK_EVENTS) {
+            if events[i].prev_hash != events[i - 1].hash {
+                return Err(StoreError::Invalid(
+                    "audit events in a call must follow each other",
+                ));
             }
         }
         let mut tx = self.begin_write().await?;
@@ -851,6 +859,36 @@ mod tests {
             SqliteStore::open_in_memory().await.unwrap()
         })
         .await;
+    }
+
+    /// An append longer than a block is split; the blocks must meet like events do.
+    #[tokio::test]
+    async fn long_appends_split_into_blocks_that_follow_each_other() {
+        let s = SqliteStore::open_in_memory().await.unwrap();
+        let mut prev = GENESIS;
+        let records: Vec<Record> = (1..=MAX_BLOCK_EVENTS as i64 + 10)
+            .map(|seq| {
+                let e = sample_event(seq, prev, "auth.decision", "allow", None);
+                prev = e.hash;
+                e
+            })
+            .collect();
+        let mut broken = records.clone();
+        broken[MAX_BLOCK_EVENTS].prev_hash = [9; 32];
+        assert!(matches!(
+            append(&s, &broken).await,
+            Err(StoreError::Invalid(_))
+        ));
+        assert_eq!(s.head().await.unwrap(), None, "nothing was stored");
+        append(&s, &records).await.unwrap();
+        assert_eq!(s.head().await.unwrap(), Some((records.len() as i64, prev)));
+        let all = s.scan(0, 10_000).await.unwrap();
+        assert_eq!(all.len(), records.len());
+        let mut v = portcullis_core::audit::ChainVerifier::default();
+        for e in &all {
+            v.check(e.seq, e.body.as_bytes(), &e.prev_hash, &e.hash)
+                .unwrap();
+        }
     }
 
     /// A database written by an earlier version holds format-1 blocks: they are read, and the
