@@ -32,7 +32,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use portcullis_core::audit::Fields;
 use portcullis_core::crypto::Sha256Digest;
 
-use crate::{check_next_seq, Sealed, StoreError, StoredEvent};
+use crate::{check_run, Sealed, StoreError, StoredEvent};
 
 /// First bytes of a format-2 block.
 pub const MAGIC: [u8; 4] = *b"PA2\xff";
@@ -120,17 +120,9 @@ pub fn encode<'a>(events: &[Sealed<'a>]) -> Result<Encoded<'a>, StoreError> {
     let mut body = Vec::with_capacity(events.len() * 72);
     let (mut min_time, mut max_time) = (i64::MAX, i64::MIN);
     let mut prev_time = 0i64;
-    let mut before: Option<&Sealed<'a>> = None;
+    // The layout keeps neither seq nor prev_hash after the first event: they must follow.
+    check_run(events, first.seq)?;
     for e in events {
-        if let Some(b) = before {
-            check_next_seq(e.seq, b.seq.saturating_add(1))?;
-            if e.prev_hash != b.hash {
-                return Err(StoreError::Invalid(
-                    "audit events in a call must follow each other",
-                ));
-            }
-        }
-        before = Some(e);
         let f = &e.fields;
         min_time = min_time.min(f.time_ms);
         max_time = max_time.max(f.time_ms);

@@ -129,6 +129,23 @@ pub trait Durable: ApiKeys + AuditLog {}
 impl<T: ApiKeys + AuditLog> Durable for T {}
 
 /// The audit-seq rule every backend applies: `seq` must be exactly `next`.
+/// Checks that `events` continue at `next` and follow each other: seqs one by one, each
+/// `prev_hash` the hash of the event before it (the first one's is the caller's to check).
+pub(crate) fn check_run(events: &[Sealed<'_>], mut next: i64) -> Result<(), StoreError> {
+    let mut before: Option<&Sealed<'_>> = None;
+    for e in events {
+        check_next_seq(e.seq, next)?;
+        if before.is_some_and(|b| b.hash != e.prev_hash) {
+            return Err(StoreError::Invalid(
+                "audit events in a call must follow each other",
+            ));
+        }
+        before = Some(e);
+        next = e.seq.saturating_add(1);
+    }
+    Ok(())
+}
+
 pub(crate) fn check_next_seq(seq: i64, next: i64) -> Result<(), StoreError> {
     if seq < next {
         Err(StoreError::Conflict("audit seq exists"))

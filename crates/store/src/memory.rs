@@ -9,7 +9,7 @@ use portcullis_core::ratelimit::{Decision, Limit};
 use portcullis_core::Timestamp;
 
 use crate::{
-    check_next_seq, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyUsage, QuotaState, RateCells,
+    check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyUsage, QuotaState, RateCells,
     Sealed, StoreError, StoredEvent,
 };
 
@@ -189,18 +189,7 @@ impl ApiKeys for MemoryStore {
 impl AuditLog for MemoryStore {
     async fn append(&self, events: &[Sealed<'_>]) -> Result<(), StoreError> {
         let mut g = self.lock();
-        let mut next = g.events.last().map_or(1, |e| e.seq + 1);
-        let mut before: Option<&Sealed<'_>> = None;
-        for e in events {
-            check_next_seq(e.seq, next)?;
-            if before.is_some_and(|b| b.hash != e.prev_hash) {
-                return Err(StoreError::Invalid(
-                    "audit events in a call must follow each other",
-                ));
-            }
-            before = Some(e);
-            next = e.seq + 1;
-        }
+        check_run(events, g.events.last().map_or(1, |e| e.seq + 1))?;
         g.events.extend(events.iter().map(Sealed::to_stored));
         Ok(())
     }

@@ -24,8 +24,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use crate::{
-    audit_block, check_next_seq, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyUsage, QuotaState,
-    Sealed, StoreError, StoredEvent,
+    audit_block, check_next_seq, check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyUsage,
+    QuotaState, Sealed, StoreError, StoredEvent,
 };
 
 /// The embedded schema migrations.
@@ -563,22 +563,10 @@ impl AuditLog for SqliteStore {
                 "audit kind, outcome and credential id must be non-empty without tabs",
             ));
         }
-        // Each block checked its own events; what is left is where one block meets the next.
-        for pair in blocks.windows(2) {
-            if let [a, b] = pair {
-                check_next_seq(b.first_seq, a.last_seq.saturating_add(1))?;
-            }
-        }
-        for i in (MAX_BLOCK_EVENTS..events.len()).step_by(MAX_BLOCK_EVENTS) {
-            if events[i].prev_hash != events[i - 1].hash {
-                return Err(StoreError::Invalid(
-                    "audit events in a call must follow each other",
-                ));
-            }
-        }
+        // The whole run, across the blocks it is split into.
+        check_run(events, events[0].seq)?;
         let mut tx = self.begin_write().await?;
-        // Like the memory store: the seqs continue the stored head, one by one (each block
-        // checks that its own events follow each other).
+        // Like the memory store: the run continues the stored head.
         let head: Option<i64> =
             sqlx::query_scalar("SELECT last_seq FROM audit_blocks ORDER BY first_seq DESC LIMIT 1")
                 .fetch_optional(&mut *tx)
@@ -715,7 +703,7 @@ const BLOCKS_PER_PAGE: i64 = 16;
 fn distinct_text(values: &[&str]) -> String {
     let mut text = String::with_capacity(1 + values.iter().map(|v| v.len() + 1).sum::<usize>());
     text.push('\t');
-    for v in values.iter().filter(|v| !v.is_empty()) {
+    for v in values {
         text.push_str(v);
         text.push('\t');
     }
