@@ -108,13 +108,13 @@ impl JsonWriter {
         out.push_str(std::str::from_utf8(&date_time).unwrap_or("0000-00-00T00:00:00"));
         out.push_str(std::str::from_utf8(&fraction).unwrap_or(".000Z"));
         out.push('"');
-        field(out, ",\"kind\":\"", Some(f.kind));
-        field(out, ",\"outcome\":\"", Some(f.outcome));
-        field(out, ",\"request_id\":\"", f.request_id);
-        field(out, ",\"route\":\"", f.route);
-        field(out, ",\"scheme\":\"", f.scheme);
-        field(out, ",\"reason\":\"", f.reason);
-        field(out, ",\"credential_id\":\"", f.credential_id);
+        field(out, ",\"kind\":", Some(f.kind));
+        field(out, ",\"outcome\":", Some(f.outcome));
+        field(out, ",\"request_id\":", f.request_id);
+        field(out, ",\"route\":", f.route);
+        field(out, ",\"scheme\":", f.scheme);
+        field(out, ",\"reason\":", f.reason);
+        field(out, ",\"credential_id\":", f.credential_id);
         if let Some(ip) = f.client_ip {
             let text = match self.ip {
                 Some((last, text)) if last == ip => text,
@@ -128,7 +128,7 @@ impl JsonWriter {
             out.push_str(text.as_str());
             out.push('"');
         }
-        field(out, ",\"actor\":\"", f.actor);
+        field(out, ",\"actor\":", f.actor);
         if let Some(d) = f.detail {
             out.push_str(",\"detail\":");
             out.push_str(d);
@@ -137,52 +137,28 @@ impl JsonWriter {
     }
 }
 
-/// `,"name":"value"` when there is a value; `open` is `,"name":"`.
+/// `,"name":"value"` when there is a value; `open` is `,"name":`.
 fn field(out: &mut String, open: &str, value: Option<&str>) {
     if let Some(v) = value {
         out.push_str(open);
-        push_json_chars(out, v);
-        out.push('"');
+        push_json_str(out, v);
     }
 }
 
-/// A JSON string literal, escaped as serde_json escapes it: `"` and `\\`, the short escapes
-/// `\b \f \n \r \t`, other control characters as `\u00xx`; everything else as it is.
+/// A JSON string literal. Identifiers (the common case) are copied as they are; anything
+/// that needs escaping goes through serde_json.
 pub fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    push_json_chars(out, s);
-    out.push('"');
-}
-
-/// The inside of [`push_json_str`]'s literal.
-fn push_json_chars(out: &mut String, s: &str) {
-    // A fold without an early exit, which the compiler can vectorise: identifiers (the
-    // common case) are copied in one go.
+    // A fold without an early exit, which the compiler can vectorise.
     let plain = s
         .bytes()
         .fold(true, |ok, b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'));
     if plain {
+        out.push('"');
         out.push_str(s);
+        out.push('"');
     } else {
-        for c in s.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                '\u{8}' => out.push_str("\\b"),
-                '\u{c}' => out.push_str("\\f"),
-                c if u32::from(c) < 0x20 => {
-                    const HEX: &[u8; 16] = b"0123456789abcdef";
-                    let b = u32::from(c) as usize;
-                    out.push_str("\\u00");
-                    out.push(char::from(HEX[b >> 4]));
-                    out.push(char::from(HEX[b & 0xf]));
-                }
-                c => out.push(c),
-            }
-        }
+        // Serialising a `str` cannot fail.
+        out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| String::from("\"\"")));
     }
 }
 
@@ -201,16 +177,18 @@ pub fn push_time(out: &mut String, ms: i64) {
 
 /// `YYYY-MM-DDTHH:MM:SS` of `secs` since the Unix epoch; all zeros outside years 0..=9999.
 fn date_time(secs: i64) -> [u8; 19] {
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
     let mut b = *b"0000-00-00T00:00:00";
-    if (0..=9999).contains(&y) {
-        put_digits(&mut b[0..4], y);
-        put_digits(&mut b[5..7], m);
-        put_digits(&mut b[8..10], d);
-        put_digits(&mut b[11..13], sod / 3600);
-        put_digits(&mut b[14..16], sod / 60 % 60);
-        put_digits(&mut b[17..19], sod % 60);
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp(secs) else {
+        return b;
+    };
+    let year = i64::from(t.year());
+    if (0..=9999).contains(&year) {
+        put_digits(&mut b[0..4], year);
+        put_digits(&mut b[5..7], i64::from(u8::from(t.month())));
+        put_digits(&mut b[8..10], i64::from(t.day()));
+        put_digits(&mut b[11..13], i64::from(t.hour()));
+        put_digits(&mut b[14..16], i64::from(t.minute()));
+        put_digits(&mut b[17..19], i64::from(t.second()));
     }
     b
 }
@@ -222,20 +200,6 @@ fn put_digits(dst: &mut [u8], mut n: i64) {
         *slot = b'0' + u8::try_from(n.rem_euclid(10)).unwrap_or(0);
         n /= 10;
     }
-}
-
-/// (year, month, day) of a day count since 1970-01-01: Howard Hinnant's `civil_from_days`.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// What is wrong with a chain, at the first event found broken.
@@ -424,33 +388,9 @@ mod tests {
         }
     }
 
-    /// A minimal JSON string reader for the test above (the crate has no JSON parser).
+    /// Reads a JSON string literal back (serde_json's reader).
     fn unquote(lit: &str) -> Option<String> {
-        let inner = lit.strip_prefix('"')?.strip_suffix('"')?;
-        let mut out = String::new();
-        let mut chars = inner.chars();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => match chars.next()? {
-                    '"' => out.push('"'),
-                    '\\' => out.push('\\'),
-                    'n' => out.push('\n'),
-                    'r' => out.push('\r'),
-                    't' => out.push('\t'),
-                    'b' => out.push('\u{8}'),
-                    'f' => out.push('\u{c}'),
-                    'u' => {
-                        let hex: String = chars.by_ref().take(4).collect();
-                        out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
-                    }
-                    _ => return None,
-                },
-                '"' => return None,
-                c if u32::from(c) < 0x20 => return None,
-                c => out.push(c),
-            }
-        }
-        Some(out)
+        serde_json::from_str(lit).ok()
     }
 
     fn chain(bodies: &[&str]) -> Vec<(i64, Vec<u8>, Sha256Digest, Sha256Digest)> {
