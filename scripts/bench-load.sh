@@ -10,6 +10,9 @@
 #                                    # on a shared VM; needs valgrind, installed if missing)
 #   scripts/bench-load.sh --cpu      # CPU time per request (user and system, from
 #                                    # /proc/<pid>/stat) of each server process, per case
+#   scripts/bench-load.sh --pairs 10 # the /auth : /open ratio inside one server: 10 pairs of
+#                                    # 2 s runs, /open then /auth, one ratio per pair; mean
+#                                    # and median (drift of the VM hits both halves of a pair)
 #
 # Cases, all proxying the same nginx upstream (`return 200 "ok\n"`):
 #   nginx  nginx (1 worker) with keep-alive to the upstream
@@ -26,13 +29,21 @@ duration=10s
 keep=0
 instructions=0
 cpu=0
+pairs=0
+want_pairs=0
 for arg in "$@"; do
+    if [[ $want_pairs -eq 1 ]]; then
+        [[ $arg =~ ^[1-9][0-9]*$ ]] || { echo "bench-load.sh: --pairs needs a count" >&2; exit 2; }
+        pairs=$arg want_pairs=0
+        continue
+    fi
     case $arg in
+        --pairs) want_pairs=1 ;;
         --quick) duration=3s ;;
         --keep) keep=1 ;;
         --instructions) instructions=1 ;;
         --cpu) cpu=1 ;;
-        -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "bench-load.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -225,6 +236,27 @@ if [[ $instructions -eq 1 ]]; then
     exit 0
 fi
 
+if [[ $pairs -gt 0 ]]; then
+    say "pairs: $pairs x (/open 2 s, /auth 2 s) against one server, after a 2 s warm-up"
+    run_wrk auth 2s "$tmp/wrk-pairs-warmup.txt" >/dev/null
+    ratios=()
+    for i in $(seq "$pairs"); do
+        o=$(run_wrk open 2s "$tmp/wrk-pair-$i-open.txt")
+        a=$(run_wrk auth 2s "$tmp/wrk-pair-$i-auth.txt")
+        r=$(awk -v o="$o" -v a="$a" 'BEGIN { printf "%.3f", a / o }')
+        printf '    pair %2d  /open %10s  /auth %10s  ratio %s\n' "$i" "$o" "$a" "$r" >&2
+        ratios+=("$r")
+    done
+    echo
+    echo "## /auth : /open inside one server, $pairs pairs of 2 s runs"
+    echo
+    echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (dirty tree)')"
+    printf '%s\n' "${ratios[@]}" | sort -g | awk '{ v[NR] = $1; s += $1 } END {
+        printf "- ratio: mean **%.3f**, median %.3f, min %.3f, max %.3f\n", s / NR, v[int((NR + 1) / 2)], v[1], v[NR]
+    }'
+    exit 0
+fi
+
 if [[ $cpu -eq 1 ]]; then
     # The nginx workers are the children of the two masters started above.
     worker_of() { pgrep -P "$1" | head -1; }
@@ -312,3 +344,11 @@ echo
 verdict() { awk -v v="$1" -v t="$2" 'BEGIN { print (v >= t) ? "met" : "NOT met" }'; }
 echo "- open / nginx: **$open_vs_nginx %** (target ≥ 100 %: $(verdict "$open_vs_nginx" 100))"
 echo "- auth / open: **$auth_vs_open %** (target ≥ 95 %: $(verdict "$auth_vs_open" 95))"
+# What the audit trail stored for the /auth runs (blocks the writer has committed so far).
+python3 - "$tmp/data/portcullis.db" <<'EOF2' || echo "- audit storage: could not be read"
+import sqlite3, sys
+db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+n, size = db.execute("SELECT coalesce(sum(last_seq - first_seq + 1), 0), coalesce(sum(length(events)), 0) FROM audit_blocks").fetchone()
+if n:
+    print(f"- audit storage: {n:,} events in {size:,} bytes of blocks ({size / n:.0f} bytes per event)")
+EOF2

@@ -4,7 +4,7 @@
 //! Events at request rate are nearly all alike — the same kind, route, scheme, reason, and
 //! one of a few credentials and client addresses — and differ in their time, request id and
 //! hash. A block keeps one dictionary per repeated field and, per event, small indices into
-//! them; the request id, the address and the 32-byte hash as they are. About 63 bytes per
+//! them; the request id, the address and the 32-byte hash as they are. About 64 bytes per
 //! gateway decision, against ≈ 66 for format 1 (the canonical JSON lines, LZ4-compressed),
 //! without compression or a second JSON rendering on the writer's path. The canonical JSON
 //! is rendered again on read by `portcullis_core::audit::write_json`, which is frozen for
