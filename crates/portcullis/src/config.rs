@@ -85,6 +85,10 @@ pub struct AuditConfig {
     pub path: PathBuf,
     /// Events queued before emitters wait.
     pub queue: usize,
+    /// Longest a gateway decision waits for company before its batch is stored and written
+    /// to the sink (admin changes never wait: they are stored before the API answers).
+    #[serde(deserialize_with = "de_duration")]
+    pub flush_interval: Duration,
 }
 
 impl Default for AuditConfig {
@@ -93,6 +97,7 @@ impl Default for AuditConfig {
             sink: SinkKind::File,
             path: PathBuf::from("audit.jsonl"),
             queue: 65_536,
+            flush_interval: portcullis_domain::audit::DEFAULT_LINGER,
         }
     }
 }
@@ -343,6 +348,14 @@ impl Config {
         }
         if self.audit.queue == 0 {
             return Err(("audit.queue".into(), "must be at least 1".into()));
+        }
+        if self.audit.flush_interval.is_zero()
+            || self.audit.flush_interval > portcullis_domain::audit::MAX_LINGER
+        {
+            return Err((
+                "audit.flush_interval".into(),
+                "must be more than 0 and at most 10s".into(),
+            ));
         }
         Ok(())
     }
@@ -660,6 +673,15 @@ failed_auth_limit = false
         assert!(e.contains("limits.header_timeout"), "{e}");
         let e = err("[limits]\nsend_timeout = \"0s\"\n");
         assert!(e.contains("limits.send_timeout"), "{e}");
+        for bad in ["0s", "11s"] {
+            let e = err(&format!("[audit]\nflush_interval = \"{bad}\"\n"));
+            assert!(
+                e.starts_with("p.toml:2:") && e.contains("audit.flush_interval"),
+                "{e}"
+            );
+        }
+        let c = Config::parse("[audit]\nflush_interval = \"20ms\"\n", "p.toml").unwrap();
+        assert_eq!(c.audit.flush_interval, Duration::from_millis(20));
         let c = Config::parse("[limits]\nsend_timeout = \"5s\"\n", "p.toml").unwrap();
         assert_eq!(c.limits.send_timeout, Duration::from_secs(5));
         assert_eq!(c.limits.header_timeout, Duration::from_secs(10));

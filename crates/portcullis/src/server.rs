@@ -188,7 +188,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     let (auditor, writer) = audit::channel(audit_log.clone(), sink, cfg.audit.queue)
         .await
         .map_err(|e| StartError(format!("cannot read the audit trail: {e}")))?;
-    let writer_task = tokio::spawn(writer.run());
+    let writer_task = tokio::spawn(writer.linger(cfg.audit.flush_interval).run());
 
     let cache = Arc::new(KeyCache::new(cfg.api_keys.cache_capacity));
     let usage = Arc::new(UsageTracker::new(keys.clone()));

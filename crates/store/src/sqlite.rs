@@ -573,7 +573,7 @@ impl AuditLog for SqliteStore {
                 .await
                 .map_err(sql_err)?;
         check_next_seq(events[0].seq, head.map_or(1, |h| h.saturating_add(1)))?;
-        for b in &blocks {
+        for b in blocks {
             sqlx::query(
                 "INSERT INTO audit_blocks (first_seq, last_seq, min_time, max_time, kinds, \
                  outcomes, credentials, events) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -585,7 +585,8 @@ impl AuditLog for SqliteStore {
             .bind(distinct_text(&b.kinds))
             .bind(distinct_text(&b.outcomes))
             .bind(distinct_text(&b.credentials))
-            .bind(b.bytes.as_slice())
+            // By value: the statement takes the buffer instead of a copy of it.
+            .bind(b.bytes)
             .execute(&mut *tx)
             .await
             .map_err(sql_err)?;
