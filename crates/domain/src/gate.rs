@@ -2,6 +2,7 @@
 //! with one audit event per decision. The HTTP adapter calls [`Gate::admit`] and renders the
 //! outcome; it makes no decision of its own.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use portcullis_core::ratelimit::{Decision, Limit};
@@ -31,6 +32,37 @@ pub struct RouteGate {
     pub failure_limit: Option<Limit>,
     /// `WWW-Authenticate` challenges, computed once.
     pub challenges: Arc<[String]>,
+    /// Until when some address may be over [`RouteGate::failure_limit`] (shared by clones).
+    failures: Arc<FailureWatch>,
+}
+
+/// Until when an address may be refused by a route's failed-authentication limit, as far as
+/// this process has counted: the latest time at which an address that ran out of failures
+/// could still be refused. Before that the per-address cell is looked at on every request;
+/// after it no address can be over the limit, so the look (a cell key, a hash, a lock and the
+/// arithmetic on every authenticated request) is skipped. Only sound when this process
+/// counts every failure ([`RateLimiter::is_private`]); with shared cells the gate always looks.
+#[derive(Debug, Default)]
+struct FailureWatch {
+    /// Milliseconds since the epoch; 0: no address has run out since start.
+    until_ms: AtomicI64,
+}
+
+impl FailureWatch {
+    fn may_refuse(&self, now: Timestamp) -> bool {
+        now.as_millis() < self.until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Notes the decision of a counted failure: an address with no failure left is refused
+    /// until its cell has drained, which is at most `reset_secs` away.
+    fn counted(&self, d: &Decision, now: Timestamp) {
+        if d.allowed && d.remaining > 0 {
+            return;
+        }
+        let secs = i64::try_from(d.reset_secs.max(1)).unwrap_or(i64::MAX);
+        let until = now.as_millis().saturating_add(secs.saturating_mul(1000));
+        self.until_ms.fetch_max(until, Ordering::Relaxed);
+    }
 }
 
 impl RouteGate {
@@ -52,6 +84,7 @@ impl RouteGate {
             rate_limit,
             failure_limit,
             challenges,
+            failures: Arc::default(),
         }
     }
 }
@@ -153,28 +186,32 @@ impl Gate {
         req: &RequestParts<'_>,
         now: Timestamp,
     ) -> Result<Admitted, (Refused, Option<Arc<str>>)> {
-        let fail_key = route.failure_limit.as_ref().map(|l| {
+        let fail_key = || {
             let ip = IpText::new(req.client_ip);
-            (cell_key("f", &route.name, &[ip.as_str()]), l)
-        });
-        if let Some((key, l)) = &fail_key {
-            if let Some(d) = self.limiter.is_blocked(key.as_str(), l, now).await {
-                return Err((
-                    Refused {
-                        error: AuthError::RateLimited {
-                            retry_after_secs: d.retry_after_secs,
+            cell_key("f", &route.name, &[ip.as_str()])
+        };
+        if let Some(l) = &route.failure_limit {
+            if !self.limiter.is_private() || route.failures.may_refuse(now) {
+                if let Some(d) = self.limiter.is_blocked(fail_key().as_str(), l, now).await {
+                    return Err((
+                        Refused {
+                            error: AuthError::RateLimited {
+                                retry_after_secs: d.retry_after_secs,
+                            },
+                            rate: Some(d),
                         },
-                        rate: Some(d),
-                    },
-                    None,
-                ));
+                        None,
+                    ));
+                }
             }
         }
         let authn = match route.policy.evaluate(req, &route.auth, now).await {
             Ok(a) => a,
             Err(error) => {
-                if let Some((key, l)) = &fail_key {
-                    let _ = self.limiter.check(key.as_str(), l, now).await;
+                if let Some(l) = &route.failure_limit {
+                    if let Some(d) = self.limiter.check(fail_key().as_str(), l, now).await {
+                        route.failures.counted(&d, now);
+                    }
                 }
                 return Err((Refused { error, rate: None }, None));
             }
@@ -283,5 +320,66 @@ mod tests {
         assert_eq!(key("r", "", &[]), "r:");
         let long = "é".repeat(100);
         assert_eq!(key("r", &long, &["x"]), format!("r:{long}:x"));
+    }
+
+    #[test]
+    fn the_failure_watch_rises_only_when_an_address_runs_out() {
+        let w = FailureWatch::default();
+        let at = |ms| Timestamp::from_millis(ms);
+        assert!(!w.may_refuse(at(1_000)));
+        let l = Limit {
+            algorithm: portcullis_core::ratelimit::Algorithm::Gcra,
+            limit: 2,
+            period_ms: 60_000,
+            burst: 2,
+        };
+        let d1 = l.check(None, 1_000);
+        w.counted(&d1, at(1_000));
+        assert!(!w.may_refuse(at(1_000)), "one failure left");
+        let d2 = l.check(Some(d1.cell), 1_000);
+        assert_eq!(d2.remaining, 0);
+        w.counted(&d2, at(1_000));
+        assert!(w.may_refuse(at(1_000)));
+        assert!(w.may_refuse(at(60_999)));
+        assert!(!w.may_refuse(at(61_000)), "the cell has drained by then");
+        // A later note that ends sooner does not shorten the watch.
+        let short = Limit {
+            period_ms: 2_000,
+            ..l
+        };
+        let e = short.check(Some(short.check(None, 2_000).cell), 2_000);
+        w.counted(&e, at(2_000));
+        assert!(w.may_refuse(at(60_999)));
+    }
+
+    proptest::proptest! {
+        /// Soundness of skipping the look: whenever the cell would refuse, the watch says
+        /// that some address may be refused.
+        #[test]
+        fn the_watch_covers_every_refusal(
+            limit in 1u32..20,
+            period_ms in 1u64..200_000,
+            burst in 1u32..20,
+            gaps in proptest::collection::vec(0i64..20_000, 1..40),
+            probe in 0i64..400_000,
+        ) {
+            let l = Limit { algorithm: portcullis_core::ratelimit::Algorithm::Gcra, limit, period_ms, burst };
+            let w = FailureWatch::default();
+            let (mut t, mut cell) = (1_000_000i64, None);
+            for g in gaps {
+                t += g;
+                // As the gate does: a failure is counted only when the look allowed it.
+                if !l.check(cell, t).allowed {
+                    continue;
+                }
+                let d = l.check(cell, t);
+                cell = Some(d.cell);
+                w.counted(&d, Timestamp::from_millis(t));
+            }
+            let when = t + probe;
+            if !l.check(cell, when).allowed {
+                proptest::prop_assert!(w.may_refuse(Timestamp::from_millis(when)));
+            }
+        }
     }
 }

@@ -11,12 +11,20 @@ use portcullis_store::RateCells;
 #[derive(Clone)]
 pub struct RateLimiter {
     cells: Arc<dyn RateCells>,
+    /// [`RateCells::is_private`], asked once.
+    private: bool,
 }
 
 impl RateLimiter {
     /// A limiter over `cells`.
     pub fn new(cells: Arc<dyn RateCells>) -> Self {
-        Self { cells }
+        let private = cells.is_private();
+        Self { cells, private }
+    }
+
+    /// Whether only this process changes the cells ([`RateCells::is_private`]).
+    pub fn is_private(&self) -> bool {
+        self.private
     }
 
     /// Counts one request against `limit` for `key`. `None` when the store failed (allow).

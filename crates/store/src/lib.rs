@@ -122,6 +122,13 @@ pub trait RateCells: Send + Sync {
         let _ = (key, limit, now, commit);
         None
     }
+
+    /// Whether this process is the only one that changes these cells (an in-memory store):
+    /// then a cell that no check of this process brought to its limit is under it, and a
+    /// caller may skip looking. `false` (the default): other instances share the cells.
+    fn is_private(&self) -> bool {
+        false
+    }
 }
 
 /// The durable store the binary wires in.

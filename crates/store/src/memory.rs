@@ -317,6 +317,10 @@ impl RateCells for MemoryRateCells {
     ) -> Option<Decision> {
         Some(self.check_sync(key, limit, now, commit))
     }
+
+    fn is_private(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
