@@ -28,6 +28,7 @@ use crate::crypto::{self, Sha256Digest};
 use crate::secret::{ct_eq, Secret};
 use crate::verified::{self, Verified};
 use crate::Timestamp;
+use zeroize::Zeroize;
 
 /// Random bytes in a key body.
 pub const BODY_BYTES: usize = 32;
@@ -257,6 +258,65 @@ pub fn parse(raw: &str, allow_foreign: bool) -> Result<Parsed, Error> {
     })
 }
 
+/// The last key parsed on one connection, with what [`parse`] made of it.
+///
+/// A client on a keep-alive connection sends the same key with every request (the usual
+/// partner or service client): its checksum and SHA-256 are then computed once per
+/// connection, not once per request. [`parse`] is a pure function of the key text, so the
+/// answer is the same either way; the lookup, revocation and expiry checks still run on every
+/// request. The text is compared in constant time (a connection from a shared proxy may carry
+/// several callers' keys) and zeroed when replaced and on drop. Only keys that parsed are
+/// remembered.
+#[derive(Default)]
+pub struct ParseMemo(std::sync::Mutex<Option<Remembered>>);
+
+struct Remembered {
+    /// The key text, `len` bytes of it (inline: no allocation per connection).
+    raw: [u8; MAX_KEY_LEN],
+    len: usize,
+    allow_foreign: bool,
+    parsed: Parsed,
+}
+
+impl Drop for Remembered {
+    fn drop(&mut self) {
+        self.raw.zeroize();
+    }
+}
+
+impl ParseMemo {
+    /// [`parse`], answered from memory when `raw` is the key parsed last.
+    pub fn parse(&self, raw: &str, allow_foreign: bool) -> Result<Parsed, Error> {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = slot.as_ref() {
+            if r.allow_foreign == allow_foreign && ct_eq(&r.raw[..r.len], raw.as_bytes()) {
+                return Ok(r.parsed);
+            }
+        }
+        let parsed = parse(raw, allow_foreign)?;
+        // `parse` refuses anything longer than MAX_KEY_LEN, so the text fits.
+        let text = raw.as_bytes();
+        if text.len() <= MAX_KEY_LEN {
+            let r = slot.get_or_insert_with(|| Remembered {
+                raw: [0; MAX_KEY_LEN],
+                len: 0,
+                allow_foreign,
+                parsed,
+            });
+            r.raw.zeroize();
+            r.raw[..text.len()].copy_from_slice(text);
+            (r.len, r.allow_foreign, r.parsed) = (text.len(), allow_foreign, parsed);
+        }
+        Ok(parsed)
+    }
+}
+
+impl std::fmt::Debug for ParseMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ParseMemo(<redacted>)")
+    }
+}
+
 /// The hash under which a raw key is stored (SHA-256 of its text).
 pub fn hash(raw: &str) -> Sha256Digest {
     crypto::sha256(raw.as_bytes())
@@ -314,6 +374,41 @@ mod tests {
                 "pk_live_".len() + DISPLAY_BODY_CHARS
             );
         }
+    }
+
+    fn outcome(r: Result<Parsed, Error>) -> Result<(Kind, Sha256Digest), Error> {
+        r.map(|p| (p.kind, p.hash))
+    }
+
+    #[test]
+    fn the_connection_memo_answers_as_parse_does() {
+        let memo = ParseMemo::default();
+        let (a, b) = (key(1), key(2));
+        let (a, b) = (a.key.expose(), b.key.expose());
+        let mut bad = a.to_owned();
+        bad.pop();
+        bad.push(if a.ends_with('2') { '3' } else { '2' });
+        // Hits, misses that replace, refusals that are not remembered, the foreign switch.
+        for (raw, foreign) in [
+            (a, false),
+            (a, false),
+            (b, false),
+            (&bad[..], false),
+            (b, false),
+            (a, false),
+            ("kong-style-legacy-key-123", false),
+            ("kong-style-legacy-key-123", true),
+            ("kong-style-legacy-key-123", false),
+            (&a[..a.len() - 1], false),
+            ("", false),
+        ] {
+            assert_eq!(
+                outcome(memo.parse(raw, foreign)),
+                outcome(parse(raw, foreign)),
+                "{raw:?} foreign={foreign}"
+            );
+        }
+        assert!(!format!("{memo:?}").contains(&a[8..]));
     }
 
     #[test]
@@ -408,6 +503,31 @@ mod tests {
             ..ok
         };
         assert_eq!(verify(&p, &expired, now).unwrap_err(), Error::Expired);
+    }
+
+    proptest! {
+        /// Over any sequence of presented texts (valid keys, one-character changes of them,
+        /// foreign texts, noise), the memo answers exactly as parsing each one afresh.
+        #[test]
+        fn memo_equals_parse_over_any_sequence(
+            picks in proptest::collection::vec((0usize..4, 0usize..60, any::<u8>(), any::<bool>()), 1..30)
+        ) {
+            let memo = ParseMemo::default();
+            let keys = [key(3), key(4)];
+            for (what, at, byte, foreign) in picks {
+                let text = match what {
+                    0 | 1 => keys[what].key.expose().to_owned(),
+                    2 => {
+                        let mut v = keys[0].key.expose().as_bytes().to_vec();
+                        let i = at % v.len();
+                        v[i] = byte;
+                        String::from_utf8_lossy(&v).into_owned()
+                    }
+                    _ => "x".repeat(at) + &char::from(byte % 94 + 33).to_string(),
+                };
+                prop_assert_eq!(outcome(memo.parse(&text, foreign)), outcome(parse(&text, foreign)));
+            }
+        }
     }
 
     proptest! {

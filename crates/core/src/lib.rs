@@ -29,6 +29,6 @@ pub mod verified;
 
 pub use error::{AuthError, WireError};
 pub use identity::{Identity, Scheme, ScopeSet};
-pub use request::RequestParts;
+pub use request::{ConnMemo, RequestParts};
 pub use time::Timestamp;
 pub use verified::Verified;

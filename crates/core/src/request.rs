@@ -15,6 +15,18 @@ pub struct RequestParts<'a> {
     pub headers: &'a http::HeaderMap,
     /// The address of the peer that connected to us.
     pub client_ip: IpAddr,
+    /// What the caller's connection remembers between its requests; `None` when there is
+    /// no connection to remember on (tests, internal callers).
+    pub conn: Option<&'a ConnMemo>,
+}
+
+/// What one caller connection remembers between its requests, for the schemes to reuse. The
+/// adapter keeps one per connection and lends it to each request; what is kept is a pure
+/// function of what the caller sent (never a decision), so using it changes no outcome.
+#[derive(Debug, Default)]
+pub struct ConnMemo {
+    /// The API key parsed last.
+    pub api_key: crate::api_key::ParseMemo,
 }
 
 impl<'a> RequestParts<'a> {
@@ -60,6 +72,7 @@ mod tests {
             query: q,
             headers: h,
             client_ip: [127, 0, 0, 1].into(),
+            conn: None,
         }
     }
 

@@ -79,6 +79,7 @@ fn bench(c: &mut Criterion) {
                 query: None,
                 headers: h,
                 client_ip: [127, 0, 0, 1].into(),
+                conn: None,
             };
             assert!(rt
                 .block_on(auth.authenticate(&req, &route, now))
@@ -99,6 +100,7 @@ fn bench(c: &mut Criterion) {
                         query: None,
                         headers: &headers[i],
                         client_ip: [127, 0, 0, 1].into(),
+                        conn: None,
                     };
                     rt.block_on(auth.authenticate(&req, &route, now)).unwrap()
                 },

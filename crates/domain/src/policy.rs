@@ -317,6 +317,7 @@ mod tests {
             query: None,
             headers: &h,
             client_ip: [127, 0, 0, 1].into(),
+            conn: None,
         };
         policy
             .evaluate(&req, &RouteAuth::default(), Timestamp::EPOCH)

@@ -11,7 +11,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, Uri};
 use portcullis_core::error::GatewayError;
 use portcullis_core::text::IpText;
-use portcullis_core::{AuthError, RequestParts, WireError};
+use portcullis_core::{AuthError, ConnMemo, RequestParts, WireError};
 use portcullis_domain::authn::Authenticated;
 use portcullis_domain::gate::{Gate, RouteGate};
 use portcullis_domain::Clock;
@@ -176,11 +176,13 @@ pub struct Admitted<'g> {
 impl Gateway {
     /// Decides what to do with a request from `peer`: matches a route, runs the gate, and
     /// prepares what goes upstream. For [`Plan::Forward`], the upstream request head is
-    /// written into `upstream_head` (which is cleared first).
+    /// written into `upstream_head` (which is cleared first). `conn` is what the caller's
+    /// connection remembers between its requests.
     pub async fn plan<'g>(
         &'g self,
         parts: &mut http::request::Parts,
         peer: SocketAddr,
+        conn: &ConnMemo,
         request_id: &str,
         upstream_head: &mut Vec<u8>,
     ) -> Plan<'g> {
@@ -204,6 +206,7 @@ impl Gateway {
             query: parts.uri.query(),
             headers: &parts.headers,
             client_ip: peer.ip(),
+            conn: Some(conn),
         };
         let admitted = match self.gate.admit(&route.gate, &req, request_id, now).await {
             Ok(a) => a,

@@ -287,7 +287,10 @@ impl Authenticator for ApiKeyAuthenticator {
         let Some((raw, consumed)) = self.extract(req, route)? else {
             return Ok(None);
         };
-        let parsed = api_key::parse(raw, self.config.allow_foreign)?;
+        let parsed = match req.conn {
+            Some(c) => c.api_key.parse(raw, self.config.allow_foreign),
+            None => api_key::parse(raw, self.config.allow_foreign),
+        }?;
         let Some(key) = self.lookup(&parsed.hash, now).await? else {
             return Err(api_key::Error::Unknown.into());
         };

@@ -23,6 +23,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use portcullis_core::error::GatewayError;
+use portcullis_core::ConnMemo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -58,6 +59,7 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, app: Arc<App>, stop: Arc<Not
         timer: Deadline::new(),
         app,
         peer,
+        memo: ConnMemo::default(),
     };
     loop {
         let head = match conn.read_head(stopped.as_mut()).await {
@@ -132,6 +134,8 @@ struct Conn {
     timer: Deadline,
     app: Arc<App>,
     peer: SocketAddr,
+    /// What this connection's requests leave for the next one (the API key parsed last).
+    memo: ConnMemo,
 }
 
 /// Why an exchange with the upstream failed.
@@ -265,7 +269,13 @@ impl Conn {
         }
         match app
             .gateway
-            .plan(&mut parts, self.peer, id, &mut self.upstream_head)
+            .plan(
+                &mut parts,
+                self.peer,
+                &self.memo,
+                id,
+                &mut self.upstream_head,
+            )
             .await
         {
             Plan::Respond(resp) => {

@@ -340,3 +340,63 @@ async fn health_metrics_and_size_limits() {
         assert!(head.starts_with("HTTP/1.1 400"), "{path}: {head}");
     }
 }
+
+/// One request on an open keep-alive connection; its status and JSON `error` (or "").
+async fn on_conn(c: &mut tokio::net::TcpStream, key: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET /echo/same HTTP/1.1\r\nHost: t\r\nX-API-Key: {key}\r\n\r\n");
+    c.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let read = async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = c.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the connection closed");
+            buf.extend_from_slice(&chunk[..n]);
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .expect("a content-length")
+                .trim()
+                .parse()
+                .unwrap();
+            if buf.len() >= end + 4 + len {
+                let status = head[9..12].parse().unwrap();
+                let body: serde_json::Value =
+                    serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap_or_default();
+                let error = body["error"].as_str().unwrap_or("").to_owned();
+                return (status, error);
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), read)
+        .await
+        .expect("an answer in time")
+}
+
+#[tokio::test]
+async fn a_key_is_judged_afresh_on_every_request_of_a_keep_alive_connection() {
+    let s = Server::start(None);
+    let (id, key) = s.create_key("conn", "read:echo");
+    let (_, other) = s.create_key("conn-other", "read:echo");
+    let mut typo = key.clone();
+    typo.pop();
+    typo.push(if key.ends_with('2') { '3' } else { '2' });
+    let mut c = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    assert_eq!(on_conn(&mut c, &key).await.0, 200);
+    assert_eq!(on_conn(&mut c, &key).await.0, 200);
+    assert_eq!(
+        on_conn(&mut c, &typo).await,
+        (401, "invalid_api_key".into())
+    );
+    assert_eq!(on_conn(&mut c, &key).await.0, 200);
+    // Revoked while the connection stays open: the next request on it is refused.
+    s.cli_json(&["keys", "revoke", &id]);
+    assert_eq!(on_conn(&mut c, &key).await, (401, "api_key_revoked".into()));
+    assert_eq!(on_conn(&mut c, &other).await.0, 200);
+    assert_eq!(on_conn(&mut c, &key).await, (401, "api_key_revoked".into()));
+}
