@@ -60,8 +60,9 @@ impl FailureWatch {
             return;
         }
         let secs = i64::try_from(d.reset_secs.max(1)).unwrap_or(i64::MAX);
-        let until = now.as_millis().saturating_add(secs.saturating_mul(1000));
-        self.until_ms.fetch_max(until, Ordering::Relaxed);
+        let until = now.plus_millis(secs.saturating_mul(1000));
+        self.until_ms
+            .fetch_max(until.as_millis(), Ordering::Relaxed);
     }
 }
 

@@ -349,12 +349,11 @@ impl Config {
         if self.audit.queue == 0 {
             return Err(("audit.queue".into(), "must be at least 1".into()));
         }
-        if self.audit.flush_interval.is_zero()
-            || self.audit.flush_interval > portcullis_domain::audit::MAX_LINGER
-        {
+        let max = portcullis_domain::audit::MAX_LINGER;
+        if self.audit.flush_interval.is_zero() || self.audit.flush_interval > max {
             return Err((
                 "audit.flush_interval".into(),
-                "must be more than 0 and at most 10s".into(),
+                format!("must be more than 0 and at most {}s", max.as_secs()),
             ));
         }
         Ok(())
