@@ -78,15 +78,72 @@ pub fn write_json(f: &Fields<'_>, out: &mut String) {
     JsonWriter::default().write(f, out);
 }
 
-/// [`write_json`] for a run of events: remembers the date and time of the last second and the
-/// text of the last client address, which consecutive events nearly always share. The output
-/// is [`write_json`]'s, byte for byte (it is the same code).
+/// [`write_json`] for a run of events: remembers what consecutive events nearly always share
+/// (the date and time of the last second, the text of the last client address, and the
+/// rendering of the kind and outcome and of the route, scheme and reason) and copies it
+/// instead of rendering it again. The output is [`write_json`]'s, byte for byte (it is the
+/// same code).
 #[derive(Default)]
 pub struct JsonWriter {
     /// The last second rendered and its `YYYY-MM-DDTHH:MM:SS`.
     second: Option<(i64, [u8; 19])>,
     /// The last client address and its text.
     ip: Option<(IpAddr, IpText)>,
+    /// `,"kind":…,"outcome":…` of the last event.
+    kind_outcome: Rendered<2>,
+    /// `,"route":…,"scheme":…,"reason":…` of the last event.
+    route_scheme_reason: Rendered<3>,
+}
+
+/// The rendering of `N` consecutive optional string fields, and the values it was rendered
+/// from (compared by content: the writer cannot know how long a borrowed value lives, so an
+/// address seen before may hold other text now).
+#[derive(Default)]
+struct Rendered<const N: usize> {
+    /// The values' lengths (`None`: absent); `None` for the whole until something is rendered.
+    lens: Option<[Option<usize>; N]>,
+    /// The values, one after another.
+    values: String,
+    /// Their JSON.
+    json: String,
+}
+
+impl<const N: usize> Rendered<N> {
+    /// Appends the JSON of `values` (each opened by its `names` entry, absent ones left out).
+    fn write(&mut self, out: &mut String, names: [&str; N], values: [Option<&str>; N]) {
+        if !self.holds(&values) {
+            let mut lens = [None; N];
+            self.values.clear();
+            self.json.clear();
+            for ((len, name), v) in lens.iter_mut().zip(names).zip(values) {
+                if let Some(v) = v {
+                    *len = Some(v.len());
+                    self.values.push_str(v);
+                }
+                field(&mut self.json, name, v);
+            }
+            self.lens = Some(lens);
+        }
+        out.push_str(&self.json);
+    }
+
+    fn holds(&self, values: &[Option<&str>; N]) -> bool {
+        let Some(lens) = &self.lens else {
+            return false;
+        };
+        let mut rest = self.values.as_bytes();
+        for (len, v) in lens.iter().zip(values) {
+            match (len, v) {
+                (None, None) => {}
+                (Some(n), Some(v)) => match rest.split_at_checked(*n) {
+                    Some((seen, after)) if seen == v.as_bytes() => rest = after,
+                    _ => return false,
+                },
+                _ => return false,
+            }
+        }
+        true
+    }
 }
 
 impl JsonWriter {
@@ -108,12 +165,17 @@ impl JsonWriter {
         out.push_str(std::str::from_utf8(&date_time).unwrap_or("0000-00-00T00:00:00"));
         out.push_str(std::str::from_utf8(&fraction).unwrap_or(".000Z"));
         out.push('"');
-        field(out, ",\"kind\":", Some(f.kind));
-        field(out, ",\"outcome\":", Some(f.outcome));
+        self.kind_outcome.write(
+            out,
+            [",\"kind\":", ",\"outcome\":"],
+            [Some(f.kind), Some(f.outcome)],
+        );
         field(out, ",\"request_id\":", f.request_id);
-        field(out, ",\"route\":", f.route);
-        field(out, ",\"scheme\":", f.scheme);
-        field(out, ",\"reason\":", f.reason);
+        self.route_scheme_reason.write(
+            out,
+            [",\"route\":", ",\"scheme\":", ",\"reason\":"],
+            [f.route, f.scheme, f.reason],
+        );
         field(out, ",\"credential_id\":", f.credential_id);
         if let Some(ip) = f.client_ip {
             let text = match self.ip {
@@ -372,6 +434,41 @@ mod tests {
             w.write(&f, &mut a);
             write_json(&f, &mut b);
             assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn a_json_writer_remembering_fields_writes_what_a_fresh_one_writes() {
+        let kinds = ["auth.decision", "api_key.new_ip"];
+        let outcomes = ["allow", "deny", "notice"];
+        let routes = [None, Some("orders"), Some("order"), Some("s\"x")];
+        let schemes = [None, Some("api_key"), Some("api_key,jwt")];
+        let reasons = [None, Some("ok"), Some("invalid_api_key")];
+        let mut w = JsonWriter::default();
+        // One buffer, its text changed in place: a value at an address seen before may be
+        // other text now.
+        let mut route_buf = String::from("orders");
+        for i in 0..400usize {
+            if i % 11 == 0 {
+                route_buf.clear();
+                route_buf.push_str(if i % 22 == 0 { "orders" } else { "ordery" });
+            }
+            let route = if i % 5 == 0 {
+                Some(route_buf.as_str())
+            } else {
+                routes[i / 3 % routes.len()]
+            };
+            let f = Fields {
+                route,
+                scheme: schemes[i / 7 % schemes.len()],
+                reason: reasons[i / 2 % reasons.len()],
+                request_id: Some("r"),
+                ..Fields::new(1_764_000_000_000, kinds[i / 13 % 2], outcomes[i / 4 % 3])
+            };
+            let (mut a, mut b) = (String::new(), String::new());
+            w.write(&f, &mut a);
+            write_json(&f, &mut b);
+            assert_eq!(a, b, "event {i}");
         }
     }
 

@@ -82,12 +82,17 @@ impl AuditEvent {
     }
     /// Sets the scheme(s).
     pub fn scheme(mut self, v: SchemeSet) -> Self {
+        self.set_scheme(v);
+        self
+    }
+    /// Sets the scheme(s) in place (the gate fills its event field by field: each builder
+    /// call above moves the whole event).
+    pub fn set_scheme(&mut self, v: SchemeSet) {
         // One scheme (nearly every decision): its constant name, no allocation.
         self.scheme = Some(match v.single() {
             Some(one) => Cow::Borrowed(one.name()),
             None => Cow::Owned(v.to_string()),
         });
-        self
     }
     /// Sets the reason code.
     pub fn reason(mut self, v: &'static str) -> Self {

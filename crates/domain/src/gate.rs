@@ -146,31 +146,29 @@ impl Gate {
             return Ok(Admitted { authn: None, rate });
         }
         let result = self.decide(route, req, now).await;
-        let event = AuditEvent::new(
+        // Filled in place, field by field: the event is a few hundred bytes, and each call of
+        // its builder would move it.
+        let mut event = AuditEvent::new(
             now,
             "auth.decision",
             if result.is_ok() { "allow" } else { "deny" },
-        )
-        .request_id(request_id)
-        .route(route.name.clone())
-        .client_ip(req.client_ip);
-        let event = match &result {
+        );
+        event.request_id = Some(CompactText::new(request_id));
+        event.route = Some(route.name.clone());
+        event.client_ip = Some(req.client_ip);
+        match &result {
             Ok(a) => {
-                let id = a.authn.as_ref().map(|a| &a.identity);
-                let e = event.reason("ok");
-                match id {
-                    Some(i) => e.scheme(i.schemes).credential(i.credential_id.clone()),
-                    None => e,
+                event.reason = Some("ok");
+                if let Some(i) = a.authn.as_ref().map(|a| &a.identity) {
+                    event.set_scheme(i.schemes);
+                    event.credential_id = Some(i.credential_id.clone());
                 }
             }
             Err((r, cred)) => {
-                let e = event.reason(WireError::from(&r.error).code);
-                match cred {
-                    Some(c) => e.credential(c.clone()),
-                    None => e,
-                }
+                event.reason = Some(WireError::from(&r.error).code);
+                event.credential_id = cred.clone();
             }
-        };
+        }
         if self.auditor.emit_bounded(event).await.is_err() {
             // Not audited, not allowed: fail closed rather than wait for ever.
             return Err(Refused {
