@@ -65,23 +65,8 @@ impl std::fmt::Display for IpText {
 
 /// Appends `n` in decimal, as `Display` would (sequence numbers and times, per event).
 pub fn push_decimal(out: &mut String, n: i64) {
-    if n < 0 {
-        out.push('-');
-    }
-    let mut v = n.unsigned_abs();
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + u8::try_from(v % 10).unwrap_or(0);
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    for &d in &digits[i..] {
-        out.push(char::from(d));
-    }
+    // itoa: two digits per step from a table.
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// Text joined from pieces and kept inline when it fits in `N` bytes, on the heap only when
