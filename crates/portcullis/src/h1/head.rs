@@ -69,9 +69,14 @@ pub struct RequestHead {
 /// Parses one request head from the start of `buf`. `Ok(None)`: incomplete (read more, unless
 /// `buf` already holds `max_bytes`, in which case this returns `TooLarge`). On success the
 /// head's bytes are taken from `buf`; what follows (body, next request) stays in it.
+///
+/// `known`: field names outside the standard set that the gateway reads on most requests (the
+/// API-key header); a field with one of these names gets a clone of it instead of a name of
+/// its own (a fresh allocation and copy for every non-standard name).
 pub fn parse_request(
     buf: &mut BytesMut,
     max_bytes: usize,
+    known: &[HeaderName],
 ) -> Result<Option<RequestHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -115,7 +120,10 @@ pub fn parse_request(
     let mut header_bytes = 0usize;
     for h in req.headers.iter() {
         header_bytes += h.name.len() + h.value.len() + 4;
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
+        let name = match known_name(known, h.name.as_bytes()) {
+            Some(k) => k.clone(),
+            None => HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Malformed)?,
+        };
         if name == header::HOST {
             hosts += 1;
         } else if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
@@ -179,6 +187,16 @@ fn place(buf: &[u8], len: usize, part: &[u8]) -> Result<std::ops::Range<usize>, 
     (start <= end && end <= len)
         .then_some(start..end)
         .ok_or(HeadError::Malformed)
+}
+
+/// The entry of `known` that `name` spells, ignoring ASCII case (what `HeaderName::from_bytes`
+/// would make of it: a byte equal to a valid lowercase token byte, ignoring case, is that byte
+/// or its uppercase form, both valid).
+fn known_name<'k>(known: &'k [HeaderName], name: &[u8]) -> Option<&'k HeaderName> {
+    known.iter().find(|k| {
+        let k = k.as_str().as_bytes();
+        k.len() == name.len() && k.eq_ignore_ascii_case(name)
+    })
 }
 
 /// Whether the first line is `method SP target SP HTTP/d.d`: a version error in such a line
@@ -521,7 +539,7 @@ mod tests {
 
     fn req(s: &str) -> Result<Option<RequestHead>, HeadError> {
         let mut b = BytesMut::from(s.as_bytes());
-        parse_request(&mut b, 8192)
+        parse_request(&mut b, 8192, &[])
     }
 
     fn resp(s: &str, head: bool) -> Result<Option<ResponseHead>, HeadError> {
@@ -533,7 +551,7 @@ mod tests {
     fn a_plain_get_parses_and_leaves_what_follows() {
         let mut b =
             BytesMut::from(&b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nX-Y: 1\r\n\r\nGET /next"[..]);
-        let r = parse_request(&mut b, 8192).unwrap().unwrap();
+        let r = parse_request(&mut b, 8192, &[]).unwrap().unwrap();
         assert_eq!(r.parts.method, Method::GET);
         assert_eq!(r.parts.uri.path(), "/a");
         assert_eq!(r.parts.uri.query(), Some("b=c"));
@@ -544,10 +562,37 @@ mod tests {
     }
 
     #[test]
+    fn a_known_field_name_parses_as_any_other_in_any_case() {
+        let known = [HeaderName::from_static("x-api-key")];
+        for name in [
+            "x-api-key",
+            "X-API-Key",
+            "X-API-KEY",
+            "x-api-kez",
+            "x-api-keys",
+            "x-ap-key",
+        ] {
+            let text = format!("GET / HTTP/1.1\r\nHost: x\r\n{name}: v1\r\nAccept: */*\r\n\r\n");
+            let with = parse_request(&mut BytesMut::from(text.as_bytes()), 8192, &known)
+                .unwrap()
+                .unwrap();
+            let without = req(&text).unwrap().unwrap();
+            assert_eq!(with.parts.headers, without.parts.headers, "{name}");
+            assert_eq!(with.parts.headers[name.to_ascii_lowercase().as_str()], "v1");
+        }
+        // A name that is not a token is refused whether or not a known name is near it.
+        let bad = "GET / HTTP/1.1\r\nHost: x\r\nx-api-ke\x01: v\r\n\r\n";
+        assert!(parse_request(&mut BytesMut::from(bad.as_bytes()), 8192, &known).is_err());
+    }
+
+    #[test]
     fn incomplete_heads_wait_and_oversized_ones_are_refused() {
         assert!(req("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
         let mut b = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\nX: aaaaaaaaaa"[..]);
-        assert_eq!(parse_request(&mut b, 16).unwrap_err(), HeadError::TooLarge);
+        assert_eq!(
+            parse_request(&mut b, 16, &[]).unwrap_err(),
+            HeadError::TooLarge
+        );
         let many: String = (0..MAX_HEADERS + 1)
             .map(|i| format!("X-{i}: 1\r\n"))
             .collect();
@@ -648,7 +693,7 @@ mod tests {
     #[test]
     fn header_values_share_the_head_and_keep_obs_text() {
         let mut b = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\nX-V: a  b \xe9\r\n\r\n"[..]);
-        let r = parse_request(&mut b, 8192).unwrap().unwrap();
+        let r = parse_request(&mut b, 8192, &[]).unwrap().unwrap();
         assert_eq!(r.parts.headers["x-v"].as_bytes(), b"a  b \xe9");
     }
 
@@ -780,7 +825,7 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512), max in 1usize..600) {
             let mut b = BytesMut::from(&data[..]);
-            let _ = parse_request(&mut b, max);
+            let _ = parse_request(&mut b, max, &[]);
             let mut b = BytesMut::from(&data[..]);
             if let Ok(Some(r)) = parse_response(&mut b, max, false) {
                 r.end_to_end_fields(|_, _| {});
@@ -794,7 +839,7 @@ mod tests {
                 *slot = byte;
             }
             let mut b = BytesMut::from(&data[..]);
-            let _ = parse_request(&mut b, 8192);
+            let _ = parse_request(&mut b, 8192, &[]);
         }
     }
 }

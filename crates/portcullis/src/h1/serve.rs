@@ -157,7 +157,11 @@ impl Conn {
         let mut armed = false;
         loop {
             if !self.caller.buf.is_empty() {
-                if let Some(h) = parse_request(&mut self.caller.buf, limit)? {
+                if let Some(h) = parse_request(
+                    &mut self.caller.buf,
+                    limit,
+                    std::slice::from_ref(&self.app.gateway.api_key_header),
+                )? {
                     return Ok(Some(h));
                 }
             }
