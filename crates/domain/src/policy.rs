@@ -126,9 +126,13 @@ impl Policy {
         let Some(root) = &self.root else {
             return Ok(None);
         };
-        // The common case, one scheme, without boxing.
+        // The common case, one scheme, without boxing (and without waiting when the scheme
+        // can answer from memory).
         let result = match root {
-            Node::Leaf(a) => a.authenticate(req, route, now).await,
+            Node::Leaf(a) => match a.authenticate_now(req, route, now) {
+                Some(r) => r,
+                None => a.authenticate(req, route, now).await,
+            },
             node => eval(node, req, route, now).await,
         };
         match result {

@@ -1,7 +1,9 @@
 //! The API-key authenticator: extract → parse (checksum, hash) → cached lookup → verify.
 //!
 //! Per request on a cache hit this is one CRC-32, one SHA-256, one hash-map probe and a few
-//! reference-count increments. The cache is invalidated by the admin use cases on every
+//! reference-count increments, answered without waiting (`authenticate_now`); on a keep-alive
+//! connection that presents the key it presented before, the CRC-32 and the SHA-256 are a
+//! comparison with the connection's memo. The cache is invalidated by the admin use cases on every
 //! change, and entries also age out (`positive_ttl`, `negative_ttl`) so that a change made by
 //! another instance is seen within bounded time.
 
@@ -226,21 +228,40 @@ impl ApiKeyAuthenticator {
                     .is_some_and(|(p, _)| api_key::Prefix::new(p).is_ok()))
     }
 
-    async fn lookup(
+    /// The key text presented and what parsing made of it; `None`: no key was presented.
+    fn presented(
+        &self,
+        req: &RequestParts<'_>,
+        route: &RouteAuth,
+    ) -> Result<Option<(api_key::Parsed, Consumed)>, AuthError> {
+        let Some((raw, consumed)) = self.extract(req, route)? else {
+            return Ok(None);
+        };
+        let parsed = match req.conn {
+            Some(c) => c.api_key.parse(raw, self.config.allow_foreign),
+            None => api_key::parse(raw, self.config.allow_foreign),
+        }?;
+        Ok(Some((parsed, consumed)))
+    }
+
+    /// The cache's answer for `hash` (found, or known not to exist), unless it has none or
+    /// its answer is older than the configured time to live.
+    fn cached(&self, hash: &Sha256Digest, now: Timestamp) -> Option<Option<Arc<CachedKey>>> {
+        let e = self.cache.cache.get(hash)?;
+        let ttl = if e.key.is_some() {
+            self.config.positive_ttl_ms
+        } else {
+            self.config.negative_ttl_ms
+        };
+        (now.millis_since(e.fetched_at) < ttl).then_some(e.key)
+    }
+
+    /// The store's answer for `hash`, remembered in the cache.
+    async fn fetch(
         &self,
         hash: &Sha256Digest,
         now: Timestamp,
     ) -> Result<Option<Arc<CachedKey>>, AuthError> {
-        if let Some(e) = self.cache.cache.get(hash) {
-            let ttl = if e.key.is_some() {
-                self.config.positive_ttl_ms
-            } else {
-                self.config.negative_ttl_ms
-            };
-            if now.millis_since(e.fetched_at) < ttl {
-                return Ok(e.key);
-            }
-        }
         let record = self.store.find_by_hash(hash).await.map_err(|e| {
             tracing::error!(error = %e, "api key lookup failed");
             AuthError::Unavailable
@@ -254,6 +275,45 @@ impl ApiKeyAuthenticator {
             },
         );
         Ok(key)
+    }
+
+    /// The decision once the key found by hash (or its absence) is known.
+    fn judge(
+        &self,
+        parsed: &api_key::Parsed,
+        key: Option<Arc<CachedKey>>,
+        consumed: Consumed,
+        req: &RequestParts<'_>,
+        now: Timestamp,
+    ) -> Result<Option<Authenticated>, AuthError> {
+        let Some(key) = key else {
+            return Err(api_key::Error::Unknown.into());
+        };
+        if parsed.kind == Kind::Foreign && !self.config.allow_foreign {
+            return Err(api_key::Error::Malformed.into());
+        }
+        let stored = api_key::Stored {
+            hash: &key.hash,
+            revoked_at: key.revoked_at,
+            expires_at: key.expires_at,
+        };
+        let proof = api_key::verify(parsed, &stored, now)?;
+        self.usage.record(&key.id, req.client_ip, now);
+        let identity = Identity::from_api_key(
+            proof,
+            Claims {
+                client_id: key.owner.clone(),
+                subject: None,
+                scopes: key.scopes.clone(),
+                credential_id: key.id.clone(),
+                expires_at: key.expires_at,
+            },
+        );
+        Ok(Some(Authenticated {
+            identity,
+            limits: key.limits.clone(),
+            consumed,
+        }))
     }
 }
 
@@ -278,46 +338,141 @@ impl Authenticator for ApiKeyAuthenticator {
         self.challenge.clone()
     }
 
+    fn authenticate_now(
+        &self,
+        req: &RequestParts<'_>,
+        route: &RouteAuth,
+        now: Timestamp,
+    ) -> Option<Result<Option<Authenticated>, AuthError>> {
+        let (parsed, consumed) = match self.presented(req, route) {
+            Ok(Some(p)) => p,
+            Ok(None) => return Some(Ok(None)),
+            Err(e) => return Some(Err(e)),
+        };
+        // A cache miss goes to the store: `authenticate` then starts again (the connection's
+        // memo makes the second parse a comparison).
+        let key = self.cached(&parsed.hash, now)?;
+        Some(self.judge(&parsed, key, consumed, req, now))
+    }
+
     async fn authenticate(
         &self,
         req: &RequestParts<'_>,
         route: &RouteAuth,
         now: Timestamp,
     ) -> Result<Option<Authenticated>, AuthError> {
-        let Some((raw, consumed)) = self.extract(req, route)? else {
+        let Some((parsed, consumed)) = self.presented(req, route)? else {
             return Ok(None);
         };
-        let parsed = match req.conn {
-            Some(c) => c.api_key.parse(raw, self.config.allow_foreign),
-            None => api_key::parse(raw, self.config.allow_foreign),
-        }?;
-        let Some(key) = self.lookup(&parsed.hash, now).await? else {
-            return Err(api_key::Error::Unknown.into());
+        let key = match self.cached(&parsed.hash, now) {
+            Some(key) => key,
+            None => self.fetch(&parsed.hash, now).await?,
         };
-        if parsed.kind == Kind::Foreign && !self.config.allow_foreign {
-            return Err(api_key::Error::Malformed.into());
+        self.judge(&parsed, key, consumed, req, now)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use portcullis_core::api_key::Prefix;
+    use portcullis_store::conformance::sample_key;
+    use portcullis_store::memory::MemoryStore;
+
+    /// What a result says, comparable (an identity is not `PartialEq`).
+    fn outcome(r: &Result<Option<Authenticated>, AuthError>) -> String {
+        match r {
+            Ok(Some(a)) => format!(
+                "ok {} {:?} {}",
+                a.identity.credential_id,
+                a.identity.scopes.as_space_separated(),
+                a.limits.as_ref().map_or(0, |l| l.rate_limits.len())
+            ),
+            Ok(None) => "none".into(),
+            Err(e) => format!("err {e:?}"),
         }
-        let stored = api_key::Stored {
-            hash: &key.hash,
-            revoked_at: key.revoked_at,
-            expires_at: key.expires_at,
-        };
-        let proof = api_key::verify(&parsed, &stored, now)?;
-        self.usage.record(&key.id, req.client_ip, now);
-        let identity = Identity::from_api_key(
-            proof,
-            Claims {
-                client_id: key.owner.clone(),
-                subject: None,
-                scopes: key.scopes.clone(),
-                credential_id: key.id.clone(),
-                expires_at: key.expires_at,
-            },
+    }
+
+    #[tokio::test]
+    async fn answering_from_memory_gives_what_authenticate_gives() {
+        let now = Timestamp::from_secs(1_800_000_000);
+        let store = Arc::new(MemoryStore::new());
+        let prefix = Prefix::new("pk_test").unwrap();
+        let mut raws = Vec::new();
+        for (n, revoked, expired) in [(1u8, false, false), (2, true, false), (3, false, true)] {
+            let g = api_key::generate(&prefix, &[n; 32]);
+            raws.push(g.key.expose().to_owned());
+            store
+                .insert_many(&[ApiKeyRecord {
+                    hash: g.hash,
+                    revoked_at: revoked.then_some(Timestamp::from_secs(1_700_000_000)),
+                    expires_at: expired.then_some(Timestamp::from_secs(1_700_000_000)),
+                    ..sample_key(n)
+                }])
+                .await
+                .unwrap();
+        }
+        // Not stored, and a mistyped one.
+        raws.push(api_key::generate(&prefix, &[9; 32]).key.expose().to_owned());
+        raws.push(format!("{}x", raws[0]));
+        let auth = ApiKeyAuthenticator::new(
+            ApiKeyConfig::default(),
+            store.clone(),
+            Arc::new(KeyCache::new(16)),
+            Arc::new(UsageTracker::new(store.clone())),
         );
-        Ok(Some(Authenticated {
-            identity,
-            limits: key.limits.clone(),
-            consumed,
-        }))
+        let route = RouteAuth::default();
+        let method = http::Method::GET;
+        let mut cases: Vec<http::HeaderMap> = raws
+            .iter()
+            .map(|k| {
+                let mut h = http::HeaderMap::new();
+                h.insert("x-api-key", k.parse().unwrap());
+                h
+            })
+            .collect();
+        cases.push(http::HeaderMap::new());
+        let mut twice = http::HeaderMap::new();
+        twice.append("x-api-key", raws[0].parse().unwrap());
+        twice.append("x-api-key", raws[1].parse().unwrap());
+        cases.push(twice);
+        let conn = portcullis_core::ConnMemo::default();
+        for (i, headers) in cases.iter().enumerate() {
+            let req = RequestParts {
+                method: &method,
+                path: "/",
+                query: None,
+                headers,
+                client_ip: [127, 0, 0, 1].into(),
+                conn: Some(&conn),
+            };
+            let stored = i < 4;
+            // A stored or unknown key is not in the cache yet: only the store can answer.
+            let first = auth.authenticate_now(&req, &route, now);
+            assert_eq!(first.is_none(), stored, "case {i}");
+            let slow = auth.authenticate(&req, &route, now).await;
+            let fast = auth.authenticate_now(&req, &route, now).unwrap();
+            assert_eq!(outcome(&fast), outcome(&slow), "case {i}");
+            if let Some(first) = first {
+                assert_eq!(outcome(&first), outcome(&slow), "case {i}");
+            }
+        }
+        let ok = |i: usize| {
+            let req = RequestParts {
+                method: &method,
+                path: "/",
+                query: None,
+                headers: &cases[i],
+                client_ip: [127, 0, 0, 1].into(),
+                conn: None,
+            };
+            outcome(&auth.authenticate_now(&req, &route, now).unwrap())
+        };
+        assert!(ok(0).starts_with("ok key_001"), "{}", ok(0));
+        assert!(ok(1).contains("Revoked"), "{}", ok(1));
+        assert!(ok(2).contains("Expired"), "{}", ok(2));
+        assert!(ok(3).contains("Unknown"), "{}", ok(3));
+        assert_eq!(ok(5), "none");
     }
 }

@@ -96,6 +96,19 @@ pub trait Authenticator: Send + Sync {
     /// The `WWW-Authenticate` challenge for this scheme.
     fn challenge(&self, route: &RouteAuth) -> String;
 
+    /// [`Authenticator::authenticate`] without waiting, when everything the decision needs is
+    /// in memory (a cached API key); `None`: call `authenticate`. The answer must be the one
+    /// `authenticate` would give. The gate calls this first: an `async_trait` call boxes its
+    /// future, an allocation per request that the common case does not need.
+    fn authenticate_now(
+        &self,
+        _req: &RequestParts<'_>,
+        _route: &RouteAuth,
+        _now: Timestamp,
+    ) -> Option<Result<Option<Authenticated>, AuthError>> {
+        None
+    }
+
     /// Authenticates `req` at `now`. `Ok(None)`: no credential of this scheme is present.
     async fn authenticate(
         &self,
