@@ -19,7 +19,7 @@ use portcullis_core::text::{push_decimal, CompactText};
 use portcullis_core::Timestamp;
 use portcullis_store::{AuditLog, Sealed, StoreError};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 /// One audit event. Build with [`AuditEvent::new`] and the setters.
 ///
@@ -153,6 +153,8 @@ pub struct Auditor {
     tx: mpsc::Sender<Msg>,
     /// Whether the writer's last append reached the store (shared with the writer).
     storing: Arc<AtomicBool>,
+    /// Ends the writer's linger early (see [`AuditWriter::run`]).
+    wake: Arc<Notify>,
 }
 
 /// The audit trail could not take an event in time: the writer is stuck behind a store that
@@ -175,14 +177,27 @@ impl Auditor {
         };
         // With room in the queue (nearly always) no timer is set up (nor the clock read).
         let msg = match self.tx.try_send(msg) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                self.wake_if_a_batch_waits();
+                return Ok(());
+            }
             Err(mpsc::error::TrySendError::Full(msg)) => msg,
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(AuditUnavailable),
         };
+        self.wake.notify_one();
         self.tx
             .send_timeout(msg, EMIT_WAIT)
             .await
             .map_err(|_| AuditUnavailable)
+    }
+
+    /// Ends the writer's linger once a whole batch is queued (or the queue, if smaller, is
+    /// full): those events need no company. One atomic load per event otherwise.
+    fn wake_if_a_batch_waits(&self) {
+        let queued = self.tx.max_capacity() - self.tx.capacity();
+        if queued >= BATCH.min(self.tx.max_capacity()) {
+            self.wake.notify_one();
+        }
     }
 
     /// Whether the trail is storing: false from a failed append until one succeeds again
@@ -200,6 +215,7 @@ impl Auditor {
         if self.tx.send(msg).await.is_err() {
             tracing::error!("audit writer has stopped; event lost");
         }
+        self.wake_if_a_batch_waits();
     }
 
     /// Queues an event and waits until it is stored (admin changes use this).
@@ -209,7 +225,7 @@ impl Auditor {
             event: Some(e),
             ack: Some(tx),
         };
-        if self.tx.send(msg).await.is_err() || rx.await.is_err() {
+        if self.tx.send(msg).await.is_err() || self.woken(rx).await.is_err() {
             tracing::error!("audit writer has stopped; event lost");
         }
     }
@@ -222,8 +238,14 @@ impl Auditor {
             ack: Some(tx),
         };
         if self.tx.send(msg).await.is_ok() {
-            let _ = rx.await;
+            let _ = self.woken(rx).await;
         }
+    }
+
+    /// Ends the writer's linger (someone waits for what is queued), then waits for `rx`.
+    async fn woken(&self, rx: oneshot::Receiver<()>) -> Result<(), oneshot::error::RecvError> {
+        self.wake.notify_one();
+        rx.await
     }
 }
 
@@ -241,6 +263,8 @@ pub struct AuditWriter {
     json: JsonWriter,
     /// See [`Auditor::is_storing`].
     storing: Arc<AtomicBool>,
+    /// Notified by emitters when the linger should end at once.
+    wake: Arc<Notify>,
     /// Longest an event waits for company before its batch is written.
     linger: std::time::Duration,
     /// The last batch's sealed events, emptied: its allocation (a full batch is about a
@@ -265,10 +289,12 @@ pub async fn channel(
     let (seq, head) = store.head().await?.unwrap_or((0, GENESIS));
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let storing = Arc::new(AtomicBool::new(true));
+    let wake = Arc::new(Notify::new());
     Ok((
         Auditor {
             tx,
             storing: storing.clone(),
+            wake: wake.clone(),
         },
         AuditWriter {
             rx,
@@ -279,6 +305,7 @@ pub async fn channel(
             line_buf: String::new(),
             json: JsonWriter::default(),
             storing,
+            wake,
             linger: DEFAULT_LINGER,
             spare: Vec::new(),
         },
@@ -300,17 +327,13 @@ impl AuditWriter {
         while self.rx.recv_many(&mut msgs, BATCH).await > 0 {
             // Under load, gather a fuller batch first: one transaction (and one fsync) per
             // linger instead of one per wake-up. Nobody waits for these events, except a
-            // durable emit or a flush, which end the wait at once.
-            let deadline = tokio::time::Instant::now() + self.linger;
+            // durable emit or a flush, which end the wait at once, as a full batch does. The
+            // writer sleeps through the linger instead of taking each event as it comes (a
+            // wake-up, a timer set and cancelled, for every few events).
             let waited_for = |m: &[Msg]| m.iter().any(|m| m.ack.is_some());
-            let mut urgent = waited_for(&msgs);
-            while msgs.len() < BATCH && !urgent {
-                let (room, seen) = (BATCH - msgs.len(), msgs.len());
-                match tokio::time::timeout_at(deadline, self.rx.recv_many(&mut msgs, room)).await {
-                    Ok(0) | Err(_) => break,
-                    // Only the new messages need a look.
-                    Ok(_) => urgent = waited_for(&msgs[seen..]),
-                }
+            if msgs.len() < BATCH && !waited_for(&msgs) {
+                let linger = std::pin::pin!(tokio::time::sleep(self.linger));
+                self.linger_over(&mut msgs, linger, waited_for).await;
             }
             // The events stay where the channel put them (each is a few hundred bytes); the
             // batch borrows their fields.
@@ -331,6 +354,32 @@ impl AuditWriter {
             self.write_sink();
             for a in msgs.drain(..).filter_map(|m| m.ack) {
                 let _ = a.send(());
+            }
+        }
+    }
+
+    /// Takes messages into `msgs` until `linger` ends, the batch is full, or a message that
+    /// someone waits for is in it. Between emitters' wakes (`Auditor::wake`) it sleeps; a
+    /// wake with nothing that ends the linger (a notification left from earlier) only costs
+    /// a look at the queue.
+    async fn linger_over(
+        &mut self,
+        msgs: &mut Vec<Msg>,
+        mut linger: std::pin::Pin<&mut tokio::time::Sleep>,
+        waited_for: impl Fn(&[Msg]) -> bool,
+    ) {
+        loop {
+            let timed_out = tokio::select! {
+                biased;
+                () = self.wake.notified() => false,
+                () = &mut linger => true,
+            };
+            let seen = msgs.len();
+            if !self.rx.is_empty() {
+                self.rx.recv_many(msgs, BATCH - seen).await;
+            }
+            if timed_out || msgs.len() >= BATCH || waited_for(&msgs[seen..]) {
+                return;
             }
         }
     }
@@ -611,6 +660,72 @@ mod tests {
         assert!(auditor.is_storing());
         let report = verify(store.as_ref()).await.unwrap();
         assert!(report.ok && report.checked == 2, "{report:?}");
+        drop(auditor);
+        task.await.unwrap();
+    }
+
+    /// (Paused clock: a writer that slept through its linger would let the runtime jump
+    /// to the linger's end, which the elapsed times below would show.)
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_emitter_or_a_full_batch_ends_the_linger() {
+        let store = Arc::new(MemoryStore::new());
+        let (auditor, writer) = channel(store.clone(), None, 2 * BATCH).await.unwrap();
+        let task = tokio::spawn(writer.linger(MAX_LINGER).run());
+        let event = || AuditEvent::new(Timestamp::from_secs(1), "auth.decision", "allow");
+        let stored = || async {
+            let head = store.head().await.unwrap();
+            head.map_or(0, |(seq, _)| seq)
+        };
+
+        // Nobody waits: the event lingers for the whole interval.
+        let started = tokio::time::Instant::now();
+        auditor.emit(event()).await;
+        while stored().await < 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(started.elapsed() >= MAX_LINGER, "{:?}", started.elapsed());
+
+        // Each case below starts with the writer lingering over one event.
+        let lingering = || async {
+            auditor.emit(event()).await;
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        };
+
+        // A durable emit is stored with what came before it, at once.
+        let started = tokio::time::Instant::now();
+        lingering().await;
+        auditor.emit_durable(event()).await;
+        assert_eq!(stored().await, 3);
+        assert!(started.elapsed() < MAX_LINGER, "{:?}", started.elapsed());
+
+        // So is a flush.
+        let started = tokio::time::Instant::now();
+        lingering().await;
+        auditor.flush().await;
+        assert_eq!(stored().await, 4);
+        assert!(started.elapsed() < MAX_LINGER, "{:?}", started.elapsed());
+
+        // A durable emit taken while the writer was idle leaves a notification unused; it
+        // does not cut the next event's linger short.
+        auditor.emit_durable(event()).await;
+        let started = tokio::time::Instant::now();
+        auditor.emit(event()).await;
+        while stored().await < 6 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(started.elapsed() >= MAX_LINGER, "{:?}", started.elapsed());
+
+        // A full batch needs no company: the lingering event and the first BATCH - 1 of
+        // these are stored at once (the last one starts the next batch).
+        let started = tokio::time::Instant::now();
+        lingering().await;
+        for _ in 0..BATCH {
+            auditor.emit_bounded(event()).await.unwrap();
+        }
+        while stored().await < 6 + BATCH as i64 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert!(started.elapsed() < MAX_LINGER, "{:?}", started.elapsed());
         drop(auditor);
         task.await.unwrap();
     }
