@@ -288,11 +288,24 @@ impl Gate {
 type CellKey = CompactText<128>;
 
 fn cell_key(kind: &str, route: &str, parts: &[&str]) -> CellKey {
-    CompactText::from_parts(
-        [kind, ":", route]
-            .into_iter()
-            .chain(parts.iter().flat_map(|p| [":", *p])),
-    )
+    // `kind:route` and `:part` for each part, as one slice of pieces on the stack (the gate
+    // passes at most two parts).
+    let mut pieces = [""; 7];
+    pieces[..3].copy_from_slice(&[kind, ":", route]);
+    let mut n = 3;
+    for p in parts {
+        if n + 2 > pieces.len() {
+            let all: Vec<&str> = [kind, ":", route]
+                .into_iter()
+                .chain(parts.iter().flat_map(|p| [":", *p]))
+                .collect();
+            return CompactText::from_parts(&all);
+        }
+        pieces[n] = ":";
+        pieces[n + 1] = p;
+        n += 2;
+    }
+    CompactText::from_parts(&pieces[..n])
 }
 
 /// Of two allowed decisions, the one with fewer requests left (what the caller should see).
@@ -317,6 +330,7 @@ mod tests {
         assert_eq!(key("f", "orders", &["::1"]), "f:orders:::1");
         assert_eq!(key("r", "orders", &["key_1"]), "r:orders:key_1");
         assert_eq!(key("r", "", &[]), "r:");
+        assert_eq!(key("r", "o", &["a", "b", "c", "d"]), "r:o:a:b:c:d");
         let long = "é".repeat(100);
         assert_eq!(key("r", &long, &["x"]), format!("r:{long}:x"));
     }

@@ -130,7 +130,7 @@ impl RequestIds {
         }
         // Only hex digits were written.
         let digits = std::str::from_utf8(&digits[..len]).unwrap_or("0");
-        CompactText::from_parts([self.prefix.as_str(), "-", digits])
+        CompactText::from_parts(&[self.prefix.as_str(), "-", digits])
     }
 }
 
