@@ -1,7 +1,6 @@
 //! Secret values: never printed, zeroed on drop, compared in constant time.
 
 use std::fmt;
-
 use zeroize::Zeroize;
 
 /// A secret string (a raw API key, an admin token). `Debug` prints `<redacted>`.

@@ -86,8 +86,8 @@ pub enum CompactText<const N: usize> {
 }
 
 impl<const N: usize> CompactText<N> {
-    /// The concatenation of `parts` (a slice: two plain loops, which an iterator chain of
-    /// pieces, as rate-limit keys were built before, made several times as costly).
+    /// The concatenation of `parts`. A slice of pieces, walked twice in plain loops: the
+    /// rate-limit keys were built from an iterator chain before, at twice the cost.
     pub fn from_parts(parts: &[&str]) -> Self {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if len > N {
@@ -173,7 +173,8 @@ mod tests {
         #[test]
         fn compact_text_is_the_concatenation(parts in proptest::collection::vec(".{0,12}", 0..6)) {
             let joined: String = parts.concat();
-            let t = CompactText::<24>::from_parts(&parts.iter().map(String::as_str).collect::<Vec<_>>());
+            let pieces: Vec<&str> = parts.iter().map(String::as_str).collect();
+            let t = CompactText::<24>::from_parts(&pieces);
             prop_assert_eq!(t.as_str(), joined.as_str());
             prop_assert_eq!(matches!(t, CompactText::Inline { .. }), joined.len() <= 24);
         }
