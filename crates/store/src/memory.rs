@@ -233,26 +233,33 @@ impl AuditLog for MemoryStore {
 /// Rate-limit cells in memory, sharded to keep lock contention low.
 pub struct MemoryRateCells {
     shards: Box<[Mutex<Shard>]>,
+    /// One hash per key picks its shard and finds it in the shard's table. Randomly seeded
+    /// per process: keys hold client addresses, so the hash must not be predictable from
+    /// outside (a crafted run of addresses must not pile up in one shard or one probe chain).
+    hasher: foldhash::fast::RandomState,
 }
 
 #[derive(Default)]
 struct Shard {
-    // foldhash (randomly seeded per process): probed on every request; keys hold client
-    // addresses, so the hasher must not be predictable from outside.
-    cells: foldhash::HashMap<Box<str>, (i64, i64)>, // (cell, expires_at_ms)
+    cells: hashbrown::HashTable<Cell>,
     ops: u32,
 }
 
+struct Cell {
+    key: Box<str>,
+    /// The algorithm's state (`Decision::cell`).
+    state: i64,
+    expires_at_ms: i64,
+}
+
 const SHARDS: usize = 32;
-/// Picks a key's shard (the top bits of its hash; the seed is arbitrary).
-const SHARD_HASH: foldhash::fast::FixedState =
-    foldhash::fast::FixedState::with_seed(0x005e_ed0f_ce11);
 const SWEEP_EVERY: u32 = 4096;
 
 impl Default for MemoryRateCells {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 }
@@ -265,30 +272,38 @@ impl MemoryRateCells {
 
     /// The synchronous check (the async trait methods call this). `commit: false` peeks.
     pub fn check_sync(&self, key: &str, limit: &Limit, now: Timestamp, commit: bool) -> Decision {
-        // The shard from a fixed-seed foldhash (a word at a time; byte-wise FNV-1a cost a
-        // multiply per byte in a chain): only spreads keys over shards, so it need not be
-        // secret — the map inside each shard keeps its own random seed.
-        let idx = (SHARD_HASH.hash_one(key.as_bytes()) >> 32) as usize % SHARDS;
+        let hash = self.hasher.hash_one(key);
+        // The table takes the low bits (bucket) and the top seven (tag); the shard takes
+        // bits from the middle, so keys in one shard still differ in both.
+        let idx = (hash >> 32) as usize % SHARDS;
         let mut shard = self.shards[idx].lock().unwrap_or_else(|p| p.into_inner());
         let now_ms = now.as_millis();
         shard.ops = shard.ops.wrapping_add(1);
         if shard.ops.is_multiple_of(SWEEP_EVERY) {
-            shard.cells.retain(|_, (_, exp)| *exp > now_ms);
+            shard.cells.retain(|c| c.expires_at_ms > now_ms);
         }
         let exp = now_ms.saturating_add(i64::try_from(limit.ttl_ms()).unwrap_or(i64::MAX));
-        // One hash lookup for a known key (the common case), a second only to insert.
-        match shard.cells.get_mut(key) {
-            Some(slot) => {
-                let d = limit.check(Some(slot.0).filter(|_| slot.1 > now_ms), now_ms);
+        // One probe for a known key (the common case), a second only to insert.
+        match shard.cells.find_mut(hash, |c| &*c.key == key) {
+            Some(c) => {
+                let d = limit.check(Some(c.state).filter(|_| c.expires_at_ms > now_ms), now_ms);
                 if d.allowed && commit {
-                    *slot = (d.cell, exp);
+                    (c.state, c.expires_at_ms) = (d.cell, exp);
                 }
                 d
             }
             None => {
                 let d = limit.check(None, now_ms);
                 if d.allowed && commit {
-                    shard.cells.insert(key.into(), (d.cell, exp));
+                    let cell = Cell {
+                        key: key.into(),
+                        state: d.cell,
+                        expires_at_ms: exp,
+                    };
+                    let hasher = &self.hasher;
+                    shard
+                        .cells
+                        .insert_unique(hash, cell, |c| hasher.hash_one(&*c.key));
                 }
                 d
             }
@@ -338,5 +353,47 @@ mod tests {
     #[tokio::test]
     async fn memory_rate_cells_pass_the_conformance_suite() {
         crate::conformance::ephemeral_suite(MemoryRateCells::new).await;
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn many_keys_keep_their_own_cells_and_expired_ones_are_swept() {
+        use portcullis_core::ratelimit::Algorithm;
+        let cells = MemoryRateCells::new();
+        let l = Limit {
+            algorithm: Algorithm::Gcra,
+            limit: 2,
+            period_ms: 1_000,
+            burst: 2,
+        };
+        let t0 = Timestamp::from_millis(1_000_000);
+        let key = |i: usize| format!("r:route:key_{i}");
+        for round in 0..3 {
+            for i in 0..5_000 {
+                let d = cells.check_sync(&key(i), &l, t0, true);
+                assert_eq!(d.allowed, round < 2, "key {i}, request {round}");
+            }
+        }
+        let stored = || -> usize {
+            cells
+                .shards
+                .iter()
+                .map(|s| s.lock().unwrap().cells.len())
+                .sum()
+        };
+        assert_eq!(stored(), 5_000);
+        // After every cell has expired, enough looks (peeks of keys never stored) reach every
+        // shard's sweep.
+        let later = Timestamp::from_millis(1_000_000 + 60_000);
+        for i in 0..3 * SWEEP_EVERY as usize * SHARDS {
+            assert!(
+                cells
+                    .check_sync(&format!("p:{i}"), &l, later, false)
+                    .allowed
+            );
+        }
+        assert_eq!(stored(), 0);
+        // A swept key starts afresh.
+        assert_eq!(cells.check_sync(&key(7), &l, later, true).remaining, 1);
     }
 }
