@@ -321,7 +321,10 @@ impl AuditWriter {
         self
     }
 
-    /// Writes events until every [`Auditor`] is dropped.
+    /// Writes events until every [`Auditor`] is dropped. Events that nobody waits for may
+    /// linger for up to [`AuditWriter::linger`], also when the last `Auditor` is dropped
+    /// meanwhile (the receiver cannot wait for that): [`Auditor::flush`] before dropping
+    /// writes them at once, as the server does when it stops.
     pub async fn run(mut self) {
         let mut msgs = Vec::with_capacity(BATCH);
         while self.rx.recv_many(&mut msgs, BATCH).await > 0 {
