@@ -333,10 +333,9 @@ impl AuditWriter {
             // durable emit or a flush, which end the wait at once, as a full batch does. The
             // writer sleeps through the linger instead of taking each event as it comes (a
             // wake-up, a timer set and cancelled, for every few events).
-            let waited_for = |m: &[Msg]| m.iter().any(|m| m.ack.is_some());
             if msgs.len() < BATCH && !waited_for(&msgs) {
                 let linger = std::pin::pin!(tokio::time::sleep(self.linger));
-                self.linger_over(&mut msgs, linger, waited_for).await;
+                self.linger_over(&mut msgs, linger).await;
             }
             // The events stay where the channel put them (each is a few hundred bytes); the
             // batch borrows their fields.
@@ -369,7 +368,6 @@ impl AuditWriter {
         &mut self,
         msgs: &mut Vec<Msg>,
         mut linger: std::pin::Pin<&mut tokio::time::Sleep>,
-        waited_for: impl Fn(&[Msg]) -> bool,
     ) {
         loop {
             let timed_out = tokio::select! {
@@ -424,6 +422,11 @@ impl AuditWriter {
             tracing::error!(error = %e, "writing the audit sink failed");
         }
     }
+}
+
+/// Whether someone waits for one of `msgs` to be stored (a durable emit, a flush).
+fn waited_for(msgs: &[Msg]) -> bool {
+    msgs.iter().any(|m| m.ack.is_some())
 }
 
 /// `v` emptied, as a vector of events that borrow for another lifetime, in the same
