@@ -19,7 +19,8 @@
 #   open   Portcullis, route /open, policy "public"
 #   auth   Portcullis, route /auth, policy "api_key", rate limit on (never binding), audit on
 # The servers (upstream, nginx proxy, Portcullis) are pinned to core 0, wrk to core 1.
-# Runs are interleaved (nginx, open, auth, nginx, …) so drift hits every case alike.
+# Runs are interleaved (nginx, open, auth, nginx, …) so drift hits every case alike. The report
+# also gives each run's CPU time per request of the server under test and of the upstream.
 # Any non-2xx response or socket error from wrk fails the benchmark.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -294,12 +295,31 @@ if [[ $cpu -eq 1 ]]; then
     exit 0
 fi
 
+# CPU time (ns) a process has run, all its threads: the first field of each schedstat.
+cpu_ns() {
+    local t=0 run _ f
+    for f in /proc/"$1"/task/*/schedstat; do
+        read -r run _ <"$f" || continue
+        t=$((t + run))
+    done
+    echo "$t"
+}
+# The nginx workers are the children of the two masters started above.
+up_worker=$(pgrep -P "${pids[0]}" | head -1)
+proxy_worker=$(pgrep -P "${pids[1]}" | head -1)
+[[ -n $up_worker && -n $proxy_worker ]] || die "cannot find the nginx worker processes"
+declare -A server=([nginx]=$proxy_worker [open]=$gw_pid [auth]=$gw_pid)
+
 say "load: wrk ${wrk_args[*]}, $runs runs per case, interleaved (2 s warm-up before each case run)"
-declare -A rps
+declare -A rps reqs up_ns srv_ns # req/s; requests, upstream and server CPU (ns) per run
 for r in $(seq "$runs"); do
     for c in "${cases[@]}"; do
         run_wrk "$c" 2s "$tmp/wrk-$c-warmup-$r.txt" >/dev/null
+        u0=$(cpu_ns "$up_worker") s0=$(cpu_ns "${server[$c]}")
         rps[$c,$r]=$(run_wrk "$c" "$duration" "$tmp/wrk-$c-$r.txt")
+        u1=$(cpu_ns "$up_worker") s1=$(cpu_ns "${server[$c]}")
+        reqs[$c,$r]=$(awk '/requests in/ { print $1 }' "$tmp/wrk-$c-$r.txt")
+        up_ns[$c,$r]=$((u1 - u0)) srv_ns[$c,$r]=$((s1 - s0))
         printf '    run %d %-5s %12s req/s\n' "$r" "$c" "${rps[$c,$r]}" >&2
     done
 done
@@ -344,6 +364,27 @@ echo
 verdict() { awk -v v="$1" -v t="$2" 'BEGIN { print (v >= t) ? "met" : "NOT met" }'; }
 echo "- open / nginx: **$open_vs_nginx %** (target ≥ 100 %: $(verdict "$open_vs_nginx" 100))"
 echo "- auth / open: **$auth_vs_open %** (target ≥ 95 %: $(verdict "$auth_vs_open" 95))"
+
+# Where each case's time went: CPU time per request of the server under test and of the
+# upstream, from the same runs. (Both drift with the VM's speed, like req/s; and the upstream
+# does more in /auth than in /open, as it reads the identity headers Portcullis adds.)
+echo
+echo "### CPU per request in the same runs (µs, schedstat run time)"
+echo
+echo "Server: the nginx proxy worker, or Portcullis with all its threads."
+echo
+echo "| case | server, runs 1 / 2 / 3 | upstream, runs 1 / 2 / 3 | server, median | upstream, median |"
+echo "|---|---:|---:|---:|---:|"
+for c in "${cases[@]}"; do
+    sus=() uus=()
+    for r in $(seq "$runs"); do
+        sus+=("$(awk -v s="${srv_ns[$c,$r]}" -v n="${reqs[$c,$r]}" 'BEGIN { printf "%.2f", s / n / 1000 }')")
+        uus+=("$(awk -v s="${up_ns[$c,$r]}" -v n="${reqs[$c,$r]}" 'BEGIN { printf "%.2f", s / n / 1000 }')")
+    done
+    printf '| %s | %s / %s / %s | %s / %s / %s | **%s** | **%s** |\n' "${label[$c]}" "${sus[@]}" "${uus[@]}" \
+        "$(median "${sus[@]}")" "$(median "${uus[@]}")"
+done
+echo
 # What the audit trail stored for the /auth runs (blocks the writer has committed so far).
 python3 - "$tmp/data/portcullis.db" <<'EOF2' || echo "- audit storage: could not be read"
 import sqlite3, sys
