@@ -5,9 +5,10 @@
 #   scripts/bench-load.sh --quick    # the same with -d3s runs, for fast iteration
 #   scripts/bench-load.sh --keep     # keep the temp dir (configs, logs, raw wrk output)
 #   scripts/bench-load.sh --instructions
-#                                    # Portcullis under callgrind: user-space instructions per
-#                                    # request for /open and /auth (deterministic, unlike req/s
-#                                    # on a shared VM; needs valgrind, installed if missing)
+#                                    # Portcullis and the upstream under callgrind: user-space
+#                                    # instructions per request for /open and /auth
+#                                    # (deterministic, unlike req/s on a shared VM; needs
+#                                    # valgrind, installed if missing)
 #   scripts/bench-load.sh --cpu      # CPU time per request (user and system, from
 #                                    # /proc/<pid>/stat) of each server process, per case
 #   scripts/bench-load.sh --pairs 10 # the /auth : /open ratio inside one server: 10 pairs of
@@ -44,7 +45,7 @@ for arg in "$@"; do
         --keep) keep=1 ;;
         --instructions) instructions=1 ;;
         --cpu) cpu=1 ;;
-        -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "bench-load.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -127,21 +128,32 @@ wait_http() { # url, name, pid
     die "$2 did not answer on $1"
 }
 
-# Start an nginx instance with its own prefix and config, pinned to the server core.
-start_nginx() { # name, template, port
-    local prefix=$tmp/$1
+# Start an nginx instance with its own prefix and config, pinned to the server core; any
+# arguments after the port go before nginx's own (a wrapper such as valgrind).
+start_nginx() { # name, template, port, [wrapper …]
+    local prefix=$tmp/$1 extra=()
     mkdir -p "$prefix/tmp"
     render "$root/bench/$2" "$prefix/nginx.conf" "$prefix" "$3"
     "$nginx_bin" -t -q -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" ||
         die "nginx config $2 is invalid"
-    taskset -c "$server_cpu" "$nginx_bin" -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" &
+    # Under a wrapper, one process serves (no master and worker) so that the wrapper sees it.
+    [[ $# -gt 3 ]] && extra=(-g "master_process off;")
+    taskset -c "$server_cpu" "${@:4}" "$nginx_bin" -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" \
+        "${extra[@]}" &
     pids+=($!)
     wait_http "http://127.0.0.1:$3/" "nginx ($1)" "$!"
 }
 
 # --- servers ---------------------------------------------------------------------------------
 say "starting upstream nginx on 127.0.0.1:$up_port"
-start_nginx upstream nginx-upstream.conf "$up_port"
+up_under=()
+if [[ $instructions -eq 1 ]]; then
+    # The upstream is counted too: it reads the identity headers Portcullis adds on /auth.
+    up_under=(valgrind --tool=callgrind --instr-atstart=no "--log-file=$tmp/upstream.valgrind.log"
+        "--callgrind-out-file=$tmp/upstream.callgrind.out")
+fi
+start_nginx upstream nginx-upstream.conf "$up_port" "${up_under[@]}"
+up_pid=${pids[0]}
 
 say "starting nginx proxy on 127.0.0.1:$proxy_port"
 start_nginx proxy nginx-proxy.conf "$proxy_port"
@@ -217,22 +229,28 @@ if [[ $instructions -eq 1 ]]; then
     echo
     echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (dirty tree)')"
     echo "- valgrind $(valgrind --version | sed 's/valgrind-//'); SHA-256 runs its portable code under valgrind (no SHA-NI), so /auth counts more than on the CPU"
+    echo "- the upstream nginx runs under callgrind too (one process, no master): on /auth it also reads the identity headers"
     echo
-    echo "| case | requests | instructions | per request |"
-    echo "|---|---:|---:|---:|"
+    echo "| case | requests | Portcullis instructions | per request | upstream nginx instructions | per request |"
+    echo "|---|---:|---:|---:|---:|---:|"
     n=0
     for c in open auth; do
         run_wrk "$c" 2s "$tmp/wrk-$c-warmup.txt" >/dev/null
-        callgrind_control -z "$gw_pid" >/dev/null 2>&1
-        callgrind_control -i on "$gw_pid" >/dev/null 2>&1
+        for pid in "$gw_pid" "$up_pid"; do
+            callgrind_control -z "$pid" >/dev/null 2>&1
+            callgrind_control -i on "$pid" >/dev/null 2>&1
+        done
         run_wrk "$c" 10s "$tmp/wrk-$c.txt" >/dev/null
-        callgrind_control -i off "$gw_pid" >/dev/null 2>&1
-        callgrind_control -d "$gw_pid" >/dev/null 2>&1
+        for pid in "$gw_pid" "$up_pid"; do
+            callgrind_control -i off "$pid" >/dev/null 2>&1
+            callgrind_control -d "$pid" >/dev/null 2>&1
+        done
         n=$((n + 1))
         reqs=$(awk '/requests in/ { print $1 }' "$tmp/wrk-$c.txt")
         ir=$(awk '/^totals:/ { print $2 }' "$tmp/callgrind.out.$n")
-        [[ -n $reqs && -n $ir ]] || die "no counts for $c"
-        printf '| %s | %s | %s | **%s** |\n' "$c" "$reqs" "$ir" "$((ir / reqs))"
+        up_ir=$(awk '/^totals:/ { print $2 }' "$tmp/upstream.callgrind.out.$n")
+        [[ -n $reqs && -n $ir && -n $up_ir ]] || die "no counts for $c"
+        printf '| %s | %s | %s | **%s** | %s | **%s** |\n' "$c" "$reqs" "$ir" "$((ir / reqs))" "$up_ir" "$((up_ir / reqs))"
     done
     exit 0
 fi
