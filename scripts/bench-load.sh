@@ -276,12 +276,12 @@ if [[ $pairs -gt 0 ]]; then
     exit 0
 fi
 
+# The nginx workers are the children of the two masters started above.
+up_worker=$(pgrep -P "${pids[0]}" | head -1)
+proxy_worker=$(pgrep -P "${pids[1]}" | head -1)
+[[ -n $up_worker && -n $proxy_worker ]] || die "cannot find the nginx worker processes"
+
 if [[ $cpu -eq 1 ]]; then
-    # The nginx workers are the children of the two masters started above.
-    worker_of() { pgrep -P "$1" | head -1; }
-    up_worker=$(worker_of "${pids[0]}")
-    proxy_worker=$(worker_of "${pids[1]}")
-    [[ -n $up_worker && -n $proxy_worker ]] || die "cannot find the nginx worker processes"
     ticks() { awk '{ print $14, $15 }' "/proc/$1/stat"; } # utime stime, in clock ticks
     hz=$(getconf CLK_TCK)
     say "cpu: wrk -t1 -c32 -d5s per case after a 2 s warm-up; CPU per request from /proc/<pid>/stat"
@@ -322,10 +322,6 @@ cpu_ns() {
     done
     echo "$t"
 }
-# The nginx workers are the children of the two masters started above.
-up_worker=$(pgrep -P "${pids[0]}" | head -1)
-proxy_worker=$(pgrep -P "${pids[1]}" | head -1)
-[[ -n $up_worker && -n $proxy_worker ]] || die "cannot find the nginx worker processes"
 declare -A server=([nginx]=$proxy_worker [open]=$gw_pid [auth]=$gw_pid)
 
 say "load: wrk ${wrk_args[*]}, $runs runs per case, interleaved (2 s warm-up before each case run)"
