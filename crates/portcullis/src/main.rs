@@ -10,6 +10,7 @@ mod h1;
 mod metrics;
 mod proxy;
 mod server;
+mod sink;
 mod wire;
 
 use std::net::SocketAddr;

@@ -31,6 +31,7 @@ use crate::config::{Config, LimitsConfig, SinkKind, Upstream};
 use crate::gateway::{Gateway, Route, Target};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::sink::{Reopen, ReopeningFile};
 
 /// Flags of `serve` that override the file.
 #[derive(Debug, Default)]
@@ -171,6 +172,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Arc::new(Metrics::new());
 
+    let mut reopen = None;
     let sink: Option<Box<dyn Write + Send>> = match cfg.audit.sink {
         SinkKind::None => None,
         SinkKind::Stdout => Some(Box::new(std::io::stdout())),
@@ -180,11 +182,13 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             } else {
                 data_dir.join(&cfg.audit.path)
             };
-            Some(Box::new(std::io::BufWriter::new(open_private_append(
-                &path,
-            )?)))
+            let (file, r) = ReopeningFile::open(path.clone())
+                .map_err(|e| StartError(format!("cannot open {}: {e}", path.display())))?;
+            reopen = Some(r);
+            Some(Box::new(file))
         }
     };
+    reopen_on_sigusr1(reopen)?;
     let (auditor, writer) = audit::channel(audit_log.clone(), sink, cfg.audit.queue)
         .await
         .map_err(|e| StartError(format!("cannot read the audit trail: {e}")))?;
@@ -498,13 +502,32 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
     }
 }
 
-fn open_private_append(path: &Path) -> Result<std::fs::File, StartError> {
-    let mut o = std::fs::OpenOptions::new();
-    o.append(true).create(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    o.open(path)
-        .map_err(|e| StartError(format!("cannot open {}: {e}", path.display())))
+/// `SIGUSR1` reopens the audit file (after `logrotate` renamed it), as it does nginx's logs.
+/// Handled with any sink: a rotation script must not stop a server that writes no file.
+#[cfg(unix)]
+fn reopen_on_sigusr1(reopen: Option<Reopen>) -> Result<(), StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = signal(SignalKind::user_defined1())
+        .map_err(|e| StartError(format!("cannot listen for SIGUSR1: {e}")))?;
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            match &reopen {
+                Some(r) => {
+                    tracing::info!("SIGUSR1: the audit file is reopened before the next batch");
+                    r.request();
+                }
+                None => {
+                    tracing::info!("SIGUSR1: no audit file to reopen (audit.sink is not \"file\")")
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn reopen_on_sigusr1(_: Option<Reopen>) -> Result<(), StartError> {
+    Ok(())
 }
 
 /// The admin token's hash: from `PORTCULLIS_ADMIN_TOKEN`, else `<data-dir>/admin.token`,
