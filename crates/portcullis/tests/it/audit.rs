@@ -211,12 +211,7 @@ async fn sigusr1_reopens_the_audit_file_after_a_rotation() {
     // An admin change is stored and written before the API answers.
     s.create_key("before", "read:echo");
     std::fs::rename(&path, &rotated).unwrap();
-    let status = std::process::Command::new("kill")
-        .arg("-USR1")
-        .arg(s.child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    s.signal("USR1");
     // The signal is handled asynchronously: changes made meanwhile still go to the old file.
     let mut n = 0;
     s.eventually("a new audit file", || {
@@ -258,12 +253,7 @@ async fn sigusr1_reopens_the_audit_file_after_a_rotation() {
 #[tokio::test]
 async fn sigusr1_does_not_stop_a_server_without_an_audit_file() {
     let mut s = Server::start(Some("[audit]\nsink = \"none\"\n"));
-    let status = std::process::Command::new("kill")
-        .arg("-USR1")
-        .arg(s.child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    s.signal("USR1");
     // Time for the default action (termination) to happen, were the signal not handled.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(s.child.try_wait().unwrap().is_none(), "the server stopped");

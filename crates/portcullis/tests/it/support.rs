@@ -156,6 +156,16 @@ impl Server {
         }
     }
 
+    /// Sends the signal `name` (`TERM`, `USR1` …) to the server.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
         let _ = Command::new("kill")
