@@ -288,24 +288,22 @@ impl Gate {
 type CellKey = CompactText<128>;
 
 fn cell_key(kind: &str, route: &str, parts: &[&str]) -> CellKey {
-    // `kind:route` and `:part` for each part, as one slice of pieces on the stack (the gate
-    // passes at most two parts).
-    let mut pieces = [""; 7];
-    pieces[..3].copy_from_slice(&[kind, ":", route]);
-    let mut n = 3;
-    for p in parts {
-        if n + 2 > pieces.len() {
-            let all: Vec<&str> = [kind, ":", route]
-                .into_iter()
-                .chain(parts.iter().flat_map(|p| [":", *p]))
-                .collect();
-            return CompactText::from_parts(&all);
+    // `kind:route` and `:part` for each part, as one slice of pieces: on the stack for the
+    // at most two parts the gate passes, on the heap beyond.
+    let mut stack = [""; 7];
+    let mut heap = Vec::new();
+    let pieces: &mut [&str] = match 3 + 2 * parts.len() {
+        n if n <= stack.len() => &mut stack[..n],
+        n => {
+            heap.resize(n, "");
+            &mut heap
         }
-        pieces[n] = ":";
-        pieces[n + 1] = p;
-        n += 2;
+    };
+    pieces[..3].copy_from_slice(&[kind, ":", route]);
+    for (pair, p) in pieces[3..].chunks_exact_mut(2).zip(parts) {
+        pair.copy_from_slice(&[":", p]);
     }
-    CompactText::from_parts(&pieces[..n])
+    CompactText::from_parts(pieces)
 }
 
 /// Of two allowed decisions, the one with fewer requests left (what the caller should see).

@@ -211,7 +211,7 @@ async fn sigusr1_reopens_the_audit_file_after_a_rotation() {
     // An admin change is stored and written before the API answers.
     s.create_key("before", "read:echo");
     std::fs::rename(&path, &rotated).unwrap();
-    s.signal("USR1");
+    assert!(s.signal("USR1"), "kill -USR1 failed");
     // The signal is handled asynchronously: changes made meanwhile still go to the old file.
     let mut n = 0;
     s.eventually("a new audit file", || {
@@ -253,7 +253,7 @@ async fn sigusr1_reopens_the_audit_file_after_a_rotation() {
 #[tokio::test]
 async fn sigusr1_does_not_stop_a_server_without_an_audit_file() {
     let mut s = Server::start(Some("[audit]\nsink = \"none\"\n"));
-    s.signal("USR1");
+    assert!(s.signal("USR1"), "kill -USR1 failed");
     // Time for the default action (termination) to happen, were the signal not handled.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(s.child.try_wait().unwrap().is_none(), "the server stopped");

@@ -156,22 +156,18 @@ impl Server {
         }
     }
 
-    /// Sends the signal `name` (`TERM`, `USR1` …) to the server.
-    pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
+    /// Sends the signal `name` (`TERM`, `USR1` …) to the server; whether `kill` succeeded.
+    pub fn signal(&self, name: &str) -> bool {
+        Command::new("kill")
             .arg(format!("-{name}"))
             .arg(self.child.id().to_string())
             .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed");
+            .is_ok_and(|s| s.success())
     }
 
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        let _ = self.signal("TERM");
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
