@@ -314,20 +314,30 @@ pub enum ChainError {
 /// Incremental verifier: feed events in `seq` order.
 #[derive(Debug, Clone)]
 pub struct ChainVerifier {
+    start: i64,
     next_seq: i64,
     prev: Sha256Digest,
 }
 
 impl Default for ChainVerifier {
     fn default() -> Self {
-        Self {
-            next_seq: 1,
-            prev: GENESIS,
-        }
+        Self::after(0, GENESIS)
     }
 }
 
 impl ChainVerifier {
+    /// A verifier that expects the chain to go on after the event `seq` with `hash` (a
+    /// trail whose older events were removed by retention starts at its anchor); `(0,
+    /// GENESIS)` is the start of a whole chain.
+    pub fn after(seq: i64, hash: Sha256Digest) -> Self {
+        let next = seq.saturating_add(1);
+        Self {
+            start: next,
+            next_seq: next,
+            prev: hash,
+        }
+    }
+
     /// Checks the next event.
     pub fn check(
         &mut self,
@@ -355,7 +365,7 @@ impl ChainVerifier {
 
     /// Events checked so far.
     pub fn checked(&self) -> i64 {
-        self.next_seq - 1
+        self.next_seq - self.start
     }
 
     /// The hash of the last event checked.
@@ -592,5 +602,29 @@ mod tests {
         reordered[1].0 = 2;
         reordered[2].0 = 3;
         assert_eq!(verify(&reordered), Err(ChainError::BrokenLink { seq: 2 }));
+    }
+
+    #[test]
+    fn a_chain_is_checked_from_its_anchor() {
+        let rows = chain(&["a", "b", "c", "d"]);
+        let (seq, hash) = (rows[1].0, rows[1].3);
+        let mut v = ChainVerifier::after(seq, hash);
+        for (seq, body, prev, h) in &rows[2..] {
+            v.check(*seq, body, prev, h).unwrap();
+        }
+        assert_eq!((v.checked(), v.head()), (2, rows[3].3));
+        // A tail that does not start right after the anchor, or not from its hash, is broken.
+        let mut v = ChainVerifier::after(seq, hash);
+        let (s, b, p, h) = &rows[3];
+        assert_eq!(
+            v.check(*s, b, p, h),
+            Err(ChainError::Gap {
+                expected: 3,
+                found: 4
+            })
+        );
+        let mut v = ChainVerifier::after(seq, [7; 32]);
+        let (s, b, p, h) = &rows[2];
+        assert_eq!(v.check(*s, b, p, h), Err(ChainError::BrokenLink { seq: 3 }));
     }
 }

@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use portcullis_core::identity::SchemeSet;
 use portcullis_core::{Scheme, Timestamp};
 use portcullis_domain::audit::{self, AuditEvent};
-use portcullis_store::{AuditLog, AuditQuery, Sealed, StoreError, StoredEvent};
+use portcullis_store::{AuditLog, AuditQuery, Pruned, Sealed, StoreError, StoredEvent};
 
 /// Accepts and forgets: isolates the pipeline from any store's cost.
 struct NullLog;
@@ -30,6 +30,12 @@ impl AuditLog for NullLog {
     }
     async fn scan(&self, _: i64, _: u32) -> Result<Vec<StoredEvent>, StoreError> {
         Ok(Vec::new())
+    }
+    async fn prune(&self, _: Timestamp) -> Result<Option<Pruned>, StoreError> {
+        Ok(None)
+    }
+    async fn anchor(&self) -> Result<Option<(i64, [u8; 32])>, StoreError> {
+        Ok(None)
     }
 }
 

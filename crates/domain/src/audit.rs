@@ -467,6 +467,10 @@ pub struct VerifyReport {
     pub ok: bool,
     /// Events checked before stopping.
     pub checked: i64,
+    /// Events up to this `seq` were removed by retention ([`prune`]): the check starts from
+    /// the stored anchor, the hash of that event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned_through: Option<i64>,
     /// Hex hash of the last event checked (keep it elsewhere to detect truncation later).
     pub head: String,
     /// What was found broken, if anything.
@@ -476,8 +480,10 @@ pub struct VerifyReport {
 
 /// Checks the stored chain from the first event.
 pub async fn verify(store: &dyn AuditLog) -> Result<VerifyReport, StoreError> {
-    let mut v = ChainVerifier::default();
-    let mut after = 0;
+    let anchor = store.anchor().await?;
+    let (mut after, head) = anchor.unwrap_or((0, GENESIS));
+    let mut v = ChainVerifier::after(after, head);
+    let pruned_through = anchor.map(|(seq, _)| seq);
     loop {
         let page = store.scan(after, 1000).await?;
         if page.is_empty() {
@@ -485,18 +491,57 @@ pub async fn verify(store: &dyn AuditLog) -> Result<VerifyReport, StoreError> {
         }
         for e in &page {
             if let Err(err) = v.check(e.seq, e.body.as_bytes(), &e.prev_hash, &e.hash) {
-                return Ok(report(&v, Some(err)));
+                return Ok(report(&v, pruned_through, Some(err)));
             }
             after = e.seq;
         }
     }
-    Ok(report(&v, None))
+    Ok(report(&v, pruned_through, None))
 }
 
-fn report(v: &ChainVerifier, err: Option<ChainError>) -> VerifyReport {
+/// Retention: removes the stored events older than `before`, as far as the store can (whole
+/// blocks, a run from the oldest, never the newest; see [`AuditLog::prune`]), a bounded step
+/// at a time so that the writer is never held up for long, and records the removal as an
+/// `audit.pruned` event in the chain itself, stored before this returns: the trail says what
+/// was removed and where it now starts. Returns the number of events removed.
+pub async fn prune(
+    store: &dyn AuditLog,
+    auditor: &Auditor,
+    before: Timestamp,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    let mut events = 0;
+    let mut anchor = None;
+    while let Some(p) = store.prune(before).await? {
+        events += p.events;
+        anchor = Some(p.anchor);
+        // Let the writer and everything else in between the steps.
+        tokio::task::yield_now().await;
+    }
+    if let Some((seq, hash)) = anchor {
+        let mut older_than = String::new();
+        portcullis_core::audit::push_time(&mut older_than, before.as_millis());
+        auditor
+            .emit_durable(
+                AuditEvent::new(now, "audit.pruned", "ok")
+                    .actor("system:retention")
+                    .detail(serde_json::json!({
+                        "events": events,
+                        "older_than": older_than,
+                        "through_seq": seq,
+                        "through_hash": hex(&hash),
+                    })),
+            )
+            .await;
+    }
+    Ok(events)
+}
+
+fn report(v: &ChainVerifier, pruned_through: Option<i64>, err: Option<ChainError>) -> VerifyReport {
     VerifyReport {
         ok: err.is_none(),
         checked: v.checked(),
+        pruned_through,
         head: hex(&v.head()),
         error: err.map(|e| e.to_string()),
     }
@@ -508,8 +553,9 @@ pub(crate) mod testing {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use portcullis_core::crypto::Sha256Digest;
+    use portcullis_core::Timestamp;
     use portcullis_store::memory::MemoryStore;
-    use portcullis_store::{AuditLog, AuditQuery, Sealed, StoreError, StoredEvent};
+    use portcullis_store::{AuditLog, AuditQuery, Pruned, Sealed, StoreError, StoredEvent};
 
     /// A memory store whose appends fail while `refuse` is set.
     #[derive(Default)]
@@ -534,6 +580,12 @@ pub(crate) mod testing {
         }
         async fn scan(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
             self.inner.scan(after, limit).await
+        }
+        async fn prune(&self, before: Timestamp) -> Result<Option<Pruned>, StoreError> {
+            self.inner.prune(before).await
+        }
+        async fn anchor(&self) -> Result<Option<(i64, Sha256Digest)>, StoreError> {
+            self.inner.anchor().await
         }
     }
 }
@@ -786,5 +838,63 @@ mod tests {
         drop(auditor);
         task.await.unwrap();
         assert_eq!(verify(store.as_ref()).await.unwrap().checked, 3);
+    }
+
+    #[tokio::test]
+    async fn retention_removes_old_events_audits_itself_and_keeps_a_verifiable_trail() {
+        let store = Arc::new(MemoryStore::new());
+        let (auditor, writer) = channel(store.clone(), None, 16).await.unwrap();
+        let task = tokio::spawn(writer.run());
+        for secs in [10, 20, 30, 40] {
+            auditor
+                .emit_durable(AuditEvent::new(
+                    Timestamp::from_secs(secs),
+                    "auth.decision",
+                    "allow",
+                ))
+                .await;
+        }
+        // Nothing older than the oldest: nothing removed, nothing recorded.
+        assert_eq!(
+            prune(
+                store.as_ref(),
+                &auditor,
+                Timestamp::from_secs(5),
+                Timestamp::from_secs(50)
+            )
+            .await
+            .unwrap(),
+            0
+        );
+        assert_eq!(store.head().await.unwrap().unwrap().0, 4);
+
+        let removed = prune(
+            store.as_ref(),
+            &auditor,
+            Timestamp::from_secs(35),
+            Timestamp::from_secs(50),
+        )
+        .await
+        .unwrap();
+        assert_eq!(removed, 3);
+        let left = store.scan(0, 10).await.unwrap();
+        assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
+        // The removal is the newest event of the chain, stored before prune returned.
+        let pruned: serde_json::Value = serde_json::from_str(&left[1].body).unwrap();
+        assert_eq!(pruned["kind"], "audit.pruned");
+        assert_eq!(pruned["actor"], "system:retention");
+        assert_eq!(pruned["detail"]["events"], 3);
+        assert_eq!(pruned["detail"]["through_seq"], 3);
+        assert_eq!(pruned["detail"]["older_than"], "1970-01-01T00:00:35.000Z");
+        assert_eq!(
+            pruned["detail"]["through_hash"],
+            hex(&store.anchor().await.unwrap().unwrap().1)
+        );
+        let report = verify(store.as_ref()).await.unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!((report.checked, report.pruned_through), (2, Some(3)));
+
+        drop(auditor);
+        task.await.unwrap();
     }
 }

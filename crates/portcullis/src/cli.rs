@@ -519,6 +519,9 @@ pub async fn audit(conn: &Conn, cmd: AuditCmd) -> Result<bool, CliError> {
                     v["checked"],
                     s(&v["head"])
                 );
+                if let Some(n) = v["pruned_through"].as_i64() {
+                    println!("(checked from the retention anchor: events 1 to {n} were removed)");
+                }
             } else {
                 println!(
                     "audit trail BROKEN after {} good events: {}",

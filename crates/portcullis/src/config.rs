@@ -89,7 +89,17 @@ pub struct AuditConfig {
     /// to the sink (admin changes never wait: they are stored before the API answers).
     #[serde(deserialize_with = "de_duration")]
     pub flush_interval: Duration,
+    /// How long stored events are kept (`None`: for ever). Older ones are removed hourly,
+    /// in whole stored blocks, and the removal is itself an audit event.
+    #[serde(deserialize_with = "de_retention")]
+    pub retention: Option<Duration>,
 }
+
+/// [`AuditConfig::retention`] unless set.
+pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(90 * 86_400);
+/// Shortest [`AuditConfig::retention`] accepted: a unit mistaken (`"30m"` for a month) must not
+/// empty the trail.
+pub const MIN_AUDIT_RETENTION: Duration = Duration::from_secs(3600);
 
 impl Default for AuditConfig {
     fn default() -> Self {
@@ -98,6 +108,7 @@ impl Default for AuditConfig {
             path: PathBuf::from("audit.jsonl"),
             queue: 65_536,
             flush_interval: portcullis_domain::audit::DEFAULT_LINGER,
+            retention: Some(DEFAULT_AUDIT_RETENTION),
         }
     }
 }
@@ -349,6 +360,16 @@ impl Config {
         if self.audit.queue == 0 {
             return Err(("audit.queue".into(), "must be at least 1".into()));
         }
+        if self
+            .audit
+            .retention
+            .is_some_and(|r| r < MIN_AUDIT_RETENTION)
+        {
+            return Err((
+                "audit.retention".into(),
+                "must be at least 1h (or \"forever\")".into(),
+            ));
+        }
         let max = portcullis_domain::audit::MAX_LINGER;
         if self.audit.flush_interval.is_zero() || self.audit.flush_interval > max {
             return Err((
@@ -435,6 +456,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse_duration(&String::deserialize(d)?).map_err(de::Error::custom)
+}
+
+/// A duration, or `"forever"` (`None`).
+fn de_retention<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim() == "forever" {
+        return Ok(None);
+    }
+    parse_duration(&s)
+        .map(Some)
+        .map_err(|e| de::Error::custom(format!("{e}, or \"forever\"")))
 }
 
 fn de_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {
@@ -681,6 +713,21 @@ failed_auth_limit = false
         }
         let c = Config::parse("[audit]\nflush_interval = \"20ms\"\n", "p.toml").unwrap();
         assert_eq!(c.audit.flush_interval, Duration::from_millis(20));
+        assert_eq!(c.audit.retention, Some(DEFAULT_AUDIT_RETENTION));
+        for (text, want) in [
+            ("\"forever\"", None),
+            ("\"7d\"", Some(Duration::from_secs(7 * 86_400))),
+        ] {
+            let c = Config::parse(&format!("[audit]\nretention = {text}\n"), "p.toml").unwrap();
+            assert_eq!(c.audit.retention, want, "{text}");
+        }
+        for bad in ["\"59m\"", "\"0\"", "\"always\"", "30"] {
+            let e = err(&format!("[audit]\nretention = {bad}\n"));
+            assert!(
+                e.starts_with("p.toml:2:") && e.contains("audit.retention"),
+                "{bad}: {e}"
+            );
+        }
         let c = Config::parse("[limits]\nsend_timeout = \"5s\"\n", "p.toml").unwrap();
         assert_eq!(c.limits.send_timeout, Duration::from_secs(5));
         assert_eq!(c.limits.header_timeout, Duration::from_secs(10));

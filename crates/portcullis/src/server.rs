@@ -277,7 +277,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             cfg.api_keys.prefix.clone(),
             cfg.api_keys.accept_foreign_keys,
         ),
-        audit: audit_log,
+        audit: audit_log.clone(),
         token_hash,
         clock: clock.clone(),
     });
@@ -288,7 +288,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         keys,
         auditor: auditor.clone(),
         ids: RequestIds::new(),
-        clock,
+        clock: clock.clone(),
         limits: cfg.limits.clone(),
         stopping: AtomicBool::new(false),
     });
@@ -305,6 +305,11 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         })
     };
 
+    let retention = cfg.audit.retention.map(|keep| {
+        let (log, auditor, clock) = (audit_log.clone(), auditor.clone(), clock.clone());
+        tokio::spawn(audit_retention(log, auditor, clock, keep))
+    });
+
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| StartError(format!("cannot listen on {}: {e}", cfg.listen)))?;
@@ -318,12 +323,39 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
 
     flusher.abort();
     reaper.abort();
+    if let Some(r) = retention {
+        r.abort();
+    }
     usage.flush(&auditor).await;
     auditor.flush().await;
     drop(auditor);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Removes audit events older than `keep`, at start and hourly after that (see
+/// `audit::prune`: in short steps, beside the traffic). A failure is logged and tried again at the next turn.
+async fn audit_retention(
+    log: Arc<dyn AuditLog>,
+    auditor: audit::Auditor,
+    clock: Arc<dyn Clock>,
+    keep: Duration,
+) {
+    let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = clock.now();
+        match audit::prune(log.as_ref(), &auditor, now.plus_millis(-keep_ms), now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "audit retention removed old events"),
+            Err(e) => {
+                tracing::error!(error = %e, "audit retention failed; trying again in an hour")
+            }
+        }
+    }
 }
 
 async fn accept_loop(listener: tokio::net::TcpListener, app: Arc<App>) {

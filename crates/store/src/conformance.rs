@@ -105,6 +105,7 @@ where
     api_keys_usage_and_ips(&make().await).await;
     api_keys_import_is_atomic(&make().await).await;
     audit_chain_append_query_scan(&make().await).await;
+    audit_prune_keeps_a_verifiable_tail(&make().await).await;
 }
 
 async fn api_keys_round_trip(s: &impl ApiKeys) {
@@ -430,6 +431,76 @@ async fn audit_chain_append_query_scan(s: &impl AuditLog) {
         scan.iter().map(|e| e.seq).collect::<Vec<_>>(),
         [2, 3],
         "scan is oldest first, after exclusive"
+    );
+}
+
+/// Retention removes a run of old events from the start, never the head, and leaves an
+/// anchor the rest of the chain starts from. Each event is appended on its own, so that it is
+/// its own unit of storage in every backend (SQLite removes whole blocks only).
+async fn audit_prune_keeps_a_verifiable_tail(s: &impl AuditLog) {
+    assert_eq!(
+        s.prune(Timestamp::from_millis(i64::MAX)).await.unwrap(),
+        None,
+        "nothing stored"
+    );
+    assert_eq!(s.anchor().await.unwrap(), None);
+    // Times (s after 1_700_000_000): 1, 2, 3, then 9 (new), then 4 (a clock stepped back),
+    // then 10, the head.
+    let mut events: Vec<Record> = Vec::new();
+    for (seq, t) in [(1, 1), (2, 2), (3, 3), (4, 9), (5, 4), (6, 10)] {
+        let prev = events.last().map_or(GENESIS, |e| e.hash);
+        let mut e = sample_event(seq, prev, "auth.decision", "allow", Some("key_001"));
+        e.fields.time_ms = (1_700_000_000 + t) * 1000;
+        let mut body = String::new();
+        write_json(&e.fields.fields(), &mut body);
+        e.hash = chain_hash(&prev, seq, body.as_bytes());
+        append(s, std::slice::from_ref(&e)).await.unwrap();
+        events.push(e);
+    }
+    let at = |t: i64| Timestamp::from_secs(1_700_000_000 + t);
+    assert_eq!(
+        s.prune(at(1)).await.unwrap(),
+        None,
+        "none older than the oldest"
+    );
+    // Older than 5: events 1–3 go; 4 (time 9) stops the run, though 5 (time 4) is older.
+    let mut removed = 0;
+    while let Some(p) = s.prune(at(5)).await.unwrap() {
+        removed += p.events;
+        assert!(p.anchor.0 <= 3, "{p:?}");
+    }
+    assert_eq!(removed, 3);
+    assert_eq!(s.anchor().await.unwrap(), Some((3, events[2].hash)));
+    let left = s.scan(0, 100).await.unwrap();
+    assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5, 6]);
+    assert_eq!(
+        left[0].prev_hash, events[2].hash,
+        "the tail starts at the anchor"
+    );
+    assert_eq!(
+        s.query(&AuditQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len(),
+        3
+    );
+    // Everything is older now, but the head stays (the next append continues it).
+    while s.prune(at(100)).await.unwrap().is_some() {}
+    assert_eq!(s.anchor().await.unwrap(), Some((5, events[4].hash)));
+    assert_eq!(s.head().await.unwrap(), Some((6, events[5].hash)));
+    let e7 = sample_event(7, events[5].hash, "auth.decision", "allow", None);
+    append(s, std::slice::from_ref(&e7)).await.unwrap();
+    assert_eq!(
+        s.scan(0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>(),
+        [6, 7]
     );
 }
 

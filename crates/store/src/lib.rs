@@ -95,6 +95,19 @@ pub trait AuditLog: Send + Sync {
 
     /// Events with `seq > after`, oldest first, at most `limit` (for verification).
     async fn scan(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Retention: removes the oldest events, a run from the start of what is stored, while
+    /// they are older than `before` — in the units the store keeps them in (SQLite: one
+    /// append's block, removed only when every event in it is older), never the unit holding
+    /// the newest event (the head, which the next append continues), and at most a bounded
+    /// amount per call, so that a call never holds the write lock for long: call again until
+    /// it answers `None` (nothing left to remove). In the same transaction the last removed
+    /// event's `seq` and `hash` become the trail's [`AuditLog::anchor`]; durable on `Ok`.
+    async fn prune(&self, before: Timestamp) -> Result<Option<Pruned>, StoreError>;
+
+    /// The `seq` and `hash` of the last event removed by [`AuditLog::prune`], if any: the
+    /// stored events start right after it, and verification starts from it.
+    async fn anchor(&self) -> Result<Option<(i64, Sha256Digest)>, StoreError>;
 }
 
 /// Rate-limit cells: atomic check-and-update of one limiter key.

@@ -10,8 +10,8 @@ use portcullis_core::ratelimit::{Decision, Limit};
 use portcullis_core::Timestamp;
 
 use crate::{
-    check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyUsage, QuotaState, RateCells,
-    Sealed, StoreError, StoredEvent,
+    check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyUsage, Pruned, QuotaState,
+    RateCells, Sealed, StoreError, StoredEvent,
 };
 
 /// Durable aggregates kept in memory (lost on exit: for tests and demos only).
@@ -27,6 +27,7 @@ struct Inner {
     quota: HashMap<String, QuotaState>,
     ips: HashSet<(String, String)>,
     events: Vec<StoredEvent>,
+    anchor: Option<(i64, Sha256Digest)>,
 }
 
 impl MemoryStore {
@@ -228,7 +229,31 @@ impl AuditLog for MemoryStore {
             .cloned()
             .collect())
     }
+
+    async fn prune(&self, before: Timestamp) -> Result<Option<Pruned>, StoreError> {
+        let mut g = self.lock();
+        // Event by event from the oldest, never the newest; in bounded steps, as SQLite does.
+        let older = g.events.iter().take_while(|e| e.time < before).count();
+        let n = older.min(g.events.len().saturating_sub(1)).min(PRUNE_STEP);
+        let Some(last) = n.checked_sub(1).map(|i| &g.events[i]) else {
+            return Ok(None);
+        };
+        let anchor = (last.seq, last.hash);
+        g.events.drain(..n);
+        g.anchor = Some(anchor);
+        Ok(Some(Pruned {
+            events: n as u64,
+            anchor,
+        }))
+    }
+
+    async fn anchor(&self) -> Result<Option<(i64, Sha256Digest)>, StoreError> {
+        Ok(self.lock().anchor)
+    }
 }
+
+/// Most events one [`AuditLog::prune`] call of the memory store removes.
+const PRUNE_STEP: usize = 65_536;
 
 /// Rate-limit cells in memory, sharded to keep lock contention low.
 pub struct MemoryRateCells {

@@ -139,6 +139,16 @@ pub struct StoredEvent {
     pub hash: Sha256Digest,
 }
 
+/// What one [`crate::AuditLog::prune`] call removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Events removed by this call.
+    pub events: u64,
+    /// The trail's anchor after it: `seq` and `hash` of the last event removed so far (the
+    /// stored events now start at `seq + 1`, chained to `hash`).
+    pub anchor: (i64, Sha256Digest),
+}
+
 /// Filters for reading the audit trail, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {

@@ -25,7 +25,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction}
 
 use crate::{
     audit_block, check_next_seq, check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyUsage,
-    QuotaState, Sealed, StoreError, StoredEvent,
+    Pruned, QuotaState, Sealed, StoreError, StoredEvent,
 };
 
 /// The embedded schema migrations.
@@ -692,7 +692,90 @@ impl AuditLog for SqliteStore {
         }
         Ok(out)
     }
+
+    async fn prune(&self, before: Timestamp) -> Result<Option<Pruned>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // The oldest blocks, by seq (the primary key: no scan of the table), one more than a
+        // call may remove, to see whether the last of them is the newest block.
+        let rows = sqlx::query(
+            "SELECT first_seq, last_seq, max_time FROM audit_blocks ORDER BY first_seq LIMIT ?1",
+        )
+        .bind(PRUNE_BLOCKS + 1)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(sql_err)?;
+        let mut removed: Option<(i64, i64)> = None;
+        let mut events = 0u64;
+        for (i, row) in rows.iter().enumerate() {
+            let first: i64 = row.try_get("first_seq").map_err(sql_err)?;
+            let last: i64 = row.try_get("last_seq").map_err(sql_err)?;
+            let max_time: i64 = row.try_get("max_time").map_err(sql_err)?;
+            // A block goes when all of it is older, never the one the head is in (the
+            // newest: the last row when fewer than a call's limit plus one came back), and
+            // only as part of a run from the oldest.
+            let newest = i + 1 == rows.len() && (rows.len() as i64) <= PRUNE_BLOCKS;
+            if i as i64 == PRUNE_BLOCKS || newest || max_time >= before.as_millis() {
+                break;
+            }
+            removed = Some((first, last));
+            events += u64::try_from(last - first + 1).unwrap_or(0);
+        }
+        let Some((first, last)) = removed else {
+            return Ok(None);
+        };
+        // The anchor: the last removed event, read back from its block.
+        let packed: Vec<u8> =
+            sqlx::query_scalar("SELECT events FROM audit_blocks WHERE first_seq = ?1")
+                .bind(first)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(sql_err)?;
+        let tail = decode_events(&packed)?
+            .pop()
+            .filter(|e| e.seq == last)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("audit block {first}: last seq is not {last}"))
+            })?;
+        sqlx::query("DELETE FROM audit_blocks WHERE first_seq <= ?1")
+            .bind(first)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql_err)?;
+        sqlx::query(
+            "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?1, ?2) \
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        )
+        .bind(tail.seq)
+        .bind(&tail.hash[..])
+        .execute(&mut *tx)
+        .await
+        .map_err(sql_err)?;
+        tx.commit().await.map_err(sql_err)?;
+        Ok(Some(Pruned {
+            events,
+            anchor: (tail.seq, tail.hash),
+        }))
+    }
+
+    async fn anchor(&self) -> Result<Option<(i64, Sha256Digest)>, StoreError> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_anchor WHERE id = 1")
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(sql_err)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let seq: i64 = row.try_get("seq").map_err(sql_err)?;
+        let hash: Vec<u8> = row.try_get("hash").map_err(sql_err)?;
+        let hash = Sha256Digest::try_from(hash.as_slice())
+            .map_err(|_| StoreError::Corrupt("audit anchor: hash is not 32 bytes".into()))?;
+        Ok(Some((seq, hash)))
+    }
 }
+
+/// Most blocks one [`AuditLog::prune`] call removes (each up to `MAX_BLOCK_EVENTS` events):
+/// a short write transaction, so that the audit writer is never held up for long.
+const PRUNE_BLOCKS: i64 = 64;
 
 /// Events per stored block (one block per append call, split above this).
 const MAX_BLOCK_EVENTS: usize = 4096;
@@ -1213,6 +1296,39 @@ mod tests {
                 Err(StoreError::Corrupt(_))
             ));
         }
+    }
+
+    /// A prune call removes at most `PRUNE_BLOCKS` blocks; repeated calls go on to the
+    /// newest block, which stays, and the anchor follows each step.
+    #[tokio::test]
+    async fn pruning_goes_a_bounded_step_at_a_time() {
+        use crate::conformance::{append, sample_event};
+        let s = SqliteStore::open_in_memory().await.unwrap();
+        let blocks = PRUNE_BLOCKS + 6;
+        let mut events = Vec::new();
+        for seq in 1..=blocks {
+            let prev = events.last().map_or(GENESIS, |e: &Record| e.hash);
+            let e = sample_event(seq, prev, "auth.decision", "allow", None);
+            append(&s, std::slice::from_ref(&e)).await.unwrap();
+            events.push(e);
+        }
+        let later = Timestamp::from_millis(i64::MAX);
+        let at = |seq: i64| (seq, events[seq as usize - 1].hash);
+        let first = s.prune(later).await.unwrap().unwrap();
+        assert_eq!(
+            (first.events, first.anchor),
+            (PRUNE_BLOCKS as u64, at(PRUNE_BLOCKS))
+        );
+        assert_eq!(s.anchor().await.unwrap(), Some(at(PRUNE_BLOCKS)));
+        let second = s.prune(later).await.unwrap().unwrap();
+        assert_eq!((second.events, second.anchor), (5, at(blocks - 1)));
+        assert_eq!(
+            s.prune(later).await.unwrap(),
+            None,
+            "the newest block stays"
+        );
+        let left = s.scan(0, 10).await.unwrap();
+        assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), [blocks]);
     }
 
     #[tokio::test]

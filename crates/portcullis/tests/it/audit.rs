@@ -260,3 +260,57 @@ async fn sigusr1_does_not_stop_a_server_without_an_audit_file() {
     let (code, _, _) = s.cli(&["keys", "list"]);
     assert_eq!(code, 0);
 }
+
+/// Retention at start: a trail whose events are all older than 90 days (the default) loses
+/// all but its newest stored block, records that as an `audit.pruned` event, and still
+/// verifies, from the anchor.
+#[tokio::test]
+async fn retention_removes_old_blocks_records_it_and_the_rest_verifies() {
+    use portcullis_store::conformance::{append, sample_event};
+    use portcullis_store::AuditLog as _;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // Three events of November 2023, one stored block each (three appends).
+    let store = portcullis_store::sqlite::SqliteStore::open(&data.join("portcullis.db"))
+        .await
+        .unwrap();
+    let mut prev = portcullis_core::audit::GENESIS;
+    for seq in 1..=3 {
+        let e = sample_event(seq, prev, "auth.decision", "allow", Some("key_old"));
+        append(&store, std::slice::from_ref(&e)).await.unwrap();
+        prev = e.hash;
+    }
+    assert_eq!(store.head().await.unwrap().map(|h| h.0), Some(3));
+    store.close().await;
+
+    let s = Server::start_in(tmp.path(), None);
+    let pruned = s
+        .eventually("audit.pruned event", || async {
+            events(&s, "kind=audit.pruned").await.into_iter().next()
+        })
+        .await;
+    assert_eq!(pruned["actor"], "system:retention");
+    assert_eq!(
+        pruned["detail"]["events"], 2,
+        "the newest block stays: {pruned}"
+    );
+    assert_eq!(pruned["detail"]["through_seq"], 2);
+    assert_eq!(pruned["seq"], 4, "chained after the kept event");
+    let left: Vec<i64> = events(&s, "limit=100")
+        .await
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert!(!left.contains(&1) && !left.contains(&2), "{left:?}");
+    assert!(left.contains(&3), "{left:?}");
+
+    let v = s.cli_json(&["audit", "verify"]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["pruned_through"], 2, "{v}");
+    let (code, out, _) = s.cli(&["audit", "verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("events 1 to 2 were removed"), "{out}");
+    assert!(s.output().contains("audit retention removed old events"));
+}
