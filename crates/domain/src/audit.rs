@@ -478,7 +478,8 @@ pub struct VerifyReport {
     pub error: Option<String>,
 }
 
-/// Checks the stored chain from the first event.
+/// Checks the stored chain from the first event, or from the retention anchor when older
+/// events were removed ([`prune`]).
 pub async fn verify(store: &dyn AuditLog) -> Result<VerifyReport, StoreError> {
     let anchor = store.anchor().await?;
     let (mut after, head) = anchor.unwrap_or((0, GENESIS));
@@ -503,18 +504,31 @@ pub async fn verify(store: &dyn AuditLog) -> Result<VerifyReport, StoreError> {
 /// blocks, a run from the oldest, never the newest; see [`AuditLog::prune`]), a bounded step
 /// at a time so that the writer is never held up for long, and records the removal as an
 /// `audit.pruned` event in the chain itself, stored before this returns: the trail says what
-/// was removed and where it now starts. Returns the number of events removed.
+/// was removed and where it now starts. Stops early, after a step, once `stop` is set (the
+/// server is stopping), and records what it did. Returns the number of events removed.
 pub async fn prune(
     store: &dyn AuditLog,
     auditor: &Auditor,
     before: Timestamp,
     now: Timestamp,
+    stop: &AtomicBool,
 ) -> Result<u64, StoreError> {
     let mut events = 0;
     let mut anchor = None;
-    while let Some(p) = store.prune(before).await? {
-        events += p.events;
-        anchor = Some(p.anchor);
+    let mut failed = None;
+    while !stop.load(Ordering::Relaxed) {
+        match store.prune(before).await {
+            Ok(Some(p)) => {
+                events += p.events;
+                anchor = Some(p.anchor);
+            }
+            Ok(None) => break,
+            // What was removed before the failure is still recorded.
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
         // Let the writer and everything else in between the steps.
         tokio::task::yield_now().await;
     }
@@ -534,7 +548,7 @@ pub async fn prune(
             )
             .await;
     }
-    Ok(events)
+    failed.map_or(Ok(events), Err)
 }
 
 fn report(v: &ChainVerifier, pruned_through: Option<i64>, err: Option<ChainError>) -> VerifyReport {
@@ -854,28 +868,17 @@ mod tests {
                 ))
                 .await;
         }
+        let at = |s| Timestamp::from_secs(s);
+        let (going, stopping) = (AtomicBool::new(false), AtomicBool::new(true));
+        let prune_at = |before, stop| prune(store.as_ref(), &auditor, at(before), at(50), stop);
         // Nothing older than the oldest: nothing removed, nothing recorded.
-        assert_eq!(
-            prune(
-                store.as_ref(),
-                &auditor,
-                Timestamp::from_secs(5),
-                Timestamp::from_secs(50)
-            )
-            .await
-            .unwrap(),
-            0
-        );
+        assert_eq!(prune_at(5, &going).await.unwrap(), 0);
         assert_eq!(store.head().await.unwrap().unwrap().0, 4);
+        // A stopping server removes nothing more.
+        assert_eq!(prune_at(35, &stopping).await.unwrap(), 0);
+        assert_eq!(store.scan(0, 10).await.unwrap().len(), 4);
 
-        let removed = prune(
-            store.as_ref(),
-            &auditor,
-            Timestamp::from_secs(35),
-            Timestamp::from_secs(50),
-        )
-        .await
-        .unwrap();
+        let removed = prune_at(35, &going).await.unwrap();
         assert_eq!(removed, 3);
         let left = store.scan(0, 10).await.unwrap();
         assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);

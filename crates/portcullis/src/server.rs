@@ -305,9 +305,16 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         })
     };
 
+    let retention_stop = Arc::new(RetentionStop::default());
     let retention = cfg.audit.retention.map(|keep| {
         let (log, auditor, clock) = (audit_log.clone(), auditor.clone(), clock.clone());
-        tokio::spawn(audit_retention(log, auditor, clock, keep))
+        tokio::spawn(audit_retention(
+            log,
+            auditor,
+            clock,
+            keep,
+            retention_stop.clone(),
+        ))
     });
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -323,8 +330,17 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
 
     flusher.abort();
     reaper.abort();
-    if let Some(r) = retention {
-        r.abort();
+    if let Some(mut r) = retention {
+        // A removal under way stops after its step and records what it removed.
+        retention_stop.flag.store(true, Ordering::Relaxed);
+        retention_stop.wake.notify_one();
+        if tokio::time::timeout(Duration::from_secs(5), &mut r)
+            .await
+            .is_err()
+        {
+            r.abort();
+            tracing::warn!("audit retention did not stop in time");
+        }
     }
     usage.flush(&auditor).await;
     auditor.flush().await;
@@ -334,21 +350,35 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Tells the retention task to stop: between two steps of a removal (`flag`), or at once
+/// while it waits for its next turn (`wake`).
+#[derive(Default)]
+struct RetentionStop {
+    flag: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
 /// Removes audit events older than `keep`, at start and hourly after that (see
-/// `audit::prune`: in short steps, beside the traffic). A failure is logged and tried again at the next turn.
+/// `audit::prune`: in short steps, beside the traffic), until told to stop. A failure is
+/// logged and tried again at the next turn.
 async fn audit_retention(
     log: Arc<dyn AuditLog>,
     auditor: audit::Auditor,
     clock: Arc<dyn Clock>,
     keep: Duration,
+    stop: Arc<RetentionStop>,
 ) {
     let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.wake.notified() => return,
+        }
         let now = clock.now();
-        match audit::prune(log.as_ref(), &auditor, now.plus_millis(-keep_ms), now).await {
+        let before = now.plus_millis(-keep_ms);
+        match audit::prune(log.as_ref(), &auditor, before, now, &stop.flag).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(events = n, "audit retention removed old events"),
             Err(e) => {
