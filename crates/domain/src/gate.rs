@@ -108,21 +108,40 @@ pub struct Refused {
     pub rate: Option<Decision>,
 }
 
+/// Which authentication decisions become audit events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuditedDecisions {
+    /// Every decision, allowed or denied (the default).
+    #[default]
+    All,
+    /// Denials only: allowed requests are counted in the metrics, not stored one by one.
+    Denials,
+}
+
 /// Runs the decision for every route.
 pub struct Gate {
     limiter: RateLimiter,
     usage: Arc<UsageTracker>,
     auditor: Auditor,
+    audited: AuditedDecisions,
 }
 
 impl Gate {
-    /// A gate over a limiter, the usage tracker (quotas) and the audit trail.
+    /// A gate over a limiter, the usage tracker (quotas) and the audit trail, auditing every
+    /// decision.
     pub fn new(limiter: RateLimiter, usage: Arc<UsageTracker>, auditor: Auditor) -> Self {
         Self {
             limiter,
             usage,
             auditor,
+            audited: AuditedDecisions::All,
         }
+    }
+
+    /// Sets which decisions are audited.
+    pub fn audited(mut self, audited: AuditedDecisions) -> Self {
+        self.audited = audited;
+        self
     }
 
     /// Decides one request and audits the decision.
@@ -146,6 +165,9 @@ impl Gate {
             return Ok(Admitted { authn: None, rate });
         }
         let result = self.decide(route, req, now).await;
+        if result.is_ok() && self.audited == AuditedDecisions::Denials {
+            return result.map_err(|(r, _)| r);
+        }
         // Filled in place, field by field: the event is a few hundred bytes, and each call of
         // its builder would move it.
         let mut event = AuditEvent::new(

@@ -259,7 +259,8 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         RateLimiter::new(Arc::new(MemoryRateCells::new())),
         usage.clone(),
         auditor.clone(),
-    );
+    )
+    .audited(cfg.audit.decisions.into());
     let gateway = Gateway {
         routes,
         gate,

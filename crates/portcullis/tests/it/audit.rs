@@ -314,3 +314,30 @@ async fn retention_removes_old_blocks_records_it_and_the_rest_verifies() {
     assert!(out.contains("events 1 to 2 were removed"), "{out}");
     assert!(s.output().contains("audit retention removed old events"));
 }
+
+/// `audit.decisions = "denials"`: allowed requests leave no event, denials and admin changes
+/// still do.
+#[tokio::test]
+async fn only_denials_are_audited_when_configured() {
+    let s = Server::start(Some("[audit]\ndecisions = \"denials\"\n"));
+    let (_, key) = s.create_key("quiet", "read:echo");
+    assert_eq!(get_key(&s, "/echo/1", &key).await.status(), 200);
+    assert_eq!(
+        client()
+            .get(s.url("/echo/1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // The denial came after the allowed request: once it is stored, so would the other be.
+    let deny = s
+        .eventually("deny event", || async {
+            events(&s, "outcome=deny").await.into_iter().next()
+        })
+        .await;
+    assert_eq!(deny["reason"], "missing_credentials");
+    assert!(events(&s, "outcome=allow").await.is_empty());
+    assert_eq!(events(&s, "kind=api_key.created").await.len(), 1);
+}
