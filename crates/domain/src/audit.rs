@@ -481,23 +481,37 @@ pub struct VerifyReport {
 /// Checks the stored chain from the first event, or from the retention anchor when older
 /// events were removed ([`prune`]).
 pub async fn verify(store: &dyn AuditLog) -> Result<VerifyReport, StoreError> {
-    let anchor = store.anchor().await?;
+    let mut anchor = store.anchor().await?;
     let (mut after, head) = anchor.unwrap_or((0, GENESIS));
     let mut v = ChainVerifier::after(after, head);
-    let pruned_through = anchor.map(|(seq, _)| seq);
-    loop {
+    // Events checked before retention moved the anchor past them (see below).
+    let mut earlier = 0;
+    'pages: loop {
         let page = store.scan(after, 1000).await?;
         if page.is_empty() {
             break;
         }
         for e in &page {
-            if let Err(err) = v.check(e.seq, e.body.as_bytes(), &e.prev_hash, &e.hash) {
-                return Ok(report(&v, pruned_through, Some(err)));
+            let Err(err) = v.check(e.seq, e.body.as_bytes(), &e.prev_hash, &e.hash) else {
+                after = e.seq;
+                continue;
+            };
+            // Retention runs beside verification and may have removed the very events this
+            // check was to read next: then the stored anchor has moved to or past them, and
+            // the trail goes on from there.
+            if let ChainError::Gap { expected, .. } = err {
+                let now = store.anchor().await?;
+                if let Some((seq, hash)) = now.filter(|(seq, _)| *seq >= expected) {
+                    earlier += v.checked();
+                    v = ChainVerifier::after(seq, hash);
+                    (after, anchor) = (seq, now);
+                    continue 'pages;
+                }
             }
-            after = e.seq;
+            return Ok(report(&v, earlier, anchor, Some(err)));
         }
     }
-    Ok(report(&v, pruned_through, None))
+    Ok(report(&v, earlier, anchor, None))
 }
 
 /// Retention: removes the stored events older than `before`, as far as the store can (whole
@@ -551,11 +565,16 @@ pub async fn prune(
     failed.map_or(Ok(events), Err)
 }
 
-fn report(v: &ChainVerifier, pruned_through: Option<i64>, err: Option<ChainError>) -> VerifyReport {
+fn report(
+    v: &ChainVerifier,
+    earlier: i64,
+    anchor: Option<(i64, Sha256Digest)>,
+    err: Option<ChainError>,
+) -> VerifyReport {
     VerifyReport {
         ok: err.is_none(),
-        checked: v.checked(),
-        pruned_through,
+        checked: earlier + v.checked(),
+        pruned_through: anchor.map(|(seq, _)| seq),
         head: hex(&v.head()),
         error: err.map(|e| e.to_string()),
     }
@@ -571,11 +590,14 @@ pub(crate) mod testing {
     use portcullis_store::memory::MemoryStore;
     use portcullis_store::{AuditLog, AuditQuery, Pruned, Sealed, StoreError, StoredEvent};
 
-    /// A memory store whose appends fail while `refuse` is set.
+    /// A memory store whose appends fail while `refuse` is set, and whose first scan runs
+    /// retention (older than `prune_on_first_scan`) just before it reads, as a retention
+    /// task beside a verification would.
     #[derive(Default)]
     pub(crate) struct Refusing {
         pub(crate) inner: MemoryStore,
         pub(crate) refuse: AtomicBool,
+        pub(crate) prune_on_first_scan: std::sync::Mutex<Option<Timestamp>>,
     }
 
     #[async_trait::async_trait]
@@ -593,6 +615,10 @@ pub(crate) mod testing {
             self.inner.query(q).await
         }
         async fn scan(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+            let prune = self.prune_on_first_scan.lock().unwrap().take();
+            if let Some(before) = prune {
+                while self.inner.prune(before).await?.is_some() {}
+            }
             self.inner.scan(after, limit).await
         }
         async fn prune(&self, before: Timestamp) -> Result<Option<Pruned>, StoreError> {
@@ -852,6 +878,26 @@ mod tests {
         drop(auditor);
         task.await.unwrap();
         assert_eq!(verify(store.as_ref()).await.unwrap().checked, 3);
+    }
+
+    #[tokio::test]
+    async fn verification_beside_retention_goes_on_from_the_new_anchor() {
+        let store = Arc::new(Refusing {
+            prune_on_first_scan: Some(Timestamp::from_secs(25)).into(),
+            ..Refusing::default()
+        });
+        let (auditor, writer) = channel(store.clone(), None, 16).await.unwrap();
+        let task = tokio::spawn(writer.run());
+        for secs in [10, 20, 30] {
+            auditor
+                .emit_durable(AuditEvent::new(Timestamp::from_secs(secs), "k", "ok"))
+                .await;
+        }
+        drop(auditor);
+        task.await.unwrap();
+        let report = verify(store.as_ref()).await.unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!((report.checked, report.pruned_through), (1, Some(2)));
     }
 
     #[tokio::test]

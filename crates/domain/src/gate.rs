@@ -144,7 +144,8 @@ impl Gate {
         self
     }
 
-    /// Decides one request and audits the decision.
+    /// Decides one request and audits the decision (denials only, when the gate was so
+    /// configured: [`Gate::audited`]).
     pub async fn admit(
         &self,
         route: &RouteGate,

@@ -16,20 +16,18 @@ async fn events(s: &Server, query: &str) -> Vec<Value> {
     v["events"].as_array().unwrap().clone()
 }
 
+/// One request with `key` (200), then one without (401), on the default echo route.
+async fn allowed_then_denied(s: &Server, key: &str) {
+    assert_eq!(get_key(s, "/echo/1", key).await.status(), 200);
+    let without = client().get(s.url("/echo/1")).send().await.unwrap();
+    assert_eq!(without.status(), 401);
+}
+
 #[tokio::test]
 async fn decisions_and_changes_are_audited_and_new_addresses_noticed() {
     let s = Server::start(None);
     let (id, key) = s.create_key("audited", "read:echo");
-    assert_eq!(get_key(&s, "/echo/1", &key).await.status(), 200);
-    assert_eq!(
-        client()
-            .get(s.url("/echo/1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    allowed_then_denied(&s, &key).await;
     let allow = s
         .eventually("allow event", || async {
             events(&s, "outcome=allow").await.into_iter().next()
@@ -321,16 +319,7 @@ async fn retention_removes_old_blocks_records_it_and_the_rest_verifies() {
 async fn only_denials_are_audited_when_configured() {
     let s = Server::start(Some("[audit]\ndecisions = \"denials\"\n"));
     let (_, key) = s.create_key("quiet", "read:echo");
-    assert_eq!(get_key(&s, "/echo/1", &key).await.status(), 200);
-    assert_eq!(
-        client()
-            .get(s.url("/echo/1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    allowed_then_denied(&s, &key).await;
     // The denial came after the allowed request: once it is stored, so would the other be.
     let deny = s
         .eventually("deny event", || async {
