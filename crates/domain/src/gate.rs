@@ -108,8 +108,10 @@ pub struct Refused {
     pub rate: Option<Decision>,
 }
 
-/// Which authentication decisions become audit events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which authentication decisions become audit events (`audit.decisions` in the
+/// configuration: `"all"`, `"denials"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AuditedDecisions {
     /// Every decision, allowed or denied (the default).
     #[default]

@@ -90,31 +90,11 @@ pub struct AuditConfig {
     #[serde(deserialize_with = "de_duration")]
     pub flush_interval: Duration,
     /// Which authentication decisions are audited (admin changes always are).
-    pub decisions: AuditedDecisionsConfig,
+    pub decisions: portcullis_domain::gate::AuditedDecisions,
     /// How long stored events are kept (`None`: for ever). Older ones are removed hourly,
     /// in whole stored blocks, and the removal is itself an audit event.
     #[serde(deserialize_with = "de_retention")]
     pub retention: Option<Duration>,
-}
-
-/// `audit.decisions`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuditedDecisionsConfig {
-    /// Every decision (the default).
-    #[default]
-    All,
-    /// Denials only.
-    Denials,
-}
-
-impl From<AuditedDecisionsConfig> for portcullis_domain::gate::AuditedDecisions {
-    fn from(c: AuditedDecisionsConfig) -> Self {
-        match c {
-            AuditedDecisionsConfig::All => Self::All,
-            AuditedDecisionsConfig::Denials => Self::Denials,
-        }
-    }
 }
 
 /// [`AuditConfig::retention`] unless set.
@@ -130,7 +110,7 @@ impl Default for AuditConfig {
             path: PathBuf::from("audit.jsonl"),
             queue: 65_536,
             flush_interval: portcullis_domain::audit::DEFAULT_LINGER,
-            decisions: AuditedDecisionsConfig::All,
+            decisions: portcullis_domain::gate::AuditedDecisions::All,
             retention: Some(DEFAULT_AUDIT_RETENTION),
         }
     }
@@ -737,9 +717,15 @@ failed_auth_limit = false
         let c = Config::parse("[audit]\nflush_interval = \"20ms\"\n", "p.toml").unwrap();
         assert_eq!(c.audit.flush_interval, Duration::from_millis(20));
         assert_eq!(c.audit.retention, Some(DEFAULT_AUDIT_RETENTION));
-        assert_eq!(c.audit.decisions, AuditedDecisionsConfig::All);
+        assert_eq!(
+            c.audit.decisions,
+            portcullis_domain::gate::AuditedDecisions::All
+        );
         let c = Config::parse("[audit]\ndecisions = \"denials\"\n", "p.toml").unwrap();
-        assert_eq!(c.audit.decisions, AuditedDecisionsConfig::Denials);
+        assert_eq!(
+            c.audit.decisions,
+            portcullis_domain::gate::AuditedDecisions::Denials
+        );
         let e = err("[audit]\ndecisions = \"allowed\"\n");
         assert!(e.starts_with("p.toml:2:") && e.contains("decisions"), "{e}");
         for (text, want) in [

@@ -260,7 +260,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         usage.clone(),
         auditor.clone(),
     )
-    .audited(cfg.audit.decisions.into());
+    .audited(cfg.audit.decisions);
     let gateway = Gateway {
         routes,
         gate,

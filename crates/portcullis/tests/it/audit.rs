@@ -252,8 +252,13 @@ async fn sigusr1_reopens_the_audit_file_after_a_rotation() {
 async fn sigusr1_does_not_stop_a_server_without_an_audit_file() {
     let mut s = Server::start(Some("[audit]\nsink = \"none\"\n"));
     assert!(s.signal("USR1"), "kill -USR1 failed");
-    // Time for the default action (termination) to happen, were the signal not handled.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Once the handler has said so, the signal was taken by it, not by the default action
+    // (termination).
+    s.eventually("the SIGUSR1 handler's log line", || {
+        let seen = s.output().contains("SIGUSR1: no audit file to reopen");
+        async move { seen.then_some(()) }
+    })
+    .await;
     assert!(s.child.try_wait().unwrap().is_none(), "the server stopped");
     let (code, _, _) = s.cli(&["keys", "list"]);
     assert_eq!(code, 0);
@@ -310,7 +315,11 @@ async fn retention_removes_old_blocks_records_it_and_the_rest_verifies() {
     let (code, out, _) = s.cli(&["audit", "verify"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("events 1 to 2 were removed"), "{out}");
-    assert!(s.output().contains("audit retention removed old events"));
+    s.eventually("the retention log line", || {
+        let seen = s.output().contains("audit retention removed old events");
+        async move { seen.then_some(()) }
+    })
+    .await;
 }
 
 /// `audit.decisions = "denials"`: allowed requests leave no event, denials and admin changes
