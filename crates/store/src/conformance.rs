@@ -13,7 +13,7 @@ use portcullis_core::Timestamp;
 
 use crate::audit_block::{OwnedFields, Record};
 use crate::{
-    ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, Durable, KeyUsage, QuotaSpec, RateCells,
+    ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, Durable, KeyPatch, KeyUsage, QuotaSpec, RateCells,
     RateLimitSpec, Sealed, StoreError,
 };
 
@@ -102,6 +102,7 @@ where
     api_keys_list_pages_and_filters(&make().await).await;
     api_keys_revoke(&make().await).await;
     api_keys_rotate(&make().await).await;
+    api_keys_update(&make().await).await;
     api_keys_usage_and_ips(&make().await).await;
     api_keys_import_is_atomic(&make().await).await;
     audit_chain_append_query_scan(&make().await).await;
@@ -243,6 +244,119 @@ async fn api_keys_rotate(s: &impl ApiKeys) {
     };
     let o = s.rotate("key_004", &n5, grace_end).await.unwrap();
     assert_eq!(o.expires_at, Some(Timestamp::from_secs(10)));
+}
+
+async fn api_keys_update(s: &impl ApiKeys) {
+    let k = sample_key(1);
+    s.insert(&k).await.unwrap();
+    let until = Timestamp::from_secs(1_900_000_000);
+    let patch = KeyPatch {
+        name: Some("renamed".into()),
+        owner: Some(None),
+        scopes: Some(vec!["read:echo".into()]),
+        quota: Some(None),
+        expires_at: Some(Some(until)),
+        ..KeyPatch::default()
+    };
+    let u = s.update(&k.id, &patch).await.unwrap();
+    let mut want = k.clone();
+    patch.apply(&mut want);
+    assert_eq!(u, want, "update returns the key as patched");
+    assert_eq!(
+        (
+            u.name.as_str(),
+            u.owner.as_deref(),
+            u.quota.as_ref(),
+            u.expires_at
+        ),
+        ("renamed", None, None, Some(until)),
+        "the given fields replaced, nullable ones cleared"
+    );
+    assert_eq!(
+        (&u.metadata, &u.rate_limits, &u.hash),
+        (&k.metadata, &k.rate_limits, &k.hash),
+        "fields not given stay"
+    );
+    assert_eq!(
+        s.find_by_hash(&k.hash).await.unwrap().as_ref(),
+        Some(&u),
+        "the change is stored"
+    );
+    let cleared = s
+        .update(
+            &k.id,
+            &KeyPatch {
+                expires_at: Some(None),
+                metadata: Some(serde_json::json!({})),
+                rate_limits: Some(vec![]),
+                ..KeyPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            cleared.expires_at,
+            cleared.rate_limits.len(),
+            cleared.name.as_str()
+        ),
+        (None, 0, "renamed"),
+        "a second patch changes only its own fields"
+    );
+    assert!(
+        s.list(Some("odd"), None, 10).await.unwrap().is_empty(),
+        "owner index follows"
+    );
+
+    assert!(matches!(
+        s.update("key_nope", &patch).await,
+        Err(StoreError::NotFound)
+    ));
+    s.revoke(&k.id, Timestamp::from_secs(1_800_000_000))
+        .await
+        .unwrap();
+    assert!(
+        matches!(s.update(&k.id, &patch).await, Err(StoreError::Conflict(_))),
+        "a revoked key cannot change"
+    );
+
+    // A key in its rotation grace keeps its grace end, but its other properties may change.
+    let old = sample_key(2);
+    s.insert(&old).await.unwrap();
+    let new = ApiKeyRecord {
+        rotated_from: Some(old.id.clone()),
+        ..sample_key(3)
+    };
+    let grace_end = Timestamp::from_secs(1_800_000_000);
+    s.rotate(&old.id, &new, grace_end).await.unwrap();
+    assert!(
+        matches!(
+            s.update(
+                &old.id,
+                &KeyPatch {
+                    expires_at: Some(None),
+                    ..KeyPatch::default()
+                }
+            )
+            .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a rotated key's expiry is its grace end"
+    );
+    let narrowed = s
+        .update(
+            &old.id,
+            &KeyPatch {
+                scopes: Some(vec![]),
+                ..KeyPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (narrowed.scopes.len(), narrowed.expires_at),
+        (0, Some(grace_end))
+    );
 }
 
 async fn api_keys_usage_and_ips(s: &impl ApiKeys) {

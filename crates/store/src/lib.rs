@@ -63,6 +63,12 @@ pub trait ApiKeys: Send + Sync {
         old_expires_at: Timestamp,
     ) -> Result<ApiKeyRecord, StoreError>;
 
+    /// Changes a key's properties (see [`KeyPatch`]) in one write and returns the key as
+    /// stored. `NotFound` if there is no such key; `Conflict` if it is revoked, or if the
+    /// patch sets the expiry of a key replaced by rotation. Concurrent patches of different
+    /// properties both take effect.
+    async fn update(&self, id: &str, patch: &KeyPatch) -> Result<ApiKeyRecord, StoreError>;
+
     /// Records batched usage (last use, last address, quota counts). Unknown ids are ignored;
     /// a report older than the stored last use leaves last use and address unchanged.
     async fn record_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError>;

@@ -10,7 +10,7 @@ use portcullis_core::ratelimit::{Decision, Limit};
 use portcullis_core::Timestamp;
 
 use crate::{
-    check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyUsage, Pruned, QuotaState,
+    check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyPatch, KeyUsage, Pruned, QuotaState,
     RateCells, Sealed, StoreError, StoredEvent,
 };
 
@@ -143,6 +143,19 @@ impl ApiKeys for MemoryStore {
                 .map_or(old_expires_at, |e| e.min(old_expires_at)),
         );
         Ok(old.clone())
+    }
+
+    async fn update(&self, id: &str, patch: &KeyPatch) -> Result<ApiKeyRecord, StoreError> {
+        let mut g = self.lock();
+        let k = g.keys.get_mut(id).ok_or(StoreError::NotFound)?;
+        if k.revoked_at.is_some() {
+            return Err(StoreError::Conflict("api key revoked"));
+        }
+        if k.rotated_to.is_some() && patch.expires_at.is_some() {
+            return Err(StoreError::Conflict("api key rotated"));
+        }
+        patch.apply(k);
+        Ok(k.clone())
     }
 
     async fn record_usage(&self, usage: &[KeyUsage]) -> Result<(), StoreError> {

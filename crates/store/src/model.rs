@@ -93,6 +93,77 @@ impl std::fmt::Debug for ApiKeyRecord {
     }
 }
 
+/// A change to a key's properties: each field given replaces the stored one whole; `None`
+/// leaves it as it is. A key's identity (id, hash, prefix), its history (created, revoked,
+/// rotated) and its usage are not properties and cannot change this way.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New owner; `Some(None)` removes it.
+    pub owner: Option<Option<String>>,
+    /// New scopes.
+    pub scopes: Option<Vec<String>>,
+    /// New metadata object.
+    pub metadata: Option<serde_json::Value>,
+    /// New per-key rate limits (empty: the route's apply).
+    pub rate_limits: Option<Vec<RateLimitSpec>>,
+    /// New quota; `Some(None)` removes it.
+    pub quota: Option<Option<QuotaSpec>>,
+    /// New expiry; `Some(None)` removes it. Refused (`Conflict`) on a key replaced by
+    /// rotation, whose expiry is the end of its grace period.
+    pub expires_at: Option<Option<Timestamp>>,
+}
+
+impl KeyPatch {
+    /// Whether the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == KeyPatch::default()
+    }
+
+    /// The names of the properties it changes, in a fixed order.
+    pub fn fields(&self) -> Vec<&'static str> {
+        [
+            ("name", self.name.is_some()),
+            ("owner", self.owner.is_some()),
+            ("scopes", self.scopes.is_some()),
+            ("metadata", self.metadata.is_some()),
+            ("rate_limits", self.rate_limits.is_some()),
+            ("quota", self.quota.is_some()),
+            ("expires_at", self.expires_at.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(n, given)| given.then_some(n))
+        .collect()
+    }
+
+    /// `key` with the patch applied (the stores' shared rule; they check revocation and
+    /// rotation first).
+    pub fn apply(&self, key: &mut ApiKeyRecord) {
+        if let Some(v) = &self.name {
+            key.name.clone_from(v);
+        }
+        if let Some(v) = &self.owner {
+            key.owner.clone_from(v);
+        }
+        if let Some(v) = &self.scopes {
+            key.scopes.clone_from(v);
+        }
+        if let Some(v) = &self.metadata {
+            key.metadata.clone_from(v);
+        }
+        if let Some(v) = &self.rate_limits {
+            key.rate_limits.clone_from(v);
+        }
+        if let Some(v) = &self.quota {
+            key.quota.clone_from(v);
+        }
+        if let Some(v) = self.expires_at {
+            key.expires_at = v;
+        }
+    }
+}
+
 /// Batched usage of one key, written off the request path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyUsage {

@@ -24,8 +24,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use crate::{
-    audit_block, check_next_seq, check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyUsage,
-    Pruned, QuotaState, Sealed, StoreError, StoredEvent,
+    audit_block, check_next_seq, check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyPatch,
+    KeyUsage, Pruned, QuotaState, Sealed, StoreError, StoredEvent,
 };
 
 /// The embedded schema migrations.
@@ -415,6 +415,56 @@ impl ApiKeys for SqliteStore {
         .map_err(sql_err)?
         .ok_or(StoreError::NotFound)?;
         key_from_row(&row)
+    }
+
+    async fn update(&self, id: &str, patch: &KeyPatch) -> Result<ApiKeyRecord, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let (revoked, rotated): (i64, i64) = sqlx::query_as(
+            "SELECT revoked_at IS NOT NULL, rotated_to IS NOT NULL FROM api_keys WHERE id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(sql_err)?
+        .ok_or(StoreError::NotFound)?;
+        if revoked != 0 {
+            return Err(StoreError::Conflict("api key revoked"));
+        }
+        if rotated != 0 && patch.expires_at.is_some() {
+            return Err(StoreError::Conflict("api key rotated"));
+        }
+        // Only the columns the patch names are written: a concurrent patch of others stays.
+        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE api_keys SET id = id");
+        if let Some(v) = &patch.name {
+            qb.push(", name = ").push_bind(v.as_str());
+        }
+        if let Some(v) = &patch.owner {
+            qb.push(", owner = ").push_bind(v.as_deref());
+        }
+        if let Some(v) = &patch.scopes {
+            qb.push(", scopes = ").push_bind(to_json(v)?);
+        }
+        if let Some(v) = &patch.metadata {
+            qb.push(", metadata = ").push_bind(to_json(v)?);
+        }
+        if let Some(v) = &patch.rate_limits {
+            qb.push(", rate_limits = ").push_bind(to_json(v)?);
+        }
+        if let Some(v) = &patch.quota {
+            qb.push(", quota = ")
+                .push_bind(v.as_ref().map(to_json).transpose()?);
+        }
+        if let Some(v) = patch.expires_at {
+            qb.push(", expires_at = ")
+                .push_bind(v.map(Timestamp::as_millis));
+        }
+        qb.push(" WHERE id = ")
+            .push_bind(id)
+            .push(concat!(" RETURNING ", key_cols!()));
+        let row = qb.build().fetch_one(&mut *tx).await.map_err(sql_err)?;
+        let key = key_from_row(&row)?;
+        tx.commit().await.map_err(sql_err)?;
+        Ok(key)
     }
 
     async fn rotate(
