@@ -1,4 +1,4 @@
-//! Admin use cases for API keys: create, list, show, rotate, revoke, import.
+//! Admin use cases for API keys: create, list, show, update, rotate, revoke, import.
 //!
 //! Each change is durable in the store before it returns, invalidates the lookup cache (so it
 //! takes effect on the next request), and is audited (durably) with who made it. Raw keys are
@@ -11,8 +11,8 @@ use portcullis_core::api_key::{self, Prefix};
 use portcullis_core::crypto::{self, Sha256Digest};
 use portcullis_core::secret::Secret;
 use portcullis_core::{ScopeSet, Timestamp};
-use portcullis_store::{ApiKeyRecord, ApiKeys, QuotaSpec, RateLimitSpec, StoreError};
-use serde::Deserialize;
+use portcullis_store::{ApiKeyRecord, ApiKeys, KeyPatch, QuotaSpec, RateLimitSpec, StoreError};
+use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
 use crate::audit::{AuditEvent, Auditor};
@@ -110,6 +110,47 @@ pub struct ImportKey {
     pub fields: NewKey,
 }
 
+/// A change to a key's properties (`PATCH`): a field left out stays as it is; a field given
+/// replaces the stored value whole (the scopes, the metadata object, the list of rate
+/// limits). `null` removes the owner, the expiry or the quota, and empties the metadata and
+/// the rate limits; `name`, `scopes` and `expires_in` cannot be `null`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyUpdate {
+    /// New name.
+    #[serde(default, deserialize_with = "present")]
+    pub name: Option<Option<String>>,
+    /// New owner, or `null` for none.
+    #[serde(default, deserialize_with = "present")]
+    pub owner: Option<Option<String>>,
+    /// New scopes (all of them).
+    #[serde(default, deserialize_with = "present")]
+    pub scopes: Option<Option<Vec<String>>>,
+    /// New absolute expiry, Unix milliseconds, or `null` for none.
+    #[serde(default, deserialize_with = "present")]
+    pub expires_at: Option<Option<Timestamp>>,
+    /// New expiry relative to now, in seconds (alternative to `expires_at`).
+    #[serde(default, deserialize_with = "present")]
+    pub expires_in: Option<Option<u64>>,
+    /// New metadata object (`null`: empty).
+    #[serde(default, deserialize_with = "present")]
+    pub metadata: Option<Option<serde_json::Value>>,
+    /// New named rate limits (`null` or `[]`: the route's apply).
+    #[serde(default, deserialize_with = "present")]
+    pub rate_limits: Option<Option<Vec<RateLimitSpec>>>,
+    /// New quota, or `null` for none.
+    #[serde(default, deserialize_with = "present")]
+    pub quota: Option<Option<QuotaSpec>>,
+}
+
+/// A field that is present, whether `null` (`Some(None)`) or a value; an absent field is
+/// `None` through `#[serde(default)]`.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
 /// Who makes an admin change: the credential used and the address it came from.
 #[derive(Debug, Clone, Copy)]
 pub struct Actor {
@@ -181,6 +222,46 @@ impl KeyAdmin {
     /// One key.
     pub async fn show(&self, id: &str) -> Result<ApiKeyRecord, AdminError> {
         self.store.find(id).await?.ok_or(AdminError::NotFound)
+    }
+
+    /// Changes a key's properties (see [`KeyUpdate`]); effective on the next request. A revoked
+    /// key cannot change, nor can the expiry of a key replaced by rotation (its grace end).
+    pub async fn update(
+        &self,
+        actor: Actor,
+        id: &str,
+        req: KeyUpdate,
+    ) -> Result<ApiKeyRecord, AdminError> {
+        self.ensure_auditable()?;
+        let now = self.clock.now();
+        let patch = patch_of(req, now)?;
+        if patch.is_empty() {
+            return Err(AdminError::Invalid(
+                "give at least one of `name`, `owner`, `scopes`, `expires_at`, `expires_in`, `metadata`, `rate_limits`, `quota`".into(),
+            ));
+        }
+        let record = self.store.update(id, &patch).await.map_err(|e| match e {
+            StoreError::Conflict("api key revoked") => {
+                AdminError::Conflict("the key is revoked; a revoked key cannot change".into())
+            }
+            StoreError::Conflict("api key rotated") => AdminError::Conflict(
+                "the key was replaced by rotation; its expiry is the end of its grace period"
+                    .into(),
+            ),
+            e => e.into(),
+        })?;
+        // The cached record goes; the key's quota count stays (a new refill period starts a
+        // new window by itself).
+        self.cache.invalidate(&record.hash);
+        self.audit_with(
+            actor,
+            "api_key.updated",
+            &record,
+            now,
+            json!({"changed": patch.fields()}),
+        )
+        .await;
+        Ok(record)
     }
 
     /// Revokes a key; effective on the next request.
@@ -304,74 +385,20 @@ impl KeyAdmin {
         origin: &str,
         now: Timestamp,
     ) -> Result<ApiKeyRecord, AdminError> {
-        let invalid = |m: &str| Err(AdminError::Invalid(m.into()));
-        let name = req.name.trim().to_owned();
-        if name.is_empty() || name.len() > limits::MAX_NAME || name.chars().any(char::is_control) {
-            return invalid("`name` must be 1-128 characters without control characters");
-        }
-        if req.owner.as_ref().is_some_and(|o| {
-            o.is_empty()
-                || o.len() > limits::MAX_NAME
-                || o.chars().any(|c| c.is_control() || c == ',')
-        }) {
-            return invalid(
-                "`owner` must be 1-128 characters without control characters or commas",
-            );
-        }
-        if req.scopes.len() > limits::MAX_SCOPES {
-            return invalid("at most 64 scopes");
-        }
-        let scopes =
-            ScopeSet::parse(&req.scopes).map_err(|e| AdminError::Invalid(e.to_string()))?;
-        let expires_at = match (req.expires_at, req.expires_in) {
-            (Some(_), Some(_)) => return invalid("give `expires_at` or `expires_in`, not both"),
-            (Some(t), None) => Some(t),
-            (None, Some(s)) => {
-                Some(now.plus_millis(i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)))
-            }
-            (None, None) => None,
-        };
-        let metadata = req.metadata.unwrap_or_else(|| json!({}));
-        if !metadata.is_object() || metadata.to_string().len() > limits::MAX_METADATA_BYTES {
-            return invalid("`metadata` must be a JSON object of at most 4096 bytes");
-        }
-        if req.rate_limits.len() > limits::MAX_RATE_LIMITS {
-            return invalid("at most 8 rate limits per key");
-        }
-        let mut names = std::collections::HashSet::new();
-        for l in &req.rate_limits {
-            let name_ok = !l.name.is_empty()
-                && l.name.len() <= 64
-                && l.name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if !name_ok || !names.insert(l.name.as_str()) {
-                return invalid(
-                    "rate limit names must be unique, 1-64 characters of [A-Za-z0-9_-]",
-                );
-            }
-            if !matches!(l.algorithm.as_str(), "gcra" | "token_bucket")
-                || l.limit == 0
-                || l.period_ms == 0
-                || l.burst == Some(0)
-            {
-                return invalid("rate limits need algorithm gcra|token_bucket, limit >= 1, period_ms >= 1, burst >= 1");
-            }
-        }
-        if req
-            .quota
-            .as_ref()
-            .is_some_and(|q| q.limit == 0 || q.refill_ms < 1000)
-        {
-            return invalid("quota needs limit >= 1 and refill_ms >= 1000");
-        }
+        let name = checked_name(&req.name)?;
+        let owner = req.owner.map(checked_owner).transpose()?;
+        let scopes = checked_scopes(&req.scopes)?;
+        let expires_at = expiry(req.expires_at, req.expires_in, now)?;
+        let metadata = checked_metadata(req.metadata.unwrap_or_else(|| json!({})))?;
+        checked_rate_limits(&req.rate_limits)?;
+        checked_quota(req.quota.as_ref())?;
         Ok(ApiKeyRecord {
             id: new_id(),
             name,
-            owner: req.owner,
+            owner,
             hash,
             display_prefix,
-            scopes: scopes.iter().map(Into::into).collect(),
+            scopes,
             metadata,
             rate_limits: req.rate_limits,
             quota: req.quota,
@@ -421,6 +448,143 @@ impl KeyAdmin {
             )
             .await;
     }
+}
+
+/// The store's patch for `req`, every given value checked as on create.
+fn patch_of(req: KeyUpdate, now: Timestamp) -> Result<KeyPatch, AdminError> {
+    let not_null = |field: &str| AdminError::Invalid(format!("`{field}` cannot be null"));
+    let expires_at = match (req.expires_at, req.expires_in) {
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            return Err(AdminError::Invalid(
+                "give `expires_at` or `expires_in`, not both".into(),
+            ))
+        }
+        (Some(None), None) => Some(None),
+        (Some(Some(at)), None) => Some(expiry(Some(at), None, now)?),
+        (None, Some(s)) => Some(expiry(
+            None,
+            Some(s.ok_or_else(|| not_null("expires_in"))?),
+            now,
+        )?),
+    };
+    Ok(KeyPatch {
+        name: req
+            .name
+            .map(|n| checked_name(&n.ok_or_else(|| not_null("name"))?))
+            .transpose()?,
+        owner: req
+            .owner
+            .map(|o| o.map(checked_owner).transpose())
+            .transpose()?,
+        scopes: req
+            .scopes
+            .map(|s| checked_scopes(&s.ok_or_else(|| not_null("scopes"))?))
+            .transpose()?,
+        metadata: req
+            .metadata
+            .map(|m| checked_metadata(m.unwrap_or_else(|| json!({}))))
+            .transpose()?,
+        rate_limits: req
+            .rate_limits
+            .map(|l| {
+                let l = l.unwrap_or_default();
+                checked_rate_limits(&l).map(|()| l)
+            })
+            .transpose()?,
+        quota: req
+            .quota
+            .map(|q| checked_quota(q.as_ref()).map(|()| q))
+            .transpose()?,
+        expires_at,
+    })
+}
+
+fn invalid<T>(m: &str) -> Result<T, AdminError> {
+    Err(AdminError::Invalid(m.into()))
+}
+
+fn checked_name(name: &str) -> Result<String, AdminError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > limits::MAX_NAME || name.chars().any(char::is_control) {
+        return invalid("`name` must be 1-128 characters without control characters");
+    }
+    Ok(name.to_owned())
+}
+
+fn checked_owner(owner: String) -> Result<String, AdminError> {
+    if owner.is_empty()
+        || owner.len() > limits::MAX_NAME
+        || owner.chars().any(|c| c.is_control() || c == ',')
+    {
+        return invalid("`owner` must be 1-128 characters without control characters or commas");
+    }
+    Ok(owner)
+}
+
+/// The scopes, parsed and put in the canonical order.
+fn checked_scopes(scopes: &[String]) -> Result<Vec<String>, AdminError> {
+    if scopes.len() > limits::MAX_SCOPES {
+        return invalid("at most 64 scopes");
+    }
+    let scopes = ScopeSet::parse(scopes).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    Ok(scopes.iter().map(Into::into).collect())
+}
+
+fn expiry(
+    at: Option<Timestamp>,
+    in_secs: Option<u64>,
+    now: Timestamp,
+) -> Result<Option<Timestamp>, AdminError> {
+    match (at, in_secs) {
+        (Some(_), Some(_)) => invalid("give `expires_at` or `expires_in`, not both"),
+        (Some(t), None) => Ok(Some(t)),
+        (None, Some(s)) => Ok(Some(
+            now.plus_millis(i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)),
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+fn checked_metadata(metadata: serde_json::Value) -> Result<serde_json::Value, AdminError> {
+    if !metadata.is_object() || metadata.to_string().len() > limits::MAX_METADATA_BYTES {
+        return invalid("`metadata` must be a JSON object of at most 4096 bytes");
+    }
+    Ok(metadata)
+}
+
+fn checked_rate_limits(limits: &[RateLimitSpec]) -> Result<(), AdminError> {
+    if limits.len() > limits::MAX_RATE_LIMITS {
+        return invalid("at most 8 rate limits per key");
+    }
+    let mut names = std::collections::HashSet::new();
+    for l in limits {
+        let name_ok = !l.name.is_empty()
+            && l.name.len() <= 64
+            && l.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !name_ok || !names.insert(l.name.as_str()) {
+            return invalid("rate limit names must be unique, 1-64 characters of [A-Za-z0-9_-]");
+        }
+        if !matches!(l.algorithm.as_str(), "gcra" | "token_bucket")
+            || l.limit == 0
+            || l.period_ms == 0
+            || l.burst == Some(0)
+        {
+            return invalid(
+                "rate limits need algorithm gcra|token_bucket, limit >= 1, period_ms >= 1, burst >= 1",
+            );
+        }
+    }
+    Ok(())
+}
+
+fn checked_quota(quota: Option<&QuotaSpec>) -> Result<(), AdminError> {
+    if quota.is_some_and(|q| q.limit == 0 || q.refill_ms < 1000) {
+        return invalid("quota needs limit >= 1 and refill_ms >= 1000");
+    }
+    Ok(())
 }
 
 fn with_ip(e: AuditEvent, actor: Actor) -> AuditEvent {
@@ -480,6 +644,25 @@ fn base64_decode_32(s: &str) -> Option<Sha256Digest> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_store::memory::MemoryStore;
+
+    const ACTOR: Actor = Actor {
+        name: "admin-token",
+        ip: None,
+    };
+
+    /// The use cases over `keys`, at a fixed time.
+    fn admin_over(keys: Arc<MemoryStore>, auditor: Auditor) -> KeyAdmin {
+        KeyAdmin::new(
+            keys.clone(),
+            Arc::new(KeyCache::new(16)),
+            Arc::new(UsageTracker::new(keys)),
+            auditor,
+            Arc::new(crate::ManualClock::new(Timestamp::from_secs(1_700_000_000))),
+            Prefix::new("pk_test").unwrap(),
+            false,
+        )
+    }
 
     #[test]
     fn hashes_parse_from_hex_and_base64() {
@@ -498,7 +681,6 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn changes_are_refused_while_the_audit_trail_cannot_store_them() {
         use crate::audit::testing::Refusing;
-        use portcullis_store::memory::MemoryStore;
         use std::sync::atomic::Ordering;
 
         let keys = Arc::new(MemoryStore::new());
@@ -508,19 +690,8 @@ mod tests {
             .await
             .unwrap();
         let writer = tokio::spawn(writer.run());
-        let admin = KeyAdmin::new(
-            keys.clone(),
-            Arc::new(KeyCache::new(16)),
-            Arc::new(UsageTracker::new(keys.clone())),
-            auditor.clone(),
-            Arc::new(crate::ManualClock::new(Timestamp::from_secs(1_700_000_000))),
-            Prefix::new("pk_test").unwrap(),
-            false,
-        );
-        let actor = Actor {
-            name: "admin-token",
-            ip: None,
-        };
+        let admin = admin_over(keys.clone(), auditor.clone());
+        let actor = ACTOR;
         let new_key = || serde_json::from_value::<NewKey>(json!({"name": "k"})).unwrap();
         // A decision the writer cannot store makes the trail report it.
         auditor
@@ -549,6 +720,125 @@ mod tests {
         writer.await.unwrap();
         let report = crate::audit::verify(trail.as_ref()).await.unwrap();
         assert!(report.ok && report.checked == 3, "{report:?}");
+    }
+
+    fn update_of(v: serde_json::Value) -> Result<KeyPatch, AdminError> {
+        let req: KeyUpdate =
+            serde_json::from_value(v).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        patch_of(req, Timestamp::from_secs(1_700_000_000))
+    }
+
+    #[test]
+    fn an_update_tells_absent_from_null() {
+        let p = update_of(json!({"owner": null, "quota": null, "expires_at": null, "metadata": null, "rate_limits": null})).unwrap();
+        assert_eq!(
+            p,
+            KeyPatch {
+                owner: Some(None),
+                quota: Some(None),
+                expires_at: Some(None),
+                metadata: Some(json!({})),
+                rate_limits: Some(vec![]),
+                ..KeyPatch::default()
+            }
+        );
+        assert_eq!(
+            p.fields(),
+            ["owner", "metadata", "rate_limits", "quota", "expires_at"]
+        );
+        let p =
+            update_of(json!({"name": "  n  ", "scopes": ["b", "a"], "expires_in": 60})).unwrap();
+        assert_eq!(p.name.as_deref(), Some("n"), "trimmed as on create");
+        assert_eq!(
+            p.scopes,
+            Some(vec!["a".to_owned(), "b".to_owned()]),
+            "canonical order as on create"
+        );
+        assert_eq!(
+            p.expires_at,
+            Some(Some(Timestamp::from_secs(1_700_000_060)))
+        );
+        assert!(update_of(json!({})).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_update_is_checked_as_a_create_is() {
+        for bad in [
+            json!({"name": null}),
+            json!({"name": ""}),
+            json!({"scopes": null}),
+            json!({"scopes": ["bad scope"]}),
+            json!({"owner": "a,b"}),
+            json!({"expires_in": null}),
+            json!({"expires_at": 1, "expires_in": 1}),
+            json!({"expires_at": null, "expires_in": 1}),
+            json!({"metadata": [1]}),
+            json!({"rate_limits": [{"name": "x", "algorithm": "fifo", "limit": 1, "period_ms": 1}]}),
+            json!({"quota": {"limit": 0, "refill_ms": 1000}}),
+            json!({"hash": "00"}),
+            json!({"revoked_at": 1}),
+        ] {
+            assert!(
+                matches!(update_of(bad.clone()), Err(AdminError::Invalid(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_update_is_stored_and_audited_with_what_changed() {
+        use portcullis_store::AuditLog;
+
+        let store = Arc::new(MemoryStore::new());
+        let (auditor, writer) = crate::audit::channel(store.clone(), None, 16)
+            .await
+            .unwrap();
+        let writer = tokio::spawn(writer.run());
+        let admin = admin_over(store.clone(), auditor.clone());
+        let actor = ACTOR;
+        let new_key =
+            serde_json::from_value::<NewKey>(json!({"name": "k", "scopes": ["a"]})).unwrap();
+        let (record, _) = admin.create(actor, new_key).await.unwrap();
+        let change = |v| serde_json::from_value::<KeyUpdate>(v).unwrap();
+        let updated = admin
+            .update(actor, &record.id, change(json!({"scopes": ["a", "b"]})))
+            .await
+            .unwrap();
+        assert_eq!(updated.scopes, ["a", "b"]);
+        assert_eq!(
+            store.find(&record.id).await.unwrap().unwrap().scopes,
+            ["a", "b"]
+        );
+        assert!(matches!(
+            admin.update(actor, &record.id, change(json!({}))).await,
+            Err(AdminError::Invalid(_))
+        ));
+        assert!(matches!(
+            admin
+                .update(actor, "key_nope", change(json!({"name": "x"})))
+                .await,
+            Err(AdminError::NotFound)
+        ));
+        admin.revoke(actor, &record.id).await.unwrap();
+        assert!(matches!(
+            admin.update(actor, &record.id, change(json!({"name": "x"}))).await,
+            Err(AdminError::Conflict(m)) if m.contains("revoked")
+        ));
+        drop((admin, auditor));
+        writer.await.unwrap();
+        let events = store
+            .query(&portcullis_store::AuditQuery {
+                kind: Some("api_key.updated".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1, "only the change that was made is audited");
+        let body: serde_json::Value = serde_json::from_str(&events[0].body).unwrap();
+        assert_eq!(body["detail"]["changed"], json!(["scopes"]), "{body}");
+        assert_eq!(body["detail"]["scopes"], json!(["a", "b"]), "{body}");
+        assert_eq!(events[0].credential_id.as_deref(), Some(record.id.as_str()));
     }
 
     #[test]
