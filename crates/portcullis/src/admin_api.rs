@@ -13,7 +13,7 @@ use portcullis_core::crypto::{hex, sha256};
 use portcullis_core::error::GatewayError;
 use portcullis_core::secret::ct_eq;
 use portcullis_core::{Timestamp, WireError};
-use portcullis_domain::admin::{Actor, AdminError, ImportKey, KeyAdmin, NewKey};
+use portcullis_domain::admin::{Actor, AdminError, ImportKey, KeyAdmin, KeyUpdate, NewKey};
 use portcullis_domain::audit;
 use portcullis_domain::Clock;
 use portcullis_store::{ApiKeyRecord, AuditLog, AuditQuery};
@@ -44,7 +44,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
     let protected = Router::new()
         .route("/admin/v1/keys", post(create_key).get(list_keys))
         .route("/admin/v1/keys/import", post(import_keys))
-        .route("/admin/v1/keys/{id}", get(show_key).delete(revoke_key))
+        .route(
+            "/admin/v1/keys/{id}",
+            get(show_key).patch(update_key).delete(revoke_key),
+        )
         .route("/admin/v1/keys/{id}/revoke", post(revoke_key))
         .route("/admin/v1/keys/{id}/rotate", post(rotate_key))
         .route("/admin/v1/audit", get(list_audit))
@@ -144,6 +147,14 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response
     })
 }
 
+/// A request body that must be JSON of type `T`.
+#[allow(clippy::result_large_err)] // the error is the response itself
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<T, Response> {
+    parse_json(&body.map_err(rejection)?)
+}
+
 fn rfc3339(t: Option<Timestamp>) -> Value {
     t.and_then(|t| {
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_millis()) * 1_000_000).ok()
@@ -190,11 +201,7 @@ async fn create_key(
     peer: Option<Extension<Peer>>,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return rejection(e),
-    };
-    let req: NewKey = match parse_json(&body) {
+    let req: NewKey = match json_body(body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
@@ -251,6 +258,22 @@ async fn list_keys(
 
 async fn show_key(State(st): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
     match st.keys.show(&id).await {
+        Ok(k) => Json(key_view(&k, st.clock.now())).into_response(),
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn update_key(
+    State(st): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
+    Path(id): Path<String>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Response {
+    let req: KeyUpdate = match json_body(body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match st.keys.update(actor(peer), &id, req).await {
         Ok(k) => Json(key_view(&k, st.clock.now())).into_response(),
         Err(e) => admin_error(e),
     }

@@ -81,6 +81,44 @@ pub enum KeysCmd {
         /// Key id.
         id: String,
     },
+    /// Change a key's properties (effective on the next request); what is not given stays.
+    Update {
+        /// Key id.
+        id: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// All the key's scopes, comma-separated or repeated (replaces them; '' for none).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+        /// New owner.
+        #[arg(long, conflicts_with = "no_owner")]
+        owner: Option<String>,
+        /// Remove the owner.
+        #[arg(long)]
+        no_owner: bool,
+        /// New lifetime from now, e.g. 30d.
+        #[arg(long, conflicts_with = "no_expiry")]
+        expires_in: Option<String>,
+        /// Remove the expiry.
+        #[arg(long)]
+        no_expiry: bool,
+        /// New metadata as a JSON object (replaces it whole).
+        #[arg(long)]
+        metadata: Option<String>,
+        /// A named rate limit NAME=LIMIT/PERIOD[,burst=N]; repeatable; replaces all of them.
+        #[arg(long = "rate-limit", conflicts_with = "no_rate_limits")]
+        rate_limits: Vec<String>,
+        /// Remove the key's own rate limits (the route's apply).
+        #[arg(long)]
+        no_rate_limits: bool,
+        /// New usage quota LIMIT/REFILL (e.g. 10000/30d).
+        #[arg(long, conflicts_with = "no_quota")]
+        quota: Option<String>,
+        /// Remove the quota.
+        #[arg(long)]
+        no_quota: bool,
+    },
     /// Rotate: issue a new key; the old one stays valid for the grace period.
     Rotate {
         /// Key id.
@@ -253,6 +291,31 @@ fn parse_quota(s: &str) -> Result<Value, CliError> {
     Ok(json!({"limit": limit.parse::<u64>().map_err(|_| bad())?, "refill_ms": refill_ms}))
 }
 
+/// Puts the options shared by `create` and `update` that were given into `body`.
+fn put_properties(
+    body: &mut Value,
+    metadata: Option<String>,
+    rate_limits: &[String],
+    quota: Option<String>,
+) -> Result<(), CliError> {
+    if let Some(m) = metadata {
+        body["metadata"] = serde_json::from_str(&m)
+            .map_err(|e| CliError(format!("--metadata is not JSON: {e}")))?;
+    }
+    if !rate_limits.is_empty() {
+        body["rate_limits"] = Value::Array(
+            rate_limits
+                .iter()
+                .map(|s| parse_rate_limit(s))
+                .collect::<Result<_, _>>()?,
+        );
+    }
+    if let Some(q) = quota {
+        body["quota"] = parse_quota(&q)?;
+    }
+    Ok(())
+}
+
 /// Runs `portcullis keys …`.
 pub async fn keys(conn: &Conn, cmd: KeysCmd) -> Result<(), CliError> {
     let api = Api::new(conn)?;
@@ -273,21 +336,7 @@ pub async fn keys(conn: &Conn, cmd: KeysCmd) -> Result<(), CliError> {
             if let Some(e) = expires_in {
                 body["expires_in"] = json!(secs(&e)?);
             }
-            if let Some(m) = metadata {
-                body["metadata"] = serde_json::from_str(&m)
-                    .map_err(|e| CliError(format!("--metadata is not JSON: {e}")))?;
-            }
-            if !rate_limits.is_empty() {
-                body["rate_limits"] = Value::Array(
-                    rate_limits
-                        .iter()
-                        .map(|s| parse_rate_limit(s))
-                        .collect::<Result<_, _>>()?,
-                );
-            }
-            if let Some(q) = quota {
-                body["quota"] = parse_quota(&q)?;
-            }
+            put_properties(&mut body, metadata, &rate_limits, quota)?;
             let v = api.call(Method::POST, "/admin/v1/keys", Some(body)).await?;
             print_created(conn, &v, "Created");
         }
@@ -333,6 +382,59 @@ pub async fn keys(conn: &Conn, cmd: KeysCmd) -> Result<(), CliError> {
                     Method::GET,
                     &format!("/admin/v1/keys/{}", urlencode(&id)),
                     None,
+                )
+                .await?;
+            print_key(conn, &v);
+        }
+        KeysCmd::Update {
+            id,
+            name,
+            scopes,
+            owner,
+            no_owner,
+            expires_in,
+            no_expiry,
+            metadata,
+            rate_limits,
+            no_rate_limits,
+            quota,
+            no_quota,
+        } => {
+            let mut body = json!({});
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
+            if let Some(sc) = scopes {
+                body["scopes"] =
+                    json!(sc.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>());
+            }
+            if let Some(o) = owner {
+                body["owner"] = json!(o);
+            } else if no_owner {
+                body["owner"] = Value::Null;
+            }
+            if let Some(e) = expires_in {
+                body["expires_in"] = json!(secs(&e)?);
+            } else if no_expiry {
+                body["expires_at"] = Value::Null;
+            }
+            if no_rate_limits {
+                body["rate_limits"] = json!([]);
+            }
+            if no_quota {
+                body["quota"] = Value::Null;
+            }
+            put_properties(&mut body, metadata, &rate_limits, quota)?;
+            if body.as_object().is_some_and(serde_json::Map::is_empty) {
+                return Err(CliError(
+                    "nothing to change: give --name, --scopes, --owner, --no-owner, --expires-in, --no-expiry, --metadata, --rate-limit, --no-rate-limits, --quota or --no-quota".into(),
+                ));
+            }
+            let v = api
+                .call(
+                    Method::PATCH,
+                    &format!("/admin/v1/keys/{}", urlencode(&id)),
+                    Some(body),
                 )
                 .await?;
             print_key(conn, &v);

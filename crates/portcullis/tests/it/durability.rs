@@ -10,8 +10,18 @@ async fn acknowledged_changes_survive_sigkill() {
     s.cli_json(&["keys", "revoke", &revoked_id]);
     let rot = s.cli_json(&["keys", "rotate", &rotated_id, "--grace", "0"]);
     let rotated_new = rot["key"].as_str().unwrap().to_string();
+    let (created_id, created_key) = s.create_key("created", "read:echo");
     // The last change, answered, then SIGKILL at once.
-    let (created_id, created_key) = s.create_key("created-last", "read:echo");
+    let upd = s.cli_json(&[
+        "keys",
+        "update",
+        &created_id,
+        "--name",
+        "updated-last",
+        "--scopes",
+        "read:echo,write:x",
+    ]);
+    assert_eq!(upd["name"], "updated-last");
     let s = s.kill9().start(None);
     assert_eq!(
         get_key(&s, "/echo/1", &created_key).await.status(),
@@ -30,7 +40,8 @@ async fn acknowledged_changes_survive_sigkill() {
         "revocation survived"
     );
     let show = s.cli_json(&["keys", "show", &created_id]);
-    assert_eq!(show["name"], "created-last");
+    assert_eq!(show["name"], "updated-last", "update survived");
+    assert_eq!(show["scopes"], serde_json::json!(["read:echo", "write:x"]));
     let old = s.cli_json(&["keys", "show", &rotated_id]);
     assert_eq!(old["rotated_to"], rot["id"]);
     // The admin changes' audit events were stored before the answers, too.

@@ -400,3 +400,129 @@ async fn a_key_is_judged_afresh_on_every_request_of_a_keep_alive_connection() {
     assert_eq!(on_conn(&mut c, &other).await.0, 200);
     assert_eq!(on_conn(&mut c, &key).await, (401, "api_key_revoked".into()));
 }
+
+#[tokio::test]
+async fn an_update_takes_effect_on_the_next_request_of_an_open_connection() {
+    let s = Server::start(None);
+    let (id, key) = s.create_key("upd", "write:other");
+    let mut c = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    assert_eq!(
+        on_conn(&mut c, &key).await,
+        (403, "insufficient_scope".into())
+    );
+    let v = s.cli_json(&[
+        "keys",
+        "update",
+        &id,
+        "--scopes",
+        "read:echo",
+        "--owner",
+        "acme",
+        "--expires-in",
+        "1h",
+    ]);
+    assert_eq!(v["scopes"], serde_json::json!(["read:echo"]));
+    assert_eq!(
+        (v["owner"].as_str(), v["name"].as_str()),
+        (Some("acme"), Some("upd"))
+    );
+    assert!(v["expires_at"].is_string(), "{v}");
+    assert_eq!(
+        on_conn(&mut c, &key).await.0,
+        200,
+        "the new scope counts at once"
+    );
+    let echo = json_of(get_key(&s, "/echo/x", &key).await).await;
+    assert_eq!(echo["headers"]["x-portcullis-client"], "acme", "{echo}");
+    assert_eq!(
+        echo["headers"]["x-portcullis-scopes"], "read:echo",
+        "{echo}"
+    );
+
+    // Through the API: null removes; an expiry in the past stops the key at once.
+    let patch = |body: serde_json::Value| {
+        s.admin()
+            .patch(s.url(&format!("/admin/v1/keys/{id}")))
+            .json(&body)
+            .send()
+    };
+    let v = json_of(
+        patch(serde_json::json!({"owner": null, "expires_at": null}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (v["owner"].is_null(), v["expires_at"].is_null()),
+        (true, true),
+        "{v}"
+    );
+    let r = patch(serde_json::json!({"expires_at": 1_000}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r).await["status"], "expired");
+    assert_eq!(on_conn(&mut c, &key).await, (401, "api_key_expired".into()));
+    patch(serde_json::json!({"expires_in": 3600}))
+        .await
+        .unwrap();
+    assert_eq!(on_conn(&mut c, &key).await.0, 200, "and again");
+
+    // Refusals: nothing to change, unknown or identity fields, bad values, no such key.
+    for (body, status) in [
+        (serde_json::json!({}), 400),
+        (serde_json::json!({"hash": "00"}), 400),
+        (serde_json::json!({"revoked_at": null}), 400),
+        (serde_json::json!({"name": null}), 400),
+        (serde_json::json!({"scopes": ["two words"]}), 400),
+    ] {
+        let r = patch(body.clone()).await.unwrap();
+        assert_eq!(r.status(), status, "{body}");
+        assert_eq!(json_of(r).await["error"], "invalid_request", "{body}");
+    }
+    let r = s
+        .admin()
+        .patch(s.url("/admin/v1/keys/key_nope"))
+        .json(&serde_json::json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let (code, _, err) = s.cli(&["keys", "update", &id]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nothing to change"), "{err}");
+
+    // A revoked key stays as it was revoked.
+    s.cli_json(&["keys", "revoke", &id]);
+    let (code, _, err) = s.cli(&["keys", "update", &id, "--scopes", "read:echo,admin"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("409") && err.contains("revoked"), "{err}");
+    assert_eq!(on_conn(&mut c, &key).await, (401, "api_key_revoked".into()));
+
+    let events = json_of(
+        s.admin()
+            .get(s.url(&format!(
+                "/admin/v1/audit?kind=api_key.updated&credential_id={id}"
+            )))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let changed: Vec<_> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["detail"]["changed"].clone())
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            serde_json::json!(["expires_at"]),
+            serde_json::json!(["expires_at"]),
+            serde_json::json!(["owner", "expires_at"]),
+            serde_json::json!(["owner", "scopes", "expires_at"]),
+        ],
+        "one event per change made, newest first: {events}"
+    );
+}
