@@ -88,6 +88,35 @@ impl RouteGate {
             failures: Arc::default(),
         }
     }
+
+    /// Takes over from `previous`, the route of the same name before a configuration reload
+    /// (whose rate-limit cells this one goes on using): what its failure watch knows stays
+    /// known. With the same failure limit the watch is shared; with another, the new one
+    /// starts raised for as long as a cell filled under the old limit could still refuse,
+    /// so that no address over the limit is let through unlooked.
+    pub fn succeed(&mut self, previous: &RouteGate, now: Timestamp) {
+        if self.failure_limit == previous.failure_limit {
+            self.failures = previous.failures.clone();
+            return;
+        }
+        let Some(old) = previous.failure_limit else {
+            // No failure was counted on this route: no address can be over a limit yet.
+            return;
+        };
+        let drain_ms = old
+            .period_ms
+            .saturating_mul(u64::from(old.burst.max(old.limit)))
+            / u64::from(old.limit.max(1));
+        let until = now
+            .plus_millis(
+                i64::try_from(drain_ms)
+                    .unwrap_or(i64::MAX)
+                    .saturating_add(1_000),
+            )
+            .as_millis()
+            .max(previous.failures.until_ms.load(Ordering::Relaxed));
+        self.failures.until_ms.store(until, Ordering::Relaxed);
+    }
 }
 
 /// A request that may proceed.
@@ -386,6 +415,44 @@ mod tests {
         let e = short.check(Some(short.check(None, 2_000).cell), 2_000);
         w.counted(&e, at(2_000));
         assert!(w.may_refuse(at(60_999)));
+    }
+
+    #[test]
+    fn a_reloaded_route_keeps_what_its_failure_watch_knew() {
+        let at = Timestamp::from_millis;
+        let l = Limit {
+            algorithm: portcullis_core::ratelimit::Algorithm::Gcra,
+            limit: 2,
+            period_ms: 60_000,
+            burst: 2,
+        };
+        let gate = |limit| {
+            RouteGate::new(
+                "r".into(),
+                Policy::compile(&crate::policy::PolicyExpr::Public, &Default::default()).unwrap(),
+                RouteAuth::default(),
+                ScopeSet::default(),
+                None,
+                limit,
+            )
+        };
+        let old = gate(Some(l));
+        // Same limit: one watch, shared; a failure counted later by either is seen by both.
+        let mut same = gate(Some(l));
+        same.succeed(&old, at(1_000));
+        let d = l.check(Some(l.check(None, 1_000).cell), 1_000);
+        old.failures.counted(&d, at(1_000));
+        assert!(same.failures.may_refuse(at(30_000)));
+        // Another limit: raised for the old limit's drain time, from the reload on.
+        let fresh = gate(Some(l));
+        let mut other = gate(Some(Limit { limit: 1, ..l }));
+        other.succeed(&fresh, at(100_000));
+        assert!(other.failures.may_refuse(at(160_999)));
+        assert!(!other.failures.may_refuse(at(161_001)));
+        // No failure limit before: nothing was counted, nothing to watch.
+        let mut added = gate(Some(l));
+        added.succeed(&gate(None), at(1_000));
+        assert!(!added.failures.may_refuse(at(1_000)));
     }
 
     proptest::proptest! {
