@@ -42,7 +42,7 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiKeysConfig {
     #[serde(deserialize_with = "de_prefix")]
@@ -77,7 +77,7 @@ pub enum SinkKind {
     None,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     pub sink: SinkKind,
@@ -116,7 +116,7 @@ impl Default for AuditConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_header_bytes: usize,
@@ -140,7 +140,7 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     #[serde(deserialize_with = "de_duration")]
@@ -274,7 +274,13 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
-        let mut cfg = Self::parse(&text, &path.display().to_string())?;
+        Self::from_file_text(path, &text)
+    }
+
+    /// Validates `text`, read from `path` (which names it in errors and anchors the
+    /// relative paths in it).
+    pub fn from_file_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut cfg = Self::parse(text, &path.display().to_string())?;
         if let (Some(ca), Some(dir)) = (&cfg.proxy.ca_file, path.parent()) {
             cfg.proxy.ca_file = Some(dir.join(ca));
         }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use axum::body::Body;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, Uri};
@@ -139,10 +140,14 @@ impl Route {
     }
 }
 
+/// The routes in match order, compiled from one configuration.
+pub type Routes = Vec<Route>;
+
 /// The gateway.
 pub struct Gateway {
-    /// Routes in match order.
-    pub routes: Vec<Route>,
+    /// The routes in force; a configuration reload replaces them whole (see
+    /// [`Gateway::routes`]).
+    routes: ArcSwap<Routes>,
     /// The decision.
     pub gate: Gate,
     /// Time.
@@ -174,12 +179,44 @@ pub struct Admitted<'g> {
 }
 
 impl Gateway {
-    /// Decides what to do with a request from `peer`: matches a route, runs the gate, and
-    /// prepares what goes upstream. For [`Plan::Forward`], the upstream request head is
-    /// written into `upstream_head` (which is cleared first). `conn` is what the caller's
-    /// connection remembers between its requests.
+    /// A gateway over `routes`.
+    pub fn new(
+        routes: Routes,
+        gate: Gate,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        api_key_header: HeaderName,
+    ) -> Self {
+        Self {
+            routes: ArcSwap::from_pointee(routes),
+            gate,
+            clock,
+            metrics,
+            api_key_header,
+        }
+    }
+
+    /// The routes in force. A request holds them from its match to its end, so a reload
+    /// meanwhile applies from the next request on (the same connection's included).
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.load_full()
+    }
+
+    /// Puts `routes` in force for every request that starts from now on; returns the
+    /// routes they replace.
+    pub fn replace_routes(&self, routes: Routes) -> Arc<Routes> {
+        self.routes.swap(Arc::new(routes))
+    }
+
+    /// Decides what to do with a request from `peer`: matches one of `routes` (from
+    /// [`Gateway::routes`]), runs the gate, and prepares what goes upstream. For
+    /// [`Plan::Forward`], the upstream request head is written into `upstream_head` (which
+    /// is cleared first). `conn` is what the caller's connection remembers between its
+    /// requests.
+    #[allow(clippy::too_many_arguments)]
     pub async fn plan<'g>(
         &'g self,
+        routes: &'g Routes,
         parts: &mut http::request::Parts,
         peer: SocketAddr,
         conn: &ConnMemo,
@@ -192,8 +229,7 @@ impl Gateway {
             return Plan::Respond(self.refuse_gateway(GatewayError::BadRequest, "-"));
         }
         let host = request_host(parts);
-        let Some(route) = self
-            .routes
+        let Some(route) = routes
             .iter()
             .find(|r| r.matches(host.as_deref(), path, &parts.method))
         else {

@@ -99,19 +99,22 @@ fn main() -> ExitCode {
                 data_dir,
                 check,
             } => {
-                let cfg = server::load_config(&server::Overrides {
+                let overrides = server::Overrides {
                     config,
                     listen,
                     data_dir,
-                })
-                .map_err(|e| e.0)?;
+                };
+                let cfg = server::load_config(&overrides).map_err(|e| e.0)?;
                 if check {
                     // Files the configuration names are part of it.
                     proxy::Proxy::new(&cfg.proxy)?;
                     println!("configuration OK: {} routes", cfg.routes.len());
                     return Ok(true);
                 }
-                server::serve(cfg).await.map(|()| true).map_err(|e| e.0)
+                server::serve(cfg, overrides)
+                    .await
+                    .map(|()| true)
+                    .map_err(|e| e.0)
             }
             Cmd::Keys { conn, cmd } => cli::keys(&conn, cmd).await.map(|()| true).map_err(|e| e.0),
             Cmd::Audit { conn, cmd } => cli::audit(&conn, cmd).await.map_err(|e| e.0),

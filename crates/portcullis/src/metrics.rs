@@ -1,4 +1,5 @@
-//! Prometheus metrics: requests by route, scheme and outcome; latency; rate-limit refusals.
+//! Prometheus metrics: requests by route, scheme and outcome; latency; rate-limit refusals;
+//! configuration reloads.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
@@ -13,6 +14,8 @@ pub struct Metrics {
     pub latency: HistogramVec,
     /// `portcullis_rate_limited_total{route}`.
     pub rate_limited: IntCounterVec,
+    /// `portcullis_config_reloads_total{outcome}` (`ok`, `error`).
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -47,10 +50,19 @@ impl Metrics {
             &["route"],
         )
         .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "portcullis_config_reloads_total",
+                "Configuration reloads (SIGHUP) by outcome: ok, or error (the routes in force stay)",
+            ),
+            &["outcome"],
+        )
+        .unwrap_or_else(|_| unreachable!("static metric definition"));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(rate_limited.clone()),
+            Box::new(config_reloads.clone()),
         ] {
             let _ = registry.register(c);
         }
@@ -59,6 +71,7 @@ impl Metrics {
             requests,
             latency,
             rate_limited,
+            config_reloads,
         }
     }
 

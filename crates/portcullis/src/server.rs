@@ -12,7 +12,7 @@ use axum::body::Body;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use portcullis_core::crypto::{hex, sha256};
 use portcullis_core::text::CompactText;
-use portcullis_core::Scheme;
+use portcullis_core::{Scheme, Timestamp};
 use portcullis_domain::admin::KeyAdmin;
 use portcullis_domain::audit;
 use portcullis_domain::authn::api_key::{ApiKeyAuthenticator, ApiKeyConfig, KeyCache};
@@ -27,14 +27,14 @@ use portcullis_store::{ApiKeys, AuditLog};
 use tower::ServiceExt;
 
 use crate::admin_api::{self, AdminState};
-use crate::config::{Config, LimitsConfig, SinkKind, Upstream};
-use crate::gateway::{Gateway, Route, Target};
+use crate::config::{Config, LimitsConfig, RouteConfig, SinkKind, Upstream};
+use crate::gateway::{Gateway, Route, Routes, Target};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::sink::{Reopen, ReopeningFile};
 
 /// Flags of `serve` that override the file.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Overrides {
     /// `--config`.
     pub config: Option<PathBuf>,
@@ -135,23 +135,31 @@ impl RequestIds {
     }
 }
 
+impl Overrides {
+    /// Puts the flags given (which clap has already merged with env) over `cfg`.
+    fn apply(&self, cfg: &mut Config) {
+        if let Some(l) = self.listen {
+            cfg.listen = l;
+        }
+        if let Some(d) = &self.data_dir {
+            cfg.data_dir.clone_from(d);
+        }
+    }
+}
+
 /// Loads the configuration, applying flags (which clap has already merged with env).
 pub fn load_config(o: &Overrides) -> Result<Config, StartError> {
     let mut cfg = match &o.config {
         Some(p) => Config::load(p).map_err(|e| StartError(e.0))?,
         None => Config::default(),
     };
-    if let Some(l) = o.listen {
-        cfg.listen = l;
-    }
-    if let Some(d) = &o.data_dir {
-        cfg.data_dir = d.clone();
-    }
+    o.apply(&mut cfg);
     Ok(cfg)
 }
 
-/// Runs the server until SIGINT/SIGTERM.
-pub async fn serve(cfg: Config) -> Result<(), StartError> {
+/// Runs the server until SIGINT/SIGTERM; SIGHUP reloads the routes from the file that
+/// `overrides` names (the one `cfg` was loaded from).
+pub async fn serve(cfg: Config, overrides: Overrides) -> Result<(), StartError> {
     let data_dir = cfg.data_dir.clone();
     create_private_dir(&data_dir)?;
     // Held until `serve` returns (the kernel releases it if the process dies).
@@ -217,57 +225,21 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     );
 
     let proxy = Arc::new(Proxy::new(&cfg.proxy).map_err(StartError)?);
-    let mut routes = Vec::with_capacity(cfg.routes.len());
-    for r in &cfg.routes {
-        let target = match &r.upstream {
-            Upstream::Url {
-                scheme,
-                authority,
-                base_path,
-            } => Target::Upstream {
-                pool: proxy
-                    .pool(scheme, authority)
-                    .map_err(|e| StartError(format!("route `{}`: {e}", r.name)))?,
-                base_path: base_path.clone(),
-            },
-            Upstream::Echo => Target::Echo,
-        };
-        let policy = Policy::compile(&r.policy, &available)
-            .map_err(|e| StartError(format!("route `{}`: {e}", r.name)))?;
-        let gate = RouteGate::new(
-            r.name.as_str().into(),
-            policy,
-            RouteAuth {
-                api_key_query_param: r.api_key_query_param.clone(),
-            },
-            r.scopes.clone(),
-            r.rate_limit,
-            r.failed_auth_limit,
-        );
-        routes.push(Route::new(
-            gate,
-            r.host.clone(),
-            r.path_prefix.clone(),
-            r.methods.clone(),
-            target,
-            r.strip_prefix,
-            r.forward_credentials,
-            &metrics,
-        ));
-    }
+    let routes = build_routes(&cfg.routes, &available, &proxy, &metrics, None, clock.now())
+        .map_err(StartError)?;
     let gate = Gate::new(
         RateLimiter::new(Arc::new(MemoryRateCells::new())),
         usage.clone(),
         auditor.clone(),
     )
     .audited(cfg.audit.decisions);
-    let gateway = Gateway {
+    let gateway = Gateway::new(
         routes,
         gate,
-        clock: clock.clone(),
-        metrics: metrics.clone(),
-        api_key_header: cfg.api_keys.header.clone(),
-    };
+        clock.clone(),
+        metrics.clone(),
+        cfg.api_keys.header.clone(),
+    );
     let admin_state = Arc::new(AdminState {
         keys: KeyAdmin::new(
             keys.clone(),
@@ -294,6 +266,15 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         stopping: AtomicBool::new(false),
     });
 
+    let reloader = reload_on_sighup(Reloader {
+        overrides,
+        running: cfg.clone(),
+        available,
+        proxy: proxy.clone(),
+        app: app.clone(),
+        auditor: auditor.clone(),
+        clock: clock.clone(),
+    })?;
     let reaper = proxy.spawn_reaper();
     let flusher = {
         let (usage, auditor) = (usage.clone(), auditor.clone());
@@ -329,6 +310,11 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
 
     accept_loop(listener, app).await;
 
+    // It holds the app and an auditor: the audit writer ends only once it is gone.
+    if let Some(r) = reloader {
+        r.abort();
+        let _ = r.await;
+    }
     flusher.abort();
     reaper.abort();
     if let Some(mut r) = retention {
@@ -563,6 +549,197 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
         }
         Err(std::fs::TryLockError::Error(e)) => Err(fail(e)),
     }
+}
+
+/// Compiles the configured routes. `previous` are the routes they replace (a reload): a
+/// route of the same name takes over what its predecessor's gate knew.
+fn build_routes(
+    configured: &[RouteConfig],
+    available: &HashMap<Scheme, Arc<dyn Authenticator>>,
+    proxy: &Proxy,
+    metrics: &Metrics,
+    previous: Option<&Routes>,
+    now: Timestamp,
+) -> Result<Routes, String> {
+    let mut routes = Vec::with_capacity(configured.len());
+    for r in configured {
+        let target = match &r.upstream {
+            Upstream::Url {
+                scheme,
+                authority,
+                base_path,
+            } => Target::Upstream {
+                pool: proxy
+                    .pool(scheme, authority)
+                    .map_err(|e| format!("route `{}`: {e}", r.name))?,
+                base_path: base_path.clone(),
+            },
+            Upstream::Echo => Target::Echo,
+        };
+        let policy = Policy::compile(&r.policy, available)
+            .map_err(|e| format!("route `{}`: {e}", r.name))?;
+        let mut gate = RouteGate::new(
+            r.name.as_str().into(),
+            policy,
+            RouteAuth {
+                api_key_query_param: r.api_key_query_param.clone(),
+            },
+            r.scopes.clone(),
+            r.rate_limit,
+            r.failed_auth_limit,
+        );
+        if let Some(old) = previous
+            .into_iter()
+            .flatten()
+            .find(|old| *old.gate.name == *r.name)
+        {
+            gate.succeed(&old.gate, now);
+        }
+        routes.push(Route::new(
+            gate,
+            r.host.clone(),
+            r.path_prefix.clone(),
+            r.methods.clone(),
+            target,
+            r.strip_prefix,
+            r.forward_credentials,
+            metrics,
+        ));
+    }
+    Ok(routes)
+}
+
+/// The settings outside `routes` that differ between `running` and `loaded`: a reload does
+/// not apply them (they hold listeners, stores, caches and pools that live as long as the
+/// process); a restart does.
+fn restart_only_changes(running: &Config, loaded: &Config) -> Vec<&'static str> {
+    [
+        ("listen", running.listen != loaded.listen),
+        ("data_dir", running.data_dir != loaded.data_dir),
+        ("api_keys", running.api_keys != loaded.api_keys),
+        ("audit", running.audit != loaded.audit),
+        ("limits", running.limits != loaded.limits),
+        ("proxy", running.proxy != loaded.proxy),
+    ]
+    .into_iter()
+    .filter_map(|(section, changed)| changed.then_some(section))
+    .collect()
+}
+
+/// What a configuration reload needs.
+struct Reloader {
+    /// The flags: `config` names the file; `listen` and `data_dir` still override it.
+    overrides: Overrides,
+    /// The configuration in force: the file as loaded at start, with the routes of the last
+    /// reload.
+    running: Config,
+    available: HashMap<Scheme, Arc<dyn Authenticator>>,
+    proxy: Arc<Proxy>,
+    app: Arc<App>,
+    auditor: audit::Auditor,
+    clock: Arc<dyn Clock>,
+}
+
+/// A reload that took effect.
+struct Reloaded {
+    routes: usize,
+    not_applied: Vec<&'static str>,
+    sha256: String,
+}
+
+impl Reloader {
+    /// Reads the file again and puts its routes in force, or changes nothing and says why.
+    /// Audited (durably, before the new routes serve) as `config.reloaded`.
+    async fn reload(&mut self) -> Result<Reloaded, String> {
+        let Some(path) = self.overrides.config.clone() else {
+            return Err("no configuration file was given (--config or PORTCULLIS_CONFIG): nothing to reload".into());
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let mut cfg = Config::from_file_text(&path, &text).map_err(|e| e.0)?;
+        self.overrides.apply(&mut cfg);
+        if !self.auditor.is_storing() {
+            return Err(
+                "the audit trail is not storing events, so a change could not be recorded".into(),
+            );
+        }
+        let now = self.clock.now();
+        let current = self.app.gateway.routes();
+        let routes = build_routes(
+            &cfg.routes,
+            &self.available,
+            &self.proxy,
+            &self.app.metrics,
+            Some(&current),
+            now,
+        )?;
+        let not_applied = restart_only_changes(&self.running, &cfg);
+        let sha256 = hex(&sha256(text.as_bytes()));
+        let names: Vec<&str> = cfg.routes.iter().map(|r| r.name.as_str()).collect();
+        self.auditor
+            .emit_durable(
+                audit::AuditEvent::new(now, "config.reloaded", "ok")
+                    .actor("system:sighup")
+                    .detail(serde_json::json!({
+                        "file": path.display().to_string(),
+                        "sha256": sha256,
+                        "routes": names,
+                        "not_applied": not_applied,
+                    })),
+            )
+            .await;
+        self.app.gateway.replace_routes(routes);
+        let count = names.len();
+        self.running.routes = cfg.routes;
+        Ok(Reloaded {
+            routes: count,
+            not_applied,
+            sha256,
+        })
+    }
+}
+
+/// Reloads on every SIGHUP, one at a time, until the task is aborted.
+#[cfg(unix)]
+fn reload_on_sighup(
+    mut reloader: Reloader,
+) -> Result<Option<tokio::task::JoinHandle<()>>, StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| StartError(format!("cannot listen for SIGHUP: {e}")))?;
+    Ok(Some(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let outcome = match reloader.reload().await {
+                Ok(r) => {
+                    tracing::info!(routes = r.routes, sha256 = %r.sha256, "SIGHUP: configuration reloaded");
+                    if !r.not_applied.is_empty() {
+                        tracing::warn!(
+                            sections = %r.not_applied.join(", "),
+                            "SIGHUP: these settings changed in the file but apply only after a restart"
+                        );
+                    }
+                    "ok"
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "SIGHUP: configuration not reloaded, the routes in force stay: {e}"
+                    );
+                    "error"
+                }
+            };
+            reloader
+                .app
+                .metrics
+                .config_reloads
+                .with_label_values(&[outcome])
+                .inc();
+        }
+    })))
+}
+
+#[cfg(not(unix))]
+fn reload_on_sighup(_: Reloader) -> Result<Option<tokio::task::JoinHandle<()>>, StartError> {
+    Ok(None)
 }
 
 /// `SIGUSR1` reopens the audit file (after `logrotate` renamed it), as it does nginx's logs.

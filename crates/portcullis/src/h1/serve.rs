@@ -271,9 +271,11 @@ impl Conn {
             let keep = keep_alive && body == RequestBody::Empty;
             return self.write_local(resp, keep, is_head, Some(id)).await;
         }
+        let routes = app.gateway.routes();
         match app
             .gateway
             .plan(
+                &routes,
                 &mut parts,
                 self.peer,
                 &self.memo,

@@ -4,18 +4,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-async fn events(s: &Server, query: &str) -> Vec<Value> {
-    let v = json_of(
-        s.admin()
-            .get(s.url(&format!("/admin/v1/audit?{query}")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    v["events"].as_array().unwrap().clone()
-}
-
 /// One request with `key` (200), then one without (401), on the default echo route.
 async fn allowed_then_denied(s: &Server, key: &str) {
     assert_eq!(get_key(s, "/echo/1", key).await.status(), 200);
@@ -30,7 +18,7 @@ async fn decisions_and_changes_are_audited_and_new_addresses_noticed() {
     allowed_then_denied(&s, &key).await;
     let allow = s
         .eventually("allow event", || async {
-            events(&s, "outcome=allow").await.into_iter().next()
+            audit_events(&s, "outcome=allow").await.into_iter().next()
         })
         .await;
     assert_eq!(allow["kind"], "auth.decision");
@@ -41,17 +29,20 @@ async fn decisions_and_changes_are_audited_and_new_addresses_noticed() {
     assert!(allow["request_id"].is_string());
     let deny = s
         .eventually("deny event", || async {
-            events(&s, "outcome=deny").await.into_iter().next()
+            audit_events(&s, "outcome=deny").await.into_iter().next()
         })
         .await;
     assert_eq!(deny["reason"], "missing_credentials");
-    let created = events(&s, "kind=api_key.created").await;
+    let created = audit_events(&s, "kind=api_key.created").await;
     assert_eq!(created[0]["actor"], "admin-token");
     assert_eq!(created[0]["client_ip"], "127.0.0.1", "who: from where");
     assert_eq!(created[0]["detail"]["name"], "audited");
     let new_ip = s
         .eventually("api_key.new_ip", || async {
-            events(&s, "kind=api_key.new_ip").await.into_iter().next()
+            audit_events(&s, "kind=api_key.new_ip")
+                .await
+                .into_iter()
+                .next()
         })
         .await;
     assert_eq!(new_ip["credential_id"], id.as_str());
@@ -64,7 +55,7 @@ async fn decisions_and_changes_are_audited_and_new_addresses_noticed() {
         })
         .await;
     assert_eq!(shown["last_used_ip"], "127.0.0.1");
-    assert_eq!(events(&s, "kind=api_key.new_ip").await.len(), 1);
+    assert_eq!(audit_events(&s, "kind=api_key.new_ip").await.len(), 1);
 
     let (code, out, _) = s.cli(&["audit", "verify"]);
     assert_eq!(code, 0, "{out}");
@@ -168,7 +159,7 @@ async fn no_secret_reaches_logs_audit_or_disk() {
     let token = s.token();
     let all_events = s
         .eventually("events", || async {
-            let e = events(&s, "limit=1000").await;
+            let e = audit_events(&s, "limit=1000").await;
             (e.len() >= 12).then_some(e)
         })
         .await;
@@ -291,7 +282,10 @@ async fn retention_removes_old_blocks_records_it_and_the_rest_verifies() {
     let s = Server::start_in(tmp.path(), None);
     let pruned = s
         .eventually("audit.pruned event", || async {
-            events(&s, "kind=audit.pruned").await.into_iter().next()
+            audit_events(&s, "kind=audit.pruned")
+                .await
+                .into_iter()
+                .next()
         })
         .await;
     assert_eq!(pruned["actor"], "system:retention");
@@ -301,7 +295,7 @@ async fn retention_removes_old_blocks_records_it_and_the_rest_verifies() {
     );
     assert_eq!(pruned["detail"]["through_seq"], 2);
     assert_eq!(pruned["seq"], 4, "chained after the kept event");
-    let left: Vec<i64> = events(&s, "limit=100")
+    let left: Vec<i64> = audit_events(&s, "limit=100")
         .await
         .iter()
         .map(|e| e["seq"].as_i64().unwrap())
@@ -332,10 +326,10 @@ async fn only_denials_are_audited_when_configured() {
     // The denial came after the allowed request: once it is stored, so would the other be.
     let deny = s
         .eventually("deny event", || async {
-            events(&s, "outcome=deny").await.into_iter().next()
+            audit_events(&s, "outcome=deny").await.into_iter().next()
         })
         .await;
     assert_eq!(deny["reason"], "missing_credentials");
-    assert!(events(&s, "outcome=allow").await.is_empty());
-    assert_eq!(events(&s, "kind=api_key.created").await.len(), 1);
+    assert!(audit_events(&s, "outcome=allow").await.is_empty());
+    assert_eq!(audit_events(&s, "kind=api_key.created").await.len(), 1);
 }

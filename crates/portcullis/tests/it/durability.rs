@@ -45,21 +45,12 @@ async fn acknowledged_changes_survive_sigkill() {
     let old = s.cli_json(&["keys", "show", &rotated_id]);
     assert_eq!(old["rotated_to"], rot["id"]);
     // The admin changes' audit events were stored before the answers, too.
-    let events = json_of(
-        s.admin()
-            .get(s.url("/admin/v1/audit?kind=api_key.created"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let events = audit_events(&s, "kind=api_key.created").await;
     assert!(
-        events["events"]
-            .as_array()
-            .unwrap()
+        events
             .iter()
             .any(|e| e["credential_id"] == created_id.as_str()),
-        "{events}"
+        "{events:?}"
     );
 }
 

@@ -296,14 +296,7 @@ async fn health_metrics_and_size_limits() {
     let (_, key) = s.create_key("m", "read:echo");
     assert_eq!(get_key(&s, "/echo/m", &key).await.status(), 200);
     let _ = client().get(s.url("/echo/m")).send().await.unwrap();
-    let m = client()
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&s).await;
     assert!(
         m.contains(r#"portcullis_requests_total{outcome="allow",route="echo",scheme="api_key"} 1"#),
         "{m}"
@@ -339,43 +332,6 @@ async fn health_metrics_and_size_limits() {
         .await;
         assert!(head.starts_with("HTTP/1.1 400"), "{path}: {head}");
     }
-}
-
-/// One request on an open keep-alive connection; its status and JSON `error` (or "").
-async fn on_conn(c: &mut tokio::net::TcpStream, key: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let req = format!("GET /echo/same HTTP/1.1\r\nHost: t\r\nX-API-Key: {key}\r\n\r\n");
-    c.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let read = async {
-        loop {
-            let mut chunk = [0u8; 4096];
-            let n = c.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "the connection closed");
-            buf.extend_from_slice(&chunk[..n]);
-            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                continue;
-            };
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .expect("a content-length")
-                .trim()
-                .parse()
-                .unwrap();
-            if buf.len() >= end + 4 + len {
-                let status = head[9..12].parse().unwrap();
-                let body: serde_json::Value =
-                    serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap_or_default();
-                let error = body["error"].as_str().unwrap_or("").to_owned();
-                return (status, error);
-            }
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(5), read)
-        .await
-        .expect("an answer in time")
 }
 
 #[tokio::test]
@@ -499,19 +455,8 @@ async fn an_update_takes_effect_on_the_next_request_of_an_open_connection() {
     assert!(err.contains("409") && err.contains("revoked"), "{err}");
     assert_eq!(on_conn(&mut c, &key).await, (401, "api_key_revoked".into()));
 
-    let events = json_of(
-        s.admin()
-            .get(s.url(&format!(
-                "/admin/v1/audit?kind=api_key.updated&credential_id={id}"
-            )))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let changed: Vec<_> = events["events"]
-        .as_array()
-        .unwrap()
+    let events = audit_events(&s, &format!("kind=api_key.updated&credential_id={id}")).await;
+    let changed: Vec<_> = events
         .iter()
         .map(|e| e["detail"]["changed"].clone())
         .collect();
@@ -523,6 +468,6 @@ async fn an_update_takes_effect_on_the_next_request_of_an_open_connection() {
             serde_json::json!(["owner", "expires_at"]),
             serde_json::json!(["owner", "scopes", "expires_at"]),
         ],
-        "one event per change made, newest first: {events}"
+        "one event per change made, newest first: {events:?}"
     );
 }

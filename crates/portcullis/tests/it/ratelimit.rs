@@ -87,14 +87,7 @@ failed_auth_limit = { limit = 3, period = "1h" }
         "a blocked address learns nothing"
     );
 
-    let m = client()
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&s).await;
     assert!(
         m.contains("portcullis_rate_limited_total{route=\"limited\"}"),
         "{m}"

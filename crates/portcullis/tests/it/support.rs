@@ -257,3 +257,66 @@ pub async fn raw(s: &Server, request: &str) -> String {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), c.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// One request on an open keep-alive connection; its status and JSON `error` (or "").
+pub async fn on_conn(c: &mut tokio::net::TcpStream, key: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET /echo/same HTTP/1.1\r\nHost: t\r\nX-API-Key: {key}\r\n\r\n");
+    c.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let read = async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = c.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the connection closed");
+            buf.extend_from_slice(&chunk[..n]);
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .expect("a content-length")
+                .trim()
+                .parse()
+                .unwrap();
+            if buf.len() >= end + 4 + len {
+                let status = head[9..12].parse().unwrap();
+                let body: serde_json::Value =
+                    serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap_or_default();
+                let error = body["error"].as_str().unwrap_or("").to_owned();
+                return (status, error);
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), read)
+        .await
+        .expect("an answer in time")
+}
+
+/// The audit events the admin API lists for `query` (e.g. `kind=api_key.created`), newest
+/// first.
+pub async fn audit_events(s: &Server, query: &str) -> Vec<Value> {
+    let v = json_of(
+        s.admin()
+            .get(s.url(&format!("/admin/v1/audit?{query}")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    v["events"].as_array().unwrap().clone()
+}
+
+/// The server's `/metrics` text.
+pub async fn metrics_text(s: &Server) -> String {
+    client()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
