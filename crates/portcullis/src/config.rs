@@ -150,6 +150,10 @@ pub struct ProxyConfig {
     #[serde(deserialize_with = "de_duration")]
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// How long a WebSocket connection may pass no byte either way before both sides are
+    /// closed.
+    #[serde(deserialize_with = "de_duration")]
+    pub websocket_idle_timeout: Duration,
     /// PEM file of CA certificates trusted for `https://` upstreams (relative paths are
     /// relative to the configuration file).
     pub ca_file: Option<PathBuf>,
@@ -164,6 +168,7 @@ impl Default for ProxyConfig {
             timeout: Duration::from_secs(30),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 256,
+            websocket_idle_timeout: Duration::from_secs(300),
             ca_file: None,
             public_roots: true,
         }
@@ -205,6 +210,9 @@ pub struct RouteConfig {
     pub api_key_query_param: Option<String>,
     #[serde(default)]
     pub forward_credentials: bool,
+    /// Whether WebSocket handshakes (RFC 6455) pass to the upstream as upgrades.
+    #[serde(default)]
+    pub websocket: bool,
     #[serde(default, deserialize_with = "de_opt_limit")]
     pub rate_limit: Option<Limit>,
     #[serde(
@@ -245,6 +253,7 @@ pub fn default_routes() -> Vec<RouteConfig> {
         strip_prefix: false,
         api_key_query_param: None,
         forward_credentials: false,
+        websocket: false,
         rate_limit: None,
         failed_auth_limit: default_failed_auth_limit(),
     }]
@@ -340,6 +349,12 @@ impl Config {
             }) {
                 return Err((key("host"), "must be a host name without scheme or port (e.g. `api.example.com` or `*.example.com`)".into()));
             }
+            if r.websocket && r.upstream == Upstream::Echo {
+                return Err((
+                    key("websocket"),
+                    "WebSocket connections need an http(s):// upstream".into(),
+                ));
+            }
             if r.api_key_query_param.as_ref().is_some_and(|q| {
                 q.is_empty()
                     || !q
@@ -361,6 +376,10 @@ impl Config {
         for (name, d) in [
             ("limits.header_timeout", self.limits.header_timeout),
             ("limits.send_timeout", self.limits.send_timeout),
+            (
+                "proxy.websocket_idle_timeout",
+                self.proxy.websocket_idle_timeout,
+            ),
         ] {
             if d.is_zero() {
                 return Err((name.into(), "must be more than 0".into()));

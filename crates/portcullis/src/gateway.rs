@@ -78,6 +78,9 @@ pub struct Route {
     pub forward_credentials: bool,
     /// Query parameter that carried an API key (removed before proxying).
     pub api_key_query_param: Option<String>,
+    /// Pass WebSocket handshakes on as upgrades (the upstream's 101 makes the connection a
+    /// tunnel); otherwise `Upgrade` is dropped like any hop-by-hop field.
+    pub websocket: bool,
     latency: prometheus::Histogram,
     allowed: prometheus::IntCounter,
 }
@@ -93,6 +96,7 @@ impl Route {
         target: Target,
         strip_prefix: bool,
         forward_credentials: bool,
+        websocket: bool,
         metrics: &Metrics,
     ) -> Self {
         let name = gate.name.to_string();
@@ -115,6 +119,7 @@ impl Route {
             strip_prefix,
             forward_credentials,
             api_key_query_param,
+            websocket,
         }
     }
 
@@ -175,6 +180,8 @@ pub struct Admitted<'g> {
     pub route: &'g Route,
     /// The rate-limit decision to show in `RateLimit-*` headers.
     pub rate: Option<portcullis_core::ratelimit::Decision>,
+    /// A WebSocket handshake, passed on as one: the upstream may switch protocols.
+    pub websocket: bool,
     started: Instant,
 }
 
@@ -306,9 +313,10 @@ impl Gateway {
             (_, _, q) => q.map(std::borrow::Cow::Borrowed),
         };
         let rate = admitted.rate;
-        let admitted = Admitted {
+        let mut admitted = Admitted {
             route,
             rate,
+            websocket: false,
             started,
         };
         match &route.target {
@@ -360,6 +368,13 @@ impl Gateway {
                         push_field(out, name.as_str().as_bytes(), value.as_bytes());
                     }
                 });
+                if route.websocket && is_websocket_handshake(parts) {
+                    // The hop-by-hop pair, ours to send on this hop; the `Sec-WebSocket-*`
+                    // fields are end-to-end and passed above.
+                    push_field(out, b"connection", b"upgrade");
+                    push_field(out, b"upgrade", b"websocket");
+                    admitted.websocket = true;
+                }
                 Plan::Forward(admitted, pool)
             }
         }
@@ -428,6 +443,24 @@ impl Passed<'_> {
 }
 
 /// The names a `Connection` field lists, other than `close` and `keep-alive`.
+/// A WebSocket opening handshake (RFC 6455 §4.1): an HTTP/1.1 `GET` without a body that asks
+/// to upgrade to `websocket`.
+fn is_websocket_handshake(parts: &http::request::Parts) -> bool {
+    parts.method == http::Method::GET
+        && parts.version == http::Version::HTTP_11
+        && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v == "0")
+        && parts.headers.get_all(header::UPGRADE).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        })
+        && named_in_connection(&parts.headers).contains(&header::UPGRADE)
+}
+
 fn named_in_connection(h: &http::HeaderMap) -> Vec<HeaderName> {
     let mut named = Vec::new();
     for v in h.get_all(header::CONNECTION) {
@@ -554,6 +587,60 @@ fn request_host(req: &http::request::Parts) -> Option<std::borrow::Cow<'_, str>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn websocket_handshakes_are_http11_gets_without_a_body_asking_for_websocket() {
+        let parts = |method: &str, version: http::Version, fields: &[(&str, &str)]| {
+            let mut b = http::Request::builder()
+                .method(method)
+                .uri("/ws")
+                .version(version);
+            for (n, v) in fields {
+                b = b.header(*n, *v);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        let ws = [
+            ("upgrade", "websocket"),
+            ("connection", "keep-alive, Upgrade"),
+        ];
+        assert!(is_websocket_handshake(&parts(
+            "GET",
+            http::Version::HTTP_11,
+            &ws
+        )));
+        let with = |extra: (&'static str, &'static str)| {
+            let mut f = ws.to_vec();
+            f.push(extra);
+            parts("GET", http::Version::HTTP_11, &f)
+        };
+        assert!(is_websocket_handshake(&with(("content-length", "0"))));
+        assert!(!is_websocket_handshake(&with(("content-length", "5"))));
+        assert!(!is_websocket_handshake(&with((
+            "transfer-encoding",
+            "chunked"
+        ))));
+        assert!(!is_websocket_handshake(&parts(
+            "POST",
+            http::Version::HTTP_11,
+            &ws
+        )));
+        assert!(!is_websocket_handshake(&parts(
+            "GET",
+            http::Version::HTTP_10,
+            &ws
+        )));
+        assert!(!is_websocket_handshake(&parts(
+            "GET",
+            http::Version::HTTP_11,
+            &[("upgrade", "h2c"), ("connection", "upgrade")]
+        )));
+        assert!(!is_websocket_handshake(&parts(
+            "GET",
+            http::Version::HTTP_11,
+            &[("upgrade", "websocket")]
+        )));
+    }
 
     #[test]
     fn dot_segments_are_detected_raw_and_encoded() {

@@ -36,6 +36,7 @@ struct Shared {
     timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
+    websocket_idle: Duration,
 }
 
 impl Proxy {
@@ -49,6 +50,7 @@ impl Proxy {
                 timeout: cfg.timeout,
                 idle_timeout: cfg.pool_idle_timeout,
                 max_idle: cfg.pool_max_idle_per_host,
+                websocket_idle: cfg.websocket_idle_timeout,
             }),
             pools: Mutex::new(Vec::new()),
         })
@@ -207,6 +209,11 @@ impl UpstreamPool {
         self.shared.timeout
     }
 
+    /// How long an upgraded (WebSocket) connection may stay silent both ways.
+    pub fn websocket_idle_timeout(&self) -> Duration {
+        self.shared.websocket_idle
+    }
+
     /// An idle connection that is still open, or a new one (failure or connect timeout →
     /// 502, logged with `request_id`).
     pub async fn lease(&self, request_id: &str) -> Result<UpstreamConn, GatewayError> {
@@ -307,6 +314,12 @@ impl UpstreamConn {
         )
     }
 
+    /// The connection itself, for bytes that are no longer HTTP (an upgrade): it never goes
+    /// back to the pool. Whatever `buf` holds is the caller's to pass on first.
+    pub(crate) fn into_io(self) -> UpstreamIo {
+        self.io
+    }
+
     /// Reads more from the upstream into `buf`; `Ok(0)` at end of stream.
     pub async fn read_more(&mut self) -> std::io::Result<usize> {
         use tokio::io::AsyncReadExt;
@@ -328,7 +341,7 @@ impl UpstreamConn {
 }
 
 /// A connection to an upstream.
-enum UpstreamIo {
+pub(crate) enum UpstreamIo {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }

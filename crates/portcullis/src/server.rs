@@ -603,6 +603,7 @@ fn build_routes(
             target,
             r.strip_prefix,
             r.forward_credentials,
+            r.websocket,
             metrics,
         ));
     }

@@ -350,6 +350,24 @@ impl ResponseHead {
             f(name, value);
         }
     }
+
+    /// Whether the response agrees to switch to the WebSocket protocol (RFC 6455 §4.1): status
+    /// 101, `Upgrade: websocket` and `upgrade` among the `Connection` options.
+    pub fn switches_to_websocket(&self) -> bool {
+        let mut upgrade = false;
+        for p in &self.fields {
+            let (Some(name), Some(value)) = (
+                self.head.get(p.name.clone()),
+                self.head.get(p.value.clone()),
+            ) else {
+                continue;
+            };
+            if name.eq_ignore_ascii_case(b"upgrade") {
+                upgrade |= value.trim_ascii().eq_ignore_ascii_case(b"websocket");
+            }
+        }
+        self.status == 101 && upgrade && self.named_in_connection.contains(&header::UPGRADE)
+    }
 }
 
 /// Whether `name` is a hop-by-hop field (RFC 9110 §7.6.1, plus the de-facto `Keep-Alive` and
@@ -545,6 +563,22 @@ mod tests {
     fn resp(s: &str, head: bool) -> Result<Option<ResponseHead>, HeadError> {
         let mut b = BytesMut::from(s.as_bytes());
         parse_response(&mut b, 8192, head)
+    }
+
+    #[test]
+    fn only_a_101_with_both_upgrade_fields_switches_to_websocket() {
+        let switches = |s: &str| resp(s, false).unwrap().unwrap().switches_to_websocket();
+        assert!(switches(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n\r\n"
+        ));
+        for no in [
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nUpgrade: websocket\r\nConnection: upgrade\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            assert!(!switches(no), "{no}");
+        }
     }
 
     #[test]

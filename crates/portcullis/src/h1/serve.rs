@@ -60,6 +60,7 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, app: Arc<App>, stop: Arc<Not
         app,
         peer,
         memo: ConnMemo::default(),
+        stop: stop.clone(),
     };
     loop {
         let head = match conn.read_head(stopped.as_mut()).await {
@@ -136,6 +137,8 @@ struct Conn {
     peer: SocketAddr,
     /// What this connection's requests leave for the next one (the API key parsed last).
     memo: ConnMemo,
+    /// Notified when the server stops (a WebSocket tunnel ends then).
+    stop: Arc<Notify>,
 }
 
 /// Why an exchange with the upstream failed.
@@ -368,6 +371,11 @@ impl Conn {
                     .await;
             }
         };
+        if rh.status == 101 {
+            // Only a WebSocket handshake's answer gets here (see `read_response_head`).
+            self.tunnel(pool, &x, up, &rh).await;
+            return false;
+        }
         match self.respond_upstream(pool, &x, &mut up, &rh).await {
             Ok(keep) => {
                 if rh.reusable {
@@ -420,7 +428,9 @@ impl Conn {
                     }
                     Err(f) => return Err(f),
                 }
-                match read_response_head(&mut up, x.req.is_head, max_head).await {
+                match read_response_head(&mut up, x.req.is_head, max_head, x.admitted.websocket)
+                    .await
+                {
                     Ok(h) => return Ok((up, h)),
                     Err(ReadHead::Closed) if replayable && x.req.idempotent => {
                         retried = true;
@@ -472,7 +482,7 @@ impl Conn {
         let max_head = self.app.max_head_bytes();
         tokio::select! {
             biased;
-            r = read_response_head(&mut up, x.req.is_head, max_head) => match r {
+            r = read_response_head(&mut up, x.req.is_head, max_head, false) => match r {
                 Ok(h) => Ok((up, h)),
                 Err(e) => Err(head_failed(pool, x.id, &e)),
             },
@@ -542,6 +552,62 @@ impl Conn {
         };
         self.app.gateway.served(x.admitted);
         streamed.map(|()| keep)
+    }
+
+    /// Answers a WebSocket handshake with the upstream's 101, then moves bytes both ways
+    /// until either side closes or neither sends anything for `proxy.websocket_idle_timeout`.
+    /// The upstream connection is the tunnel's alone, and the caller's ends with it.
+    async fn tunnel(
+        &mut self,
+        pool: &Arc<crate::proxy::UpstreamPool>,
+        x: &Exchange<'_>,
+        mut up: UpstreamConn,
+        rh: &ResponseHead,
+    ) {
+        let out = &mut self.out;
+        out.clear();
+        push_status_line(out, 101);
+        rh.end_to_end_fields(|name, value| {
+            if !name.eq_ignore_ascii_case(REQUEST_ID.as_str().as_bytes()) {
+                push_field(out, name, value);
+            }
+        });
+        push_field(out, REQUEST_ID.as_str().as_bytes(), x.id.as_bytes());
+        push_field(out, b"connection", b"upgrade");
+        push_field(out, b"upgrade", b"websocket");
+        out.extend_from_slice(b"\r\n");
+        // What the upstream sent right after its answer belongs to the new protocol.
+        out.extend_from_slice(&up.buf);
+        up.buf.clear();
+        if self.flush_out().await.is_err() {
+            return;
+        }
+        self.app.gateway.served(x.admitted);
+        let mut upstream = up.into_io();
+        // And what the caller sent after its handshake.
+        if !self.caller.buf.is_empty() {
+            if upstream.write_all(&self.caller.buf).await.is_err()
+                || upstream.flush().await.is_err()
+            {
+                return;
+            }
+            self.caller.buf.clear();
+        }
+        // The server's stop ends the tunnel too (the flag is set before the notification).
+        let stopped = self.stop.notified();
+        let mut stopped = std::pin::pin!(stopped);
+        stopped.as_mut().enable();
+        if !self.app.stopping() {
+            let idle = pool.websocket_idle_timeout();
+            let copied = tunnel_until_idle(&mut self.caller.io, &mut upstream, idle);
+            tokio::select! {
+                ended = copied => if !ended {
+                    tracing::debug!(request_id = x.id, ?idle, "WebSocket connection closed after being idle");
+                },
+                () = stopped => {}
+            }
+        }
+        let _ = upstream.shutdown().await;
     }
 
     /// Writes `out` to the caller. A caller that stops reading gets `limits.send_timeout` to
@@ -992,12 +1058,17 @@ async fn read_response_head(
     up: &mut UpstreamConn,
     is_head: bool,
     max: usize,
+    websocket: bool,
 ) -> Result<super::head::ResponseHead, ReadHead> {
     let mut got_any = false;
     loop {
         if !up.buf.is_empty() {
             got_any = true;
             match parse_response(&mut up.buf, max, is_head) {
+                // A switch only to the protocol that was asked for, and only when it was.
+                Ok(Some(h)) if h.status == 101 && websocket && h.switches_to_websocket() => {
+                    return Ok(h)
+                }
                 Ok(Some(h)) if h.status == 101 => return Err(ReadHead::Bad(HeadError::Malformed)),
                 Ok(Some(h)) if (100..200).contains(&h.status) => continue,
                 Ok(Some(h)) => return Ok(h),
@@ -1011,6 +1082,101 @@ async fn read_response_head(
             Err(_) => return Err(ReadHead::Closed),
             Ok(_) => {}
         }
+    }
+}
+
+/// Copies both ways between `a` and `b` until both directions have ended (`true`), or until
+/// `idle` has passed without a byte read from either (`false`). One side's end of stream is
+/// passed on as a half-close, as the protocol's own closing handshake expects.
+async fn tunnel_until_idle<A, B>(a: &mut A, b: &mut B, idle: Duration) -> bool
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let last = Activity {
+        start: Instant::now(),
+        ms: std::sync::atomic::AtomicU64::new(0),
+    };
+    let mut a = Watched { io: a, last: &last };
+    let mut b = Watched { io: b, last: &last };
+    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    let watch = async {
+        loop {
+            let quiet = last.quiet();
+            if quiet >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - quiet).await;
+        }
+    };
+    tokio::select! {
+        r = copy => r.is_ok(),
+        () = watch => false,
+    }
+}
+
+/// When a tunnel last read something: milliseconds after `start`.
+struct Activity {
+    start: Instant,
+    ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn note(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since the last read.
+    fn quiet(&self) -> Duration {
+        let last = Duration::from_millis(self.ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// A stream that notes when it last read something.
+struct Watched<'a, S> {
+    io: &'a mut S,
+    last: &'a Activity,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<'_, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut *this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.last.note();
+        }
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<'_, S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.get_mut().io).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.get_mut().io).poll_shutdown(cx)
     }
 }
 

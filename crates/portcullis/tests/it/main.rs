@@ -12,3 +12,4 @@ mod gateway;
 mod http1;
 mod proxy;
 mod ratelimit;
+mod websocket;
