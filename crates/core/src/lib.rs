@@ -17,6 +17,7 @@
 
 pub mod api_key;
 pub mod audit;
+pub mod client_ip;
 pub mod crypto;
 pub mod error;
 pub mod identity;

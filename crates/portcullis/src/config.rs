@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use portcullis_core::api_key::Prefix;
+use portcullis_core::client_ip::TrustedProxies;
 use portcullis_core::ratelimit::{Algorithm, Limit};
 use portcullis_core::{Scheme, ScopeSet};
 use portcullis_domain::PolicyExpr;
@@ -37,6 +38,9 @@ pub struct Config {
     /// Upstream connection settings.
     #[serde(default)]
     pub proxy: ProxyConfig,
+    /// Which proxies in front of the gateway are believed about the client's address.
+    #[serde(default)]
+    pub client_ip: ClientIpConfig,
     /// Routes, matched in order; the first match wins.
     #[serde(default = "default_routes")]
     pub routes: Vec<RouteConfig>,
@@ -65,6 +69,27 @@ impl Default for ApiKeysConfig {
             accept_foreign_keys: false,
             cache_capacity: 100_000,
             cache_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientIpConfig {
+    /// Peers (addresses or networks) whose forwarding fields are believed: a load balancer,
+    /// a CDN. Empty (the default): the connecting address is the client.
+    #[serde(deserialize_with = "de_trusted_proxies")]
+    pub trusted_proxies: TrustedProxies,
+    /// The field such a proxy appends the client's address to.
+    #[serde(deserialize_with = "de_header_name")]
+    pub header: http::HeaderName,
+}
+
+impl Default for ClientIpConfig {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: TrustedProxies::default(),
+            header: http::HeaderName::from_static("x-forwarded-for"),
         }
     }
 }
@@ -268,6 +293,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             limits: LimitsConfig::default(),
             proxy: ProxyConfig::default(),
+            client_ip: ClientIpConfig::default(),
             routes: default_routes(),
         }
     }
@@ -505,6 +531,10 @@ fn de_header_name<'de, D: Deserializer<'de>>(d: D) -> Result<http::HeaderName, D
     let s = String::deserialize(d)?;
     http::HeaderName::from_bytes(s.as_bytes())
         .map_err(|_| de::Error::custom(format!("`{s}` is not a valid header name")))
+}
+
+fn de_trusted_proxies<'de, D: Deserializer<'de>>(d: D) -> Result<TrustedProxies, D::Error> {
+    TrustedProxies::parse(&Vec::<String>::deserialize(d)?).map_err(de::Error::custom)
 }
 
 fn de_methods<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<http::Method>, D::Error> {

@@ -2,7 +2,7 @@
 //! headers → proxy (or the built-in echo). Every decision is the domain's; this file only
 //! translates HTTP.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use axum::body::Body;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, Uri};
+use portcullis_core::client_ip::TrustedProxies;
 use portcullis_core::error::GatewayError;
 use portcullis_core::text::IpText;
 use portcullis_core::{AuthError, ConnMemo, RequestParts, WireError};
@@ -161,6 +162,16 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// The API-key header (removed before proxying when consumed).
     pub api_key_header: HeaderName,
+    /// How the client's address is found behind trusted proxies.
+    client_ip: ClientIp,
+}
+
+/// How the client's address is found: the proxies believed, and the field they append to.
+pub struct ClientIp {
+    /// Peers whose forwarding fields are believed.
+    pub trusted: TrustedProxies,
+    /// The field with the forwarded addresses (`X-Forwarded-For`).
+    pub header: HeaderName,
 }
 
 /// What to do with a request, decided by [`Gateway::plan`].
@@ -193,6 +204,7 @@ impl Gateway {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
         api_key_header: HeaderName,
+        client_ip: ClientIp,
     ) -> Self {
         Self {
             routes: ArcSwap::from_pointee(routes),
@@ -200,7 +212,24 @@ impl Gateway {
             clock,
             metrics,
             api_key_header,
+            client_ip,
         }
+    }
+
+    /// The address a request with `headers` from `peer` comes from: `peer`, unless it is a
+    /// trusted proxy (see `portcullis_core::client_ip`). Rate limits per address, the audit
+    /// trail and the admin API's actors use it.
+    pub fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+        if self.client_ip.trusted.is_empty() {
+            return peer;
+        }
+        self.client_ip.trusted.client_ip(
+            peer,
+            headers
+                .get_all(&self.client_ip.header)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        )
     }
 
     /// The routes in force. A request holds them from its match to its end, so a reload
@@ -248,7 +277,7 @@ impl Gateway {
             path,
             query: parts.uri.query(),
             headers: &parts.headers,
-            client_ip: peer.ip(),
+            client_ip: self.client_ip(peer.ip(), &parts.headers),
             conn: Some(conn),
         };
         let admitted = match self.gate.admit(&route.gate, &req, request_id, now).await {
@@ -293,6 +322,8 @@ impl Gateway {
             authn: admitted.authn.as_ref(),
             headers: &parts.headers,
             peer,
+            trusted_peer: !self.client_ip.trusted.is_empty()
+                && self.client_ip.trusted.trusts(peer.ip()),
             host: host.as_deref(),
             request_id,
         };
@@ -442,7 +473,6 @@ impl Passed<'_> {
     }
 }
 
-/// The names a `Connection` field lists, other than `close` and `keep-alive`.
 /// A WebSocket opening handshake (RFC 6455 §4.1): an HTTP/1.1 `GET` without a body that asks
 /// to upgrade to `websocket`.
 fn is_websocket_handshake(parts: &http::request::Parts) -> bool {
@@ -461,6 +491,7 @@ fn is_websocket_handshake(parts: &http::request::Parts) -> bool {
         && named_in_connection(&parts.headers).contains(&header::UPGRADE)
 }
 
+/// The names a `Connection` field lists, other than `close` and `keep-alive`.
 fn named_in_connection(h: &http::HeaderMap) -> Vec<HeaderName> {
     let mut named = Vec::new();
     for v in h.get_all(header::CONNECTION) {
@@ -486,6 +517,8 @@ struct Ours<'a> {
     /// The caller's fields (for a previous `X-Forwarded-For`).
     headers: &'a http::HeaderMap,
     peer: SocketAddr,
+    /// The peer is a trusted proxy: its `X-Forwarded-Proto` and `-Host` are passed on.
+    trusted_peer: bool,
     host: Option<&'a str>,
     request_id: &'a str,
 }
@@ -525,8 +558,15 @@ impl Ours<'_> {
             xff.push_str(ip.as_str());
             f(H_XFF, &xff);
         }
-        f(H_XF_PROTO, "http");
-        if let Some(host) = self.host {
+        let forwarded = |name: &HeaderName| {
+            self.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|_| self.trusted_peer)
+        };
+        let proto = forwarded(&H_XF_PROTO).filter(|p| matches!(*p, "http" | "https"));
+        f(H_XF_PROTO, proto.unwrap_or("http"));
+        if let Some(host) = forwarded(&H_XF_HOST).or(self.host) {
             f(H_XF_HOST, host);
         }
         f(REQUEST_ID, self.request_id);
@@ -720,6 +760,7 @@ mod tests {
             authn: None,
             headers: &h,
             peer: "[::1]:9".parse().unwrap(),
+            trusted_peer: false,
             host: Some("api.example.test"),
             request_id: "abc-1",
         };
@@ -733,6 +774,43 @@ mod tests {
                 "x-forwarded-host: api.example.test",
                 "x-request-id: abc-1"
             ]
+        );
+    }
+
+    #[test]
+    fn a_trusted_peers_forwarded_proto_and_host_are_passed_on() {
+        let mut h = http::HeaderMap::new();
+        h.append(H_XF_PROTO, HeaderValue::from_static("https"));
+        h.append(H_XF_HOST, HeaderValue::from_static("api.example.com"));
+        let ours = |trusted_peer, h: &http::HeaderMap| {
+            let o = Ours {
+                authn: None,
+                headers: h,
+                peer: "10.0.0.1:9".parse().unwrap(),
+                trusted_peer,
+                host: Some("internal"),
+                request_id: "abc-1",
+            };
+            let mut got = Vec::new();
+            o.write(|n, v| got.push(format!("{n}: {v}")));
+            got[1..3].to_vec()
+        };
+        assert_eq!(
+            ours(true, &h),
+            [
+                "x-forwarded-proto: https",
+                "x-forwarded-host: api.example.com"
+            ]
+        );
+        assert_eq!(
+            ours(false, &h),
+            ["x-forwarded-proto: http", "x-forwarded-host: internal"]
+        );
+        h.insert(H_XF_PROTO, HeaderValue::from_static("gopher"));
+        assert_eq!(
+            ours(true, &h)[0],
+            "x-forwarded-proto: http",
+            "only http or https"
         );
     }
 

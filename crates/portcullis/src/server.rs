@@ -28,7 +28,7 @@ use tower::ServiceExt;
 
 use crate::admin_api::{self, AdminState};
 use crate::config::{Config, LimitsConfig, RouteConfig, SinkKind, Upstream};
-use crate::gateway::{Gateway, Route, Routes, Target};
+use crate::gateway::{ClientIp, Gateway, Route, Routes, Target};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::sink::{Reopen, ReopeningFile};
@@ -239,6 +239,10 @@ pub async fn serve(cfg: Config, overrides: Overrides) -> Result<(), StartError> 
         clock.clone(),
         metrics.clone(),
         cfg.api_keys.header.clone(),
+        ClientIp {
+            trusted: cfg.client_ip.trusted_proxies.clone(),
+            header: cfg.client_ip.header.clone(),
+        },
     );
     let admin_state = Arc::new(AdminState {
         keys: KeyAdmin::new(
@@ -451,7 +455,9 @@ pub(crate) fn is_local(path: &str) -> bool {
 pub(crate) async fn local(app: &App, mut req: Request<Body>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path();
     if path == "/admin/v1" || path.starts_with("/admin/v1/") {
-        req.extensions_mut().insert(crate::admin_api::Peer(peer));
+        let client = app.gateway.client_ip(peer.ip(), req.headers());
+        req.extensions_mut()
+            .insert(crate::admin_api::Peer(SocketAddr::new(client, peer.port())));
         match app.admin.clone().oneshot(req).await {
             Ok(r) => r,
             Err(never) => match never {},
@@ -621,6 +627,7 @@ fn restart_only_changes(running: &Config, loaded: &Config) -> Vec<&'static str> 
         ("audit", running.audit != loaded.audit),
         ("limits", running.limits != loaded.limits),
         ("proxy", running.proxy != loaded.proxy),
+        ("client_ip", running.client_ip != loaded.client_ip),
     ]
     .into_iter()
     .filter_map(|(section, changed)| changed.then_some(section))

@@ -2,35 +2,18 @@
 
 use std::process::Command;
 
-use crate::support::BIN;
-
-fn serve_with(config: &str) -> (i32, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("portcullis.toml");
-    std::fs::write(&p, config).unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--check", "--config"])
-        .arg(&p)
-        .arg("--data-dir")
-        .arg(dir.path().join("d"))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::support::{check_config, BIN};
 
 #[test]
 fn config_errors_name_file_line_and_key() {
-    let (code, err) = serve_with("listen = \"127.0.0.1:0\"\nlisten_typo = 1\n");
+    let (code, err) = check_config("listen = \"127.0.0.1:0\"\nlisten_typo = 1\n");
     assert_eq!(code, 2);
     assert!(
         err.contains("portcullis.toml:2:") && err.contains("listen_typo"),
         "{err}"
     );
 
-    let (code, err) = serve_with("[[routes]]\nname = \"x\"\nupstream = \"builtin:echo\"\npolicy = { all = [\"mtls\", { any = [\"jwt\", \"api_key\"] }] }\n");
+    let (code, err) = check_config("[[routes]]\nname = \"x\"\nupstream = \"builtin:echo\"\npolicy = { all = [\"mtls\", { any = [\"jwt\", \"api_key\"] }] }\n");
     assert_eq!(code, 2);
     assert!(
         err.contains("portcullis.toml:4:")
@@ -39,18 +22,18 @@ fn config_errors_name_file_line_and_key() {
         "{err}"
     );
 
-    let (code, err) = serve_with("[proxy]\ntimeout = \"fast\"\n");
+    let (code, err) = check_config("[proxy]\ntimeout = \"fast\"\n");
     assert_eq!(code, 2);
     assert!(
         err.contains("portcullis.toml:2:") && err.contains("proxy.timeout"),
         "{err}"
     );
 
-    let (code, err) = serve_with("listen = [\n");
+    let (code, err) = check_config("listen = [\n");
     assert_eq!(code, 2);
     assert!(err.contains("portcullis.toml:"), "{err}");
 
-    let (code, out) = serve_with(
+    let (code, out) = check_config(
         "[[routes]]\nname = \"x\"\nupstream = \"http://127.0.0.1:9\"\npolicy = \"public\"\n",
     );
     assert_eq!(code, 0, "{out}");

@@ -6,6 +6,7 @@ mod support;
 
 mod admin;
 mod audit;
+mod client_ip;
 mod config;
 mod durability;
 mod gateway;

@@ -320,3 +320,35 @@ pub async fn metrics_text(s: &Server) -> String {
         .await
         .unwrap()
 }
+
+/// `portcullis serve --check` on a file holding `config`: the exit code and stderr.
+pub fn check_config(config: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("portcullis.toml");
+    std::fs::write(&p, config).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--check", "--config"])
+        .arg(&p)
+        .arg("--data-dir")
+        .arg(dir.path().join("d"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The audit trail's decisions on `credential_id`, once there is one (allowed decisions are
+/// stored within the flush interval).
+pub async fn decisions_on(s: &Server, credential_id: &str) -> Vec<Value> {
+    let q = format!("kind=auth.decision&credential_id={credential_id}");
+    s.eventually("a decision in the audit trail", || {
+        let q = q.clone();
+        async move {
+            let e = audit_events(s, &q).await;
+            (!e.is_empty()).then_some(e)
+        }
+    })
+    .await
+}

@@ -116,18 +116,8 @@ async fn a_websocket_is_authenticated_at_the_handshake_then_tunnelled() {
     .expect("the connection closes");
     assert!(rest <= 1);
 
-    // One decision, at the handshake (allowed decisions are stored within the flush interval).
-    let query = format!("kind=auth.decision&credential_id={id}");
-    let decisions = s
-        .eventually("the handshake's decision", || {
-            let query = query.clone();
-            let s = &s;
-            async move {
-                let d = audit_events(s, &query).await;
-                (!d.is_empty()).then_some(d)
-            }
-        })
-        .await;
+    // One decision, at the handshake.
+    let decisions = decisions_on(&s, &id).await;
     assert_eq!(decisions.len(), 1, "{decisions:?}");
     assert_eq!(decisions[0]["route"], "ws");
     assert_eq!(decisions[0]["outcome"], "allow");
@@ -175,20 +165,10 @@ async fn a_silent_websocket_is_closed_after_the_idle_timeout() {
 
 #[test]
 fn websocket_on_the_builtin_echo_is_a_config_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("portcullis.toml");
-    std::fs::write(
-        &p,
+    let (code, err) = check_config(
         "[[routes]]\nname = \"e\"\nupstream = \"builtin:echo\"\npolicy = \"public\"\nwebsocket = true\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["serve", "--check", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    );
+    assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("portcullis.toml:5") && err.contains("websocket"),
         "{err}"
