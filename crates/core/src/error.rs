@@ -70,6 +70,9 @@ pub enum GatewayError {
     /// The request is not HTTP/1.0 or HTTP/1.1.
     #[error("HTTP version not supported")]
     VersionNotSupported,
+    /// A CORS preflight asked for an origin, method or header the route does not allow.
+    #[error("CORS preflight not allowed")]
+    CorsNotAllowed,
 }
 
 /// What a refusal looks like on the wire: status, `error` code, and a safe description.
@@ -158,6 +161,11 @@ impl From<&GatewayError> for WireError {
             ),
             GatewayError::Internal => wire(500, "internal_error", "An internal error occurred."),
             GatewayError::NoRoute => wire(404, "no_route", "No route matches this request."),
+            GatewayError::CorsNotAllowed => wire(
+                403,
+                "cors_not_allowed",
+                "This origin, method or header is not allowed by the route's CORS settings.",
+            ),
             GatewayError::UpstreamUnavailable => wire(
                 502,
                 "upstream_unavailable",
@@ -215,6 +223,7 @@ mod tests {
             "quota_exceeded"
         );
         assert_eq!(WireError::from(&GatewayError::NoRoute).status, 404);
+        assert_eq!(WireError::from(&GatewayError::CorsNotAllowed).status, 403);
         assert_eq!(WireError::from(&GatewayError::UpstreamTimeout).status, 504);
         assert_eq!(WireError::from(&GatewayError::HeadersTooLarge).status, 431);
     }

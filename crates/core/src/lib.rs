@@ -18,6 +18,7 @@
 pub mod api_key;
 pub mod audit;
 pub mod client_ip;
+pub mod cors;
 pub mod crypto;
 pub mod error;
 pub mod identity;

@@ -238,6 +238,9 @@ pub struct RouteConfig {
     /// Whether WebSocket handshakes (RFC 6455) pass to the upstream as upgrades.
     #[serde(default)]
     pub websocket: bool,
+    /// Which browser origins may call the route (CORS), answered by the gateway.
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
     #[serde(default, deserialize_with = "de_opt_limit")]
     pub rate_limit: Option<Limit>,
     #[serde(
@@ -245,6 +248,87 @@ pub struct RouteConfig {
         deserialize_with = "de_opt_limit"
     )]
     pub failed_auth_limit: Option<Limit>,
+}
+
+/// A route's `cors` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// `https://app.example.com`, `https://*.example.com`, or `*`.
+    pub origins: Vec<String>,
+    /// Methods browsers may use (default: the route's `methods`, else GET, HEAD, POST, PUT,
+    /// PATCH, DELETE).
+    #[serde(default, deserialize_with = "de_opt_methods")]
+    pub methods: Option<Vec<http::Method>>,
+    /// Request fields browsers may send (default: the API-key header, `Authorization`,
+    /// `Content-Type`).
+    #[serde(default, deserialize_with = "de_opt_header_names")]
+    pub headers: Option<Vec<http::HeaderName>>,
+    /// Response fields scripts may read (default: `RateLimit-*`, `Retry-After`,
+    /// `WWW-Authenticate`, `X-Request-Id`).
+    #[serde(default, deserialize_with = "de_opt_header_names")]
+    pub expose_headers: Option<Vec<http::HeaderName>>,
+    /// Whether browsers send cookies and may read answers to credentialed requests.
+    #[serde(default)]
+    pub credentials: bool,
+    /// How long browsers may cache a preflight's answer.
+    #[serde(default = "default_cors_max_age", deserialize_with = "de_duration")]
+    pub max_age: Duration,
+}
+
+fn default_cors_max_age() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl CorsConfig {
+    /// The checked settings, with the defaults that depend on the route and the key header.
+    pub fn compile(
+        &self,
+        route_methods: &[http::Method],
+        api_key_header: &http::HeaderName,
+    ) -> Result<portcullis_core::cors::Cors, portcullis_core::cors::CorsConfigError> {
+        use http::Method;
+        let methods = match (&self.methods, route_methods.is_empty()) {
+            (Some(m), _) => m.clone(),
+            (None, false) => route_methods.to_vec(),
+            (None, true) => vec![
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ],
+        };
+        let headers = self.headers.clone().unwrap_or_else(|| {
+            vec![
+                api_key_header.clone(),
+                http::header::AUTHORIZATION,
+                http::header::CONTENT_TYPE,
+            ]
+        });
+        let expose = self.expose_headers.clone().unwrap_or_else(|| {
+            [
+                "ratelimit-limit",
+                "ratelimit-remaining",
+                "ratelimit-reset",
+                "retry-after",
+                "www-authenticate",
+                "x-request-id",
+            ]
+            .into_iter()
+            .map(http::HeaderName::from_static)
+            .collect()
+        });
+        portcullis_core::cors::Cors::new(
+            &self.origins,
+            &methods,
+            &headers,
+            &expose,
+            self.credentials,
+            self.max_age.as_secs(),
+        )
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -279,6 +363,7 @@ pub fn default_routes() -> Vec<RouteConfig> {
         api_key_query_param: None,
         forward_credentials: false,
         websocket: false,
+        cors: None,
         rate_limit: None,
         failed_auth_limit: default_failed_auth_limit(),
     }]
@@ -374,6 +459,10 @@ impl Config {
                 h.is_empty() || h.contains('/') || h.contains(':') && !h.starts_with('[')
             }) {
                 return Err((key("host"), "must be a host name without scheme or port (e.g. `api.example.com` or `*.example.com`)".into()));
+            }
+            if let Some(c) = &r.cors {
+                c.compile(&r.methods, &self.api_keys.header)
+                    .map_err(|e| (key("cors"), e.to_string()))?;
             }
             if r.websocket && r.upstream == Upstream::Echo {
                 return Err((
@@ -531,6 +620,23 @@ fn de_header_name<'de, D: Deserializer<'de>>(d: D) -> Result<http::HeaderName, D
     let s = String::deserialize(d)?;
     http::HeaderName::from_bytes(s.as_bytes())
         .map_err(|_| de::Error::custom(format!("`{s}` is not a valid header name")))
+}
+
+fn de_opt_methods<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<http::Method>>, D::Error> {
+    de_methods(d).map(Some)
+}
+
+fn de_opt_header_names<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<http::HeaderName>>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .into_iter()
+        .map(|s| {
+            http::HeaderName::from_bytes(s.as_bytes())
+                .map_err(|_| de::Error::custom(format!("`{s}` is not a valid header name")))
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
 fn de_trusted_proxies<'de, D: Deserializer<'de>>(d: D) -> Result<TrustedProxies, D::Error> {

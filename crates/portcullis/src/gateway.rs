@@ -11,6 +11,7 @@ use axum::body::Body;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, Uri};
 use portcullis_core::client_ip::TrustedProxies;
+use portcullis_core::cors::Cors;
 use portcullis_core::error::GatewayError;
 use portcullis_core::text::IpText;
 use portcullis_core::{AuthError, ConnMemo, RequestParts, WireError};
@@ -82,6 +83,9 @@ pub struct Route {
     /// Pass WebSocket handshakes on as upgrades (the upstream's 101 makes the connection a
     /// tunnel); otherwise `Upgrade` is dropped like any hop-by-hop field.
     pub websocket: bool,
+    /// Which browser origins may call the route; the gateway answers preflights and owns
+    /// the `Access-Control-*` fields of every response.
+    pub cors: Option<Cors>,
     latency: prometheus::Histogram,
     allowed: prometheus::IntCounter,
 }
@@ -98,6 +102,7 @@ impl Route {
         strip_prefix: bool,
         forward_credentials: bool,
         websocket: bool,
+        cors: Option<Cors>,
         metrics: &Metrics,
     ) -> Self {
         let name = gate.name.to_string();
@@ -121,15 +126,20 @@ impl Route {
             forward_credentials,
             api_key_query_param,
             websocket,
+            cors,
         }
     }
 
     fn matches(&self, host: Option<&str>, path: &str, method: &http::Method) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method)) && self.matches_place(host, path)
+    }
+
+    /// Whether host and path match, whatever the method.
+    fn matches_place(&self, host: Option<&str>, path: &str) -> bool {
         let path_ok = self.path_prefix.is_empty()
             || path
                 .strip_prefix(self.path_prefix.as_str())
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
-        let method_ok = self.methods.is_empty() || self.methods.contains(method);
         let host_ok = match (&self.host, host) {
             (None, _) => true,
             (Some(_), None) => false,
@@ -142,7 +152,7 @@ impl Route {
                 None => want.eq_ignore_ascii_case(h),
             },
         };
-        path_ok && method_ok && host_ok
+        path_ok && host_ok
     }
 }
 
@@ -193,6 +203,8 @@ pub struct Admitted<'g> {
     pub rate: Option<portcullis_core::ratelimit::Decision>,
     /// A WebSocket handshake, passed on as one: the upstream may switch protocols.
     pub websocket: bool,
+    /// The route's CORS fields for this request's origin (empty without `cors`).
+    pub cors: Vec<(HeaderName, HeaderValue)>,
     started: Instant,
 }
 
@@ -265,12 +277,20 @@ impl Gateway {
             return Plan::Respond(self.refuse_gateway(GatewayError::BadRequest, "-"));
         }
         let host = request_host(parts);
+        if let Some(resp) = self.preflight(routes, parts, host.as_deref()) {
+            return Plan::Respond(resp);
+        }
         let Some(route) = routes
             .iter()
             .find(|r| r.matches(host.as_deref(), path, &parts.method))
         else {
             return Plan::Respond(self.refuse_gateway(GatewayError::NoRoute, "-"));
         };
+        let cors_fields = route
+            .cors
+            .as_ref()
+            .map(|c| c.response_fields(parts.headers.get(header::ORIGIN)))
+            .unwrap_or_default();
         let now = self.clock.now();
         let req = RequestParts {
             method: &parts.method,
@@ -303,6 +323,7 @@ impl Gateway {
                     resp.headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
                 }
+                append_fields(resp.headers_mut(), cors_fields);
                 route.latency.observe(started.elapsed().as_secs_f64());
                 return Plan::Respond(resp);
             }
@@ -348,6 +369,7 @@ impl Gateway {
             route,
             rate,
             websocket: false,
+            cors: cors_fields,
             started,
         };
         match &route.target {
@@ -425,7 +447,64 @@ impl Gateway {
             .requests
             .with_label_values(&[&*a.route.gate.name, "-", wire.code])
             .inc();
-        error_response(wire, &[], None)
+        let mut resp = error_response(wire, &[], None);
+        append_fields(resp.headers_mut(), a.cors.clone());
+        resp
+    }
+
+    /// The answer to a CORS preflight (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`) for the route the actual request would take, when that
+    /// route has `cors`: 204 with its rules, or 403 `cors_not_allowed`. Nothing is
+    /// authenticated (a browser sends no credentials with a preflight) and nothing reaches the
+    /// upstream. `None`: not a preflight for such a route; the request goes on as any other.
+    fn preflight(
+        &self,
+        routes: &Routes,
+        parts: &http::request::Parts,
+        host: Option<&str>,
+    ) -> Option<Response<Body>> {
+        if parts.method != http::Method::OPTIONS {
+            return None;
+        }
+        let origin = parts.headers.get(header::ORIGIN)?;
+        let method = parts.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+        let wanted = http::Method::from_bytes(method.as_bytes()).ok()?;
+        let path = parts.uri.path();
+        // The route the actual request would take; failing that (a method no route serves
+        // there), the first route with CORS rules for the place, whose rules then refuse it.
+        let route = routes
+            .iter()
+            .find(|r| r.matches(host, path, &wanted))
+            .or_else(|| {
+                routes
+                    .iter()
+                    .find(|r| r.cors.is_some() && r.matches_place(host, path))
+            })?;
+        let cors = route.cors.as_ref()?;
+        let asked = parts
+            .headers
+            .get_all(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .iter()
+            .cloned();
+        let resp = match cors.preflight(origin, method.as_bytes(), asked) {
+            Ok(fields) => {
+                let mut resp = Response::new(Body::empty());
+                *resp.status_mut() = http::StatusCode::NO_CONTENT;
+                append_fields(resp.headers_mut(), fields);
+                resp
+            }
+            Err(_) => error_response(WireError::from(&GatewayError::CorsNotAllowed), &[], None),
+        };
+        let outcome = if resp.status().is_success() {
+            "preflight"
+        } else {
+            "cors_not_allowed"
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[&*route.gate.name, "-", outcome])
+            .inc();
+        Some(resp)
     }
 
     /// Renders a refusal of a request that never reached a route (malformed, too large).
@@ -436,6 +515,13 @@ impl Gateway {
             .with_label_values(&[route, "-", w.code])
             .inc();
         error_response(w, &[], None)
+    }
+}
+
+/// Adds `fields` to `h` (a `Vary` beside any already there).
+pub fn append_fields(h: &mut http::HeaderMap, fields: Vec<(HeaderName, HeaderValue)>) {
+    for (n, v) in fields {
+        h.append(n, v);
     }
 }
 

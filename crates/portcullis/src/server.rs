@@ -225,8 +225,16 @@ pub async fn serve(cfg: Config, overrides: Overrides) -> Result<(), StartError> 
     );
 
     let proxy = Arc::new(Proxy::new(&cfg.proxy).map_err(StartError)?);
-    let routes = build_routes(&cfg.routes, &available, &proxy, &metrics, None, clock.now())
-        .map_err(StartError)?;
+    let routes = build_routes(
+        &cfg.routes,
+        &cfg.api_keys.header,
+        &available,
+        &proxy,
+        &metrics,
+        None,
+        clock.now(),
+    )
+    .map_err(StartError)?;
     let gate = Gate::new(
         RateLimiter::new(Arc::new(MemoryRateCells::new())),
         usage.clone(),
@@ -561,6 +569,7 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
 /// route of the same name takes over what its predecessor's gate knew.
 fn build_routes(
     configured: &[RouteConfig],
+    api_key_header: &http::HeaderName,
     available: &HashMap<Scheme, Arc<dyn Authenticator>>,
     proxy: &Proxy,
     metrics: &Metrics,
@@ -610,6 +619,11 @@ fn build_routes(
             r.strip_prefix,
             r.forward_credentials,
             r.websocket,
+            r.cors
+                .as_ref()
+                .map(|c| c.compile(&r.methods, api_key_header))
+                .transpose()
+                .map_err(|e| format!("route `{}`: cors: {e}", r.name))?,
             metrics,
         ));
     }
@@ -673,8 +687,10 @@ impl Reloader {
         }
         let now = self.clock.now();
         let current = self.app.gateway.routes();
+        // The key header in force, not the file's (a change to it needs a restart).
         let routes = build_routes(
             &cfg.routes,
+            &self.running.api_keys.header,
             &self.available,
             &self.proxy,
             &self.app.metrics,

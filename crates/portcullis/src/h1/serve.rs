@@ -39,6 +39,7 @@ use crate::gateway::{Admitted, Plan, REQUEST_ID};
 use crate::proxy::UpstreamConn;
 use crate::server::App;
 use crate::wire::{is_rate_field, push_rate_fields, rate_headers};
+use portcullis_core::cors::is_cors_field;
 
 /// Bytes of body moved per write when streaming.
 const STREAM_CHUNK: usize = 64 * 1024;
@@ -306,6 +307,7 @@ impl Conn {
                 if let Some(d) = &admitted.rate {
                     rate_headers(resp.headers_mut(), d);
                 }
+                crate::gateway::append_fields(resp.headers_mut(), admitted.cors.clone());
                 app.gateway.served(&admitted);
                 self.write_local(resp, keep_alive, is_head, Some(id)).await
             }
@@ -504,10 +506,12 @@ impl Conn {
         out.clear();
         push_status_line(out, rh.status);
         let own_rate = x.admitted.rate.is_some();
+        let own_cors = x.admitted.route.cors.is_some();
         let pass_length = rh.body == ResponseBody::Empty;
         rh.end_to_end_fields(|name, value| {
             if name.eq_ignore_ascii_case(REQUEST_ID.as_str().as_bytes())
                 || (own_rate && is_rate_field(name))
+                || (own_cors && is_cors_field(name))
                 || (!pass_length && name.eq_ignore_ascii_case(b"content-length"))
             {
                 return;
@@ -515,6 +519,9 @@ impl Conn {
             push_field(out, name, value);
         });
         push_field(out, REQUEST_ID.as_str().as_bytes(), x.id.as_bytes());
+        for (name, value) in &x.admitted.cors {
+            push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
         if let Some(d) = &x.admitted.rate {
             push_rate_fields(out, d);
         }

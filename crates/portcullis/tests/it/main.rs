@@ -8,6 +8,7 @@ mod admin;
 mod audit;
 mod client_ip;
 mod config;
+mod cors;
 mod durability;
 mod gateway;
 mod http1;
