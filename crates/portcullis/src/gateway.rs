@@ -3,6 +3,7 @@
 //! translates HTTP.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -164,6 +165,9 @@ pub struct Gateway {
     /// The routes in force; a configuration reload replaces them whole (see
     /// [`Gateway::routes`]).
     routes: ArcSwap<Routes>,
+    /// Counts replacements of `routes` (bumped after each): a connection's copy is renewed
+    /// only when it moved (see [`Gateway::current_routes`]).
+    generation: AtomicU64,
     /// The decision.
     pub gate: Gate,
     /// Time.
@@ -174,6 +178,12 @@ pub struct Gateway {
     pub api_key_header: HeaderName,
     /// How the client's address is found behind trusted proxies.
     client_ip: ClientIp,
+}
+
+/// A connection's copy of the routes in force and the replacement it belongs to.
+pub struct HeldRoutes {
+    generation: u64,
+    routes: Arc<Routes>,
 }
 
 /// How the client's address is found: the proxies believed, and the field they append to.
@@ -220,6 +230,7 @@ impl Gateway {
     ) -> Self {
         Self {
             routes: ArcSwap::from_pointee(routes),
+            generation: AtomicU64::new(0),
             gate,
             clock,
             metrics,
@@ -244,16 +255,39 @@ impl Gateway {
         )
     }
 
-    /// The routes in force. A request holds them from its match to its end, so a reload
-    /// meanwhile applies from the next request on (the same connection's included).
+    /// The routes in force.
     pub fn routes(&self) -> Arc<Routes> {
         self.routes.load_full()
+    }
+
+    /// A connection's copy of the routes in force, for [`Gateway::current_routes`].
+    pub fn hold_routes(&self) -> HeldRoutes {
+        let generation = self.generation.load(Ordering::Acquire);
+        HeldRoutes {
+            generation,
+            routes: self.routes.load_full(),
+        }
+    }
+
+    /// The routes in force, for one request, through its connection's copy `held`, which is
+    /// renewed when a reload has replaced them since (otherwise one atomic load and a
+    /// reference count). A request keeps them from its match to its end, so a reload
+    /// meanwhile applies from the next request on, the same connection's included.
+    pub fn current_routes(&self, held: &mut HeldRoutes) -> Arc<Routes> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if held.generation != generation {
+            *held = self.hold_routes();
+        }
+        held.routes.clone()
     }
 
     /// Puts `routes` in force for every request that starts from now on; returns the
     /// routes they replace.
     pub fn replace_routes(&self, routes: Routes) -> Arc<Routes> {
-        self.routes.swap(Arc::new(routes))
+        let old = self.routes.swap(Arc::new(routes));
+        // After the swap: whoever sees the new count finds the new routes.
+        self.generation.fetch_add(1, Ordering::Release);
+        old
     }
 
     /// Decides what to do with a request from `peer`: matches one of `routes` (from
@@ -645,10 +679,10 @@ impl Ours<'_> {
             f(H_XFF, &xff);
         }
         let forwarded = |name: &HeaderName| {
-            self.headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .filter(|_| self.trusted_peer)
+            if !self.trusted_peer {
+                return None;
+            }
+            self.headers.get(name).and_then(|v| v.to_str().ok())
         };
         let proto = forwarded(&H_XF_PROTO).filter(|p| matches!(*p, "http" | "https"));
         f(H_XF_PROTO, proto.unwrap_or("http"));

@@ -58,10 +58,11 @@ pub async fn serve(io: TcpStream, peer: SocketAddr, app: Arc<App>, stop: Arc<Not
         out: Vec::with_capacity(8 * 1024),
         upstream_head: Vec::with_capacity(1024),
         timer: Deadline::new(),
-        app,
         peer,
         memo: ConnMemo::default(),
         stop: stop.clone(),
+        routes: app.gateway.hold_routes(),
+        app,
     };
     loop {
         let head = match conn.read_head(stopped.as_mut()).await {
@@ -140,6 +141,8 @@ struct Conn {
     memo: ConnMemo,
     /// Notified when the server stops (a WebSocket tunnel ends then).
     stop: Arc<Notify>,
+    /// The routes this connection's last request matched against.
+    routes: crate::gateway::HeldRoutes,
 }
 
 /// Why an exchange with the upstream failed.
@@ -275,7 +278,7 @@ impl Conn {
             let keep = keep_alive && body == RequestBody::Empty;
             return self.write_local(resp, keep, is_head, Some(id)).await;
         }
-        let routes = app.gateway.routes();
+        let routes = app.gateway.current_routes(&mut self.routes);
         match app
             .gateway
             .plan(
