@@ -233,6 +233,48 @@ impl Gate {
         result.map_err(|(r, _)| r)
     }
 
+    /// Whether a connection admitted earlier with `authn` (a WebSocket) may go on at `now`:
+    /// every scheme that proved the identity vouches for its credential again, and the
+    /// credential still holds the route's scopes. When not, the end is audited
+    /// (`auth.session_ended`, with the request id of the admission) and the caller closes the
+    /// connection. A check that cannot be made (the store is down) counts as a no.
+    pub async fn still_admitted(
+        &self,
+        route: &RouteGate,
+        authn: &Authenticated,
+        request_id: &str,
+        client_ip: std::net::IpAddr,
+        now: Timestamp,
+    ) -> bool {
+        let identity = &authn.identity;
+        let mut reason = "ok";
+        for scheme in identity.schemes.iter() {
+            let fresh = match route.policy.authenticator(scheme) {
+                Some(a) => a.reverify(identity, now).await,
+                None => Ok(None),
+            };
+            reason = match fresh {
+                Ok(Some(f)) if f.scopes.contains_all(&route.scopes) => continue,
+                Ok(Some(_)) => "insufficient_scope",
+                Ok(None) => "credential_no_longer_valid",
+                Err(_) => "temporarily_unavailable",
+            };
+            break;
+        }
+        if reason == "ok" {
+            return true;
+        }
+        let mut event = AuditEvent::new(now, "auth.session_ended", "deny");
+        event.request_id = Some(CompactText::new(request_id));
+        event.route = Some(route.name.clone());
+        event.client_ip = Some(client_ip);
+        event.reason = Some(reason);
+        event.set_scheme(identity.schemes);
+        event.credential_id = Some(identity.credential_id.clone());
+        self.auditor.emit(event).await;
+        false
+    }
+
     async fn decide(
         &self,
         route: &RouteGate,

@@ -97,6 +97,17 @@ impl Policy {
         })
     }
 
+    /// The authenticator of `scheme` in this policy, if it names the scheme.
+    pub fn authenticator(&self, scheme: Scheme) -> Option<&Arc<dyn Authenticator>> {
+        fn find(n: &Node, scheme: Scheme) -> Option<&Arc<dyn Authenticator>> {
+            match n {
+                Node::Leaf(a) => (a.scheme() == scheme).then_some(a),
+                Node::All(v) | Node::Any(v) => v.iter().find_map(|n| find(n, scheme)),
+            }
+        }
+        self.root.as_ref().and_then(|n| find(n, scheme))
+    }
+
     /// Whether the route needs no authentication.
     pub fn is_public(&self) -> bool {
         self.root.is_none()

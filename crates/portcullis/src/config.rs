@@ -179,6 +179,10 @@ pub struct ProxyConfig {
     /// closed.
     #[serde(deserialize_with = "de_duration")]
     pub websocket_idle_timeout: Duration,
+    /// How often an open WebSocket's credential is checked again (revoked, expired, scopes
+    /// taken away: the tunnel closes).
+    #[serde(deserialize_with = "de_duration")]
+    pub websocket_recheck_interval: Duration,
     /// PEM file of CA certificates trusted for `https://` upstreams (relative paths are
     /// relative to the configuration file).
     pub ca_file: Option<PathBuf>,
@@ -194,6 +198,7 @@ impl Default for ProxyConfig {
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 256,
             websocket_idle_timeout: Duration::from_secs(300),
+            websocket_recheck_interval: Duration::from_secs(30),
             ca_file: None,
             public_roots: true,
         }
@@ -494,6 +499,10 @@ impl Config {
             (
                 "proxy.websocket_idle_timeout",
                 self.proxy.websocket_idle_timeout,
+            ),
+            (
+                "proxy.websocket_recheck_interval",
+                self.proxy.websocket_recheck_interval,
             ),
         ] {
             if d.is_zero() {

@@ -213,6 +213,11 @@ pub struct Admitted<'g> {
     pub rate: Option<portcullis_core::ratelimit::Decision>,
     /// A WebSocket handshake, passed on as one: the upstream may switch protocols.
     pub websocket: bool,
+    /// For a WebSocket handshake, who was admitted (its credential is checked again while
+    /// the tunnel lasts; `None` on a public route).
+    pub session: Option<portcullis_domain::authn::Authenticated>,
+    /// The client's address, as the gate saw it.
+    pub client_ip: IpAddr,
     /// The route's CORS fields for this request's origin (empty without `cors`).
     pub cors: Vec<(HeaderName, HeaderValue)>,
     started: Instant,
@@ -334,7 +339,7 @@ impl Gateway {
             client_ip: self.client_ip(peer.ip(), &parts.headers),
             conn: Some(conn),
         };
-        let admitted = match self.gate.admit(&route.gate, &req, request_id, now).await {
+        let decided = match self.gate.admit(&route.gate, &req, request_id, now).await {
             Ok(a) => a,
             Err(refused) => {
                 let wire = WireError::from(&refused.error);
@@ -362,7 +367,7 @@ impl Gateway {
                 return Plan::Respond(resp);
             }
         };
-        let consumed = admitted
+        let consumed = decided
             .authn
             .as_ref()
             .map(|a| a.consumed)
@@ -374,7 +379,7 @@ impl Gateway {
             named_in_connection: named_in_connection(&parts.headers),
         };
         let ours = Ours {
-            authn: admitted.authn.as_ref(),
+            authn: decided.authn.as_ref(),
             headers: &parts.headers,
             peer,
             trusted_peer: !self.client_ip.trusted.is_empty()
@@ -398,11 +403,13 @@ impl Gateway {
             (true, Some(param), Some(q)) => remove_param(q, param).map(std::borrow::Cow::Owned),
             (_, _, q) => q.map(std::borrow::Cow::Borrowed),
         };
-        let rate = admitted.rate;
+        let rate = decided.rate;
         let mut admitted = Admitted {
             route,
             rate,
             websocket: false,
+            session: None,
+            client_ip: req.client_ip,
             cors: cors_fields,
             started,
         };
@@ -461,10 +468,29 @@ impl Gateway {
                     push_field(out, b"connection", b"upgrade");
                     push_field(out, b"upgrade", b"websocket");
                     admitted.websocket = true;
+                    // Checked again while the tunnel lasts.
+                    admitted.session = decided.authn.clone();
                 }
                 Plan::Forward(admitted, pool)
             }
         }
+    }
+
+    /// Whether the connection `a` admitted may go on now (a WebSocket tunnel asks this
+    /// periodically): its credential is checked again (see `Gate::still_admitted`).
+    pub async fn still_admitted(&self, a: &Admitted<'_>, request_id: &str) -> bool {
+        let Some(session) = &a.session else {
+            return true; // a public route: nobody to check
+        };
+        self.gate
+            .still_admitted(
+                &a.route.gate,
+                session,
+                request_id,
+                a.client_ip,
+                self.clock.now(),
+            )
+            .await
     }
 
     /// Records a request that was served (proxied or echoed).

@@ -37,6 +37,7 @@ struct Shared {
     idle_timeout: Duration,
     max_idle: usize,
     websocket_idle: Duration,
+    websocket_recheck: Duration,
 }
 
 impl Proxy {
@@ -51,6 +52,7 @@ impl Proxy {
                 idle_timeout: cfg.pool_idle_timeout,
                 max_idle: cfg.pool_max_idle_per_host,
                 websocket_idle: cfg.websocket_idle_timeout,
+                websocket_recheck: cfg.websocket_recheck_interval,
             }),
             pools: Mutex::new(Vec::new()),
         })
@@ -212,6 +214,11 @@ impl UpstreamPool {
     /// How long an upgraded (WebSocket) connection may stay silent both ways.
     pub fn websocket_idle_timeout(&self) -> Duration {
         self.shared.websocket_idle
+    }
+
+    /// How often an upgraded connection's credential is checked again.
+    pub fn websocket_recheck_interval(&self) -> Duration {
+        self.shared.websocket_recheck
     }
 
     /// An idle connection that is still open, or a new one (failure or connect timeout →

@@ -370,6 +370,37 @@ impl Authenticator for ApiKeyAuthenticator {
         };
         self.judge(&parsed, key, consumed, req, now)
     }
+
+    /// From the store, not the cache: a long-lived connection asks seldom, and must see a
+    /// revocation made on another instance as soon as the store has it.
+    async fn reverify(
+        &self,
+        identity: &Identity,
+        now: Timestamp,
+    ) -> Result<Option<Identity>, AuthError> {
+        let record = self
+            .store
+            .find(&identity.credential_id)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "api key lookup failed");
+                AuthError::Unavailable
+            })?;
+        let Some(r) = record else {
+            return Ok(None);
+        };
+        let over = |t: Option<Timestamp>| t.is_some_and(|t| t <= now);
+        if over(r.revoked_at) || over(r.expires_at) {
+            return Ok(None);
+        }
+        let key = CachedKey::from_record(&r);
+        Ok(Some(Identity {
+            client_id: key.owner,
+            scopes: key.scopes,
+            expires_at: key.expires_at,
+            ..identity.clone()
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -392,6 +423,60 @@ mod tests {
             Ok(None) => "none".into(),
             Err(e) => format!("err {e:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn reverifying_reads_the_store_not_the_cache() {
+        let now = Timestamp::from_secs(1_800_000_000);
+        let store = Arc::new(MemoryStore::new());
+        store.insert(&sample_key(1)).await.unwrap();
+        let auth = ApiKeyAuthenticator::new(
+            ApiKeyConfig::default(),
+            store.clone(),
+            Arc::new(KeyCache::new(16)),
+            Arc::new(UsageTracker::new(store.clone())),
+        );
+        let claims = |id: &str| Claims {
+            client_id: None,
+            subject: None,
+            scopes: ScopeSet::default(),
+            credential_id: id.into(),
+            expires_at: None,
+        };
+        let proof = |id: &str| {
+            let g = api_key::generate(&Prefix::new("pk_test").unwrap(), &[1; 32]);
+            let parsed = api_key::parse(g.key.expose(), false).unwrap();
+            let stored = api_key::Stored {
+                hash: &parsed.hash,
+                revoked_at: None,
+                expires_at: None,
+            };
+            Identity::from_api_key(api_key::verify(&parsed, &stored, now).unwrap(), claims(id))
+        };
+        let fresh = auth
+            .reverify(&proof("key_001"), now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            fresh.scopes.as_space_separated(),
+            "read:echo write:x",
+            "the stored scopes"
+        );
+        assert_eq!(fresh.client_id.as_deref(), Some("odd"));
+        assert!(auth
+            .reverify(&proof("key_nope"), now)
+            .await
+            .unwrap()
+            .is_none());
+        store.revoke("key_001", now).await.unwrap();
+        assert!(
+            auth.reverify(&proof("key_001"), now)
+                .await
+                .unwrap()
+                .is_none(),
+            "revoked"
+        );
     }
 
     #[tokio::test]

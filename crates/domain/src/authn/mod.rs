@@ -116,4 +116,18 @@ pub trait Authenticator: Send + Sync {
         route: &RouteAuth,
         now: Timestamp,
     ) -> Result<Option<Authenticated>, AuthError>;
+
+    /// The identity this scheme proved earlier, as its credential stands at `now`, for a
+    /// connection that outlives its request (a WebSocket): `Ok(None)` once the credential
+    /// was revoked, expired or removed. The default knows only the expiry `identity` carries.
+    async fn reverify(
+        &self,
+        identity: &Identity,
+        now: Timestamp,
+    ) -> Result<Option<Identity>, AuthError> {
+        Ok(identity
+            .expires_at
+            .is_none_or(|e| now < e)
+            .then(|| identity.clone()))
+    }
 }

@@ -607,6 +607,18 @@ impl Conn {
         let stopped = self.stop.notified();
         let mut stopped = std::pin::pin!(stopped);
         stopped.as_mut().enable();
+        // The credential is checked again while the tunnel lasts: revoked, expired or short of
+        // the route's scopes, it ends the tunnel (audited by the gate).
+        let app = self.app.clone();
+        let every = pool.websocket_recheck_interval();
+        let recheck = async {
+            loop {
+                tokio::time::sleep(every).await;
+                if !app.gateway.still_admitted(x.admitted, x.id).await {
+                    return;
+                }
+            }
+        };
         if !self.app.stopping() {
             let idle = pool.websocket_idle_timeout();
             let copied = tunnel_until_idle(&mut self.caller.io, &mut upstream, idle);
@@ -614,6 +626,9 @@ impl Conn {
                 ended = copied => if !ended {
                     tracing::debug!(request_id = x.id, ?idle, "WebSocket connection closed after being idle");
                 },
+                () = recheck => {
+                    tracing::info!(request_id = x.id, "WebSocket connection closed: its credential no longer admits it");
+                }
                 () = stopped => {}
             }
         }

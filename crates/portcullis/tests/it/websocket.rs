@@ -150,17 +150,7 @@ async fn a_silent_websocket_is_closed_after_the_idle_timeout() {
     let (_, key) = s.create_key("ws", "");
     let mut ws = connect(&s, "/ws/quiet", Some(&key)).await.unwrap();
     next_data(&mut ws).await; // the upstream's greeting, then silence both ways
-    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) => return,
-                Some(Ok(m)) if m.is_close() => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the gateway closed the silent tunnel");
+    assert!(ended(&mut ws).await, "the gateway closed the silent tunnel");
 }
 
 #[test]
@@ -198,4 +188,71 @@ async fn stopping_the_server_ends_its_websockets() {
     })
     .await;
     assert!(ended.is_ok(), "the caller's side ended");
+}
+
+/// Waits until the stream ends (close frame, error or end), at most 20 s.
+async fn ended(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> bool {
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(m)) if m.is_close() => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn a_tunnel_lasts_only_as_long_as_its_credential_admits_it() {
+    let up = ws_upstream().await;
+    let s = Server::start(Some(&format!(
+        "[proxy]\nwebsocket_recheck_interval = \"1s\"\n\n[[routes]]\nname = \"ws\"\npath_prefix = \"/ws\"\nupstream = \"http://{up}\"\npolicy = \"api_key\"\nscopes = [\"chat\"]\nwebsocket = true\n"
+    )));
+    // A valid key's tunnel goes on across checks.
+    let (_, kept) = s.create_key("kept", "chat");
+    let mut ws = connect(&s, "/ws/a", Some(&kept)).await.unwrap();
+    next_data(&mut ws).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await.to_text().unwrap(), "still here");
+
+    // Revoked: the open tunnel closes at the next check.
+    let (revoked_id, revoked) = s.create_key("revoked", "chat");
+    let mut ws = connect(&s, "/ws/b", Some(&revoked)).await.unwrap();
+    next_data(&mut ws).await;
+    s.cli_json(&["keys", "revoke", &revoked_id]);
+    assert!(ended(&mut ws).await, "the revoked key's tunnel closed");
+
+    // The route's scope taken away: likewise.
+    let (narrowed_id, narrowed) = s.create_key("narrowed", "chat");
+    let mut ws = connect(&s, "/ws/c", Some(&narrowed)).await.unwrap();
+    next_data(&mut ws).await;
+    s.cli_json(&["keys", "update", &narrowed_id, "--scopes", "other"]);
+    assert!(ended(&mut ws).await, "the narrowed key's tunnel closed");
+
+    for (id, reason) in [
+        (&revoked_id, "credential_no_longer_valid"),
+        (&narrowed_id, "insufficient_scope"),
+    ] {
+        let q = format!("kind=auth.session_ended&credential_id={id}");
+        let events = s
+            .eventually("the end in the audit trail", || {
+                let q = q.clone();
+                let s = &s;
+                async move {
+                    let e = audit_events(s, &q).await;
+                    (!e.is_empty()).then_some(e)
+                }
+            })
+            .await;
+        assert_eq!(events[0]["reason"], reason, "{events:?}");
+        assert_eq!(events[0]["route"], "ws");
+    }
 }
