@@ -32,6 +32,8 @@ pub struct AdminState {
     pub token_hash: [u8; 32],
     /// Time.
     pub clock: Arc<dyn Clock>,
+    /// The routes in force, as `GET /admin/v1/routes` shows them (replaced on reload).
+    pub routes: Arc<arc_swap::ArcSwap<Value>>,
 }
 
 /// Largest admin request body (an import of 100k keys fits).
@@ -50,6 +52,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
         )
         .route("/admin/v1/keys/{id}/revoke", post(revoke_key))
         .route("/admin/v1/keys/{id}/rotate", post(rotate_key))
+        .route(
+            "/admin/v1/routes",
+            get(|State(st): State<Arc<AdminState>>| async move {
+                Json(st.routes.load_full().as_ref().clone())
+            }),
+        )
         .route("/admin/v1/audit", get(list_audit))
         .route("/admin/v1/audit/verify", get(verify_audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
@@ -153,6 +161,11 @@ fn json_body<T: serde::de::DeserializeOwned>(
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<T, Response> {
     parse_json(&body.map_err(rejection)?)
+}
+
+/// `t` as RFC 3339 text.
+pub fn rfc3339_of(t: Timestamp) -> Value {
+    rfc3339(Some(t))
 }
 
 fn rfc3339(t: Option<Timestamp>) -> Value {

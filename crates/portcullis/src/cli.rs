@@ -142,6 +142,13 @@ pub enum KeysCmd {
     },
 }
 
+/// `portcullis routes …`
+#[derive(Debug, Subcommand)]
+pub enum RoutesCmd {
+    /// The routes in force (after the last reload), in match order.
+    List,
+}
+
 /// `portcullis audit …`
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
@@ -502,6 +509,57 @@ pub async fn keys(conn: &Conn, cmd: KeysCmd) -> Result<(), CliError> {
                 println!("{v}");
             } else {
                 println!("imported {} keys", v["imported"]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `portcullis routes …`.
+pub async fn routes(conn: &Conn, cmd: RoutesCmd) -> Result<(), CliError> {
+    let api = Api::new(conn)?;
+    match cmd {
+        RoutesCmd::List => {
+            let v = api.call(Method::GET, "/admin/v1/routes", None).await?;
+            if conn.json {
+                println!("{v}");
+                return Ok(());
+            }
+            let src = &v["source"];
+            println!(
+                "from {} (sha256 {}) since {}",
+                src["file"].as_str().unwrap_or("the built-in defaults"),
+                src["sha256"]
+                    .as_str()
+                    .map_or("-", |h| &h[..h.len().min(12)]),
+                s(&src["since"])
+            );
+            println!(
+                "{:<16} {:<24} {:<14} {:<24} {:<20} UPSTREAM",
+                "NAME", "HOST + PATH", "METHODS", "POLICY", "SCOPES"
+            );
+            for r in v["routes"].as_array().into_iter().flatten() {
+                let methods = join(&r["methods"]);
+                println!(
+                    "{:<16} {:<24} {:<14} {:<24} {:<20} {}",
+                    s(&r["name"]),
+                    format!(
+                        "{}{}",
+                        r["host"].as_str().unwrap_or(""),
+                        s(&r["path_prefix"])
+                    ),
+                    if methods.is_empty() {
+                        "any".into()
+                    } else {
+                        methods
+                    },
+                    match &r["policy"] {
+                        Value::String(p) => p.clone(),
+                        other => other.to_string(),
+                    },
+                    join(&r["scopes"]),
+                    s(&r["upstream"])
+                );
             }
         }
     }

@@ -395,13 +395,6 @@ impl Default for Config {
 pub struct ConfigError(pub String);
 
 impl Config {
-    /// Reads and validates `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
-        Self::from_file_text(path, &text)
-    }
-
     /// Validates `text`, read from `path` (which names it in errors and anchors the
     /// relative paths in it).
     pub fn from_file_text(path: &Path, text: &str) -> Result<Config, ConfigError> {

@@ -56,6 +56,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::KeysCmd,
     },
+    /// Show the routes in force through the admin API.
+    Routes {
+        #[command(flatten)]
+        conn: cli::Conn,
+        #[command(subcommand)]
+        cmd: cli::RoutesCmd,
+    },
     /// Read and verify the audit trail through the admin API.
     Audit {
         #[command(flatten)]
@@ -104,19 +111,23 @@ fn main() -> ExitCode {
                     listen,
                     data_dir,
                 };
-                let cfg = server::load_config(&overrides).map_err(|e| e.0)?;
+                let (cfg, digest) = server::load_config(&overrides).map_err(|e| e.0)?;
                 if check {
                     // Files the configuration names are part of it.
                     proxy::Proxy::new(&cfg.proxy)?;
                     println!("configuration OK: {} routes", cfg.routes.len());
                     return Ok(true);
                 }
-                server::serve(cfg, overrides)
+                server::serve(cfg, overrides, digest)
                     .await
                     .map(|()| true)
                     .map_err(|e| e.0)
             }
             Cmd::Keys { conn, cmd } => cli::keys(&conn, cmd).await.map(|()| true).map_err(|e| e.0),
+            Cmd::Routes { conn, cmd } => cli::routes(&conn, cmd)
+                .await
+                .map(|()| true)
+                .map_err(|e| e.0),
             Cmd::Audit { conn, cmd } => cli::audit(&conn, cmd).await.map_err(|e| e.0),
         }
     });

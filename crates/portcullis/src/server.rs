@@ -147,19 +147,104 @@ impl Overrides {
     }
 }
 
-/// Loads the configuration, applying flags (which clap has already merged with env).
-pub fn load_config(o: &Overrides) -> Result<Config, StartError> {
-    let mut cfg = match &o.config {
-        Some(p) => Config::load(p).map_err(|e| StartError(e.0))?,
-        None => Config::default(),
+/// Loads the configuration, applying flags (which clap has already merged with env); with
+/// the SHA-256 (hex) of the file's text, when there is a file.
+pub fn load_config(o: &Overrides) -> Result<(Config, Option<String>), StartError> {
+    let (mut cfg, digest) = match &o.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| StartError(format!("{}: cannot read: {e}", p.display())))?;
+            let cfg = Config::from_file_text(p, &text).map_err(|e| StartError(e.0))?;
+            (cfg, Some(hex(&sha256(text.as_bytes()))))
+        }
+        None => (Config::default(), None),
     };
     o.apply(&mut cfg);
-    Ok(cfg)
+    Ok((cfg, digest))
+}
+
+/// The routes in force as the admin API shows them (`GET /admin/v1/routes`): each route as
+/// configured, and which file (and which content of it) they came from, since when.
+pub fn routes_view(
+    routes: &[RouteConfig],
+    file: Option<&Path>,
+    sha256: Option<&str>,
+    since: Timestamp,
+) -> serde_json::Value {
+    use serde_json::json;
+    fn policy(p: &portcullis_domain::PolicyExpr) -> serde_json::Value {
+        use portcullis_domain::PolicyExpr as P;
+        match p {
+            P::Public => json!("public"),
+            P::Scheme(s) => json!(s.name()),
+            P::All(v) => json!({"all": v.iter().map(policy).collect::<Vec<_>>()}),
+            P::Any(v) => json!({"any": v.iter().map(policy).collect::<Vec<_>>()}),
+        }
+    }
+    let limit = |l: &Option<portcullis_core::ratelimit::Limit>| {
+        l.map(|l| {
+            json!({
+                "algorithm": match l.algorithm {
+                    portcullis_core::ratelimit::Algorithm::Gcra => "gcra",
+                    portcullis_core::ratelimit::Algorithm::TokenBucket => "token_bucket",
+                },
+                "limit": l.limit, "period_ms": l.period_ms, "burst": l.burst,
+            })
+        })
+    };
+    let routes: Vec<_> = routes
+        .iter()
+        .map(|r| {
+            let upstream = match &r.upstream {
+                Upstream::Echo => "builtin:echo".to_owned(),
+                Upstream::Url {
+                    scheme,
+                    authority,
+                    base_path,
+                } => format!("{scheme}://{authority}{base_path}"),
+            };
+            json!({
+                "name": r.name,
+                "host": r.host,
+                "path_prefix": r.path_prefix,
+                "methods": r.methods.iter().map(http::Method::as_str).collect::<Vec<_>>(),
+                "upstream": upstream,
+                "policy": policy(&r.policy),
+                "scopes": r.scopes.iter().collect::<Vec<_>>(),
+                "rate_limit": limit(&r.rate_limit),
+                "failed_auth_limit": limit(&r.failed_auth_limit),
+                "strip_prefix": r.strip_prefix,
+                "forward_credentials": r.forward_credentials,
+                "api_key_query_param": r.api_key_query_param,
+                "websocket": r.websocket,
+                "cors": r.cors.as_ref().map(|c| json!({
+                    "origins": c.origins,
+                    "methods": c.methods.as_ref().map(|m| m.iter().map(http::Method::as_str).collect::<Vec<_>>()),
+                    "headers": c.headers.as_ref().map(|h| h.iter().map(http::HeaderName::as_str).collect::<Vec<_>>()),
+                    "expose_headers": c.expose_headers.as_ref().map(|h| h.iter().map(http::HeaderName::as_str).collect::<Vec<_>>()),
+                    "credentials": c.credentials,
+                    "max_age_secs": c.max_age.as_secs(),
+                })),
+            })
+        })
+        .collect();
+    json!({
+        "routes": routes,
+        "source": {
+            "file": file.map(|f| f.display().to_string()),
+            "sha256": sha256,
+            "since": crate::admin_api::rfc3339_of(since),
+        },
+    })
 }
 
 /// Runs the server until SIGINT/SIGTERM; SIGHUP reloads the routes from the file that
-/// `overrides` names (the one `cfg` was loaded from).
-pub async fn serve(cfg: Config, overrides: Overrides) -> Result<(), StartError> {
+/// `overrides` names (the one `cfg` was loaded from, whose text had the SHA-256 `digest`).
+pub async fn serve(
+    cfg: Config,
+    overrides: Overrides,
+    digest: Option<String>,
+) -> Result<(), StartError> {
     let data_dir = cfg.data_dir.clone();
     create_private_dir(&data_dir)?;
     // Held until `serve` returns (the kernel releases it if the process dies).
@@ -252,6 +337,12 @@ pub async fn serve(cfg: Config, overrides: Overrides) -> Result<(), StartError> 
             header: cfg.client_ip.header.clone(),
         },
     );
+    let routes_in_force = Arc::new(arc_swap::ArcSwap::from_pointee(routes_view(
+        &cfg.routes,
+        overrides.config.as_deref(),
+        digest.as_deref(),
+        clock.now(),
+    )));
     let admin_state = Arc::new(AdminState {
         keys: KeyAdmin::new(
             keys.clone(),
@@ -265,6 +356,7 @@ pub async fn serve(cfg: Config, overrides: Overrides) -> Result<(), StartError> 
         audit: audit_log.clone(),
         token_hash,
         clock: clock.clone(),
+        routes: routes_in_force.clone(),
     });
     let app = Arc::new(App {
         gateway,
@@ -279,6 +371,7 @@ pub async fn serve(cfg: Config, overrides: Overrides) -> Result<(), StartError> 
     });
 
     let reloader = reload_on_sighup(Reloader {
+        view: routes_in_force,
         overrides,
         running: cfg.clone(),
         available,
@@ -650,6 +743,8 @@ fn restart_only_changes(running: &Config, loaded: &Config) -> Vec<&'static str> 
 
 /// What a configuration reload needs.
 struct Reloader {
+    /// What `GET /admin/v1/routes` shows.
+    view: Arc<arc_swap::ArcSwap<serde_json::Value>>,
     /// The flags: `config` names the file; `listen` and `data_dir` still override it.
     overrides: Overrides,
     /// The configuration in force: the file as loaded at start, with the routes of the last
@@ -713,6 +808,12 @@ impl Reloader {
             )
             .await;
         self.app.gateway.replace_routes(routes);
+        self.view.store(Arc::new(routes_view(
+            &cfg.routes,
+            Some(&path),
+            Some(&sha256),
+            now,
+        )));
         let count = names.len();
         self.running.routes = cfg.routes;
         Ok(Reloaded {

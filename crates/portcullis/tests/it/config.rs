@@ -85,6 +85,21 @@ scopes = ["read:echo"]
                 .status()
         };
         assert_eq!(open().await, 404, "no such route yet");
+        let sha =
+            |t: &str| portcullis_core::crypto::hex(&portcullis_core::crypto::sha256(t.as_bytes()));
+        let names = |v: &serde_json::Value| -> Vec<String> {
+            v["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let before = s.cli_json(&["routes", "list"]);
+        assert_eq!(names(&before), ["echo"]);
+        assert_eq!(before["source"]["sha256"], sha(FIRST), "{before}");
+        assert_eq!(before["routes"][0]["policy"], "api_key");
+        assert_eq!(before["routes"][0]["scopes"], json!(["read:echo"]));
 
         let second = format!(
             "{}\n[[routes]]\nname = \"open\"\npath_prefix = \"/open\"\nupstream = \"builtin:echo\"\npolicy = \"public\"\n\n[limits]\nmax_header_bytes = 32768\n",
@@ -103,6 +118,19 @@ scopes = ["read:echo"]
             "the new scopes count on the open connection's next request"
         );
         assert_eq!(open().await, 200, "the new route serves");
+        let after = s.cli_json(&["routes", "list"]);
+        assert_eq!(names(&after), ["echo", "open"], "the routes in force");
+        assert_eq!(after["source"]["sha256"], sha(&second));
+        assert_eq!(after["routes"][0]["scopes"], json!(["write:x"]));
+        assert_eq!(after["routes"][1]["policy"], "public");
+        let (code, table, _) = s.cli(&["routes", "list"]);
+        assert_eq!(code, 0);
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("open ") && l.contains("builtin:echo")),
+            "{table}"
+        );
         let out = s.output();
         let warning = out
             .lines()
@@ -115,7 +143,7 @@ scopes = ["read:echo"]
         assert_eq!(e["actor"], "system:sighup", "{e}");
         assert_eq!(
             e["detail"]["sha256"],
-            portcullis_core::crypto::hex(&portcullis_core::crypto::sha256(second.as_bytes())),
+            sha(&second),
             "the event names the file's content"
         );
         assert_eq!(e["detail"]["routes"], json!(["echo", "open"]));
@@ -143,6 +171,11 @@ scopes = ["read:echo"]
             "{line}"
         );
         assert_eq!(open().await, 200, "the routes in force stay");
+        assert_eq!(
+            s.cli_json(&["routes", "list"])["source"]["sha256"],
+            sha(&second),
+            "and so does what the admin API shows"
+        );
         assert_eq!(
             on_conn(&mut c, &key).await,
             (403, "insufficient_scope".into())
@@ -176,5 +209,8 @@ scopes = ["read:echo"]
         assert!(s.child.try_wait().unwrap().is_none(), "the server stopped");
         let (_, key) = s.create_key("k", "read:echo");
         assert_eq!(get_key(&s, "/echo/x", &key).await.status(), 200);
+        let view = s.cli_json(&["routes", "list"]);
+        assert!(view["source"]["file"].is_null(), "{view}");
+        assert_eq!(view["routes"][0]["name"], "echo", "the built-in default");
     }
 }
