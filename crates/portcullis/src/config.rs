@@ -122,6 +122,9 @@ pub struct AuditConfig {
     pub retention: Option<Duration>,
 }
 
+/// Longest `timeout` a route may set.
+pub const MAX_ROUTE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// [`AuditConfig::retention`] unless set.
 pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(90 * 86_400);
 /// Shortest [`AuditConfig::retention`] accepted: a unit mistaken (`"30m"` for a month) must not
@@ -246,6 +249,9 @@ pub struct RouteConfig {
     /// Which browser origins may call the route (CORS), answered by the gateway.
     #[serde(default)]
     pub cors: Option<CorsConfig>,
+    /// How long the upstream may take on this route (`proxy.timeout` otherwise).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_opt_limit")]
     pub rate_limit: Option<Limit>,
     #[serde(
@@ -369,6 +375,7 @@ pub fn default_routes() -> Vec<RouteConfig> {
         forward_credentials: false,
         websocket: false,
         cors: None,
+        timeout: None,
         rate_limit: None,
         failed_auth_limit: default_failed_auth_limit(),
     }]
@@ -461,6 +468,11 @@ impl Config {
             if let Some(c) = &r.cors {
                 c.compile(&r.methods, &self.api_keys.header)
                     .map_err(|e| (key("cors"), e.to_string()))?;
+            }
+            if r.timeout
+                .is_some_and(|t| t.is_zero() || t > MAX_ROUTE_TIMEOUT)
+            {
+                return Err((key("timeout"), "must be more than 0 and at most 1h".into()));
             }
             if r.websocket && r.upstream == Upstream::Echo {
                 return Err((
@@ -622,6 +634,10 @@ fn de_header_name<'de, D: Deserializer<'de>>(d: D) -> Result<http::HeaderName, D
     let s = String::deserialize(d)?;
     http::HeaderName::from_bytes(s.as_bytes())
         .map_err(|_| de::Error::custom(format!("`{s}` is not a valid header name")))
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
 }
 
 fn de_opt_methods<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<http::Method>>, D::Error> {

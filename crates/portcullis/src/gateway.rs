@@ -87,6 +87,8 @@ pub struct Route {
     /// Which browser origins may call the route; the gateway answers preflights and owns
     /// the `Access-Control-*` fields of every response.
     pub cors: Option<Cors>,
+    /// How long the upstream may take on this route (the pool's `proxy.timeout` otherwise).
+    pub timeout: Option<std::time::Duration>,
     latency: prometheus::Histogram,
     allowed: prometheus::IntCounter,
 }
@@ -104,6 +106,7 @@ impl Route {
         forward_credentials: bool,
         websocket: bool,
         cors: Option<Cors>,
+        timeout: Option<std::time::Duration>,
         metrics: &Metrics,
     ) -> Self {
         let name = gate.name.to_string();
@@ -128,6 +131,7 @@ impl Route {
             api_key_query_param,
             websocket,
             cors,
+            timeout,
         }
     }
 

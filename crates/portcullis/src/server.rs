@@ -217,6 +217,7 @@ pub fn routes_view(
                 "forward_credentials": r.forward_credentials,
                 "api_key_query_param": r.api_key_query_param,
                 "websocket": r.websocket,
+                "timeout_ms": r.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
                 "cors": r.cors.as_ref().map(|c| json!({
                     "origins": c.origins,
                     "methods": c.methods.as_ref().map(|m| m.iter().map(http::Method::as_str).collect::<Vec<_>>()),
@@ -717,6 +718,7 @@ fn build_routes(
                 .map(|c| c.compile(&r.methods, api_key_header))
                 .transpose()
                 .map_err(|e| format!("route `{}`: cors: {e}", r.name))?,
+            r.timeout,
             metrics,
         ));
     }

@@ -399,7 +399,7 @@ impl Conn {
         pool: &Arc<crate::proxy::UpstreamPool>,
         x: &Exchange<'_>,
     ) -> Result<(UpstreamConn, ResponseHead), Failed> {
-        self.timer.set(Instant::now() + pool.timeout());
+        self.timer.set(Instant::now() + x.timeout(pool));
         let max_body = self.app.limits().max_body_bytes;
         let max_head = self.app.max_head_bytes();
         let Conn {
@@ -450,7 +450,7 @@ impl Conn {
         tokio::select! {
             biased;
             r = &mut exchange => r,
-            () = timer.expired() => Err(too_slow(pool, x.id)),
+            () = timer.expired() => Err(too_slow(pool, x.id, x.timeout(pool))),
         }
     }
 
@@ -466,7 +466,7 @@ impl Conn {
         let mut up = pool.lease(x.id).await.map_err(Failed::Upstream)?;
         let idle = Idle {
             caller: self.app.limits().header_timeout,
-            upstream: pool.timeout(),
+            upstream: x.timeout(pool),
         };
         send_request(
             &mut self.caller,
@@ -483,7 +483,7 @@ impl Conn {
                 tracing::warn!(request_id = x.id, upstream = %pool.origin(), "upstream stopped taking the request body");
             }
         })?;
-        self.timer.set(Instant::now() + pool.timeout());
+        self.timer.set(Instant::now() + x.timeout(pool));
         let max_head = self.app.max_head_bytes();
         tokio::select! {
             biased;
@@ -491,7 +491,7 @@ impl Conn {
                 Ok(h) => Ok((up, h)),
                 Err(e) => Err(head_failed(pool, x.id, &e)),
             },
-            () = self.timer.expired() => Err(too_slow(pool, x.id)),
+            () = self.timer.expired() => Err(too_slow(pool, x.id, x.timeout(pool))),
         }
     }
 
@@ -556,9 +556,9 @@ impl Conn {
 
         let streamed = match rh.body {
             ResponseBody::Empty => self.flush_out().await,
-            ResponseBody::Length(n) => self.stream_length(up, n, pool.timeout()).await,
-            ResponseBody::Chunked => self.stream_chunked(up, rechunk, pool.timeout()).await,
-            ResponseBody::UntilClose => self.stream_until_close(up, rechunk, pool.timeout()).await,
+            ResponseBody::Length(n) => self.stream_length(up, n, x.timeout(pool)).await,
+            ResponseBody::Chunked => self.stream_chunked(up, rechunk, x.timeout(pool)).await,
+            ResponseBody::UntilClose => self.stream_until_close(up, rechunk, x.timeout(pool)).await,
         };
         self.app.gateway.served(x.admitted);
         streamed.map(|()| keep)
@@ -885,6 +885,16 @@ struct Exchange<'a> {
     admitted: &'a Admitted<'a>,
 }
 
+impl Exchange<'_> {
+    /// How long the upstream may take: the route's `timeout`, else `proxy.timeout`.
+    fn timeout(&self, pool: &crate::proxy::UpstreamPool) -> Duration {
+        self.admitted
+            .route
+            .timeout
+            .unwrap_or_else(|| pool.timeout())
+    }
+}
+
 /// Longest silences while a request body is streamed (see [`Conn::exchange_with_body`]).
 #[derive(Debug, Clone, Copy)]
 struct Idle {
@@ -971,8 +981,8 @@ fn head_failed(pool: &crate::proxy::UpstreamPool, request_id: &str, e: &ReadHead
 
 /// The failure of an upstream that did not answer within its timeout, logged. (The caller's
 /// body may be half read: the connection closes.)
-fn too_slow(pool: &crate::proxy::UpstreamPool, request_id: &str) -> Failed {
-    tracing::warn!(request_id, upstream = %pool.origin(), timeout = ?pool.timeout(), "upstream did not answer in time");
+fn too_slow(pool: &crate::proxy::UpstreamPool, request_id: &str, timeout: Duration) -> Failed {
+    tracing::warn!(request_id, upstream = %pool.origin(), ?timeout, "upstream did not answer in time");
     Failed::Caller(GatewayError::UpstreamTimeout)
 }
 

@@ -499,3 +499,28 @@ fn unusable_ca_files_stop_startup_with_the_file_named() {
         assert!(err.contains(ca) && err.contains(want), "{err}");
     }
 }
+
+#[tokio::test]
+async fn a_route_may_give_its_upstream_more_time_than_the_default() {
+    let up = upstream().await;
+    let s = Server::start(Some(&format!(
+        "[proxy]\ntimeout = \"1s\"\n\n[[routes]]\nname = \"patient\"\npath_prefix = \"/patient\"\nupstream = \"http://{up}\"\npolicy = \"public\"\ntimeout = \"20s\"\n\n[[routes]]\nname = \"pub\"\npath_prefix = \"/pub\"\nupstream = \"http://{up}\"\npolicy = \"public\"\n"
+    )));
+    // The upstream takes 3 s on /slow.
+    let r = client().get(s.url("/patient/slow")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the route's own timeout");
+    let r = client().get(s.url("/pub/slow")).send().await.unwrap();
+    assert_eq!(r.status(), 504, "proxy.timeout elsewhere");
+    let view = s.cli_json(&["routes", "list"]);
+    assert_eq!(view["routes"][0]["timeout_ms"], 20_000);
+    assert!(view["routes"][1]["timeout_ms"].is_null());
+
+    let (code, err) = check_config(
+        "[[routes]]\nname = \"a\"\nupstream = \"http://127.0.0.1:9\"\npolicy = \"public\"\ntimeout = \"2h\"\n",
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("routes[0].timeout") && err.contains("at most 1h"),
+        "{err}"
+    );
+}
