@@ -16,35 +16,20 @@ async fn decisions_and_changes_are_audited_and_new_addresses_noticed() {
     let s = Server::start(None);
     let (id, key) = s.create_key("audited", "read:echo");
     allowed_then_denied(&s, &key).await;
-    let allow = s
-        .eventually("allow event", || async {
-            audit_events(&s, "outcome=allow").await.into_iter().next()
-        })
-        .await;
+    let allow = audit_events_eventually(&s, "outcome=allow").await[0].clone();
     assert_eq!(allow["kind"], "auth.decision");
     assert_eq!(allow["credential_id"], id.as_str());
     assert_eq!(allow["route"], "echo");
     assert_eq!(allow["scheme"], "api_key");
     assert_eq!(allow["client_ip"], "127.0.0.1");
     assert!(allow["request_id"].is_string());
-    let deny = s
-        .eventually("deny event", || async {
-            audit_events(&s, "outcome=deny").await.into_iter().next()
-        })
-        .await;
+    let deny = audit_events_eventually(&s, "outcome=deny").await[0].clone();
     assert_eq!(deny["reason"], "missing_credentials");
     let created = audit_events(&s, "kind=api_key.created").await;
     assert_eq!(created[0]["actor"], "admin-token");
     assert_eq!(created[0]["client_ip"], "127.0.0.1", "who: from where");
     assert_eq!(created[0]["detail"]["name"], "audited");
-    let new_ip = s
-        .eventually("api_key.new_ip", || async {
-            audit_events(&s, "kind=api_key.new_ip")
-                .await
-                .into_iter()
-                .next()
-        })
-        .await;
+    let new_ip = audit_events_eventually(&s, "kind=api_key.new_ip").await[0].clone();
     assert_eq!(new_ip["credential_id"], id.as_str());
     // Only once per address.
     assert_eq!(get_key(&s, "/echo/2", &key).await.status(), 200);

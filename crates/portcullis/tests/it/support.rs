@@ -339,16 +339,21 @@ pub fn check_config(config: &str) -> (i32, String) {
     )
 }
 
-/// The audit trail's decisions on `credential_id`, once there is one (allowed decisions are
-/// stored within the flush interval).
-pub async fn decisions_on(s: &Server, credential_id: &str) -> Vec<Value> {
-    let q = format!("kind=auth.decision&credential_id={credential_id}");
-    s.eventually("a decision in the audit trail", || {
-        let q = q.clone();
-        async move {
-            let e = audit_events(s, &q).await;
-            (!e.is_empty()).then_some(e)
-        }
+/// The audit events for `query`, once there is at least one (decisions and notices are
+/// stored within the flush interval, not before the answer).
+pub async fn audit_events_eventually(s: &Server, query: &str) -> Vec<Value> {
+    s.eventually(&format!("audit events for {query}"), || async {
+        let e = audit_events(s, query).await;
+        (!e.is_empty()).then_some(e)
     })
+    .await
+}
+
+/// The audit trail's decisions on `credential_id`, once there is one.
+pub async fn decisions_on(s: &Server, credential_id: &str) -> Vec<Value> {
+    audit_events_eventually(
+        s,
+        &format!("kind=auth.decision&credential_id={credential_id}"),
+    )
     .await
 }

@@ -241,17 +241,9 @@ async fn a_tunnel_lasts_only_as_long_as_its_credential_admits_it() {
         (&revoked_id, "credential_no_longer_valid"),
         (&narrowed_id, "insufficient_scope"),
     ] {
-        let q = format!("kind=auth.session_ended&credential_id={id}");
-        let events = s
-            .eventually("the end in the audit trail", || {
-                let q = q.clone();
-                let s = &s;
-                async move {
-                    let e = audit_events(s, &q).await;
-                    (!e.is_empty()).then_some(e)
-                }
-            })
-            .await;
+        let events =
+            audit_events_eventually(&s, &format!("kind=auth.session_ended&credential_id={id}"))
+                .await;
         assert_eq!(events[0]["reason"], reason, "{events:?}");
         assert_eq!(events[0]["route"], "ws");
     }
