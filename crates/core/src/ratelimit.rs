@@ -12,6 +12,23 @@ pub enum Algorithm {
     TokenBucket,
 }
 
+impl Algorithm {
+    /// The name the configuration and the stored limits use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Gcra => "gcra",
+            Algorithm::TokenBucket => "token_bucket",
+        }
+    }
+
+    /// The algorithm [`Algorithm::name`] names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Algorithm::Gcra, Algorithm::TokenBucket]
+            .into_iter()
+            .find(|a| a.name() == name)
+    }
+}
+
 /// A limit: `limit` requests per `period_ms`, with bursts of up to `burst` requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Limit {

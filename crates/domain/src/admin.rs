@@ -240,11 +240,12 @@ impl KeyAdmin {
                 "give at least one of `name`, `owner`, `scopes`, `expires_at`, `expires_in`, `metadata`, `rate_limits`, `quota`".into(),
             ));
         }
+        use portcullis_store::error::conflict;
         let record = self.store.update(id, &patch).await.map_err(|e| match e {
-            StoreError::Conflict("api key revoked") => {
+            StoreError::Conflict(conflict::KEY_REVOKED) => {
                 AdminError::Conflict("the key is revoked; a revoked key cannot change".into())
             }
-            StoreError::Conflict("api key rotated") => AdminError::Conflict(
+            StoreError::Conflict(conflict::KEY_ROTATED) => AdminError::Conflict(
                 "the key was replaced by rotation; its expiry is the end of its grace period"
                     .into(),
             ),
@@ -567,7 +568,7 @@ fn checked_rate_limits(limits: &[RateLimitSpec]) -> Result<(), AdminError> {
         if !name_ok || !names.insert(l.name.as_str()) {
             return invalid("rate limit names must be unique, 1-64 characters of [A-Za-z0-9_-]");
         }
-        if !matches!(l.algorithm.as_str(), "gcra" | "token_bucket")
+        if portcullis_core::ratelimit::Algorithm::from_name(&l.algorithm).is_none()
             || l.limit == 0
             || l.period_ms == 0
             || l.burst == Some(0)

@@ -255,9 +255,9 @@ impl Gate {
             };
             reason = match fresh {
                 Ok(Some(f)) if f.scopes.contains_all(&route.scopes) => continue,
-                Ok(Some(_)) => "insufficient_scope",
+                Ok(Some(_)) => WireError::from(&AuthError::InsufficientScope).code,
                 Ok(None) => "credential_no_longer_valid",
-                Err(_) => "temporarily_unavailable",
+                Err(e) => WireError::from(&e).code,
             };
             break;
         }

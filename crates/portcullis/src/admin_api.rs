@@ -163,11 +163,6 @@ fn json_body<T: serde::de::DeserializeOwned>(
     parse_json(&body.map_err(rejection)?)
 }
 
-/// `t` as RFC 3339 text.
-pub fn rfc3339_of(t: Timestamp) -> Value {
-    rfc3339(Some(t))
-}
-
 fn rfc3339(t: Option<Timestamp>) -> Value {
     t.and_then(|t| {
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_millis()) * 1_000_000).ok()
@@ -194,6 +189,79 @@ pub fn key_view(k: &ApiKeyRecord, now: Timestamp) -> Value {
         "created_at": rfc3339(Some(k.created_at)), "expires_at": rfc3339(k.expires_at),
         "revoked_at": rfc3339(k.revoked_at), "rotated_from": k.rotated_from, "rotated_to": k.rotated_to,
         "last_used_at": rfc3339(k.last_used_at), "last_used_ip": k.last_used_ip, "origin": k.origin,
+    })
+}
+
+/// The routes in force as the admin API shows them (`GET /admin/v1/routes`): each route as
+/// configured, and which file (and which content of it) they came from, since when.
+pub fn routes_view(
+    routes: &[crate::config::RouteConfig],
+    file: Option<&std::path::Path>,
+    sha256: Option<&str>,
+    since: Timestamp,
+) -> serde_json::Value {
+    use serde_json::json;
+    fn policy(p: &portcullis_domain::PolicyExpr) -> serde_json::Value {
+        use portcullis_domain::PolicyExpr as P;
+        match p {
+            P::Public => json!("public"),
+            P::Scheme(s) => json!(s.name()),
+            P::All(v) => json!({"all": v.iter().map(policy).collect::<Vec<_>>()}),
+            P::Any(v) => json!({"any": v.iter().map(policy).collect::<Vec<_>>()}),
+        }
+    }
+    let limit = |l: &Option<portcullis_core::ratelimit::Limit>| {
+        l.map(|l| {
+            json!({
+                "algorithm": l.algorithm.name(),
+                "limit": l.limit, "period_ms": l.period_ms, "burst": l.burst,
+            })
+        })
+    };
+    let routes: Vec<_> = routes
+        .iter()
+        .map(|r| {
+            let upstream = match &r.upstream {
+                crate::config::Upstream::Echo => "builtin:echo".to_owned(),
+                crate::config::Upstream::Url {
+                    scheme,
+                    authority,
+                    base_path,
+                } => format!("{scheme}://{authority}{base_path}"),
+            };
+            json!({
+                "name": r.name,
+                "host": r.host,
+                "path_prefix": r.path_prefix,
+                "methods": r.methods.iter().map(http::Method::as_str).collect::<Vec<_>>(),
+                "upstream": upstream,
+                "policy": policy(&r.policy),
+                "scopes": r.scopes.iter().collect::<Vec<_>>(),
+                "rate_limit": limit(&r.rate_limit),
+                "failed_auth_limit": limit(&r.failed_auth_limit),
+                "strip_prefix": r.strip_prefix,
+                "forward_credentials": r.forward_credentials,
+                "api_key_query_param": r.api_key_query_param,
+                "websocket": r.websocket,
+                "timeout_ms": r.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+                "cors": r.cors.as_ref().map(|c| json!({
+                    "origins": c.origins,
+                    "methods": c.methods.as_ref().map(|m| m.iter().map(http::Method::as_str).collect::<Vec<_>>()),
+                    "headers": c.headers.as_ref().map(|h| h.iter().map(http::HeaderName::as_str).collect::<Vec<_>>()),
+                    "expose_headers": c.expose_headers.as_ref().map(|h| h.iter().map(http::HeaderName::as_str).collect::<Vec<_>>()),
+                    "credentials": c.credentials,
+                    "max_age_secs": c.max_age.as_secs(),
+                })),
+            })
+        })
+        .collect();
+    json!({
+        "routes": routes,
+        "source": {
+            "file": file.map(|f| f.display().to_string()),
+            "sha256": sha256,
+            "since": rfc3339(Some(since)),
+        },
     })
 }
 

@@ -816,9 +816,10 @@ fn de_opt_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Limit>, D::Err
         Either::On(r) => {
             let period = parse_duration(&r.period).map_err(de::Error::custom)?;
             let algorithm = match r.algorithm.as_deref() {
-                None | Some("gcra") => Algorithm::Gcra,
-                Some("token_bucket") => Algorithm::TokenBucket,
-                Some(o) => return Err(de::Error::custom(format!("unknown algorithm `{o}` (gcra, token_bucket)"))),
+                None => Algorithm::Gcra,
+                Some(o) => Algorithm::from_name(o).ok_or_else(|| {
+                    de::Error::custom(format!("unknown algorithm `{o}` (gcra, token_bucket)"))
+                })?,
             };
             if r.limit == 0 || period.is_zero() || r.burst == Some(0) {
                 return Err(de::Error::custom("limit, period and burst must be positive"));

@@ -252,7 +252,17 @@ impl Gateway {
     /// trusted proxy (see `portcullis_core::client_ip`). Rate limits per address, the audit
     /// trail and the admin API's actors use it.
     pub fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
-        if self.client_ip.trusted.is_empty() {
+        self.client_of(peer, self.trusts(peer), headers)
+    }
+
+    /// Whether `peer` is a trusted proxy (no look when none is configured).
+    fn trusts(&self, peer: IpAddr) -> bool {
+        !self.client_ip.trusted.is_empty() && self.client_ip.trusted.trusts(peer)
+    }
+
+    /// [`Gateway::client_ip`] once whether `peer` is trusted is known.
+    fn client_of(&self, peer: IpAddr, trusted_peer: bool, headers: &http::HeaderMap) -> IpAddr {
+        if !trusted_peer {
             return peer;
         }
         self.client_ip.trusted.client_ip(
@@ -335,12 +345,13 @@ impl Gateway {
             .map(|c| c.response_fields(parts.headers.get(header::ORIGIN)))
             .unwrap_or_default();
         let now = self.clock.now();
+        let trusted_peer = self.trusts(peer.ip());
         let req = RequestParts {
             method: &parts.method,
             path,
             query: parts.uri.query(),
             headers: &parts.headers,
-            client_ip: self.client_ip(peer.ip(), &parts.headers),
+            client_ip: self.client_of(peer.ip(), trusted_peer, &parts.headers),
             conn: Some(conn),
         };
         let decided = match self.gate.admit(&route.gate, &req, request_id, now).await {
@@ -386,8 +397,7 @@ impl Gateway {
             authn: decided.authn.as_ref(),
             headers: &parts.headers,
             peer,
-            trusted_peer: !self.client_ip.trusted.is_empty()
-                && self.client_ip.trusted.trusts(peer.ip()),
+            trusted_peer,
             host: host.as_deref(),
             request_id,
         };
@@ -466,7 +476,7 @@ impl Gateway {
                         push_field(out, name.as_str().as_bytes(), value.as_bytes());
                     }
                 });
-                if route.websocket && is_websocket_handshake(parts) {
+                if route.websocket && is_websocket_handshake(parts, &passed.named_in_connection) {
                     // The hop-by-hop pair, ours to send on this hop; the `Sec-WebSocket-*`
                     // fields are end-to-end and passed above.
                     push_field(out, b"connection", b"upgrade");
@@ -624,8 +634,9 @@ impl Passed<'_> {
 }
 
 /// A WebSocket opening handshake (RFC 6455 §4.1): an HTTP/1.1 `GET` without a body that asks
-/// to upgrade to `websocket`.
-fn is_websocket_handshake(parts: &http::request::Parts) -> bool {
+/// to upgrade to `websocket`. `named`: what its `Connection` fields name
+/// ([`named_in_connection`]).
+fn is_websocket_handshake(parts: &http::request::Parts, named: &[HeaderName]) -> bool {
     parts.method == http::Method::GET
         && parts.version == http::Version::HTTP_11
         && !parts.headers.contains_key(header::TRANSFER_ENCODING)
@@ -638,7 +649,7 @@ fn is_websocket_handshake(parts: &http::request::Parts) -> bool {
                 .split(|&b| b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
         })
-        && named_in_connection(&parts.headers).contains(&header::UPGRADE)
+        && named.contains(&header::UPGRADE)
 }
 
 /// The names a `Connection` field lists, other than `close` and `keep-alive`.
@@ -780,6 +791,8 @@ mod tests {
 
     #[test]
     fn websocket_handshakes_are_http11_gets_without_a_body_asking_for_websocket() {
+        let handshake =
+            |p: &http::request::Parts| is_websocket_handshake(p, &named_in_connection(&p.headers));
         let parts = |method: &str, version: http::Version, fields: &[(&str, &str)]| {
             let mut b = http::Request::builder()
                 .method(method)
@@ -794,38 +807,23 @@ mod tests {
             ("upgrade", "websocket"),
             ("connection", "keep-alive, Upgrade"),
         ];
-        assert!(is_websocket_handshake(&parts(
-            "GET",
-            http::Version::HTTP_11,
-            &ws
-        )));
+        assert!(handshake(&parts("GET", http::Version::HTTP_11, &ws)));
         let with = |extra: (&'static str, &'static str)| {
             let mut f = ws.to_vec();
             f.push(extra);
             parts("GET", http::Version::HTTP_11, &f)
         };
-        assert!(is_websocket_handshake(&with(("content-length", "0"))));
-        assert!(!is_websocket_handshake(&with(("content-length", "5"))));
-        assert!(!is_websocket_handshake(&with((
-            "transfer-encoding",
-            "chunked"
-        ))));
-        assert!(!is_websocket_handshake(&parts(
-            "POST",
-            http::Version::HTTP_11,
-            &ws
-        )));
-        assert!(!is_websocket_handshake(&parts(
-            "GET",
-            http::Version::HTTP_10,
-            &ws
-        )));
-        assert!(!is_websocket_handshake(&parts(
+        assert!(handshake(&with(("content-length", "0"))));
+        assert!(!handshake(&with(("content-length", "5"))));
+        assert!(!handshake(&with(("transfer-encoding", "chunked"))));
+        assert!(!handshake(&parts("POST", http::Version::HTTP_11, &ws)));
+        assert!(!handshake(&parts("GET", http::Version::HTTP_10, &ws)));
+        assert!(!handshake(&parts(
             "GET",
             http::Version::HTTP_11,
             &[("upgrade", "h2c"), ("connection", "upgrade")]
         )));
-        assert!(!is_websocket_handshake(&parts(
+        assert!(!handshake(&parts(
             "GET",
             http::Version::HTTP_11,
             &[("upgrade", "websocket")]

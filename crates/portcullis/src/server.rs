@@ -163,82 +163,6 @@ pub fn load_config(o: &Overrides) -> Result<(Config, Option<String>), StartError
     Ok((cfg, digest))
 }
 
-/// The routes in force as the admin API shows them (`GET /admin/v1/routes`): each route as
-/// configured, and which file (and which content of it) they came from, since when.
-pub fn routes_view(
-    routes: &[RouteConfig],
-    file: Option<&Path>,
-    sha256: Option<&str>,
-    since: Timestamp,
-) -> serde_json::Value {
-    use serde_json::json;
-    fn policy(p: &portcullis_domain::PolicyExpr) -> serde_json::Value {
-        use portcullis_domain::PolicyExpr as P;
-        match p {
-            P::Public => json!("public"),
-            P::Scheme(s) => json!(s.name()),
-            P::All(v) => json!({"all": v.iter().map(policy).collect::<Vec<_>>()}),
-            P::Any(v) => json!({"any": v.iter().map(policy).collect::<Vec<_>>()}),
-        }
-    }
-    let limit = |l: &Option<portcullis_core::ratelimit::Limit>| {
-        l.map(|l| {
-            json!({
-                "algorithm": match l.algorithm {
-                    portcullis_core::ratelimit::Algorithm::Gcra => "gcra",
-                    portcullis_core::ratelimit::Algorithm::TokenBucket => "token_bucket",
-                },
-                "limit": l.limit, "period_ms": l.period_ms, "burst": l.burst,
-            })
-        })
-    };
-    let routes: Vec<_> = routes
-        .iter()
-        .map(|r| {
-            let upstream = match &r.upstream {
-                Upstream::Echo => "builtin:echo".to_owned(),
-                Upstream::Url {
-                    scheme,
-                    authority,
-                    base_path,
-                } => format!("{scheme}://{authority}{base_path}"),
-            };
-            json!({
-                "name": r.name,
-                "host": r.host,
-                "path_prefix": r.path_prefix,
-                "methods": r.methods.iter().map(http::Method::as_str).collect::<Vec<_>>(),
-                "upstream": upstream,
-                "policy": policy(&r.policy),
-                "scopes": r.scopes.iter().collect::<Vec<_>>(),
-                "rate_limit": limit(&r.rate_limit),
-                "failed_auth_limit": limit(&r.failed_auth_limit),
-                "strip_prefix": r.strip_prefix,
-                "forward_credentials": r.forward_credentials,
-                "api_key_query_param": r.api_key_query_param,
-                "websocket": r.websocket,
-                "timeout_ms": r.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-                "cors": r.cors.as_ref().map(|c| json!({
-                    "origins": c.origins,
-                    "methods": c.methods.as_ref().map(|m| m.iter().map(http::Method::as_str).collect::<Vec<_>>()),
-                    "headers": c.headers.as_ref().map(|h| h.iter().map(http::HeaderName::as_str).collect::<Vec<_>>()),
-                    "expose_headers": c.expose_headers.as_ref().map(|h| h.iter().map(http::HeaderName::as_str).collect::<Vec<_>>()),
-                    "credentials": c.credentials,
-                    "max_age_secs": c.max_age.as_secs(),
-                })),
-            })
-        })
-        .collect();
-    json!({
-        "routes": routes,
-        "source": {
-            "file": file.map(|f| f.display().to_string()),
-            "sha256": sha256,
-            "since": crate::admin_api::rfc3339_of(since),
-        },
-    })
-}
-
 /// Runs the server until SIGINT/SIGTERM; SIGHUP reloads the routes from the file that
 /// `overrides` names (the one `cfg` was loaded from, whose text had the SHA-256 `digest`).
 pub async fn serve(
@@ -338,7 +262,7 @@ pub async fn serve(
             header: cfg.client_ip.header.clone(),
         },
     );
-    let routes_in_force = Arc::new(arc_swap::ArcSwap::from_pointee(routes_view(
+    let routes_in_force = Arc::new(arc_swap::ArcSwap::from_pointee(admin_api::routes_view(
         &cfg.routes,
         overrides.config.as_deref(),
         digest.as_deref(),
@@ -810,7 +734,7 @@ impl Reloader {
             )
             .await;
         self.app.gateway.replace_routes(routes);
-        self.view.store(Arc::new(routes_view(
+        self.view.store(Arc::new(admin_api::routes_view(
             &cfg.routes,
             Some(&path),
             Some(&sha256),

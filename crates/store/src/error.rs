@@ -1,5 +1,14 @@
 //! Store errors. They never reach the wire: the domain logs them and answers with a safe code.
 
+/// The `Conflict` texts callers tell apart (both backends use these, so a caller can match
+/// on them).
+pub mod conflict {
+    /// A revoked key cannot change.
+    pub const KEY_REVOKED: &str = "api key revoked";
+    /// A key replaced by rotation keeps its grace end as its expiry.
+    pub const KEY_ROTATED: &str = "api key rotated";
+}
+
 /// What went wrong in a store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -149,10 +149,10 @@ impl ApiKeys for MemoryStore {
         let mut g = self.lock();
         let k = g.keys.get_mut(id).ok_or(StoreError::NotFound)?;
         if k.revoked_at.is_some() {
-            return Err(StoreError::Conflict("api key revoked"));
+            return Err(StoreError::Conflict(crate::error::conflict::KEY_REVOKED));
         }
         if k.rotated_to.is_some() && patch.expires_at.is_some() {
-            return Err(StoreError::Conflict("api key rotated"));
+            return Err(StoreError::Conflict(crate::error::conflict::KEY_ROTATED));
         }
         patch.apply(k);
         Ok(k.clone())

@@ -428,10 +428,10 @@ impl ApiKeys for SqliteStore {
         .map_err(sql_err)?
         .ok_or(StoreError::NotFound)?;
         if revoked != 0 {
-            return Err(StoreError::Conflict("api key revoked"));
+            return Err(StoreError::Conflict(crate::error::conflict::KEY_REVOKED));
         }
         if rotated != 0 && patch.expires_at.is_some() {
-            return Err(StoreError::Conflict("api key rotated"));
+            return Err(StoreError::Conflict(crate::error::conflict::KEY_ROTATED));
         }
         // Only the columns the patch names are written: a concurrent patch of others stays.
         let mut qb = QueryBuilder::<Sqlite>::new("UPDATE api_keys SET id = id");

@@ -72,11 +72,7 @@ impl CachedKey {
             .rate_limits
             .iter()
             .filter_map(|l| {
-                let algorithm = match l.algorithm.as_str() {
-                    "gcra" => Algorithm::Gcra,
-                    "token_bucket" => Algorithm::TokenBucket,
-                    _ => return None,
-                };
+                let algorithm = Algorithm::from_name(&l.algorithm)?;
                 let limit = Limit {
                     algorithm,
                     limit: l.limit.max(1),

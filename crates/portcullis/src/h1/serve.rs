@@ -506,22 +506,14 @@ impl Conn {
     ) -> Result<bool, ()> {
         // The response head, straight from the upstream's bytes.
         let out = &mut self.out;
-        out.clear();
-        push_status_line(out, rh.status);
         let own_rate = x.admitted.rate.is_some();
         let own_cors = x.admitted.route.cors.is_some();
         let pass_length = rh.body == ResponseBody::Empty;
-        rh.end_to_end_fields(|name, value| {
-            if name.eq_ignore_ascii_case(REQUEST_ID.as_str().as_bytes())
-                || (own_rate && is_rate_field(name))
+        push_head_start(out, rh, x.id, |name| {
+            (own_rate && is_rate_field(name))
                 || (own_cors && is_cors_field(name))
                 || (!pass_length && name.eq_ignore_ascii_case(b"content-length"))
-            {
-                return;
-            }
-            push_field(out, name, value);
         });
-        push_field(out, REQUEST_ID.as_str().as_bytes(), x.id.as_bytes());
         for (name, value) in &x.admitted.cors {
             push_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
@@ -575,14 +567,7 @@ impl Conn {
         rh: &ResponseHead,
     ) {
         let out = &mut self.out;
-        out.clear();
-        push_status_line(out, 101);
-        rh.end_to_end_fields(|name, value| {
-            if !name.eq_ignore_ascii_case(REQUEST_ID.as_str().as_bytes()) {
-                push_field(out, name, value);
-            }
-        });
-        push_field(out, REQUEST_ID.as_str().as_bytes(), x.id.as_bytes());
+        push_head_start(out, rh, x.id, |_| false);
         push_field(out, b"connection", b"upgrade");
         push_field(out, b"upgrade", b"websocket");
         out.extend_from_slice(b"\r\n");
@@ -1118,6 +1103,25 @@ async fn read_response_head(
             Ok(_) => {}
         }
     }
+}
+
+/// Starts the caller's response head in `out` (cleared first) from the upstream's: its status
+/// line and end-to-end fields, except its `X-Request-Id` and the fields `skip` names, then our
+/// request id.
+fn push_head_start(
+    out: &mut Vec<u8>,
+    rh: &ResponseHead,
+    request_id: &str,
+    skip: impl Fn(&[u8]) -> bool,
+) {
+    out.clear();
+    push_status_line(out, rh.status);
+    rh.end_to_end_fields(|name, value| {
+        if !(name.eq_ignore_ascii_case(REQUEST_ID.as_str().as_bytes()) || skip(name)) {
+            push_field(out, name, value);
+        }
+    });
+    push_field(out, REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
 }
 
 /// Copies both ways between `a` and `b` until both directions have ended (`true`), or until
