@@ -34,6 +34,8 @@ pub struct AdminState {
     pub clock: Arc<dyn Clock>,
     /// The routes in force, as `GET /admin/v1/routes` shows them (replaced on reload).
     pub routes: Arc<arc_swap::ArcSwap<Value>>,
+    /// The `[upstreams]` groups in force (replaced on reload), with their live health.
+    pub upstreams: crate::server::Upstreams,
 }
 
 /// Largest admin request body (an import of 100k keys fits).
@@ -56,6 +58,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/admin/v1/routes",
             get(|State(st): State<Arc<AdminState>>| async move {
                 Json(st.routes.load_full().as_ref().clone())
+            }),
+        )
+        .route(
+            "/admin/v1/upstreams",
+            get(|State(st): State<Arc<AdminState>>| async move {
+                Json(upstreams_view(&st.upstreams.load()))
             }),
         )
         .route("/admin/v1/audit", get(list_audit))
@@ -221,14 +229,7 @@ pub fn routes_view(
     let routes: Vec<_> = routes
         .iter()
         .map(|r| {
-            let upstream = match &r.upstream {
-                crate::config::Upstream::Echo => "builtin:echo".to_owned(),
-                crate::config::Upstream::Url {
-                    scheme,
-                    authority,
-                    base_path,
-                } => format!("{scheme}://{authority}{base_path}"),
-            };
+            let upstream = r.upstream.to_string();
             json!({
                 "name": r.name,
                 "host": r.host,
@@ -263,6 +264,46 @@ pub fn routes_view(
             "since": rfc3339(Some(since)),
         },
     })
+}
+
+/// The `[upstreams]` groups as `GET /admin/v1/upstreams` shows them: each target with
+/// whether it is in rotation, its requests in flight, its failed requests in a row and its
+/// last health check.
+pub fn upstreams_view(groups: &[Arc<crate::balance::UpstreamGroup>]) -> Value {
+    let groups: Vec<_> = groups
+        .iter()
+        .map(|g| {
+            let targets: Vec<_> = g
+                .members()
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    json!({
+                        "url": m.pool.origin(),
+                        "weight": m.weight,
+                        "healthy": g.is_up(i),
+                        "in_flight": m.in_flight(),
+                        "consecutive_failures": m.failures(),
+                        "last_check": m.last_check().map(|c| json!({
+                            "at": rfc3339(Some(c.at)),
+                            "passed": c.passed,
+                            "detail": c.detail,
+                        })),
+                    })
+                })
+                .collect();
+            json!({
+                "name": g.name(),
+                "balance": match g.balance() {
+                    crate::config::Balance::RoundRobin => "round_robin",
+                    crate::config::Balance::LeastRequests => "least_requests",
+                },
+                "active_checks": g.has_active_checks(),
+                "targets": targets,
+            })
+        })
+        .collect();
+    json!({ "upstreams": groups })
 }
 
 /// The client address of an admin request (set by the server before routing).

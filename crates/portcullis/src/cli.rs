@@ -149,6 +149,13 @@ pub enum RoutesCmd {
     List,
 }
 
+/// `portcullis upstreams …`
+#[derive(Debug, Subcommand)]
+pub enum UpstreamsCmd {
+    /// The `[upstreams]` groups in force and the health of each target.
+    List,
+}
+
 /// `portcullis audit …`
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
@@ -560,6 +567,48 @@ pub async fn routes(conn: &Conn, cmd: RoutesCmd) -> Result<(), CliError> {
                     join(&r["scopes"]),
                     s(&r["upstream"])
                 );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `portcullis upstreams …`.
+pub async fn upstreams(conn: &Conn, cmd: UpstreamsCmd) -> Result<(), CliError> {
+    let api = Api::new(conn)?;
+    match cmd {
+        UpstreamsCmd::List => {
+            let v = api.call(Method::GET, "/admin/v1/upstreams", None).await?;
+            if conn.json {
+                println!("{v}");
+                return Ok(());
+            }
+            println!(
+                "{:<16} {:<15} {:<36} {:>6} {:<8} {:>9} LAST CHECK",
+                "UPSTREAM", "BALANCE", "TARGET", "WEIGHT", "HEALTH", "IN FLIGHT"
+            );
+            for g in v["upstreams"].as_array().into_iter().flatten() {
+                for t in g["targets"].as_array().into_iter().flatten() {
+                    let check = &t["last_check"];
+                    println!(
+                        "{:<16} {:<15} {:<36} {:>6} {:<8} {:>9} {}",
+                        s(&g["name"]),
+                        s(&g["balance"]),
+                        s(&t["url"]),
+                        t["weight"],
+                        if t["healthy"] == Value::Bool(true) {
+                            "up"
+                        } else {
+                            "down"
+                        },
+                        t["in_flight"],
+                        if check.is_null() {
+                            "-".to_owned()
+                        } else {
+                            format!("{} {}", s(&check["detail"]), s(&check["at"]))
+                        }
+                    );
+                }
             }
         }
     }

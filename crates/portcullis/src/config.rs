@@ -41,6 +41,10 @@ pub struct Config {
     /// Which proxies in front of the gateway are believed about the client's address.
     #[serde(default)]
     pub client_ip: ClientIpConfig,
+    /// Named groups of upstream targets, balanced and health-checked; a route names one in
+    /// its `upstream`.
+    #[serde(default)]
+    pub upstreams: std::collections::BTreeMap<String, UpstreamGroupConfig>,
     /// Routes, matched in order; the first match wins.
     #[serde(default = "default_routes")]
     pub routes: Vec<RouteConfig>,
@@ -219,6 +223,162 @@ pub enum Upstream {
         authority: http::uri::Authority,
         base_path: String,
     },
+    /// A group in `[upstreams]`, by name.
+    Named(String),
+}
+
+impl std::fmt::Display for Upstream {
+    /// As written in the file.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Echo => f.write_str("builtin:echo"),
+            Self::Url {
+                scheme,
+                authority,
+                base_path,
+            } => write!(f, "{scheme}://{authority}{base_path}"),
+            Self::Named(n) => f.write_str(n),
+        }
+    }
+}
+
+/// One `[upstreams.NAME]` table: several targets behind one name.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamGroupConfig {
+    /// `http(s)://host[:port][/base]` URLs, or `{ url = "…", weight = 3 }` tables; every
+    /// target has the same base path.
+    pub targets: Vec<TargetConfig>,
+    /// How a target is chosen for each request.
+    #[serde(default)]
+    pub balance: Balance,
+    /// How many other targets a request tries when it cannot connect to the one chosen
+    /// (nothing was sent, so any method may be tried again).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Active health checks (none unless set).
+    #[serde(default)]
+    pub health: Option<HealthCheckConfig>,
+    /// Passive health: failures seen on real requests take a target out of rotation.
+    #[serde(default)]
+    pub passive: PassiveHealthConfig,
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+/// One target of an upstream group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetConfig {
+    /// Where it is.
+    pub url: Upstream,
+    /// Its share of the requests, relative to the others' (1-100).
+    pub weight: u32,
+}
+
+impl<'de> Deserialize<'de> for TargetConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            url: String,
+            #[serde(default = "one")]
+            weight: u32,
+        }
+        fn one() -> u32 {
+            1
+        }
+        fn target<E: de::Error>(url: &str, weight: u32) -> Result<TargetConfig, E> {
+            match parse_upstream(url).map_err(E::custom)? {
+                u @ Upstream::Url { .. } => Ok(TargetConfig { url: u, weight }),
+                _ => Err(E::custom(format!(
+                    "target `{url}` must be an http:// or https:// URL"
+                ))),
+            }
+        }
+        impl<'de> de::Visitor<'de> for V {
+            type Value = TargetConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a URL or a table { url = \"…\", weight = N }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TargetConfig, E> {
+                target(v, 1)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<TargetConfig, A::Error> {
+                let full = Full::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                target(&full.url, full.weight)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// How an upstream group picks a target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// In turn, by weight (smooth weighted round robin).
+    #[default]
+    RoundRobin,
+    /// The target with the fewest requests in flight for its weight.
+    LeastRequests,
+}
+
+/// `[upstreams.NAME.health]`: a `GET` of `path` on every target, every `interval`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Path asked of each target (as is: the targets' base path is not added).
+    pub path: String,
+    /// Time between two checks of a target.
+    #[serde(default = "default_health_interval", deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// Longest a check may take (connect, send, status line).
+    #[serde(default = "default_health_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Consecutive passed checks that bring a target back.
+    #[serde(default = "default_healthy_after")]
+    pub healthy_after: u32,
+    /// Consecutive failed checks that take a target out.
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after: u32,
+}
+
+fn default_health_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_healthy_after() -> u32 {
+    2
+}
+fn default_unhealthy_after() -> u32 {
+    3
+}
+
+/// `[upstreams.NAME.passive]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveHealthConfig {
+    /// Consecutive failed requests (no connection, no answer in time, no valid response head)
+    /// that take a target out of rotation; 0 never does.
+    pub failures: u32,
+    /// How long it stays out when there is no active check (then one request tries it);
+    /// with an active check, it is back once the check passes `healthy_after` times.
+    #[serde(deserialize_with = "de_duration")]
+    pub cooldown: Duration,
+}
+
+impl Default for PassiveHealthConfig {
+    fn default() -> Self {
+        Self {
+            failures: 3,
+            cooldown: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -391,6 +551,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             proxy: ProxyConfig::default(),
             client_ip: ClientIpConfig::default(),
+            upstreams: Default::default(),
             routes: default_routes(),
         }
     }
@@ -443,12 +604,7 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             let key = |k: &str| format!("routes[{i}].{k}");
-            let ok_name = !r.name.is_empty()
-                && r.name.len() <= 64
-                && r.name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if !ok_name {
+            if !is_plain_name(&r.name) {
                 return Err((
                     key("name"),
                     "route names are 1-64 characters of [A-Za-z0-9_-]".into(),
@@ -474,6 +630,14 @@ impl Config {
             {
                 return Err((key("timeout"), "must be more than 0 and at most 1h".into()));
             }
+            if let Upstream::Named(n) = &r.upstream {
+                if !self.upstreams.contains_key(n) {
+                    return Err((
+                        key("upstream"),
+                        format!("no upstream named `{n}`: define [upstreams.{n}], or give an http(s):// URL or builtin:echo"),
+                    ));
+                }
+            }
             if r.websocket && r.upstream == Upstream::Echo {
                 return Err((
                     key("websocket"),
@@ -491,6 +655,9 @@ impl Config {
                     "must be a plain parameter name".into(),
                 ));
             }
+        }
+        for (name, g) in &self.upstreams {
+            validate_group(name, g)?;
         }
         if self.limits.max_header_bytes < 1024 || self.limits.max_header_bytes > 1024 * 1024 {
             return Err((
@@ -538,7 +705,100 @@ impl Config {
     }
 }
 
-/// Finds the byte offset of a dotted key's last segment in the text (best effort).
+/// Most targets in one upstream group.
+pub const MAX_TARGETS: usize = 64;
+
+fn validate_group(name: &str, g: &UpstreamGroupConfig) -> Result<(), (String, String)> {
+    let key = |k: &str| format!("upstreams.{name}.{k}");
+    if !is_plain_name(name) {
+        return Err((
+            format!("upstreams.{name}"),
+            "upstream names are 1-64 characters of [A-Za-z0-9_-]".into(),
+        ));
+    }
+    if g.targets.is_empty() || g.targets.len() > MAX_TARGETS {
+        return Err((
+            key("targets"),
+            format!("an upstream has 1 to {MAX_TARGETS} targets"),
+        ));
+    }
+    let mut paths = g.targets.iter().map(|t| match &t.url {
+        Upstream::Url { base_path, .. } => base_path.as_str(),
+        _ => "",
+    });
+    let first = paths.next().unwrap_or_default();
+    if let Some(other) = paths.find(|p| *p != first) {
+        return Err((
+            key("targets"),
+            format!("every target has the same base path (`{first}` and `{other}`)"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for t in &g.targets {
+        if !(1..=100).contains(&t.weight) {
+            return Err((key("weight"), "a target's weight is 1 to 100".into()));
+        }
+        if let Upstream::Url {
+            scheme, authority, ..
+        } = &t.url
+        {
+            if !seen.insert(format!("{scheme}://{authority}")) {
+                return Err((
+                    key("targets"),
+                    format!(
+                        "target {scheme}://{authority} is listed twice (give it a weight instead)"
+                    ),
+                ));
+            }
+        }
+    }
+    if g.retries > MAX_TARGETS as u32 {
+        return Err((key("retries"), format!("at most {MAX_TARGETS}")));
+    }
+    if let Some(h) = &g.health {
+        if !h.path.starts_with('/') || h.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err((
+                key("health.path"),
+                "must start with '/' and hold no spaces or control characters".into(),
+            ));
+        }
+        let hour = Duration::from_secs(3600);
+        if h.interval.is_zero() || h.interval > hour {
+            return Err((
+                key("health.interval"),
+                "must be more than 0 and at most 1h".into(),
+            ));
+        }
+        if h.timeout.is_zero() || h.timeout > h.interval {
+            return Err((
+                key("health.timeout"),
+                "must be more than 0 and at most the interval".into(),
+            ));
+        }
+        for (k, v) in [
+            ("health.healthy_after", h.healthy_after),
+            ("health.unhealthy_after", h.unhealthy_after),
+        ] {
+            if !(1..=100).contains(&v) {
+                return Err((key(k), "must be 1 to 100".into()));
+            }
+        }
+    }
+    if g.passive.failures > 100 {
+        return Err((key("passive.failures"), "must be 0 to 100".into()));
+    }
+    if g.passive.cooldown.is_zero() || g.passive.cooldown > Duration::from_secs(3600) {
+        return Err((
+            key("passive.cooldown"),
+            "must be more than 0 and at most 1h".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Finds the byte offset of a dotted key's last segment in the text (best effort): within
+/// the route of a `routes[i]` key, within the group's tables of an `upstreams.NAME` key (or
+/// at the group's header when the key is not on a line of its own).
 fn find_key(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
     let last = key.rsplit('.').next()?.split('[').next()?;
     let mut offset = 0;
@@ -547,19 +807,45 @@ fn find_key(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
         .strip_prefix("routes[")
         .and_then(|r| r.split(']').next())
         .and_then(|n| n.parse().ok());
+    let group = key
+        .strip_prefix("upstreams.")
+        .and_then(|r| r.split('.').next());
+    let (mut in_group, mut group_header, mut inline) = (false, None, None);
     for line in text.split_inclusive('\n') {
         let t = line.trim_start();
+        let start = offset + (line.len() - t.len());
         if t.starts_with("[[routes]]") {
             route_idx += 1;
         }
-        let in_scope = want_route.is_none_or(|w| w == route_idx);
+        if let Some(g) = group {
+            if t.starts_with('[') {
+                in_group = t.starts_with("[upstreams.") && {
+                    let rest = &t["[upstreams.".len()..];
+                    rest.split([']', '.']).next() == Some(g)
+                };
+                if in_group && group_header.is_none() {
+                    group_header = Some(start..start + t.trim_end().len());
+                }
+            }
+        }
+        let in_scope = match group {
+            Some(_) => in_group,
+            None => want_route.is_none_or(|w| w == route_idx),
+        };
         if in_scope && t.starts_with(last) && t[last.len()..].trim_start().starts_with('=') {
-            let start = offset + (line.len() - t.len());
             return Some(start..start + last.len());
+        }
+        if in_scope && inline.is_none() {
+            if let Some(i) = t
+                .find(&format!("{last} ="))
+                .or_else(|| t.find(&format!("{last}=")))
+            {
+                inline = Some(start + i..start + i + last.len());
+            }
         }
         offset += line.len();
     }
-    None
+    inline.or(group_header)
 }
 
 fn render(
@@ -683,10 +969,14 @@ fn de_scopes<'de, D: Deserializer<'de>>(d: D) -> Result<ScopeSet, D::Error> {
     ScopeSet::parse(Vec::<String>::deserialize(d)?).map_err(de::Error::custom)
 }
 
-/// Parses an upstream: `builtin:echo` or an `http(s)://host[:port][/base]` URL.
+/// Parses an upstream: `builtin:echo`, an `http(s)://host[:port][/base]` URL, or the name of
+/// an `[upstreams]` group.
 pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
     if s == "builtin:echo" {
         return Ok(Upstream::Echo);
+    }
+    if is_plain_name(s) {
+        return Ok(Upstream::Named(s.to_owned()));
     }
     let uri: http::Uri = s.parse().map_err(|_| format!("`{s}` is not a URL"))?;
     let scheme = uri
@@ -710,6 +1000,14 @@ pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
         authority,
         base_path,
     })
+}
+
+/// 1-64 characters of `[A-Za-z0-9_-]` (route and upstream names).
+fn is_plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn de_upstream<'de, D: Deserializer<'de>>(d: D) -> Result<Upstream, D::Error> {
@@ -836,6 +1134,70 @@ mod tests {
 
     fn err(text: &str) -> String {
         Config::parse(text, "p.toml").unwrap_err().0
+    }
+
+    #[test]
+    fn upstream_groups_are_named_by_routes_and_checked() {
+        let ok = r#"
+[upstreams.orders]
+targets = ["http://127.0.0.1:3001/api", { url = "https://orders-2.internal/api", weight = 3 }]
+balance = "least_requests"
+retries = 1
+health = { path = "/healthz", interval = "2s", timeout = "500ms" }
+
+[upstreams.orders.passive]
+failures = 5
+
+[[routes]]
+name = "orders"
+upstream = "orders"
+policy = "public"
+"#;
+        let c = Config::parse(ok, "p.toml").unwrap();
+        let g = &c.upstreams["orders"];
+        assert_eq!(g.targets.len(), 2);
+        assert_eq!(g.targets[1].weight, 3);
+        assert_eq!(
+            g.targets[1].url.to_string(),
+            "https://orders-2.internal/api"
+        );
+        assert_eq!(g.balance, Balance::LeastRequests);
+        let h = g.health.as_ref().unwrap();
+        assert_eq!(
+            (h.interval, h.timeout),
+            (Duration::from_secs(2), Duration::from_millis(500))
+        );
+        assert_eq!((h.healthy_after, h.unhealthy_after), (2, 3));
+        assert_eq!(
+            (g.passive.failures, g.passive.cooldown),
+            (5, Duration::from_secs(10))
+        );
+        assert_eq!(c.routes[0].upstream, Upstream::Named("orders".into()));
+
+        let route = "\n[[routes]]\nname = \"r\"\nupstream = \"orders\"\npolicy = \"public\"\n";
+        let e = err("[[routes]]\nname = \"r\"\nupstream = \"ordres\"\npolicy = \"public\"\n");
+        assert!(
+            e.starts_with("p.toml:3:") && e.contains("no upstream named `ordres`"),
+            "{e}"
+        );
+        for (group, line, what) in [
+            ("targets = []\n", 2, "1 to 64 targets"),
+            ("targets = [\"http://a:1/x\", \"http://b:1/y\"]\n", 2, "same base path"),
+            ("targets = [\"http://a:1\", \"http://a:1\"]\n", 2, "listed twice"),
+            ("targets = [\"builtin:echo\"]\n", 2, "http:// or https://"),
+            ("targets = [{ url = \"http://a:1\", weight = 0 }]\n", 2, "weight is 1 to 100"),
+            ("targets = [{ url = \"http://a:1\", wieght = 2 }]\n", 2, "unknown field"),
+            ("targets = [\"http://a:1\"]\nbalance = \"random\"\n", 3, "balance"),
+            ("targets = [\"http://a:1\"]\n[upstreams.orders.health]\npath = \"healthz\"\n", 4, "start with '/'"),
+            ("targets = [\"http://a:1\"]\n[upstreams.orders.health]\npath = \"/h\"\ninterval = \"1s\"\ntimeout = \"2s\"\n", 6, "at most the interval"),
+            ("targets = [\"http://a:1\"]\n[upstreams.orders.passive]\ncooldown = \"0s\"\n", 4, "more than 0"),
+        ] {
+            let e = err(&format!("[upstreams.orders]\n{group}{route}"));
+            assert!(
+                e.starts_with(&format!("p.toml:{line}:")) && e.contains(what),
+                "{group}: {e}"
+            );
+        }
     }
 
     #[test]

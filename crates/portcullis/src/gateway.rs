@@ -20,9 +20,9 @@ use portcullis_domain::authn::Authenticated;
 use portcullis_domain::gate::{Gate, RouteGate};
 use portcullis_domain::Clock;
 
+use crate::balance::{Picked, UpstreamGroup};
 use crate::h1::head::{is_field_value, is_hop_by_hop, push_field};
 use crate::metrics::Metrics;
-use crate::proxy::UpstreamPool;
 use crate::wire::error_response;
 
 /// Identity headers we set for the upstream; any caller-sent `x-portcullis-*` is removed.
@@ -54,12 +54,11 @@ const H_XF_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub enum Target {
     /// The built-in echo service.
     Echo,
-    /// An HTTP(S) upstream: its connection pool and the base path to prefix.
+    /// HTTP(S) upstream targets (one for a route's single URL).
     Upstream {
-        /// The pool of the upstream's origin (shared by the routes that name it).
-        pool: Arc<UpstreamPool>,
-        /// Path prefixed to the forwarded path (`""` for none).
-        base_path: String,
+        /// The targets and their base path (a group of `[upstreams]` is shared by the routes
+        /// that name it).
+        group: Arc<UpstreamGroup>,
     },
 }
 
@@ -205,8 +204,9 @@ pub enum Plan<'g> {
     /// Admitted for the built-in echo: `parts` now hold what the echo is to see.
     Echo(Admitted<'g>),
     /// Admitted for an upstream: the request head to send it (request line and fields,
-    /// without the framing fields and the final empty line) is in the buffer given to `plan`.
-    Forward(Admitted<'g>, &'g Arc<UpstreamPool>),
+    /// without the framing fields and the final empty line) is in the buffer given to `plan`,
+    /// for the target picked.
+    Forward(Admitted<'g>, Picked<'g>),
 }
 
 /// An admitted request, for the adapter that serves it to report back.
@@ -448,22 +448,24 @@ impl Gateway {
                 parts.uri = uri;
                 Plan::Echo(admitted)
             }
-            Target::Upstream { pool, base_path } => {
+            Target::Upstream { group } => {
                 // The request line: the path and query come from a parsed URI and the base
                 // path from a validated config, so they are valid request-target bytes.
                 let out = upstream_head;
                 out.clear();
                 out.extend_from_slice(parts.method.as_str().as_bytes());
                 out.push(b' ');
-                out.extend_from_slice(base_path.as_bytes());
+                out.extend_from_slice(group.base_path().as_bytes());
                 out.extend_from_slice(path.as_bytes());
                 if let Some(q) = &query {
                     out.push(b'?');
                     out.extend_from_slice(q.as_bytes());
                 }
                 out.extend_from_slice(b" HTTP/1.1\r\n");
-                // The upstream sees its own host; the original is in X-Forwarded-Host.
-                push_field(out, b"host", pool.host().as_bytes());
+                // The upstream sees its own host; the original is in X-Forwarded-Host. Where
+                // the value is, for a retry on another target to put that one's there.
+                let picked = group.pick(out.len() + b"host: ".len());
+                push_field(out, b"host", picked.pool().host().as_bytes());
                 for (name, value) in &parts.headers {
                     if passed.passes(name, true) {
                         push_field(out, name.as_str().as_bytes(), value.as_bytes());
@@ -485,7 +487,7 @@ impl Gateway {
                     // Checked again while the tunnel lasts.
                     admitted.session = decided.authn.clone();
                 }
-                Plan::Forward(admitted, pool)
+                Plan::Forward(admitted, picked)
             }
         }
     }

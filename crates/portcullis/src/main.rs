@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod admin_api;
+mod balance;
 mod cli;
 mod config;
 mod echo;
@@ -63,6 +64,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::RoutesCmd,
     },
+    /// Show the upstream groups and their targets' health through the admin API.
+    Upstreams {
+        #[command(flatten)]
+        conn: cli::Conn,
+        #[command(subcommand)]
+        cmd: cli::UpstreamsCmd,
+    },
     /// Read and verify the audit trail through the admin API.
     Audit {
         #[command(flatten)]
@@ -115,7 +123,11 @@ fn main() -> ExitCode {
                 if check {
                     // Files the configuration names are part of it.
                     proxy::Proxy::new(&cfg.proxy)?;
-                    println!("configuration OK: {} routes", cfg.routes.len());
+                    println!(
+                        "configuration OK: {} routes, {} upstreams",
+                        cfg.routes.len(),
+                        cfg.upstreams.len()
+                    );
                     return Ok(true);
                 }
                 server::serve(cfg, overrides, digest)
@@ -124,6 +136,10 @@ fn main() -> ExitCode {
                     .map_err(|e| e.0)
             }
             Cmd::Keys { conn, cmd } => cli::keys(&conn, cmd).await.map(|()| true).map_err(|e| e.0),
+            Cmd::Upstreams { conn, cmd } => cli::upstreams(&conn, cmd)
+                .await
+                .map(|()| true)
+                .map_err(|e| e.0),
             Cmd::Routes { conn, cmd } => cli::routes(&conn, cmd)
                 .await
                 .map(|()| true)

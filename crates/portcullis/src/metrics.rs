@@ -1,8 +1,8 @@
 //! Prometheus metrics: requests by route, scheme and outcome; latency; rate-limit refusals;
-//! configuration reloads.
+//! configuration reloads; upstream targets' health.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The gateway's metrics.
@@ -16,6 +16,13 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// `portcullis_config_reloads_total{outcome}` (`ok`, `error`).
     pub config_reloads: IntCounterVec,
+    /// `portcullis_upstream_target_up{upstream, target}`: 1 in rotation, 0 out.
+    pub upstream_up: IntGaugeVec,
+    /// `portcullis_upstream_target_transitions_total{upstream, target, to}` (`out`, `in`).
+    pub upstream_transitions: IntCounterVec,
+    /// `portcullis_upstream_retries_total{upstream}`: requests sent to another target after
+    /// the first could not be reached.
+    pub upstream_retries: IntCounterVec,
 }
 
 impl Metrics {
@@ -58,11 +65,38 @@ impl Metrics {
             &["outcome"],
         )
         .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let upstream_up = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_upstream_target_up",
+                "Whether an upstream group's target is in rotation (1) or out (0)",
+            ),
+            &["upstream", "target"],
+        )
+        .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let upstream_transitions = IntCounterVec::new(
+            Opts::new(
+                "portcullis_upstream_target_transitions_total",
+                "Upstream targets taken out of rotation (to=out) or put back (to=in)",
+            ),
+            &["upstream", "target", "to"],
+        )
+        .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let upstream_retries = IntCounterVec::new(
+            Opts::new(
+                "portcullis_upstream_retries_total",
+                "Requests sent to another target of an upstream group after the first could not be reached",
+            ),
+            &["upstream"],
+        )
+        .unwrap_or_else(|_| unreachable!("static metric definition"));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(rate_limited.clone()),
             Box::new(config_reloads.clone()),
+            Box::new(upstream_up.clone()),
+            Box::new(upstream_transitions.clone()),
+            Box::new(upstream_retries.clone()),
         ] {
             let _ = registry.register(c);
         }
@@ -72,6 +106,9 @@ impl Metrics {
             latency,
             rate_limited,
             config_reloads,
+            upstream_up,
+            upstream_transitions,
+            upstream_retries,
         }
     }
 

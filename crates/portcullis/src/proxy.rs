@@ -232,25 +232,27 @@ impl UpstreamPool {
 
     /// A new connection, never a pooled one.
     async fn connect(&self, request_id: &str) -> Result<UpstreamConn, GatewayError> {
-        let dial = async {
-            let tcp = TcpStream::connect((self.addr.0.as_str(), self.addr.1)).await?;
-            tcp.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(match &self.server_name {
-                None => UpstreamIo::Plain(tcp),
-                Some(name) => {
-                    UpstreamIo::Tls(Box::new(self.shared.tls.connect(name.clone(), tcp).await?))
-                }
-            })
-        };
-        let io = match tokio::time::timeout(self.shared.connect_timeout, dial).await {
-            Ok(Ok(io)) => io,
+        match tokio::time::timeout(self.shared.connect_timeout, self.dial()).await {
+            Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => {
                 tracing::warn!(request_id, error = %e, upstream = %self.origin, "upstream connect failed");
-                return Err(GatewayError::UpstreamUnavailable);
+                Err(GatewayError::UpstreamUnavailable)
             }
             Err(_) => {
                 tracing::warn!(request_id, upstream = %self.origin, "upstream connect timed out");
-                return Err(GatewayError::UpstreamUnavailable);
+                Err(GatewayError::UpstreamUnavailable)
+            }
+        }
+    }
+
+    /// Connects (and does the TLS handshake), with no time limit of its own.
+    async fn dial(&self) -> std::io::Result<UpstreamConn> {
+        let tcp = TcpStream::connect((self.addr.0.as_str(), self.addr.1)).await?;
+        tcp.set_nodelay(true)?;
+        let io = match &self.server_name {
+            None => UpstreamIo::Plain(tcp),
+            Some(name) => {
+                UpstreamIo::Tls(Box::new(self.shared.tls.connect(name.clone(), tcp).await?))
             }
         };
         Ok(UpstreamConn {
@@ -258,6 +260,42 @@ impl UpstreamPool {
             buf: BytesMut::with_capacity(8 * 1024),
             reused: false,
         })
+    }
+
+    /// A health check: `GET path` on a new connection (closed after), answered with the
+    /// status of the response's status line. The caller bounds the time; the error says
+    /// what failed, for the admin API (never more than the address and the system's words).
+    pub async fn probe(&self, path: &str) -> Result<u16, String> {
+        let mut conn = self
+            .dial()
+            .await
+            .map_err(|e| format!("connect failed: {e}"))?;
+        let mut req = Vec::with_capacity(128 + path.len());
+        req.extend_from_slice(b"GET ");
+        req.extend_from_slice(path.as_bytes());
+        req.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        req.extend_from_slice(self.host.as_bytes());
+        req.extend_from_slice(
+            b"\r\nuser-agent: portcullis-health-check\r\naccept: */*\r\nconnection: close\r\n\r\n",
+        );
+        conn.write_all(&req)
+            .await
+            .map_err(|e| format!("sending the check failed: {e}"))?;
+        // The status line is all a check needs; it is short.
+        loop {
+            if let Some(end) = conn.buf.windows(2).position(|w| w == b"\r\n") {
+                return status_of(&conn.buf[..end])
+                    .ok_or_else(|| "the answer is not an HTTP/1.x status line".to_owned());
+            }
+            if conn.buf.len() > 1024 {
+                return Err("the answer is not an HTTP/1.x status line".into());
+            }
+            match conn.read_more().await {
+                Ok(0) => return Err("the connection closed without an answer".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("reading the answer failed: {e}")),
+            }
+        }
     }
 
     /// The most recently used idle connection that is still open.
@@ -393,7 +431,41 @@ impl AsyncWrite for UpstreamIo {
     }
 }
 
+/// The status code of an `HTTP/1.x NNN reason` line.
+fn status_of(line: &[u8]) -> Option<u16> {
+    let rest = line
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| line.strip_prefix(b"HTTP/1.0 "))?;
+    let code = rest.get(..3)?;
+    if !code.iter().all(u8::is_ascii_digit) || rest.get(3).is_some_and(|&b| b != b' ') {
+        return None;
+    }
+    std::str::from_utf8(code).ok()?.parse().ok()
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The guarded data stays consistent across a panic (plain pushes and pops).
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_of;
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(status_of(b"HTTP/1.1 200 OK"), Some(200));
+        assert_eq!(status_of(b"HTTP/1.0 503"), Some(503));
+        assert_eq!(status_of(b"HTTP/1.1 204 "), Some(204));
+        for bad in [
+            &b"HTTP/2 200 OK"[..],
+            b"HTTP/1.1 20",
+            b"HTTP/1.1 2000 x",
+            b"HTTP/1.1 abc",
+            b"",
+            b"SSH-2.0",
+        ] {
+            assert_eq!(status_of(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 }

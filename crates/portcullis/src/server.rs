@@ -27,7 +27,8 @@ use portcullis_store::{ApiKeys, AuditLog};
 use tower::ServiceExt;
 
 use crate::admin_api::{self, AdminState};
-use crate::config::{Config, LimitsConfig, RouteConfig, SinkKind, Upstream};
+use crate::balance::UpstreamGroup;
+use crate::config::{Config, LimitsConfig, RouteConfig, SinkKind, Upstream, UpstreamGroupConfig};
 use crate::gateway::{ClientIp, Gateway, Route, Routes, Target};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -235,8 +236,11 @@ pub async fn serve(
     );
 
     let proxy = Arc::new(Proxy::new(&cfg.proxy).map_err(StartError)?);
+    let groups =
+        build_upstreams(&cfg.upstreams, &proxy, &metrics, &clock, &[]).map_err(StartError)?;
     let routes = build_routes(
         &cfg.routes,
+        &groups,
         &cfg.api_keys.header,
         &available,
         &proxy,
@@ -262,6 +266,7 @@ pub async fn serve(
             header: cfg.client_ip.header.clone(),
         },
     );
+    let upstreams: Upstreams = Arc::new(arc_swap::ArcSwap::from_pointee(groups));
     let routes_in_force = Arc::new(arc_swap::ArcSwap::from_pointee(admin_api::routes_view(
         &cfg.routes,
         overrides.config.as_deref(),
@@ -282,6 +287,7 @@ pub async fn serve(
         token_hash,
         clock: clock.clone(),
         routes: routes_in_force.clone(),
+        upstreams: upstreams.clone(),
     });
     let app = Arc::new(App {
         gateway,
@@ -297,6 +303,7 @@ pub async fn serve(
 
     let reloader = reload_on_sighup(Reloader {
         view: routes_in_force,
+        upstreams,
         overrides,
         running: cfg.clone(),
         available,
@@ -583,10 +590,55 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
     }
 }
 
+/// The `[upstreams]` groups in force, shared by the admin API and the reloader.
+pub type Upstreams = Arc<arc_swap::ArcSwap<Vec<Arc<UpstreamGroup>>>>;
+
+/// Builds the `[upstreams]` groups (and starts their health checks). `previous` are the
+/// groups they replace (a reload): a target a group of the same name had keeps its health.
+fn build_upstreams(
+    configured: &std::collections::BTreeMap<String, UpstreamGroupConfig>,
+    proxy: &Proxy,
+    metrics: &Metrics,
+    clock: &Arc<dyn Clock>,
+    previous: &[Arc<UpstreamGroup>],
+) -> Result<Vec<Arc<UpstreamGroup>>, String> {
+    configured
+        .iter()
+        .map(|(name, cfg)| {
+            let old = previous.iter().find(|g| g.name() == Some(name.as_str()));
+            UpstreamGroup::configured(
+                name,
+                cfg,
+                proxy,
+                metrics,
+                clock.clone(),
+                old.map(AsRef::as_ref),
+            )
+        })
+        .collect()
+}
+
+/// Removes the health gauges of the targets in `old` that none of `new` has (after a reload).
+fn forget_targets(old: &[Arc<UpstreamGroup>], new: &[Arc<UpstreamGroup>], metrics: &Metrics) {
+    for g in old {
+        let Some(name) = g.name() else { continue };
+        let kept = new.iter().find(|n| n.name() == Some(name));
+        for m in g.members() {
+            let origin = m.pool.origin();
+            if !kept.is_some_and(|k| k.members().iter().any(|n| n.pool.origin() == origin)) {
+                let _ = metrics.upstream_up.remove_label_values(&[name, origin]);
+            }
+        }
+    }
+}
+
 /// Compiles the configured routes. `previous` are the routes they replace (a reload): a
-/// route of the same name takes over what its predecessor's gate knew.
+/// route of the same name takes over what its predecessor's gate knew. `groups` are the
+/// `[upstreams]` a route may name.
+#[allow(clippy::too_many_arguments)]
 fn build_routes(
     configured: &[RouteConfig],
+    groups: &[Arc<UpstreamGroup>],
     api_key_header: &http::HeaderName,
     available: &HashMap<Scheme, Arc<dyn Authenticator>>,
     proxy: &Proxy,
@@ -602,10 +654,19 @@ fn build_routes(
                 authority,
                 base_path,
             } => Target::Upstream {
-                pool: proxy
-                    .pool(scheme, authority)
-                    .map_err(|e| format!("route `{}`: {e}", r.name))?,
-                base_path: base_path.clone(),
+                group: UpstreamGroup::single(
+                    proxy
+                        .pool(scheme, authority)
+                        .map_err(|e| format!("route `{}`: {e}", r.name))?,
+                    base_path,
+                ),
+            },
+            Upstream::Named(name) => Target::Upstream {
+                group: groups
+                    .iter()
+                    .find(|g| g.name() == Some(name.as_str()))
+                    .cloned()
+                    .ok_or_else(|| format!("route `{}`: no upstream named `{name}`", r.name))?,
             },
             Upstream::Echo => Target::Echo,
         };
@@ -671,10 +732,12 @@ fn restart_only_changes(running: &Config, loaded: &Config) -> Vec<&'static str> 
 struct Reloader {
     /// What `GET /admin/v1/routes` shows.
     view: Arc<arc_swap::ArcSwap<serde_json::Value>>,
+    /// The `[upstreams]` in force (`GET /admin/v1/upstreams`).
+    upstreams: Upstreams,
     /// The flags: `config` names the file; `listen` and `data_dir` still override it.
     overrides: Overrides,
-    /// The configuration in force: the file as loaded at start, with the routes of the last
-    /// reload.
+    /// The configuration in force: the file as loaded at start, with the routes and
+    /// upstreams of the last reload.
     running: Config,
     available: HashMap<Scheme, Arc<dyn Authenticator>>,
     proxy: Arc<Proxy>,
@@ -708,9 +771,18 @@ impl Reloader {
         }
         let now = self.clock.now();
         let current = self.app.gateway.routes();
+        let old_groups = self.upstreams.load_full();
+        let groups = build_upstreams(
+            &cfg.upstreams,
+            &self.proxy,
+            &self.app.metrics,
+            &self.clock,
+            &old_groups,
+        )?;
         // The key header in force, not the file's (a change to it needs a restart).
         let routes = build_routes(
             &cfg.routes,
+            &groups,
             &self.running.api_keys.header,
             &self.available,
             &self.proxy,
@@ -729,11 +801,17 @@ impl Reloader {
                         "file": path.display().to_string(),
                         "sha256": sha256,
                         "routes": names,
+                        "upstreams": cfg.upstreams.keys().collect::<Vec<_>>(),
                         "not_applied": not_applied,
                     })),
             )
             .await;
         self.app.gateway.replace_routes(routes);
+        forget_targets(&old_groups, &groups, &self.app.metrics);
+        for g in old_groups.iter() {
+            g.retire();
+        }
+        self.upstreams.store(Arc::new(groups));
         self.view.store(Arc::new(admin_api::routes_view(
             &cfg.routes,
             Some(&path),
@@ -742,6 +820,7 @@ impl Reloader {
         )));
         let count = names.len();
         self.running.routes = cfg.routes;
+        self.running.upstreams = cfg.upstreams;
         Ok(Reloaded {
             routes: count,
             not_applied,

@@ -35,6 +35,7 @@ use super::head::{
     parse_request, parse_response, push_decimal, push_field, push_status_line, HeadError,
     RequestBody, RequestHead, ResponseBody, ResponseHead,
 };
+use crate::balance::Picked;
 use crate::gateway::{Admitted, Plan, REQUEST_ID};
 use crate::proxy::UpstreamConn;
 use crate::server::App;
@@ -279,7 +280,7 @@ impl Conn {
             return self.write_local(resp, keep, is_head, Some(id)).await;
         }
         let routes = app.gateway.current_routes(&mut self.routes);
-        match app
+        let plan = app
             .gateway
             .plan(
                 &routes,
@@ -289,8 +290,8 @@ impl Conn {
                 id,
                 &mut self.upstream_head,
             )
-            .await
-        {
+            .await;
+        match plan {
             Plan::Respond(resp) => {
                 // The body (if any) was not read: the connection cannot go on.
                 let keep = keep_alive && body == RequestBody::Empty;
@@ -314,19 +315,19 @@ impl Conn {
                 app.gateway.served(&admitted);
                 self.write_local(resp, keep_alive, is_head, Some(id)).await
             }
-            Plan::Forward(admitted, pool) => {
+            Plan::Forward(admitted, mut picked) => {
                 let ctx = Exchange {
                     req,
                     id,
                     admitted: &admitted,
                 };
-                self.forward(pool, ctx).await
+                self.forward(&mut picked, ctx).await
             }
         }
     }
 
     /// Proxies one admitted request. `false` when the caller's connection must close.
-    async fn forward(&mut self, pool: &Arc<crate::proxy::UpstreamPool>, x: Exchange<'_>) -> bool {
+    async fn forward(&mut self, picked: &mut Picked<'_>, x: Exchange<'_>) -> bool {
         match x.req.body {
             RequestBody::Empty => {}
             RequestBody::Length(n) => {
@@ -356,12 +357,16 @@ impl Conn {
         tokio::task::yield_now().await;
 
         let outcome = if x.req.body == RequestBody::Empty {
-            self.exchange_bodiless(pool, &x).await
+            self.exchange_bodiless(picked, &x).await
         } else {
-            self.exchange_with_body(pool, &x).await
+            self.exchange_with_body(picked, &x).await
         };
+        let pool = picked.pool();
         let (mut up, rh) = match outcome {
-            Ok(v) => v,
+            Ok(v) => {
+                picked.answered();
+                v
+            }
             Err(f) => {
                 // Whether the caller's body was read in full is unknown after a timeout or a
                 // caller failure: close then.
@@ -393,13 +398,15 @@ impl Conn {
     }
 
     /// A request without a body: the upstream has `proxy.timeout` from here to answer; one
-    /// retry on a fresh connection when a reused one turns out closed.
+    /// retry on a fresh connection when a reused one turns out closed, and on another target
+    /// of the group when one cannot be reached.
     async fn exchange_bodiless(
         &mut self,
-        pool: &Arc<crate::proxy::UpstreamPool>,
+        picked: &mut Picked<'_>,
         x: &Exchange<'_>,
     ) -> Result<(UpstreamConn, ResponseHead), Failed> {
-        self.timer.set(Instant::now() + x.timeout(pool));
+        let timeout = x.timeout(picked.pool());
+        self.timer.set(Instant::now() + timeout);
         let max_body = self.app.limits().max_body_bytes;
         let max_head = self.app.max_head_bytes();
         let Conn {
@@ -412,7 +419,11 @@ impl Conn {
         let exchange = async {
             let mut retried = false;
             loop {
-                let mut up = pool.lease(x.id).await.map_err(Failed::Upstream)?;
+                let mut up = match picked.pool().lease(x.id).await {
+                    Ok(up) => up,
+                    Err(_) if picked.retry(upstream_head) => continue,
+                    Err(e) => return Err(Failed::Upstream(e)),
+                };
                 let reused = up.reused;
                 let sent = send_request(
                     caller,
@@ -431,7 +442,12 @@ impl Conn {
                         retried = true;
                         continue;
                     }
-                    Err(f) => return Err(f),
+                    Err(f) => {
+                        if matches!(f, Failed::Upstream(_)) {
+                            picked.failed();
+                        }
+                        return Err(f);
+                    }
                 }
                 match read_response_head(&mut up, x.req.is_head, max_head, x.admitted.websocket)
                     .await
@@ -441,17 +457,28 @@ impl Conn {
                         retried = true;
                         continue;
                     }
-                    Err(e) => return Err(head_failed(pool, x.id, &e)),
+                    Err(e) => {
+                        picked.failed();
+                        return Err(head_failed(picked.pool(), x.id, &e));
+                    }
                 }
             }
         };
-        // Pinned where it is: moving the exchange (a large future) into the select costs a copy.
-        let mut exchange = std::pin::pin!(exchange);
-        tokio::select! {
-            biased;
-            r = &mut exchange => r,
-            () = timer.expired() => Err(too_slow(pool, x.id, x.timeout(pool))),
-        }
+        // `None`: the time ran out. The exchange (which borrows `picked`) ends with the block.
+        let answered = {
+            // Pinned where it is: moving the exchange (a large future) into the select costs
+            // a copy.
+            let mut exchange = std::pin::pin!(exchange);
+            tokio::select! {
+                biased;
+                r = &mut exchange => Some(r),
+                () = timer.expired() => None,
+            }
+        };
+        answered.unwrap_or_else(|| {
+            picked.failed();
+            Err(too_slow(picked.pool(), x.id, timeout))
+        })
     }
 
     /// A request with a body: the body is streamed with idle timeouts on both sides (the
@@ -460,10 +487,19 @@ impl Conn {
     /// request is sent, so a large upload over a slow link is not cut off for its length.
     async fn exchange_with_body(
         &mut self,
-        pool: &Arc<crate::proxy::UpstreamPool>,
+        picked: &mut Picked<'_>,
         x: &Exchange<'_>,
     ) -> Result<(UpstreamConn, ResponseHead), Failed> {
-        let mut up = pool.lease(x.id).await.map_err(Failed::Upstream)?;
+        // Nothing of the body is read before a connection is had: another target of the
+        // group may be tried.
+        let mut up = loop {
+            match picked.pool().lease(x.id).await {
+                Ok(up) => break up,
+                Err(_) if picked.retry(&mut self.upstream_head) => {}
+                Err(e) => return Err(Failed::Upstream(e)),
+            }
+        };
+        let pool = picked.pool();
         let idle = Idle {
             caller: self.app.limits().header_timeout,
             upstream: x.timeout(pool),
@@ -479,20 +515,27 @@ impl Conn {
         )
         .await
         .inspect_err(|f| {
-            if matches!(f, Failed::Upstream(GatewayError::UpstreamTimeout)) {
-                tracing::warn!(request_id = x.id, upstream = %pool.origin(), "upstream stopped taking the request body");
+            if let Failed::Upstream(e) = f {
+                picked.failed();
+                if *e == GatewayError::UpstreamTimeout {
+                    tracing::warn!(request_id = x.id, upstream = %pool.origin(), "upstream stopped taking the request body");
+                }
             }
         })?;
         self.timer.set(Instant::now() + x.timeout(pool));
         let max_head = self.app.max_head_bytes();
-        tokio::select! {
+        let r = tokio::select! {
             biased;
             r = read_response_head(&mut up, x.req.is_head, max_head, false) => match r {
                 Ok(h) => Ok((up, h)),
                 Err(e) => Err(head_failed(pool, x.id, &e)),
             },
             () = self.timer.expired() => Err(too_slow(pool, x.id, x.timeout(pool))),
+        };
+        if r.is_err() {
+            picked.failed();
         }
+        r
     }
 
     /// Writes the upstream's response to the caller: `Ok(keep)` when it went out whole

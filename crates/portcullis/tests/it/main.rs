@@ -6,6 +6,7 @@ mod support;
 
 mod admin;
 mod audit;
+mod balance;
 mod client_ip;
 mod config;
 mod cors;
