@@ -294,10 +294,7 @@ pub fn upstreams_view(groups: &[Arc<crate::balance::UpstreamGroup>]) -> Value {
                 .collect();
             json!({
                 "name": g.name(),
-                "balance": match g.balance() {
-                    crate::config::Balance::RoundRobin => "round_robin",
-                    crate::config::Balance::LeastRequests => "least_requests",
-                },
+                "balance": g.balance().name(),
                 "active_checks": g.has_active_checks(),
                 "targets": targets,
             })

@@ -316,7 +316,7 @@ impl UpstreamGroup {
         let n = m.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
         let up = m.up.load(Ordering::Relaxed);
         if up && n >= self.passive.failures {
-            self.take_out(i, "requests failed");
+            self.set_in_rotation(i, false, "requests failed");
         } else if !up && self.active.is_none() {
             // A failed trial: out for one more cooldown.
             let again = self.now_ms().saturating_add(millis(self.passive.cooldown));
@@ -331,47 +331,40 @@ impl UpstreamGroup {
             m.failures.store(0, Ordering::Relaxed);
         }
         if self.active.is_none() && !m.up.load(Ordering::Relaxed) {
-            self.put_back(i, "a request was answered");
+            self.set_in_rotation(i, true, "a request was answered");
         }
     }
 
-    fn take_out(&self, i: usize, why: &str) {
+    /// Takes member `i` out of rotation (`up == false`) or puts it back: the counters, the
+    /// gauge, the transition counter and one log line, each only on a change.
+    fn set_in_rotation(&self, i: usize, up: bool, why: &str) {
         let m = &self.members[i];
-        let until = match self.active {
-            Some(_) => UNTIL_CHECKED,
-            None => self.now_ms().saturating_add(millis(self.passive.cooldown)),
-        };
-        m.out_until.store(until, Ordering::Relaxed);
-        if m.up.swap(false, Ordering::Relaxed) {
-            self.out.fetch_add(1, Ordering::Relaxed);
-            m.show();
-            if let Some(t) = &m.transitions {
-                t[0].inc();
-            }
-            tracing::warn!(
-                upstream = self.name.as_deref().unwrap_or("-"),
-                target = %m.pool.origin(),
-                reason = why,
-                "upstream target taken out of rotation"
-            );
+        if up {
+            m.failures.store(0, Ordering::Relaxed);
+        } else {
+            let until = match self.active {
+                Some(_) => UNTIL_CHECKED,
+                None => self.now_ms().saturating_add(millis(self.passive.cooldown)),
+            };
+            m.out_until.store(until, Ordering::Relaxed);
         }
-    }
-
-    fn put_back(&self, i: usize, why: &str) {
-        let m = &self.members[i];
-        m.failures.store(0, Ordering::Relaxed);
-        if !m.up.swap(true, Ordering::Relaxed) {
+        if m.up.swap(up, Ordering::Relaxed) == up {
+            return;
+        }
+        if up {
             self.out.fetch_sub(1, Ordering::Relaxed);
-            m.show();
-            if let Some(t) = &m.transitions {
-                t[1].inc();
-            }
-            tracing::info!(
-                upstream = self.name.as_deref().unwrap_or("-"),
-                target = %m.pool.origin(),
-                reason = why,
-                "upstream target back in rotation"
-            );
+        } else {
+            self.out.fetch_add(1, Ordering::Relaxed);
+        }
+        m.show();
+        if let Some(t) = &m.transitions {
+            t[usize::from(up)].inc();
+        }
+        let (upstream, target) = (self.name.as_deref().unwrap_or("-"), m.pool.origin());
+        if up {
+            tracing::info!(upstream, target = %target, reason = why, "upstream target back in rotation");
+        } else {
+            tracing::warn!(upstream, target = %target, reason = why, "upstream target taken out of rotation");
         }
     }
 
@@ -390,7 +383,7 @@ impl UpstreamGroup {
                 .fetch_add(1, Ordering::Relaxed)
                 .saturating_add(1);
             if n >= h.healthy_after && !m.up.load(Ordering::Relaxed) {
-                self.put_back(i, "health checks passed");
+                self.set_in_rotation(i, true, "health checks passed");
             }
         } else {
             m.checks_passed.store(0, Ordering::Relaxed);
@@ -399,7 +392,7 @@ impl UpstreamGroup {
                 .fetch_add(1, Ordering::Relaxed)
                 .saturating_add(1);
             if n >= h.unhealthy_after && m.up.load(Ordering::Relaxed) {
-                self.take_out(i, "health checks failed");
+                self.set_in_rotation(i, false, "health checks failed");
             }
         }
     }

@@ -326,6 +326,16 @@ pub enum Balance {
     LeastRequests,
 }
 
+impl Balance {
+    /// The name the configuration file and the admin API use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::LeastRequests => "least_requests",
+        }
+    }
+}
+
 /// `[upstreams.NAME.health]`: a `GET` of `path` on every target, every `interval`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -836,16 +846,23 @@ fn find_key(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
             return Some(start..start + last.len());
         }
         if in_scope && inline.is_none() {
-            if let Some(i) = t
-                .find(&format!("{last} ="))
-                .or_else(|| t.find(&format!("{last}=")))
-            {
+            if let Some(i) = inline_key(t, last) {
                 inline = Some(start + i..start + i + last.len());
             }
         }
         offset += line.len();
     }
     inline.or(group_header)
+}
+
+/// Where `key =` stands in `line` as a whole key of an inline table (`{ key = … }`): after
+/// `{`, `,` or the start, so that `reweight = 1` is not taken for `weight`.
+fn inline_key(line: &str, key: &str) -> Option<usize> {
+    line.match_indices(key).map(|(i, _)| i).find(|&i| {
+        let before = line[..i].trim_end();
+        let after = line[i + key.len()..].trim_start();
+        after.starts_with('=') && (before.is_empty() || before.ends_with(['{', ',']))
+    })
 }
 
 fn render(
@@ -1134,6 +1151,30 @@ mod tests {
 
     fn err(text: &str) -> String {
         Config::parse(text, "p.toml").unwrap_err().0
+    }
+
+    #[test]
+    fn inline_keys_are_found_whole() {
+        let line = r#"targets = [{ url = "http://a", reweight = 1, weight = 0 }]"#;
+        assert_eq!(
+            inline_key(line, "weight"),
+            line.find(" weight").map(|i| i + 1)
+        );
+        assert_eq!(inline_key(line, "url"), line.find("url"));
+        assert_eq!(inline_key("{reweight=1}", "weight"), None);
+        assert_eq!(inline_key("weight= 2", "weight"), Some(0));
+    }
+
+    #[test]
+    fn balance_names_are_the_ones_the_file_takes() {
+        for b in [Balance::RoundRobin, Balance::LeastRequests] {
+            let parsed: Balance =
+                serde::Deserialize::deserialize(serde::de::value::StrDeserializer::<
+                    serde::de::value::Error,
+                >::new(b.name()))
+                .unwrap();
+            assert_eq!(parsed, b);
+        }
     }
 
     #[test]

@@ -34,14 +34,7 @@ async fn admin_api_requires_the_token_and_documents_itself() {
     let r = s.admin().get(s.url("/admin/v1/keys")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 
-    let doc = json_of(
-        client()
-            .get(s.url("/admin/v1/openapi.json"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let doc = openapi_doc(&s).await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
     assert!(doc["paths"]["/admin/v1/keys"].is_object());
 

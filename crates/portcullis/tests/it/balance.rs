@@ -151,14 +151,7 @@ async fn requests_take_turns_by_weight_and_each_target_sees_its_own_host() {
     assert_eq!(g["targets"][0]["weight"], 2);
     assert_eq!(g["targets"][0]["in_flight"], 0);
     // The view holds what the OpenAPI document says it does.
-    let doc = json_of(
-        client()
-            .get(s.url("/admin/v1/openapi.json"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let doc = openapi_doc(&s).await;
     assert!(doc["paths"]["/admin/v1/upstreams"]["get"].is_object());
     let schema = &doc["components"]["schemas"]["Upstreams"]["properties"]["upstreams"]["items"];
     let required = |s: &Value| -> Vec<String> {

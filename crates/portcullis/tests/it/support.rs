@@ -310,6 +310,18 @@ pub async fn audit_events(s: &Server, query: &str) -> Vec<Value> {
 }
 
 /// The server's `/metrics` text.
+/// The admin API's OpenAPI document (served without a token).
+pub async fn openapi_doc(s: &Server) -> Value {
+    json_of(
+        client()
+            .get(s.url("/admin/v1/openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
 pub async fn metrics_text(s: &Server) -> String {
     client()
         .get(s.url("/metrics"))
