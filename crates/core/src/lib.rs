@@ -1,7 +1,9 @@
 //! Portcullis protocol core: parse, canonicalise, sign and verify — nothing else.
 //!
 //! This crate is pure. It performs no IO, never reads the clock (every check takes `now`),
-//! never makes randomness of its own (random bytes are passed in), and has no async code.
+//! never makes randomness of its own (random bytes are passed in; the one exception is the
+//! key material of new signing keys, which AWS-LC draws from its own OS-seeded generator,
+//! see [`crypto::sign::SigningKey::generate`]), and has no async code.
 //! Every scheme module follows the same shape:
 //!
 //! 1. `parse` reads a credential out of a request without trusting it (`Ok(None)`: the request
@@ -22,6 +24,8 @@ pub mod cors;
 pub mod crypto;
 pub mod error;
 pub mod identity;
+pub mod jose;
+pub mod jwt;
 pub mod ratelimit;
 pub mod request;
 pub mod secret;
