@@ -11,6 +11,7 @@ pub mod clock;
 pub mod gate;
 pub mod policy;
 pub mod ratelimit;
+pub mod signing;
 pub mod usage;
 
 pub use authn::{Authenticated, Authenticator, CredentialLimits};

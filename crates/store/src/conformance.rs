@@ -14,7 +14,7 @@ use portcullis_core::Timestamp;
 use crate::audit_block::{OwnedFields, Record};
 use crate::{
     ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, Durable, KeyPatch, KeyUsage, QuotaSpec, RateCells,
-    RateLimitSpec, Sealed, StoreError,
+    RateLimitSpec, Retirement, Sealed, SigningKeyRecord, SigningKeys, StoreError,
 };
 
 /// A key record for tests; `n` makes id and hash unique.
@@ -107,6 +107,73 @@ where
     api_keys_import_is_atomic(&make().await).await;
     audit_chain_append_query_scan(&make().await).await;
     audit_prune_keeps_a_verifiable_tail(&make().await).await;
+    signing_keys_rotate_and_expire(&make().await).await;
+}
+
+fn sample_signing_key(kid: &str, activates_at: i64) -> SigningKeyRecord {
+    SigningKeyRecord {
+        kid: kid.to_owned(),
+        alg: "ES256".to_owned(),
+        private_sealed: vec![1, 2, 3, kid.len() as u8],
+        public_jwk: format!(r#"{{"kty":"EC","kid":"{kid}"}}"#),
+        created_at: Timestamp::from_millis(activates_at - 10),
+        activates_at: Timestamp::from_millis(activates_at),
+        retires_at: None,
+        expires_at: None,
+    }
+}
+
+async fn signing_keys_rotate_and_expire(s: &impl SigningKeys) {
+    assert!(s.signing_keys().await.unwrap().is_empty());
+    let first = sample_signing_key("k1", 1_000);
+    s.insert_signing_key(&first, None).await.unwrap();
+    assert_eq!(
+        s.signing_keys().await.unwrap(),
+        vec![first.clone()],
+        "stored exactly"
+    );
+    assert!(matches!(
+        s.insert_signing_key(&first, None).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // Rotation: the new key is stored and every unretired key retires, in one step.
+    let retire = Retirement {
+        retires_at: Timestamp::from_millis(5_000),
+        expires_at: Timestamp::from_millis(9_000),
+    };
+    let second = sample_signing_key("k2", 5_000);
+    s.insert_signing_key(&second, Some(retire)).await.unwrap();
+    let all = s.signing_keys().await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].kid, "k1", "oldest activation first");
+    assert_eq!(all[0].retires_at, Some(retire.retires_at));
+    assert_eq!(all[0].expires_at, Some(retire.expires_at));
+    assert_eq!(
+        all[1], second,
+        "the new key is not retired by its own rotation"
+    );
+    // A failed insert retires nothing.
+    let again = Retirement {
+        retires_at: Timestamp::from_millis(7_000),
+        expires_at: Timestamp::from_millis(8_000),
+    };
+    assert!(s.insert_signing_key(&second, Some(again)).await.is_err());
+    assert_eq!(s.signing_keys().await.unwrap()[1].retires_at, None);
+
+    assert_eq!(
+        s.delete_expired_signing_keys(Timestamp::from_millis(8_999))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.delete_expired_signing_keys(Timestamp::from_millis(9_000))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.signing_keys().await.unwrap(), vec![second]);
 }
 
 async fn api_keys_round_trip(s: &impl ApiKeys) {

@@ -1,6 +1,6 @@
 //! Portcullis storage: one narrow trait per aggregate, with its contract in the docs.
 //!
-//! Durable aggregates ([`ApiKeys`], [`AuditLog`]) hold what must survive a crash: an
+//! Durable aggregates ([`ApiKeys`], [`AuditLog`], [`SigningKeys`]) hold what must survive a crash: an
 //! implementation returns `Ok` only once the change is durable (SQLite: WAL with
 //! `synchronous=FULL`). Ephemeral state ([`RateCells`]) may be lost on restart.
 //!
@@ -150,9 +150,27 @@ pub trait RateCells: Send + Sync {
     }
 }
 
+/// Token-signing keys. Durable before `Ok`, like every durable aggregate.
+#[async_trait]
+pub trait SigningKeys: Send + Sync {
+    /// Stores `key` and, in the same transaction, retires every key not yet retired
+    /// (`retires_at` unset) as `retire` says: the rotation step. `Conflict` if the kid exists.
+    async fn insert_signing_key(
+        &self,
+        key: &SigningKeyRecord,
+        retire: Option<Retirement>,
+    ) -> Result<(), StoreError>;
+
+    /// Every stored key, oldest `activates_at` first.
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
+
+    /// Deletes the keys whose `expires_at` is at or before `now`; returns how many.
+    async fn delete_expired_signing_keys(&self, now: Timestamp) -> Result<u64, StoreError>;
+}
+
 /// The durable store the binary wires in.
-pub trait Durable: ApiKeys + AuditLog {}
-impl<T: ApiKeys + AuditLog> Durable for T {}
+pub trait Durable: ApiKeys + AuditLog + SigningKeys {}
+impl<T: ApiKeys + AuditLog + SigningKeys> Durable for T {}
 
 /// The audit-seq rule every backend applies: `seq` must be exactly `next`.
 /// Checks that `events` continue at `next` and follow each other: seqs one by one, each

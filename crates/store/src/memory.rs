@@ -11,7 +11,7 @@ use portcullis_core::Timestamp;
 
 use crate::{
     check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyPatch, KeyUsage, Pruned, QuotaState,
-    RateCells, Sealed, StoreError, StoredEvent,
+    RateCells, Retirement, Sealed, SigningKeyRecord, SigningKeys, StoreError, StoredEvent,
 };
 
 /// Durable aggregates kept in memory (lost on exit: for tests and demos only).
@@ -28,6 +28,7 @@ struct Inner {
     ips: HashSet<(String, String)>,
     events: Vec<StoredEvent>,
     anchor: Option<(i64, Sha256Digest)>,
+    signing_keys: Vec<SigningKeyRecord>,
 }
 
 impl MemoryStore {
@@ -197,6 +198,41 @@ impl ApiKeys for MemoryStore {
 
     async fn count(&self) -> Result<u64, StoreError> {
         Ok(self.lock().keys.len() as u64)
+    }
+}
+
+#[async_trait]
+impl SigningKeys for MemoryStore {
+    async fn insert_signing_key(
+        &self,
+        key: &SigningKeyRecord,
+        retire: Option<Retirement>,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if g.signing_keys.iter().any(|k| k.kid == key.kid) {
+            return Err(StoreError::Conflict("signing key exists"));
+        }
+        if let Some(r) = retire {
+            for k in g.signing_keys.iter_mut().filter(|k| k.retires_at.is_none()) {
+                k.retires_at = Some(r.retires_at);
+                k.expires_at = Some(r.expires_at);
+            }
+        }
+        g.signing_keys.push(key.clone());
+        g.signing_keys.sort_by_key(|k| k.activates_at);
+        Ok(())
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        Ok(self.lock().signing_keys.clone())
+    }
+
+    async fn delete_expired_signing_keys(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let mut g = self.lock();
+        let before = g.signing_keys.len();
+        g.signing_keys
+            .retain(|k| k.expires_at.is_none_or(|e| e > now));
+        Ok((before - g.signing_keys.len()) as u64)
     }
 }
 

@@ -269,3 +269,46 @@ impl Sealed<'_> {
         }
     }
 }
+
+/// A token-signing key as stored (see [`crate::SigningKeys`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKeyRecord {
+    /// The key id: the RFC 7638 thumbprint of the public key.
+    pub kid: String,
+    /// The JWS algorithm (`ES256`, `EdDSA`, `RS256`, `PS256`).
+    pub alg: String,
+    /// The PKCS#8 private key, sealed by the caller (the store never sees it in the clear).
+    pub private_sealed: Vec<u8>,
+    /// The public JWK, as JSON.
+    pub public_jwk: String,
+    /// When it was made (and first published).
+    pub created_at: Timestamp,
+    /// When it starts signing.
+    pub activates_at: Timestamp,
+    /// When it stops signing (set when the next key is scheduled).
+    pub retires_at: Option<Timestamp>,
+    /// When it leaves the JWKS: after every token it signed has expired.
+    pub expires_at: Option<Timestamp>,
+}
+
+impl std::fmt::Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyRecord")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("created_at", &self.created_at)
+            .field("activates_at", &self.activates_at)
+            .field("retires_at", &self.retires_at)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The retirement of the keys that sign before a new one takes over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retirement {
+    /// When they stop signing (the new key's `activates_at`).
+    pub retires_at: Timestamp,
+    /// When they leave the JWKS.
+    pub expires_at: Timestamp,
+}

@@ -25,7 +25,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction}
 
 use crate::{
     audit_block, check_next_seq, check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyPatch,
-    KeyUsage, Pruned, QuotaState, Sealed, StoreError, StoredEvent,
+    KeyUsage, Pruned, QuotaState, Retirement, Sealed, SigningKeyRecord, SigningKeys, StoreError,
+    StoredEvent,
 };
 
 /// The embedded schema migrations.
@@ -587,6 +588,89 @@ impl ApiKeys for SqliteStore {
             .await
             .map_err(sql_err)?;
         u64::try_from(n).map_err(|_| StoreError::Corrupt("negative count".into()))
+    }
+}
+
+#[async_trait]
+impl SigningKeys for SqliteStore {
+    async fn insert_signing_key(
+        &self,
+        key: &SigningKeyRecord,
+        retire: Option<Retirement>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        if let Some(r) = retire {
+            sqlx::query(
+                "UPDATE signing_keys SET retires_at = ?1, expires_at = ?2 \
+                 WHERE retires_at IS NULL",
+            )
+            .bind(r.retires_at.as_millis())
+            .bind(r.expires_at.as_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(sql_err)?;
+        }
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, private_sealed, public_jwk, created_at, \
+             activates_at, retires_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(&key.kid)
+        .bind(&key.alg)
+        .bind(&key.private_sealed)
+        .bind(&key.public_jwk)
+        .bind(key.created_at.as_millis())
+        .bind(key.activates_at.as_millis())
+        .bind(key.retires_at.map(Timestamp::as_millis))
+        .bind(key.expires_at.map(Timestamp::as_millis))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::Conflict("signing key exists")
+            }
+            _ => sql_err(e),
+        })?;
+        tx.commit().await.map_err(sql_err)
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kid, alg, private_sealed, public_jwk, created_at, activates_at, retires_at, \
+             expires_at FROM signing_keys ORDER BY activates_at, kid",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(sql_err)?;
+        rows.iter()
+            .map(|r| {
+                let opt = |c: &str| -> Result<Option<Timestamp>, StoreError> {
+                    Ok(r.try_get::<Option<i64>, _>(c)
+                        .map_err(sql_err)?
+                        .map(Timestamp::from_millis))
+                };
+                Ok(SigningKeyRecord {
+                    kid: r.try_get("kid").map_err(sql_err)?,
+                    alg: r.try_get("alg").map_err(sql_err)?,
+                    private_sealed: r.try_get("private_sealed").map_err(sql_err)?,
+                    public_jwk: r.try_get("public_jwk").map_err(sql_err)?,
+                    created_at: Timestamp::from_millis(r.try_get("created_at").map_err(sql_err)?),
+                    activates_at: Timestamp::from_millis(
+                        r.try_get("activates_at").map_err(sql_err)?,
+                    ),
+                    retires_at: opt("retires_at")?,
+                    expires_at: opt("expires_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_expired_signing_keys(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM signing_keys WHERE expires_at <= ?1")
+            .bind(now.as_millis())
+            .execute(&self.writer)
+            .await
+            .map_err(sql_err)?;
+        Ok(done.rows_affected())
     }
 }
 
