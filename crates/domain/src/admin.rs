@@ -588,7 +588,7 @@ fn checked_quota(quota: Option<&QuotaSpec>) -> Result<(), AdminError> {
     Ok(())
 }
 
-fn with_ip(e: AuditEvent, actor: Actor) -> AuditEvent {
+pub(crate) fn with_ip(e: AuditEvent, actor: Actor) -> AuditEvent {
     match actor.ip {
         Some(ip) => e.client_ip(ip),
         None => e,

@@ -16,6 +16,9 @@ use portcullis_core::jose::{self, Algorithm, Jwk};
 use portcullis_core::Timestamp;
 use portcullis_store::{Retirement, SigningKeyRecord, SigningKeys, StoreError};
 
+use crate::admin::{with_ip, Actor, AdminError};
+use crate::audit::{AuditEvent, Auditor};
+use crate::clock::Clock;
 use crate::random_bytes;
 
 /// Why the key ring could not do what was asked. Store and crypto details are for the log.
@@ -288,6 +291,88 @@ impl KeyRing {
         }
         Ok(None)
     }
+}
+
+/// The admin use cases for signing keys: list and rotate, each rotation audited durably.
+pub struct SigningAdmin {
+    ring: Arc<KeyRing>,
+    auditor: Auditor,
+    clock: Arc<dyn Clock>,
+}
+
+impl SigningAdmin {
+    /// Admin over `ring`.
+    pub fn new(ring: Arc<KeyRing>, auditor: Auditor, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            ring,
+            auditor,
+            clock,
+        }
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &Arc<KeyRing> {
+        &self.ring
+    }
+
+    /// Rotates now (see [`KeyRing::rotate`]), audited as `signing_key.rotated`.
+    pub async fn rotate(
+        &self,
+        actor: Actor,
+        alg: Option<Algorithm>,
+        lead: Option<Duration>,
+    ) -> Result<Arc<RingKey>, AdminError> {
+        if !self.auditor.is_storing() {
+            return Err(AdminError::AuditUnavailable);
+        }
+        if lead.is_some_and(|l| l > MAX_LEAD) {
+            return Err(AdminError::Invalid("`lead_time` must be at most 7d".into()));
+        }
+        if alg.is_some_and(|a| !a.is_asymmetric()) {
+            return Err(AdminError::Invalid(
+                "`algorithm` must be ES256, EdDSA, RS256 or PS256".into(),
+            ));
+        }
+        let now = self.clock.now();
+        let key = self
+            .ring
+            .rotate(alg, lead, now)
+            .await
+            .map_err(|e| match e {
+                SigningError::Store(s) => AdminError::from(s),
+                other => AdminError::Store(StoreError::Unavailable(other.to_string())),
+            })?;
+        self.auditor
+            .emit_durable(with_ip(rotation_event(now, &key), actor).actor(actor.name))
+            .await;
+        Ok(key)
+    }
+}
+
+/// The longest lead time a rotation may ask for.
+pub const MAX_LEAD: Duration = Duration::from_secs(7 * 86_400);
+
+fn rotation_event(now: Timestamp, key: &RingKey) -> AuditEvent {
+    AuditEvent::new(now, "signing_key.rotated", "ok")
+        .credential(key.record.kid.as_str().into())
+        .detail(serde_json::json!({
+            "algorithm": key.record.alg,
+            "activates_at": key.record.activates_at.as_millis(),
+        }))
+}
+
+/// [`KeyRing::tick`] with its scheduled rotations audited (actor `system:scheduler`).
+pub async fn tick_audited(
+    ring: &KeyRing,
+    auditor: &Auditor,
+    now: Timestamp,
+) -> Result<(), SigningError> {
+    if let Some(key) = ring.tick(now).await? {
+        auditor
+            .emit_durable(rotation_event(now, &key).actor("system:scheduler"))
+            .await;
+    }
+    Ok(())
 }
 
 fn millis(d: Duration) -> i64 {

@@ -15,6 +15,7 @@ use portcullis_core::secret::ct_eq;
 use portcullis_core::{Timestamp, WireError};
 use portcullis_domain::admin::{Actor, AdminError, ImportKey, KeyAdmin, KeyUpdate, NewKey};
 use portcullis_domain::audit;
+use portcullis_domain::signing::{RingKey, SigningAdmin};
 use portcullis_domain::Clock;
 use portcullis_store::{ApiKeyRecord, AuditLog, AuditQuery};
 use serde::Deserialize;
@@ -36,6 +37,8 @@ pub struct AdminState {
     pub routes: Arc<arc_swap::ArcSwap<Value>>,
     /// The `[upstreams]` groups in force (replaced on reload), with their live health.
     pub upstreams: crate::server::Upstreams,
+    /// Token-signing keys.
+    pub signing: SigningAdmin,
 }
 
 /// Largest admin request body (an import of 100k keys fits).
@@ -66,6 +69,22 @@ pub fn router(state: Arc<AdminState>) -> Router {
                 Json(upstreams_view(&st.upstreams.load()))
             }),
         )
+        .route(
+            "/admin/v1/signing-keys",
+            get(|State(st): State<Arc<AdminState>>| async move {
+                let now = st.clock.now();
+                let keys: Vec<Value> = st
+                    .signing
+                    .ring()
+                    .keys()
+                    .iter()
+                    .rev()
+                    .map(|k| signing_key_view(k, now))
+                    .collect();
+                Json(json!({ "signing_keys": keys }))
+            }),
+        )
+        .route("/admin/v1/signing-keys/rotate", post(rotate_signing_key))
         .route("/admin/v1/audit", get(list_audit))
         .route("/admin/v1/audit/verify", get(verify_audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
@@ -447,6 +466,80 @@ async fn rotate_key(
             )
                 .into_response()
         }
+        Err(e) => admin_error(e),
+    }
+}
+
+/// The public view of a signing key: its public JWK and its schedule, never the private half.
+pub fn signing_key_view(k: &RingKey, now: Timestamp) -> Value {
+    let r = &k.record;
+    let state = if k.signs_at(now) {
+        "signing"
+    } else if r.activates_at > now {
+        "next"
+    } else if k.published_at(now) {
+        "retired"
+    } else {
+        "expired"
+    };
+    json!({
+        "kid": r.kid, "algorithm": r.alg, "state": state,
+        "created_at": rfc3339(Some(r.created_at)), "activates_at": rfc3339(Some(r.activates_at)),
+        "retires_at": rfc3339(r.retires_at), "expires_at": rfc3339(r.expires_at),
+        "public_jwk": k.jwk,
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateSigningReq {
+    algorithm: Option<String>,
+    lead_time: Option<String>,
+}
+
+async fn rotate_signing_key(
+    State(st): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return rejection(e),
+    };
+    let req: RotateSigningReq = if body.is_empty() {
+        RotateSigningReq::default()
+    } else {
+        match parse_json(&body) {
+            Ok(r) => r,
+            Err(resp) => return resp,
+        }
+    };
+    let alg = match req
+        .algorithm
+        .as_deref()
+        .map(portcullis_core::jose::Algorithm::from_name)
+    {
+        None => None,
+        Some(Some(a)) => Some(a),
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "`algorithm` must be ES256, EdDSA, RS256 or PS256",
+            )
+        }
+    };
+    let lead = match req.lead_time.as_deref().map(crate::config::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(m)) => return error(StatusCode::BAD_REQUEST, "invalid_request", &m),
+    };
+    match st.signing.rotate(actor(peer), alg, lead).await {
+        Ok(k) => (
+            StatusCode::CREATED,
+            Json(signing_key_view(&k, st.clock.now())),
+        )
+            .into_response(),
         Err(e) => admin_error(e),
     }
 }

@@ -156,6 +156,23 @@ pub enum UpstreamsCmd {
     List,
 }
 
+/// `portcullis signing-keys …`
+#[derive(Debug, Subcommand)]
+pub enum SigningKeysCmd {
+    /// Every key: the one signing, the next one, the retired ones still published.
+    List,
+    /// Make the next key: published now, signing after the lead time.
+    Rotate {
+        /// ES256, EdDSA, RS256 or PS256 (default: `signing_keys.algorithm`).
+        #[arg(long)]
+        algorithm: Option<String>,
+        /// How long it is published before it signs, e.g. 1h, 0s (default:
+        /// `signing_keys.lead_time`).
+        #[arg(long)]
+        lead_time: Option<String>,
+    },
+}
+
 /// `portcullis audit …`
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
@@ -611,6 +628,53 @@ pub async fn upstreams(conn: &Conn, cmd: UpstreamsCmd) -> Result<(), CliError> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Runs `portcullis signing-keys …`.
+pub async fn signing_keys(conn: &Conn, cmd: SigningKeysCmd) -> Result<(), CliError> {
+    let api = Api::new(conn)?;
+    let keys = match cmd {
+        SigningKeysCmd::List => {
+            let v = api
+                .call(Method::GET, "/admin/v1/signing-keys", None)
+                .await?;
+            if conn.json {
+                println!("{v}");
+                return Ok(());
+            }
+            v["signing_keys"].as_array().cloned().unwrap_or_default()
+        }
+        SigningKeysCmd::Rotate {
+            algorithm,
+            lead_time,
+        } => {
+            let body = serde_json::json!({ "algorithm": algorithm, "lead_time": lead_time });
+            let v = api
+                .call(Method::POST, "/admin/v1/signing-keys/rotate", Some(body))
+                .await?;
+            if conn.json {
+                println!("{v}");
+                return Ok(());
+            }
+            vec![v]
+        }
+    };
+    println!(
+        "{:<44} {:<6} {:<8} {:<21} {:<21} EXPIRES",
+        "KID", "ALG", "STATE", "SIGNS FROM", "RETIRES"
+    );
+    for k in &keys {
+        println!(
+            "{:<44} {:<6} {:<8} {:<21} {:<21} {}",
+            s(&k["kid"]),
+            s(&k["algorithm"]),
+            s(&k["state"]),
+            s(&k["activates_at"]),
+            s(&k["retires_at"]),
+            s(&k["expires_at"]),
+        );
     }
     Ok(())
 }

@@ -32,6 +32,9 @@ pub struct Config {
     /// Audit trail settings.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The keys Portcullis signs tokens with.
+    #[serde(default)]
+    pub signing_keys: SigningKeysConfig,
     /// Request size limits.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -125,6 +128,52 @@ pub struct AuditConfig {
     #[serde(deserialize_with = "de_retention")]
     pub retention: Option<Duration>,
 }
+
+/// `[signing_keys]`: how token-signing keys are made and rotated.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningKeysConfig {
+    /// The algorithm of new keys: `ES256` (default), `EdDSA`, `RS256` or `PS256`.
+    #[serde(deserialize_with = "de_signing_algorithm")]
+    pub algorithm: portcullis_core::jose::Algorithm,
+    /// How long a new key is in the JWKS before it signs.
+    #[serde(deserialize_with = "de_duration")]
+    pub lead_time: Duration,
+    /// Rotate by itself this long after the signing key took over (`None`: on demand only).
+    #[serde(deserialize_with = "de_optional_duration")]
+    pub rotate_every: Option<Duration>,
+    /// The longest lifetime of a token Portcullis signs; a retired key stays published
+    /// this long.
+    #[serde(deserialize_with = "de_duration")]
+    pub max_token_lifetime: Duration,
+}
+
+impl Default for SigningKeysConfig {
+    fn default() -> Self {
+        let d = portcullis_domain::signing::RingConfig::default();
+        Self {
+            algorithm: d.algorithm,
+            lead_time: d.lead_time,
+            rotate_every: d.rotate_every,
+            max_token_lifetime: d.max_token_lifetime,
+        }
+    }
+}
+
+impl SigningKeysConfig {
+    /// The key ring's settings.
+    pub fn ring(&self) -> portcullis_domain::signing::RingConfig {
+        portcullis_domain::signing::RingConfig {
+            algorithm: self.algorithm,
+            lead_time: self.lead_time,
+            rotate_every: self.rotate_every,
+            max_token_lifetime: self.max_token_lifetime,
+        }
+    }
+}
+
+/// Longest [`SigningKeysConfig::lead_time`]: a week.
+pub const MAX_SIGNING_LEAD: Duration = Duration::from_secs(7 * 86_400);
 
 /// Longest `timeout` a route may set.
 pub const MAX_ROUTE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -558,6 +607,7 @@ impl Default for Config {
             data_dir: default_data_dir(),
             api_keys: ApiKeysConfig::default(),
             audit: AuditConfig::default(),
+            signing_keys: SigningKeysConfig::default(),
             limits: LimitsConfig::default(),
             proxy: ProxyConfig::default(),
             client_ip: ClientIpConfig::default(),
@@ -693,6 +743,25 @@ impl Config {
         }
         if self.audit.queue == 0 {
             return Err(("audit.queue".into(), "must be at least 1".into()));
+        }
+        let sk = &self.signing_keys;
+        if sk.lead_time > MAX_SIGNING_LEAD {
+            return Err(("signing_keys.lead_time".into(), "must be at most 7d".into()));
+        }
+        if sk.max_token_lifetime < Duration::from_secs(60) {
+            return Err((
+                "signing_keys.max_token_lifetime".into(),
+                "must be at least 1m".into(),
+            ));
+        }
+        if sk
+            .rotate_every
+            .is_some_and(|r| r < sk.lead_time.max(Duration::from_secs(3600)))
+        {
+            return Err((
+                "signing_keys.rotate_every".into(),
+                "must be at least 1h and at least lead_time".into(),
+            ));
         }
         if self
             .audit
@@ -929,6 +998,25 @@ fn de_retention<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
         .map_err(|e| de::Error::custom(format!("{e}, or \"forever\"")))
 }
 
+fn de_optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    parse_duration(&String::deserialize(d)?)
+        .map(Some)
+        .map_err(de::Error::custom)
+}
+
+fn de_signing_algorithm<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<portcullis_core::jose::Algorithm, D::Error> {
+    let s = String::deserialize(d)?;
+    portcullis_core::jose::Algorithm::from_name(&s)
+        .filter(|a| a.is_asymmetric())
+        .ok_or_else(|| {
+            de::Error::custom(format!(
+                "unknown signing algorithm `{s}`: use ES256, EdDSA, RS256 or PS256"
+            ))
+        })
+}
+
 fn de_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {
     Prefix::new(&String::deserialize(d)?).map_err(de::Error::custom)
 }
@@ -1151,6 +1239,50 @@ mod tests {
 
     fn err(text: &str) -> String {
         Config::parse(text, "p.toml").unwrap_err().0
+    }
+
+    #[test]
+    fn signing_keys_are_configured_and_checked() {
+        let c = Config::parse(
+            "[signing_keys]\nalgorithm = \"EdDSA\"\nlead_time = \"2h\"\nrotate_every = \"30d\"\n",
+            "p.toml",
+        )
+        .unwrap();
+        let ring = c.signing_keys.ring();
+        assert_eq!(ring.algorithm, portcullis_core::jose::Algorithm::EdDsa);
+        assert_eq!(ring.lead_time, Duration::from_secs(7200));
+        assert_eq!(ring.rotate_every, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(Config::default().signing_keys.rotate_every, None);
+        for (text, key, what) in [
+            (
+                "algorithm = \"HS256\"",
+                "signing_keys.algorithm",
+                "unknown signing algorithm",
+            ),
+            (
+                "algorithm = \"none\"",
+                "signing_keys.algorithm",
+                "unknown signing algorithm",
+            ),
+            ("lead_time = \"8d\"", "signing_keys.lead_time", "at most 7d"),
+            (
+                "rotate_every = \"30m\"",
+                "signing_keys.rotate_every",
+                "at least 1h",
+            ),
+            (
+                "max_token_lifetime = \"10s\"",
+                "signing_keys.max_token_lifetime",
+                "at least 1m",
+            ),
+            ("lead = \"1h\"", "signing_keys.lead", "unknown field"),
+        ] {
+            let e = err(&format!("[signing_keys]\n{text}\n"));
+            assert!(
+                e.contains(key) && e.contains(what) && e.contains("p.toml:2"),
+                "{text}: {e}"
+            );
+        }
     }
 
     #[test]

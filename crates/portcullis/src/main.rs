@@ -71,6 +71,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::UpstreamsCmd,
     },
+    /// Show and rotate the keys tokens are signed with, through the admin API.
+    SigningKeys {
+        #[command(flatten)]
+        conn: cli::Conn,
+        #[command(subcommand)]
+        cmd: cli::SigningKeysCmd,
+    },
     /// Read and verify the audit trail through the admin API.
     Audit {
         #[command(flatten)]
@@ -136,6 +143,10 @@ fn main() -> ExitCode {
                     .map_err(|e| e.0)
             }
             Cmd::Keys { conn, cmd } => cli::keys(&conn, cmd).await.map(|()| true).map_err(|e| e.0),
+            Cmd::SigningKeys { conn, cmd } => cli::signing_keys(&conn, cmd)
+                .await
+                .map(|()| true)
+                .map_err(|e| e.0),
             Cmd::Upstreams { conn, cmd } => cli::upstreams(&conn, cmd)
                 .await
                 .map(|()| true)

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use portcullis_core::crypto::{hex, sha256};
+use portcullis_core::crypto::seal::SealKey;
+use portcullis_core::crypto::{hex, sha256, unhex};
 use portcullis_core::text::CompactText;
 use portcullis_core::{Scheme, Timestamp};
 use portcullis_domain::admin::KeyAdmin;
@@ -19,6 +20,7 @@ use portcullis_domain::authn::api_key::{ApiKeyAuthenticator, ApiKeyConfig, KeyCa
 use portcullis_domain::authn::{Authenticator, RouteAuth};
 use portcullis_domain::gate::{Gate, RouteGate};
 use portcullis_domain::ratelimit::RateLimiter;
+use portcullis_domain::signing::{tick_audited, KeyRing, SigningAdmin};
 use portcullis_domain::usage::UsageTracker;
 use portcullis_domain::{Clock, Policy, SystemClock};
 use portcullis_store::memory::MemoryRateCells;
@@ -61,6 +63,7 @@ pub struct App {
     clock: Arc<dyn Clock>,
     limits: LimitsConfig,
     stopping: AtomicBool,
+    ring: Arc<KeyRing>,
 }
 
 impl App {
@@ -212,6 +215,16 @@ pub async fn serve(
         .await
         .map_err(|e| StartError(format!("cannot read the audit trail: {e}")))?;
     let writer_task = tokio::spawn(writer.linger(cfg.audit.flush_interval).run());
+    let ring = Arc::new(
+        KeyRing::open(
+            store.clone(),
+            master_key(&data_dir)?,
+            cfg.signing_keys.ring(),
+            clock.now(),
+        )
+        .await
+        .map_err(|e| StartError(format!("cannot load the signing keys: {e}")))?,
+    );
 
     let cache = Arc::new(KeyCache::new(cfg.api_keys.cache_capacity));
     let usage = Arc::new(UsageTracker::new(keys.clone()));
@@ -288,6 +301,7 @@ pub async fn serve(
         clock: clock.clone(),
         routes: routes_in_force.clone(),
         upstreams: upstreams.clone(),
+        signing: SigningAdmin::new(ring.clone(), auditor.clone(), clock.clone()),
     });
     let app = Arc::new(App {
         gateway,
@@ -299,6 +313,7 @@ pub async fn serve(
         clock: clock.clone(),
         limits: cfg.limits.clone(),
         stopping: AtomicBool::new(false),
+        ring: ring.clone(),
     });
 
     let reloader = reload_on_sighup(Reloader {
@@ -320,6 +335,21 @@ pub async fn serve(
             loop {
                 tick.tick().await;
                 usage.flush(&auditor).await;
+            }
+        })
+    };
+
+    // Scheduled rotations, removal of keys whose tokens have all expired, and the keys
+    // another process (the CLI's admin call goes through this one) may have added.
+    let rotator = {
+        let (ring, auditor, clock) = (ring.clone(), auditor.clone(), clock.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SIGNING_TICK);
+            loop {
+                tick.tick().await;
+                if let Err(e) = tick_audited(&ring, &auditor, clock.now()).await {
+                    tracing::warn!(error = %e, "signing-key rotation step failed");
+                }
             }
         })
     };
@@ -353,6 +383,8 @@ pub async fn serve(
         let _ = r.await;
     }
     flusher.abort();
+    rotator.abort();
+    let _ = rotator.await;
     reaper.abort();
     if let Some(mut r) = retention {
         // A removal under way stops after its step and records what it removed.
@@ -481,7 +513,58 @@ async fn shutdown_signal() {
 pub(crate) fn is_local(path: &str) -> bool {
     path == "/admin/v1"
         || path.starts_with("/admin/v1/")
-        || matches!(path, "/healthz" | "/readyz" | "/metrics")
+        || matches!(path, "/healthz" | "/readyz" | "/metrics" | JWKS_PATH)
+}
+
+/// Where the JWKS of the signing keys is served.
+pub const JWKS_PATH: &str = "/oauth2/jwks";
+
+/// How often the signing keys are checked for a scheduled rotation and for removal.
+const SIGNING_TICK: Duration = Duration::from_secs(60);
+
+/// `GET /oauth2/jwks`: every published key. Verifiers may cache it for half the lead time
+/// (at most an hour), so that each has fetched a new key before the key signs; the `ETag`
+/// lets them revalidate for nothing.
+fn jwks(app: &App, req: &Request<Body>) -> Response<Body> {
+    if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+        let mut r = json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            r#"{"error":"method_not_allowed","error_description":"The JWKS is read with GET."}"#,
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let body = app.ring.jwks(app.clock.now()).to_string();
+    let etag = format!("\"{}\"", hex(&sha256(body.as_bytes())[..16]));
+    let max_age = (app.ring.config().lead_time / 2)
+        .min(Duration::from_secs(3600))
+        .as_secs();
+    let fresh = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut r = if fresh {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(Body::from(body));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    r
 }
 
 /// Serves a request for which [`is_local`] holds.
@@ -495,6 +578,8 @@ pub(crate) async fn local(app: &App, mut req: Request<Body>, peer: SocketAddr) -
             Ok(r) => r,
             Err(never) => match never {},
         }
+    } else if path == JWKS_PATH {
+        jwks(app, &req)
     } else if path == "/healthz" {
         json_response(StatusCode::OK, r#"{"status":"ok"}"#)
     } else if path == "/readyz" {
@@ -714,14 +799,29 @@ fn build_routes(
 /// not apply them (they hold listeners, stores, caches and pools that live as long as the
 /// process); a restart does.
 fn restart_only_changes(running: &Config, loaded: &Config) -> Vec<&'static str> {
+    // Spelled out whole, so that a new section does not compile until it is placed here or
+    // among what a reload applies.
+    let Config {
+        listen,
+        data_dir,
+        api_keys,
+        audit,
+        signing_keys,
+        limits,
+        proxy,
+        client_ip,
+        upstreams: _,
+        routes: _,
+    } = loaded;
     [
-        ("listen", running.listen != loaded.listen),
-        ("data_dir", running.data_dir != loaded.data_dir),
-        ("api_keys", running.api_keys != loaded.api_keys),
-        ("audit", running.audit != loaded.audit),
-        ("limits", running.limits != loaded.limits),
-        ("proxy", running.proxy != loaded.proxy),
-        ("client_ip", running.client_ip != loaded.client_ip),
+        ("listen", running.listen != *listen),
+        ("data_dir", running.data_dir != *data_dir),
+        ("api_keys", running.api_keys != *api_keys),
+        ("audit", running.audit != *audit),
+        ("signing_keys", running.signing_keys != *signing_keys),
+        ("limits", running.limits != *limits),
+        ("proxy", running.proxy != *proxy),
+        ("client_ip", running.client_ip != *client_ip),
     ]
     .into_iter()
     .filter_map(|(section, changed)| changed.then_some(section))
@@ -900,6 +1000,57 @@ fn reopen_on_sigusr1(_: Option<Reopen>) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The master key that seals secrets at rest (signing keys' private halves): from
+/// `PORTCULLIS_MASTER_KEY` (64 hex digits), else `<data-dir>/master.key`, generated (mode
+/// 0600) on first start. Losing it loses what it sealed; it is never logged.
+fn master_key(dir: &Path) -> Result<SealKey, StartError> {
+    if let Ok(t) = std::env::var("PORTCULLIS_MASTER_KEY") {
+        let key = zeroize::Zeroizing::new(unhex::<32>(t.trim()).ok_or_else(|| {
+            StartError("PORTCULLIS_MASTER_KEY must be 64 hex digits (32 bytes)".into())
+        })?);
+        return Ok(SealKey::new(&key));
+    }
+    let path = dir.join("master.key");
+    match std::fs::read_to_string(&path) {
+        Ok(t) => {
+            let t = zeroize::Zeroizing::new(t);
+            let key = zeroize::Zeroizing::new(unhex::<32>(t.trim()).ok_or_else(|| {
+                StartError(format!(
+                    "{} must hold 64 hex digits (32 bytes)",
+                    path.display()
+                ))
+            })?);
+            return Ok(SealKey::new(&key));
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(StartError(format!("cannot read {}: {e}", path.display())))
+        }
+        Err(_) => {}
+    }
+    let key = zeroize::Zeroizing::new(portcullis_domain::random_bytes::<32>());
+    let text = zeroize::Zeroizing::new(format!("{}\n", hex(&key[..])));
+    write_private_file(&path, text.as_bytes())?;
+    println!(
+        "master key written to {} (keep a copy: what it seals cannot be read without it)",
+        path.display()
+    );
+    Ok(SealKey::new(&key))
+}
+
+/// Creates `path` (it must not exist) with mode 0600 and `content`, synced to disk.
+fn write_private_file(path: &Path, content: &[u8]) -> Result<(), StartError> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o
+        .open(path)
+        .map_err(|e| StartError(format!("cannot create {}: {e}", path.display())))?;
+    f.write_all(content)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| StartError(format!("cannot write {}: {e}", path.display())))
+}
+
 /// The admin token's hash: from `PORTCULLIS_ADMIN_TOKEN`, else `<data-dir>/admin.token`,
 /// generated (mode 0600) on first start. The token itself is never logged.
 fn admin_token(dir: &Path) -> Result<[u8; 32], StartError> {
@@ -930,17 +1081,7 @@ fn admin_token(dir: &Path) -> Result<[u8; 32], StartError> {
         "pca_{}",
         bs58::encode(portcullis_domain::random_bytes::<32>()).into_string()
     );
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    let mut f = o
-        .open(&path)
-        .map_err(|e| StartError(format!("cannot create {}: {e}", path.display())))?;
-    f.write_all(token.as_bytes())
-        .and_then(|()| f.write_all(b"\n"))
-        .and_then(|()| f.sync_all())
-        .map_err(|e| StartError(format!("cannot write {}: {e}", path.display())))?;
+    write_private_file(&path, format!("{token}\n").as_bytes())?;
     println!("admin token written to {}", path.display());
     Ok(sha256(token.as_bytes()))
 }

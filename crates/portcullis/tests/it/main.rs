@@ -15,4 +15,5 @@ mod gateway;
 mod http1;
 mod proxy;
 mod ratelimit;
+mod signing;
 mod websocket;

@@ -44,6 +44,7 @@ impl Server {
             cmd.arg("--config").arg(p);
         }
         cmd.env_remove("PORTCULLIS_ADMIN_TOKEN")
+            .env_remove("PORTCULLIS_MASTER_KEY")
             .env("PORTCULLIS_LOG", "info")
             .current_dir(dir)
             .stdout(Stdio::piped())
