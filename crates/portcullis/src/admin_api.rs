@@ -190,6 +190,19 @@ fn json_body<T: serde::de::DeserializeOwned>(
     parse_json(&body.map_err(rejection)?)
 }
 
+/// A request body that may be empty (then `T::default()`) or JSON of type `T`.
+#[allow(clippy::result_large_err)] // the error is the response itself
+fn optional_json_body<T: serde::de::DeserializeOwned + Default>(
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<T, Response> {
+    let body = body.map_err(rejection)?;
+    if body.is_empty() {
+        Ok(T::default())
+    } else {
+        parse_json(&body)
+    }
+}
+
 fn rfc3339(t: Option<Timestamp>) -> Value {
     t.and_then(|t| {
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_millis()) * 1_000_000).ok()
@@ -441,17 +454,9 @@ async fn rotate_key(
     Path(id): Path<String>,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return rejection(e),
-    };
-    let req: RotateReq = if body.is_empty() {
-        RotateReq::default()
-    } else {
-        match parse_json(&body) {
-            Ok(r) => r,
-            Err(resp) => return resp,
-        }
+    let req: RotateReq = match optional_json_body(body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     match st.keys.rotate(actor(peer), &id, req.grace_seconds).await {
         Ok((new, key, old)) => {
@@ -502,17 +507,9 @@ async fn rotate_signing_key(
     peer: Option<Extension<Peer>>,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return rejection(e),
-    };
-    let req: RotateSigningReq = if body.is_empty() {
-        RotateSigningReq::default()
-    } else {
-        match parse_json(&body) {
-            Ok(r) => r,
-            Err(resp) => return resp,
-        }
+    let req: RotateSigningReq = match optional_json_body(body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     let alg = match req
         .algorithm
