@@ -26,6 +26,7 @@ pub mod error;
 pub mod identity;
 pub mod jose;
 pub mod jwt;
+pub mod oauth2;
 pub mod ratelimit;
 pub mod request;
 pub mod secret;

@@ -13,8 +13,9 @@ use portcullis_core::Timestamp;
 
 use crate::audit_block::{OwnedFields, Record};
 use crate::{
-    ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, Durable, KeyPatch, KeyUsage, QuotaSpec, RateCells,
-    RateLimitSpec, Retirement, Sealed, SigningKeyRecord, SigningKeys, StoreError,
+    ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, ClientRecord, Durable, KeyPatch, KeyUsage,
+    OAuthClients, QuotaSpec, RateCells, RateLimitSpec, Retirement, Sealed, SigningKeyRecord,
+    SigningKeys, StoreError,
 };
 
 /// A key record for tests; `n` makes id and hash unique.
@@ -108,6 +109,74 @@ where
     audit_chain_append_query_scan(&make().await).await;
     audit_prune_keeps_a_verifiable_tail(&make().await).await;
     signing_keys_rotate_and_expire(&make().await).await;
+    clients_round_trip(&make().await).await;
+}
+
+fn sample_client(id: &str) -> ClientRecord {
+    ClientRecord {
+        id: id.to_owned(),
+        name: format!("client {id}"),
+        confidential: true,
+        grant_types: vec!["client_credentials".into()],
+        scopes: vec!["read:echo".into(), "write:echo".into()],
+        audiences: vec!["https://api.example".into()],
+        redirect_uris: vec![],
+        auth_method: "client_secret_basic".into(),
+        token_lifetime_secs: Some(600),
+        secret_hash: Some([7; 32]),
+        created_at: Timestamp::from_millis(1_000),
+        secret_set_at: Some(Timestamp::from_millis(1_000)),
+    }
+}
+
+async fn clients_round_trip(s: &impl OAuthClients) {
+    let a = sample_client("cl_a");
+    s.insert_client(&a).await.unwrap();
+    assert_eq!(
+        s.find_client("cl_a").await.unwrap(),
+        Some(a.clone()),
+        "stored exactly"
+    );
+    assert!(matches!(
+        s.insert_client(&a).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut b = sample_client("cl_b");
+    b.confidential = false;
+    b.secret_hash = None;
+    b.secret_set_at = None;
+    b.token_lifetime_secs = None;
+    b.auth_method = "none".into();
+    b.redirect_uris = vec!["https://app.example/cb".into()];
+    s.insert_client(&b).await.unwrap();
+    assert_eq!(s.find_client("cl_b").await.unwrap(), Some(b.clone()));
+    assert_eq!(s.find_client("cl_c").await.unwrap(), None);
+    let ids = |v: Vec<ClientRecord>| v.into_iter().map(|c| c.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.list_clients(None, 10).await.unwrap()),
+        ["cl_a", "cl_b"]
+    );
+    assert_eq!(
+        ids(s.list_clients(Some("cl_a"), 10).await.unwrap()),
+        ["cl_b"]
+    );
+    assert_eq!(ids(s.list_clients(None, 1).await.unwrap()), ["cl_a"]);
+
+    let at = Timestamp::from_millis(5_000);
+    let changed = s.set_client_secret("cl_a", &[9; 32], at).await.unwrap();
+    assert_eq!(changed.secret_hash, Some([9; 32]));
+    assert_eq!(changed.secret_set_at, Some(at));
+    assert_eq!(s.find_client("cl_a").await.unwrap(), Some(changed));
+    assert!(matches!(
+        s.set_client_secret("cl_x", &[9; 32], at).await,
+        Err(StoreError::NotFound)
+    ));
+    s.delete_client("cl_a").await.unwrap();
+    assert_eq!(s.find_client("cl_a").await.unwrap(), None);
+    assert!(matches!(
+        s.delete_client("cl_a").await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 fn sample_signing_key(kid: &str, activates_at: i64) -> SigningKeyRecord {

@@ -1,6 +1,6 @@
 //! Portcullis storage: one narrow trait per aggregate, with its contract in the docs.
 //!
-//! Durable aggregates ([`ApiKeys`], [`AuditLog`], [`SigningKeys`]) hold what must survive a crash: an
+//! Durable aggregates ([`ApiKeys`], [`AuditLog`], [`SigningKeys`], [`OAuthClients`]) hold what must survive a crash: an
 //! implementation returns `Ok` only once the change is durable (SQLite: WAL with
 //! `synchronous=FULL`). Ephemeral state ([`RateCells`]) may be lost on restart.
 //!
@@ -168,9 +168,37 @@ pub trait SigningKeys: Send + Sync {
     async fn delete_expired_signing_keys(&self, now: Timestamp) -> Result<u64, StoreError>;
 }
 
+/// OAuth 2.0 clients. Durable before `Ok`.
+#[async_trait]
+pub trait OAuthClients: Send + Sync {
+    /// Registers a client. `Conflict` if the id exists.
+    async fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError>;
+
+    /// The client with this id.
+    async fn find_client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError>;
+
+    /// Clients ordered by id, after `after` (exclusive); at most `limit`.
+    async fn list_clients(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ClientRecord>, StoreError>;
+
+    /// Replaces the secret's hash (set at `at`) and returns the client. `NotFound` if absent.
+    async fn set_client_secret(
+        &self,
+        id: &str,
+        hash: &Sha256Digest,
+        at: Timestamp,
+    ) -> Result<ClientRecord, StoreError>;
+
+    /// Deletes the client. `NotFound` if absent.
+    async fn delete_client(&self, id: &str) -> Result<(), StoreError>;
+}
+
 /// The durable store the binary wires in.
-pub trait Durable: ApiKeys + AuditLog + SigningKeys {}
-impl<T: ApiKeys + AuditLog + SigningKeys> Durable for T {}
+pub trait Durable: ApiKeys + AuditLog + SigningKeys + OAuthClients {}
+impl<T: ApiKeys + AuditLog + SigningKeys + OAuthClients> Durable for T {}
 
 /// The audit-seq rule every backend applies: `seq` must be exactly `next`.
 /// Checks that `events` continue at `next` and follow each other: seqs one by one, each

@@ -10,8 +10,9 @@ use portcullis_core::ratelimit::{Decision, Limit};
 use portcullis_core::Timestamp;
 
 use crate::{
-    check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyPatch, KeyUsage, Pruned, QuotaState,
-    RateCells, Retirement, Sealed, SigningKeyRecord, SigningKeys, StoreError, StoredEvent,
+    check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, ClientRecord, KeyPatch, KeyUsage,
+    OAuthClients, Pruned, QuotaState, RateCells, Retirement, Sealed, SigningKeyRecord, SigningKeys,
+    StoreError, StoredEvent,
 };
 
 /// Durable aggregates kept in memory (lost on exit: for tests and demos only).
@@ -29,6 +30,7 @@ struct Inner {
     events: Vec<StoredEvent>,
     anchor: Option<(i64, Sha256Digest)>,
     signing_keys: Vec<SigningKeyRecord>,
+    clients: BTreeMap<String, ClientRecord>,
 }
 
 impl MemoryStore {
@@ -198,6 +200,57 @@ impl ApiKeys for MemoryStore {
 
     async fn count(&self) -> Result<u64, StoreError> {
         Ok(self.lock().keys.len() as u64)
+    }
+}
+
+#[async_trait]
+impl OAuthClients for MemoryStore {
+    async fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if g.clients.contains_key(&client.id) {
+            return Err(StoreError::Conflict("client exists"));
+        }
+        g.clients.insert(client.id.clone(), client.clone());
+        Ok(())
+    }
+
+    async fn find_client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        Ok(self.lock().clients.get(id).cloned())
+    }
+
+    async fn list_clients(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ClientRecord>, StoreError> {
+        let g = self.lock();
+        Ok(g.clients
+            .values()
+            .filter(|c| after.is_none_or(|a| c.id.as_str() > a))
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn set_client_secret(
+        &self,
+        id: &str,
+        hash: &Sha256Digest,
+        at: Timestamp,
+    ) -> Result<ClientRecord, StoreError> {
+        let mut g = self.lock();
+        let c = g.clients.get_mut(id).ok_or(StoreError::NotFound)?;
+        c.secret_hash = Some(*hash);
+        c.secret_set_at = Some(at);
+        Ok(c.clone())
+    }
+
+    async fn delete_client(&self, id: &str) -> Result<(), StoreError> {
+        self.lock()
+            .clients
+            .remove(id)
+            .map(|_| ())
+            .ok_or(StoreError::NotFound)
     }
 }
 

@@ -312,3 +312,44 @@ pub struct Retirement {
     /// When they leave the JWKS.
     pub expires_at: Timestamp,
 }
+
+/// An OAuth 2.0 client as stored (see [`crate::OAuthClients`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientRecord {
+    /// The `client_id`.
+    pub id: String,
+    /// A name for people (shown on consent pages).
+    pub name: String,
+    /// Confidential (has a secret or key) or public.
+    pub confidential: bool,
+    /// Grant types it may use (`client_credentials`, `authorization_code` …).
+    pub grant_types: Vec<String>,
+    /// Scopes it may be granted.
+    pub scopes: Vec<String>,
+    /// Audiences (RFC 8707 resources) it may ask tokens for.
+    pub audiences: Vec<String>,
+    /// Redirect URIs, matched exactly (for the user-facing flows).
+    pub redirect_uris: Vec<String>,
+    /// `client_secret_basic`, `client_secret_post`, `private_key_jwt` or `none`.
+    pub auth_method: String,
+    /// Lifetime of its access tokens in seconds (`None`: the server's default).
+    pub token_lifetime_secs: Option<u64>,
+    /// SHA-256 of the secret (confidential clients with a secret).
+    pub secret_hash: Option<Sha256Digest>,
+    /// When it was registered.
+    pub created_at: Timestamp,
+    /// When its secret was last set.
+    pub secret_set_at: Option<Timestamp>,
+}
+
+impl std::fmt::Debug for ClientRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("grant_types", &self.grant_types)
+            .field("scopes", &self.scopes)
+            .field("auth_method", &self.auth_method)
+            .finish_non_exhaustive()
+    }
+}

@@ -24,9 +24,9 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use crate::{
-    audit_block, check_next_seq, check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, KeyPatch,
-    KeyUsage, Pruned, QuotaState, Retirement, Sealed, SigningKeyRecord, SigningKeys, StoreError,
-    StoredEvent,
+    audit_block, check_next_seq, check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery,
+    ClientRecord, KeyPatch, KeyUsage, OAuthClients, Pruned, QuotaState, Retirement, Sealed,
+    SigningKeyRecord, SigningKeys, StoreError, StoredEvent,
 };
 
 /// The embedded schema migrations.
@@ -588,6 +588,154 @@ impl ApiKeys for SqliteStore {
             .await
             .map_err(sql_err)?;
         u64::try_from(n).map_err(|_| StoreError::Corrupt("negative count".into()))
+    }
+}
+
+/// The columns of a client record.
+macro_rules! client_cols {
+    () => {
+        "id, name, confidential, grant_types, scopes, audiences, redirect_uris, auth_method, \
+         token_lifetime_s, secret_hash, created_at, secret_set_at"
+    };
+}
+
+fn client_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ClientRecord, StoreError> {
+    let list = |c: &str| -> Result<Vec<String>, StoreError> {
+        let text: String = r.try_get(c).map_err(sql_err)?;
+        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("client {c}: {e}")))
+    };
+    let hash: Option<Vec<u8>> = r.try_get("secret_hash").map_err(sql_err)?;
+    let secret_hash = match hash {
+        None => None,
+        Some(h) => Some(
+            <Sha256Digest>::try_from(h.as_slice())
+                .map_err(|_| StoreError::Corrupt("client secret hash".into()))?,
+        ),
+    };
+    let lifetime: Option<i64> = r.try_get("token_lifetime_s").map_err(sql_err)?;
+    Ok(ClientRecord {
+        id: r.try_get("id").map_err(sql_err)?,
+        name: r.try_get("name").map_err(sql_err)?,
+        confidential: r.try_get::<i64, _>("confidential").map_err(sql_err)? != 0,
+        grant_types: list("grant_types")?,
+        scopes: list("scopes")?,
+        audiences: list("audiences")?,
+        redirect_uris: list("redirect_uris")?,
+        auth_method: r.try_get("auth_method").map_err(sql_err)?,
+        token_lifetime_secs: lifetime.and_then(|l| u64::try_from(l).ok()),
+        secret_hash,
+        created_at: Timestamp::from_millis(r.try_get("created_at").map_err(sql_err)?),
+        secret_set_at: r
+            .try_get::<Option<i64>, _>("secret_set_at")
+            .map_err(sql_err)?
+            .map(Timestamp::from_millis),
+    })
+}
+
+fn json_list(v: &[String]) -> String {
+    serde_json::Value::from(v.to_vec()).to_string()
+}
+
+#[async_trait]
+impl OAuthClients for SqliteStore {
+    async fn insert_client(&self, c: &ClientRecord) -> Result<(), StoreError> {
+        sqlx::query(concat!(
+            "INSERT INTO oauth_clients (",
+            client_cols!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+        ))
+        .bind(&c.id)
+        .bind(&c.name)
+        .bind(i64::from(c.confidential))
+        .bind(json_list(&c.grant_types))
+        .bind(json_list(&c.scopes))
+        .bind(json_list(&c.audiences))
+        .bind(json_list(&c.redirect_uris))
+        .bind(&c.auth_method)
+        .bind(
+            c.token_lifetime_secs
+                .map(|l| i64::try_from(l).unwrap_or(i64::MAX)),
+        )
+        .bind(c.secret_hash.as_ref().map(|h| h.to_vec()))
+        .bind(c.created_at.as_millis())
+        .bind(c.secret_set_at.map(Timestamp::as_millis))
+        .execute(&self.writer)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::Conflict("client exists")
+            }
+            _ => sql_err(e),
+        })?;
+        Ok(())
+    }
+
+    async fn find_client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            client_cols!(),
+            " FROM oauth_clients WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(sql_err)?
+        .as_ref()
+        .map(client_from_row)
+        .transpose()
+    }
+
+    async fn list_clients(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ClientRecord>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            client_cols!(),
+            " FROM oauth_clients WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2"
+        ))
+        .bind(after)
+        .bind(i64::from(limit.min(MAX_QUERY_LIMIT)))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(sql_err)?
+        .iter()
+        .map(client_from_row)
+        .collect()
+    }
+
+    async fn set_client_secret(
+        &self,
+        id: &str,
+        hash: &Sha256Digest,
+        at: Timestamp,
+    ) -> Result<ClientRecord, StoreError> {
+        let row = sqlx::query(concat!(
+            "UPDATE oauth_clients SET secret_hash = ?2, secret_set_at = ?3 WHERE id = ?1 \
+             RETURNING ",
+            client_cols!()
+        ))
+        .bind(id)
+        .bind(&hash[..])
+        .bind(at.as_millis())
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(sql_err)?
+        .ok_or(StoreError::NotFound)?;
+        client_from_row(&row)
+    }
+
+    async fn delete_client(&self, id: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM oauth_clients WHERE id = ?1")
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(sql_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
     }
 }
 
