@@ -9,6 +9,7 @@ pub mod audit;
 pub mod authn;
 pub mod clock;
 pub mod gate;
+pub mod oauth;
 pub mod policy;
 pub mod ratelimit;
 pub mod signing;
