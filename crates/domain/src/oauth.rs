@@ -308,9 +308,11 @@ impl TokenIssuer {
             }
             form.resources().iter().map(String::as_str).collect()
         };
+        // Never longer than a retired key stays published (its tokens must verify to the end).
         let lifetime = client
             .token_lifetime_secs
             .unwrap_or(self.config.access_token_lifetime.as_secs())
+            .min(self.ring.config().max_token_lifetime.as_secs())
             .max(1);
         let signer = self
             .ring

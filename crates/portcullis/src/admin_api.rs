@@ -15,8 +15,10 @@ use portcullis_core::secret::ct_eq;
 use portcullis_core::{Timestamp, WireError};
 use portcullis_domain::admin::{Actor, AdminError, ImportKey, KeyAdmin, KeyUpdate, NewKey};
 use portcullis_domain::audit;
+use portcullis_domain::oauth::{ClientAdmin, NewClient};
 use portcullis_domain::signing::{RingKey, SigningAdmin};
 use portcullis_domain::Clock;
+use portcullis_store::ClientRecord;
 use portcullis_store::{ApiKeyRecord, AuditLog, AuditQuery};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -39,6 +41,8 @@ pub struct AdminState {
     pub upstreams: crate::server::Upstreams,
     /// Token-signing keys.
     pub signing: SigningAdmin,
+    /// OAuth clients.
+    pub clients: ClientAdmin,
 }
 
 /// Largest admin request body (an import of 100k keys fits).
@@ -85,6 +89,15 @@ pub fn router(state: Arc<AdminState>) -> Router {
             }),
         )
         .route("/admin/v1/signing-keys/rotate", post(rotate_signing_key))
+        .route("/admin/v1/clients", post(create_client).get(list_clients))
+        .route(
+            "/admin/v1/clients/{id}",
+            get(show_client).delete(delete_client),
+        )
+        .route(
+            "/admin/v1/clients/{id}/rotate-secret",
+            post(rotate_client_secret),
+        )
         .route("/admin/v1/audit", get(list_audit))
         .route("/admin/v1/audit/verify", get(verify_audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
@@ -472,6 +485,106 @@ async fn rotate_key(
                 .into_response()
         }
         Err(e) => admin_error(e),
+    }
+}
+
+/// The public view of an OAuth client: never the secret or its hash.
+pub fn client_view(c: &ClientRecord) -> Value {
+    json!({
+        "client_id": c.id, "name": c.name,
+        "client_type": if c.confidential { "confidential" } else { "public" },
+        "grant_types": c.grant_types, "scopes": c.scopes, "audiences": c.audiences,
+        "redirect_uris": c.redirect_uris, "token_endpoint_auth_method": c.auth_method,
+        "token_lifetime_seconds": c.token_lifetime_secs,
+        "created_at": rfc3339(Some(c.created_at)), "secret_set_at": rfc3339(c.secret_set_at),
+    })
+}
+
+/// Admin errors of the client endpoints (a missing client is "No such client.").
+fn client_error(e: AdminError) -> Response {
+    match e {
+        AdminError::NotFound => error(StatusCode::NOT_FOUND, "not_found", "No such client."),
+        other => admin_error(other),
+    }
+}
+
+/// A view with the secret shown once: 201, never cached.
+fn with_secret(c: &ClientRecord, secret: Option<&portcullis_core::secret::Secret>) -> Response {
+    let mut v = client_view(c);
+    if let Some(s) = secret {
+        v["client_secret"] = Value::String(s.expose().to_owned());
+    }
+    (
+        StatusCode::CREATED,
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        Json(v),
+    )
+        .into_response()
+}
+
+async fn create_client(
+    State(st): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Response {
+    let req: NewClient = match json_body(body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match st.clients.create(actor(peer), req).await {
+        Ok((c, secret)) => with_secret(&c, secret.as_ref()),
+        Err(e) => client_error(e),
+    }
+}
+
+async fn list_clients(
+    State(st): State<Arc<AdminState>>,
+    p: Result<Query<ListParams>, QueryRejection>,
+) -> Response {
+    let Query(p) = match p {
+        Ok(p) => p,
+        Err(e) => return rejection(e),
+    };
+    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    match st.clients.list(p.after.as_deref(), limit).await {
+        Ok(cs) => {
+            let next = cs
+                .last()
+                .map(|c| c.id.clone())
+                .filter(|_| cs.len() as u32 >= limit);
+            Json(json!({"clients": cs.iter().map(client_view).collect::<Vec<_>>(), "next_after": next}))
+                .into_response()
+        }
+        Err(e) => client_error(e),
+    }
+}
+
+async fn show_client(State(st): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    match st.clients.show(&id).await {
+        Ok(c) => Json(client_view(&c)).into_response(),
+        Err(e) => client_error(e),
+    }
+}
+
+async fn delete_client(
+    State(st): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
+    Path(id): Path<String>,
+) -> Response {
+    match st.clients.delete(actor(peer), &id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => client_error(e),
+    }
+}
+
+async fn rotate_client_secret(
+    State(st): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
+    Path(id): Path<String>,
+) -> Response {
+    match st.clients.rotate_secret(actor(peer), &id).await {
+        Ok((c, secret)) => with_secret(&c, Some(&secret)),
+        Err(e) => client_error(e),
     }
 }
 

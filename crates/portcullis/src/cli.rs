@@ -156,6 +156,59 @@ pub enum UpstreamsCmd {
     List,
 }
 
+/// `portcullis clients …`
+#[derive(Debug, Subcommand)]
+pub enum ClientsCmd {
+    /// Register an OAuth client; a confidential one's secret is printed once.
+    Create {
+        /// Name (shown on consent pages).
+        #[arg(long)]
+        name: String,
+        /// Grant types, comma-separated (default client_credentials).
+        #[arg(long, value_delimiter = ',')]
+        grant_types: Vec<String>,
+        /// Scopes it may be granted, comma-separated or repeated.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Audiences (resources) it may ask tokens for; the first is the default.
+        #[arg(long, value_delimiter = ',')]
+        audiences: Vec<String>,
+        /// Redirect URIs (for the user-facing flows), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        redirect_uris: Vec<String>,
+        /// client_secret_basic (default), client_secret_post, or none (public client).
+        #[arg(long)]
+        auth_method: Option<String>,
+        /// Access-token lifetime, e.g. 10m (default: oauth.access_token_lifetime).
+        #[arg(long)]
+        token_lifetime: Option<String>,
+    },
+    /// List clients (never their secrets).
+    List {
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Continue after this client id.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// One client.
+    Show {
+        /// The client id.
+        id: String,
+    },
+    /// A new secret, printed once; the old one stops working at once.
+    RotateSecret {
+        /// The client id.
+        id: String,
+    },
+    /// Delete a client: its secret stops working at once.
+    Delete {
+        /// The client id.
+        id: String,
+    },
+}
+
 /// `portcullis signing-keys …`
 #[derive(Debug, Subcommand)]
 pub enum SigningKeysCmd {
@@ -628,6 +681,106 @@ pub async fn upstreams(conn: &Conn, cmd: UpstreamsCmd) -> Result<(), CliError> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Runs `portcullis clients …`.
+pub async fn clients(conn: &Conn, cmd: ClientsCmd) -> Result<(), CliError> {
+    let api = Api::new(conn)?;
+    let nonempty = |v: Vec<String>| v.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>();
+    let v = match cmd {
+        ClientsCmd::Create {
+            name,
+            grant_types,
+            scopes,
+            audiences,
+            redirect_uris,
+            auth_method,
+            token_lifetime,
+        } => {
+            let mut body = json!({
+                "name": name,
+                "scopes": nonempty(scopes),
+                "audiences": nonempty(audiences),
+                "redirect_uris": nonempty(redirect_uris),
+                "token_endpoint_auth_method": auth_method,
+            });
+            let grant_types = nonempty(grant_types);
+            if !grant_types.is_empty() {
+                body["grant_types"] = json!(grant_types);
+            }
+            if let Some(t) = token_lifetime {
+                body["token_lifetime_seconds"] = json!(secs(&t)?);
+            }
+            api.call(Method::POST, "/admin/v1/clients", Some(body))
+                .await?
+        }
+        ClientsCmd::List { limit, after } => {
+            let mut q = format!("/admin/v1/clients?limit={limit}");
+            if let Some(a) = after {
+                q.push_str(&format!("&after={}", urlencode(&a)));
+            }
+            let v = api.call(Method::GET, &q, None).await?;
+            if conn.json {
+                println!("{v}");
+                return Ok(());
+            }
+            println!(
+                "{:<26} {:<20} {:<13} {:<20} SCOPES",
+                "CLIENT ID", "NAME", "TYPE", "AUTH METHOD"
+            );
+            for c in v["clients"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<26} {:<20} {:<13} {:<20} {}",
+                    s(&c["client_id"]),
+                    s(&c["name"]),
+                    s(&c["client_type"]),
+                    s(&c["token_endpoint_auth_method"]),
+                    join(&c["scopes"])
+                );
+            }
+            return Ok(());
+        }
+        ClientsCmd::Show { id } => {
+            api.call(
+                Method::GET,
+                &format!("/admin/v1/clients/{}", urlencode(&id)),
+                None,
+            )
+            .await?
+        }
+        ClientsCmd::RotateSecret { id } => {
+            let path = format!("/admin/v1/clients/{}/rotate-secret", urlencode(&id));
+            api.call(Method::POST, &path, None).await?
+        }
+        ClientsCmd::Delete { id } => {
+            let path = format!("/admin/v1/clients/{}", urlencode(&id));
+            api.call(Method::DELETE, &path, None).await?;
+            if conn.json {
+                println!("{}", json!({ "deleted": id }));
+            } else {
+                println!("Deleted client {id}.");
+            }
+            return Ok(());
+        }
+    };
+    if conn.json {
+        println!("{v}");
+        return Ok(());
+    }
+    if let Some(secret) = v["client_secret"].as_str() {
+        println!("{secret}");
+        println!("The client secret above is shown only once: store it now.");
+    }
+    println!("client_id:    {}", s(&v["client_id"]));
+    println!("name:         {}", s(&v["name"]));
+    println!("type:         {}", s(&v["client_type"]));
+    println!("auth method:  {}", s(&v["token_endpoint_auth_method"]));
+    println!("grant types:  {}", join(&v["grant_types"]));
+    println!("scopes:       {}", join(&v["scopes"]));
+    if v["audiences"].as_array().is_some_and(|a| !a.is_empty()) {
+        println!("audiences:    {}", join(&v["audiences"]));
     }
     Ok(())
 }

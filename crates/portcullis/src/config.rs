@@ -35,6 +35,9 @@ pub struct Config {
     /// The keys Portcullis signs tokens with.
     #[serde(default)]
     pub signing_keys: SigningKeysConfig,
+    /// The OAuth 2.0 authorization server.
+    #[serde(default)]
+    pub oauth: OAuthConfig,
     /// Request size limits.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -168,6 +171,27 @@ impl SigningKeysConfig {
             lead_time: self.lead_time,
             rotate_every: self.rotate_every,
             max_token_lifetime: self.max_token_lifetime,
+        }
+    }
+}
+
+/// `[oauth]`: the authorization server.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthConfig {
+    /// The `iss` of the tokens and the base of the metadata's URLs; default
+    /// `http://<the address bound>`. Behind a TLS terminator, set the public URL.
+    pub issuer: Option<String>,
+    /// Lifetime of access tokens unless a client sets its own.
+    #[serde(deserialize_with = "de_duration")]
+    pub access_token_lifetime: Duration,
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            access_token_lifetime: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -608,6 +632,7 @@ impl Default for Config {
             api_keys: ApiKeysConfig::default(),
             audit: AuditConfig::default(),
             signing_keys: SigningKeysConfig::default(),
+            oauth: OAuthConfig::default(),
             limits: LimitsConfig::default(),
             proxy: ProxyConfig::default(),
             client_ip: ClientIpConfig::default(),
@@ -743,6 +768,31 @@ impl Config {
         }
         if self.audit.queue == 0 {
             return Err(("audit.queue".into(), "must be at least 1".into()));
+        }
+        if let Some(i) = &self.oauth.issuer {
+            let ok = (i.starts_with("https://") || i.starts_with("http://"))
+                && !i.contains(['?', '#'])
+                && !i.ends_with('/')
+                && http::Uri::try_from(i.as_str()).is_ok();
+            if !ok {
+                return Err((
+                    "oauth.issuer".into(),
+                    "must be an http(s) URL without query, fragment or trailing slash".into(),
+                ));
+            }
+        }
+        let lifetime = self.oauth.access_token_lifetime;
+        if lifetime < Duration::from_secs(1) || lifetime > Duration::from_secs(24 * 3600) {
+            return Err((
+                "oauth.access_token_lifetime".into(),
+                "must be 1s-24h".into(),
+            ));
+        }
+        if lifetime > self.signing_keys.max_token_lifetime {
+            return Err((
+                "oauth.access_token_lifetime".into(),
+                "must not exceed signing_keys.max_token_lifetime".into(),
+            ));
         }
         let sk = &self.signing_keys;
         if sk.lead_time > MAX_SIGNING_LEAD {

@@ -71,6 +71,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::UpstreamsCmd,
     },
+    /// Register and manage OAuth clients through the admin API.
+    Clients {
+        #[command(flatten)]
+        conn: cli::Conn,
+        #[command(subcommand)]
+        cmd: cli::ClientsCmd,
+    },
     /// Show and rotate the keys tokens are signed with, through the admin API.
     SigningKeys {
         #[command(flatten)]
@@ -143,6 +150,10 @@ fn main() -> ExitCode {
                     .map_err(|e| e.0)
             }
             Cmd::Keys { conn, cmd } => cli::keys(&conn, cmd).await.map(|()| true).map_err(|e| e.0),
+            Cmd::Clients { conn, cmd } => cli::clients(&conn, cmd)
+                .await
+                .map(|()| true)
+                .map_err(|e| e.0),
             Cmd::SigningKeys { conn, cmd } => cli::signing_keys(&conn, cmd)
                 .await
                 .map(|()| true)

@@ -12,6 +12,7 @@ use axum::body::Body;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use portcullis_core::crypto::seal::SealKey;
 use portcullis_core::crypto::{hex, sha256, unhex};
+use portcullis_core::oauth2::{Form, OAuthError};
 use portcullis_core::text::CompactText;
 use portcullis_core::{Scheme, Timestamp};
 use portcullis_domain::admin::KeyAdmin;
@@ -19,13 +20,14 @@ use portcullis_domain::audit;
 use portcullis_domain::authn::api_key::{ApiKeyAuthenticator, ApiKeyConfig, KeyCache};
 use portcullis_domain::authn::{Authenticator, RouteAuth};
 use portcullis_domain::gate::{Gate, RouteGate};
+use portcullis_domain::oauth::{ClientAdmin, IssuerConfig, TokenIssuer};
 use portcullis_domain::ratelimit::RateLimiter;
 use portcullis_domain::signing::{tick_audited, KeyRing, SigningAdmin};
 use portcullis_domain::usage::UsageTracker;
 use portcullis_domain::{Clock, Policy, SystemClock};
 use portcullis_store::memory::MemoryRateCells;
 use portcullis_store::sqlite::SqliteStore;
-use portcullis_store::{ApiKeys, AuditLog};
+use portcullis_store::{ApiKeys, AuditLog, OAuthClients};
 use tower::ServiceExt;
 
 use crate::admin_api::{self, AdminState};
@@ -64,6 +66,7 @@ pub struct App {
     limits: LimitsConfig,
     stopping: AtomicBool,
     ring: Arc<KeyRing>,
+    issuer: Arc<TokenIssuer>,
 }
 
 impl App {
@@ -179,6 +182,13 @@ pub async fn serve(
     // Held until `serve` returns (the kernel releases it if the process dies).
     let _lock = lock_data_dir(&data_dir)?;
     let token_hash = admin_token(&data_dir)?;
+    // Bound early: the issuer URL of the tokens defaults to the address actually bound.
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| StartError(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| StartError(e.to_string()))?;
     let store = Arc::new(
         SqliteStore::open(&data_dir.join("portcullis.db"))
             .await
@@ -286,6 +296,19 @@ pub async fn serve(
         digest.as_deref(),
         clock.now(),
     )));
+    let clients: Arc<dyn OAuthClients> = store.clone();
+    let issuer = Arc::new(TokenIssuer::new(
+        clients.clone(),
+        ring.clone(),
+        IssuerConfig {
+            issuer: cfg
+                .oauth
+                .issuer
+                .clone()
+                .unwrap_or_else(|| format!("http://{local}")),
+            access_token_lifetime: cfg.oauth.access_token_lifetime,
+        },
+    ));
     let admin_state = Arc::new(AdminState {
         keys: KeyAdmin::new(
             keys.clone(),
@@ -302,6 +325,7 @@ pub async fn serve(
         routes: routes_in_force.clone(),
         upstreams: upstreams.clone(),
         signing: SigningAdmin::new(ring.clone(), auditor.clone(), clock.clone()),
+        clients: ClientAdmin::new(clients.clone(), auditor.clone(), clock.clone()),
     });
     let app = Arc::new(App {
         gateway,
@@ -314,6 +338,7 @@ pub async fn serve(
         limits: cfg.limits.clone(),
         stopping: AtomicBool::new(false),
         ring: ring.clone(),
+        issuer: issuer.clone(),
     });
 
     let reloader = reload_on_sighup(Reloader {
@@ -366,12 +391,6 @@ pub async fn serve(
         ))
     });
 
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| StartError(format!("cannot listen on {}: {e}", cfg.listen)))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| StartError(e.to_string()))?;
     println!("portcullis listening on http://{local}");
     tracing::info!(%local, routes = cfg.routes.len(), data_dir = %data_dir.display(), "started");
 
@@ -513,7 +532,120 @@ async fn shutdown_signal() {
 pub(crate) fn is_local(path: &str) -> bool {
     path == "/admin/v1"
         || path.starts_with("/admin/v1/")
-        || matches!(path, "/healthz" | "/readyz" | "/metrics" | JWKS_PATH)
+        || matches!(
+            path,
+            "/healthz" | "/readyz" | "/metrics" | JWKS_PATH | TOKEN_PATH
+        )
+}
+
+/// The token endpoint.
+pub const TOKEN_PATH: &str = "/oauth2/token";
+
+/// `POST /oauth2/token` (RFC 6749 §3.2, §4.4, §5): a form body; the answer is never cached.
+/// Each answer is an audited authentication decision (`oauth.token`).
+async fn token(app: &App, req: Request<Body>, client: std::net::IpAddr) -> Response<Body> {
+    if req.method() != http::Method::POST {
+        let mut r = oauth_error(&OAuthError::InvalidRequest(
+            "The token endpoint takes POST.",
+        ));
+        *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    let form_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let used_basic = authorization.as_deref().is_some_and(|a| {
+        a.trim_start()
+            .get(..6)
+            .is_some_and(|s| s.eq_ignore_ascii_case("basic "))
+    });
+    let now = app.clock.now();
+    let result = if form_type {
+        match axum::body::to_bytes(req.into_body(), portcullis_core::oauth2::MAX_FORM_BYTES).await {
+            Ok(body) => match Form::parse(&body) {
+                Ok(form) => app.issuer.token(authorization.as_deref(), &form, now).await,
+                Err(e) => Err(e),
+            },
+            Err(_) => Err(OAuthError::InvalidRequest("The request body is too large.")),
+        }
+    } else {
+        Err(OAuthError::InvalidRequest(
+            "The body must be application/x-www-form-urlencoded.",
+        ))
+    };
+    let mut event = audit::AuditEvent::new(
+        now,
+        "oauth.token",
+        if result.is_ok() { "allow" } else { "deny" },
+    )
+    .client_ip(client);
+    event = match &result {
+        Ok(t) => event
+            .reason("ok")
+            .credential(t.client_id.as_str().into())
+            .detail(serde_json::json!({ "jti": t.jti, "scope": t.scope })),
+        Err(e) => event.reason(e.code()),
+    };
+    if app.auditor.emit_bounded(event).await.is_err() {
+        return oauth_error(&OAuthError::TemporarilyUnavailable);
+    }
+    match result {
+        Ok(t) => {
+            let body = serde_json::json!({
+                "access_token": t.access_token,
+                "token_type": "Bearer",
+                "expires_in": t.expires_in,
+                "scope": t.scope,
+            });
+            let mut r = Response::new(Body::from(body.to_string()));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            r
+        }
+        Err(e) => {
+            let mut r = oauth_error(&e);
+            if e == OAuthError::InvalidClient && used_basic {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"portcullis\", charset=\"UTF-8\""),
+                );
+            }
+            r
+        }
+    }
+}
+
+/// An RFC 6749 §5.2 error response.
+fn oauth_error(e: &OAuthError) -> Response<Body> {
+    let body = serde_json::json!({ "error": e.code(), "error_description": e.description() });
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
 }
 
 /// Where the JWKS of the signing keys is served.
@@ -580,6 +712,9 @@ pub(crate) async fn local(app: &App, mut req: Request<Body>, peer: SocketAddr) -
         }
     } else if path == JWKS_PATH {
         jwks(app, &req)
+    } else if path == TOKEN_PATH {
+        let client = app.gateway.client_ip(peer.ip(), req.headers());
+        token(app, req, client).await
     } else if path == "/healthz" {
         json_response(StatusCode::OK, r#"{"status":"ok"}"#)
     } else if path == "/readyz" {
@@ -807,6 +942,7 @@ fn restart_only_changes(running: &Config, loaded: &Config) -> Vec<&'static str> 
         api_keys,
         audit,
         signing_keys,
+        oauth,
         limits,
         proxy,
         client_ip,
@@ -819,6 +955,7 @@ fn restart_only_changes(running: &Config, loaded: &Config) -> Vec<&'static str> 
         ("api_keys", running.api_keys != *api_keys),
         ("audit", running.audit != *audit),
         ("signing_keys", running.signing_keys != *signing_keys),
+        ("oauth", running.oauth != *oauth),
         ("limits", running.limits != *limits),
         ("proxy", running.proxy != *proxy),
         ("client_ip", running.client_ip != *client_ip),

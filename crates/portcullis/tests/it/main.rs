@@ -13,6 +13,7 @@ mod cors;
 mod durability;
 mod gateway;
 mod http1;
+mod oauth;
 mod proxy;
 mod ratelimit;
 mod signing;

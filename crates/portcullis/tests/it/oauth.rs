@@ -1,0 +1,196 @@
+//! OAuth clients and the token endpoint (client_credentials), end to end: the CLI registers,
+//! curl and reqwest ask for tokens, and the token verifies against our JWKS.
+
+use portcullis_core::jose::{Algorithm, Jwk, Jws, MAX_TOKEN_LEN};
+use portcullis_core::jwt::{self, Expectations};
+use portcullis_core::Timestamp;
+use serde_json::Value;
+
+use crate::support::*;
+
+async fn token_form(s: &Server, basic: Option<(&str, &str)>, body: &str) -> reqwest::Response {
+    let mut r = client()
+        .post(s.url("/oauth2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_owned());
+    if let Some((id, secret)) = basic {
+        r = r.basic_auth(id, Some(secret));
+    }
+    r.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_registered_client_gets_a_token_that_our_jwks_verifies() {
+    let s = Server::start(None);
+    let c = s.cli_json(&[
+        "clients",
+        "create",
+        "--name",
+        "svc",
+        "--grant-types",
+        "client_credentials",
+        "--scopes",
+        "read:echo,write:echo",
+    ]);
+    let id = c["client_id"].as_str().unwrap().to_owned();
+    let secret = c["client_secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("pcs_") && secret.len() > 40, "{c}");
+
+    // curl, client_secret_basic: exactly what the quickstart shows.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-u",
+            &format!("{id}:{secret}"),
+            "-d",
+            "grant_type=client_credentials",
+            "-d",
+            "scope=read:echo",
+        ])
+        .arg(s.url("/oauth2/token"))
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["token_type"], "Bearer", "{v}");
+    assert_eq!(v["expires_in"], 900);
+    assert_eq!(v["scope"], "read:echo");
+    let token = v["access_token"].as_str().unwrap().to_owned();
+
+    // The token is an RFC 9068 JWT that the published key verifies.
+    let r = client().get(s.url("/oauth2/jwks")).send().await.unwrap();
+    let jwks = json_of(r).await;
+    let jwk: Jwk = serde_json::from_value(jwks["keys"][0].clone()).unwrap();
+    let jws = Jws::parse(&token, MAX_TOKEN_LEN).unwrap();
+    assert_eq!(jws.header().kid, jwk.kid);
+    let issuer = format!("http://{}", s.addr);
+    let aud = vec![issuer.clone()];
+    let now = Timestamp::from_millis(
+        i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap(),
+    );
+    let (claims, _) = jwt::verify(
+        &jws,
+        &jwk.public_key().unwrap(),
+        &Expectations {
+            algorithms: &[Algorithm::Es256],
+            issuer: &issuer,
+            audiences: &aud,
+            typ: Some("at+jwt"),
+            leeway_secs: 60,
+        },
+        now,
+    )
+    .unwrap();
+    assert_eq!(claims.client_id.as_deref(), Some(id.as_str()));
+    assert_eq!(claims.sub.as_deref(), Some(id.as_str()));
+    assert!(claims.jti.is_some());
+
+    // Answers are never cached.
+    let r = token_form(&s, Some((&id, &secret)), "grant_type=client_credentials").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.headers()["pragma"], "no-cache");
+    assert_eq!(json_of(r).await["scope"], "read:echo write:echo");
+
+    // Refusals, per RFC 6749 §5.2.
+    let r = token_form(
+        &s,
+        Some((&id, "pcs_wrong")),
+        "grant_type=client_credentials",
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Basic realm="));
+    assert_eq!(json_of(r).await["error"], "invalid_client");
+    let r = token_form(
+        &s,
+        None,
+        &format!("grant_type=client_credentials&client_id={id}&client_secret={secret}"),
+    )
+    .await;
+    assert_eq!(r.status(), 401, "registered for basic: post is refused");
+    assert!(r.headers().get("www-authenticate").is_none());
+    for (body, status, code) in [
+        (
+            "grant_type=client_credentials&scope=admin",
+            400,
+            "invalid_scope",
+        ),
+        (
+            "grant_type=password&username=a&password=b",
+            400,
+            "unsupported_grant_type",
+        ),
+        ("scope=read:echo", 400, "invalid_request"),
+        (
+            "grant_type=client_credentials&grant_type=client_credentials",
+            400,
+            "invalid_request",
+        ),
+    ] {
+        let r = token_form(&s, Some((&id, &secret)), body).await;
+        assert_eq!(r.status(), status, "{body}");
+        assert_eq!(json_of(r).await["error"], code, "{body}");
+    }
+    let r = client()
+        .post(s.url("/oauth2/token"))
+        .basic_auth(&id, Some(&secret))
+        .json(&serde_json::json!({"grant_type": "client_credentials"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "JSON is not the token endpoint's format");
+    let r = client().get(s.url("/oauth2/token")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+
+    // Each answer is an audited decision; the secret and the token are in no log.
+    let events = audit_events_eventually(&s, "kind=oauth.token").await;
+    assert!(events
+        .iter()
+        .any(|e| e["outcome"] == "allow" && e["credential_id"] == id.as_str()));
+    assert!(events
+        .iter()
+        .any(|e| e["outcome"] == "deny" && e["reason"] == "invalid_client"));
+
+    // Rotate the secret: the old one stops at once. Delete: the client is gone.
+    let rotated = s.cli_json(&["clients", "rotate-secret", &id]);
+    let fresh = rotated["client_secret"].as_str().unwrap().to_owned();
+    let r = token_form(&s, Some((&id, &secret)), "grant_type=client_credentials").await;
+    assert_eq!(r.status(), 401);
+    let r = token_form(&s, Some((&id, &fresh)), "grant_type=client_credentials").await;
+    assert_eq!(r.status(), 200);
+    let listed = s.cli_json(&["clients", "list"]);
+    assert_eq!(listed["clients"][0]["client_id"], id.as_str());
+    assert!(
+        listed.to_string().find("pcs_").is_none(),
+        "no secret in a listing"
+    );
+    let shown = s.cli_json(&["clients", "show", &id]);
+    assert_eq!(
+        shown["grant_types"],
+        serde_json::json!(["client_credentials"])
+    );
+    s.cli_json(&["clients", "delete", &id]);
+    let r = token_form(&s, Some((&id, &fresh)), "grant_type=client_credentials").await;
+    assert_eq!(r.status(), 401);
+    let (code, _, err) = s.cli(&["clients", "show", &id]);
+    assert_ne!(code, 0);
+    assert!(err.contains("404"), "{err}");
+
+    let dir = s.kill9();
+    let logs = std::fs::read_to_string(dir.dir.join("data/audit.jsonl")).unwrap_or_default();
+    for secret in [&secret, &fresh, &token] {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a secret or token in the audit file"
+        );
+    }
+}
