@@ -3,7 +3,6 @@
 
 use portcullis_core::jose::{Algorithm, Jwk, Jws, MAX_TOKEN_LEN};
 use portcullis_core::jwt::{self, Expectations};
-use portcullis_core::Timestamp;
 use serde_json::Value;
 
 use crate::support::*;
@@ -64,15 +63,7 @@ async fn a_registered_client_gets_a_token_that_our_jwks_verifies() {
     assert_eq!(jws.header().kid, jwk.kid);
     let issuer = format!("http://{}", s.addr);
     let aud = vec![issuer.clone()];
-    let now = Timestamp::from_millis(
-        i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis(),
-        )
-        .unwrap(),
-    );
+    let now = portcullis_domain::Clock::now(&portcullis_domain::SystemClock);
     let (claims, _) = jwt::verify(
         &jws,
         &jwk.public_key().unwrap(),
