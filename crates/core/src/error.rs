@@ -31,9 +31,27 @@ pub enum AuthError {
         /// Seconds until a request would be allowed.
         retry_after_secs: u64,
     },
+    /// A bearer token was presented and refused (RFC 6750 §3.1 `invalid_token`).
+    #[error("token: {0}")]
+    Token(TokenError),
     /// A backend needed for the decision could not answer; fail closed.
     #[error("authentication backend unavailable")]
     Unavailable,
+}
+
+/// Why a bearer token was refused: expired, or not valid for any other reason (the reasons
+/// are in the audit trail, not on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Past its `exp`.
+    #[error("expired")]
+    Expired,
+    /// Malformed, badly signed, from an issuer or for an audience not trusted here, revoked.
+    #[error("invalid")]
+    Invalid,
+    /// In the query string (`access_token=`): refused on every route (RFC 9700 §2.4.1).
+    #[error("in the query string")]
+    InQuery,
 }
 
 /// Errors of the gateway itself (routing, proxying, sizes), in the same table.
@@ -130,6 +148,17 @@ impl From<&AuthError> for WireError {
                 429,
                 "rate_limited",
                 "Too many requests; retry after the indicated time.",
+            ),
+            AuthError::Token(TokenError::Expired) => {
+                wire(401, "token_expired", "The access token has expired.")
+            }
+            AuthError::Token(TokenError::Invalid) => {
+                wire(401, "invalid_token", "The access token is not valid.")
+            }
+            AuthError::Token(TokenError::InQuery) => wire(
+                401,
+                "invalid_token",
+                "Access tokens are not accepted in the query string; send Authorization: Bearer.",
             ),
             AuthError::Unavailable => wire(
                 503,

@@ -263,6 +263,11 @@ impl Identity {
         Self::new(Scheme::ApiKey, claims)
     }
 
+    /// An identity for a JWT access token that [`crate::jwt::verify`] accepted.
+    pub fn from_jwt(_proof: Verified<crate::jwt::Jwt>, claims: Claims) -> Self {
+        Self::new(Scheme::Jwt, claims)
+    }
+
     fn new(scheme: Scheme, c: Claims) -> Self {
         Self {
             schemes: SchemeSet::one(scheme),

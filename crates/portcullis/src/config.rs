@@ -605,13 +605,13 @@ fn default_failed_auth_limit() -> Option<Limit> {
 
 /// The routes used when the file defines none: the built-in echo behind an API key.
 pub fn default_routes() -> Vec<RouteConfig> {
-    vec![RouteConfig {
-        name: "echo".into(),
+    let echo = |name: &str, prefix: &str, scheme: Scheme| RouteConfig {
+        name: name.into(),
         host: None,
-        path_prefix: "/echo".into(),
+        path_prefix: prefix.into(),
         methods: vec![],
         upstream: Upstream::Echo,
-        policy: PolicyExpr::Scheme(Scheme::ApiKey),
+        policy: PolicyExpr::Scheme(scheme),
         scopes: ScopeSet::parse(["read:echo"]).unwrap_or_default(),
         strip_prefix: false,
         api_key_query_param: None,
@@ -621,7 +621,11 @@ pub fn default_routes() -> Vec<RouteConfig> {
         timeout: None,
         rate_limit: None,
         failed_auth_limit: default_failed_auth_limit(),
-    }]
+    };
+    vec![
+        echo("echo", "/echo", Scheme::ApiKey),
+        echo("jwt_echo", "/jwt/echo", Scheme::Jwt),
+    ]
 }
 
 impl Default for Config {
@@ -769,6 +773,25 @@ impl Config {
         if self.audit.queue == 0 {
             return Err(("audit.queue".into(), "must be at least 1".into()));
         }
+        let sk = &self.signing_keys;
+        if sk.lead_time > MAX_SIGNING_LEAD {
+            return Err(("signing_keys.lead_time".into(), "must be at most 7d".into()));
+        }
+        if sk.max_token_lifetime < Duration::from_secs(60) {
+            return Err((
+                "signing_keys.max_token_lifetime".into(),
+                "must be at least 1m".into(),
+            ));
+        }
+        if sk
+            .rotate_every
+            .is_some_and(|r| r < sk.lead_time.max(Duration::from_secs(3600)))
+        {
+            return Err((
+                "signing_keys.rotate_every".into(),
+                "must be at least 1h and at least lead_time".into(),
+            ));
+        }
         if let Some(i) = &self.oauth.issuer {
             let ok = (i.starts_with("https://") || i.starts_with("http://"))
                 && !i.contains(['?', '#'])
@@ -792,25 +815,6 @@ impl Config {
             return Err((
                 "oauth.access_token_lifetime".into(),
                 "must not exceed signing_keys.max_token_lifetime".into(),
-            ));
-        }
-        let sk = &self.signing_keys;
-        if sk.lead_time > MAX_SIGNING_LEAD {
-            return Err(("signing_keys.lead_time".into(), "must be at most 7d".into()));
-        }
-        if sk.max_token_lifetime < Duration::from_secs(60) {
-            return Err((
-                "signing_keys.max_token_lifetime".into(),
-                "must be at least 1m".into(),
-            ));
-        }
-        if sk
-            .rotate_every
-            .is_some_and(|r| r < sk.lead_time.max(Duration::from_secs(3600)))
-        {
-            return Err((
-                "signing_keys.rotate_every".into(),
-                "must be at least 1h and at least lead_time".into(),
             ));
         }
         if self
@@ -1427,8 +1431,12 @@ policy = "public"
     fn empty_file_gives_the_quickstart_defaults() {
         let c = Config::parse("", "p.toml").unwrap();
         assert_eq!(c.listen, default_listen());
-        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[0].upstream, Upstream::Echo);
+        assert_eq!(
+            (c.routes[1].path_prefix.as_str(), &c.routes[1].policy),
+            ("/jwt/echo", &PolicyExpr::Scheme(Scheme::Jwt))
+        );
     }
 
     #[test]

@@ -14,8 +14,9 @@ use http::{Response, Uri};
 use portcullis_core::client_ip::TrustedProxies;
 use portcullis_core::cors::Cors;
 use portcullis_core::error::GatewayError;
+use portcullis_core::identity::SchemeSet;
 use portcullis_core::text::IpText;
-use portcullis_core::{AuthError, ConnMemo, RequestParts, WireError};
+use portcullis_core::{AuthError, ConnMemo, RequestParts, Scheme, WireError};
 use portcullis_domain::authn::Authenticated;
 use portcullis_domain::gate::{Gate, RouteGate};
 use portcullis_domain::Clock;
@@ -372,7 +373,29 @@ impl Gateway {
                         .with_label_values(&[&*route.gate.name])
                         .inc();
                 }
-                let mut resp = error_response(wire, &route.gate.challenges, refused.rate.as_ref());
+                let schemes = route.gate.policy.schemes();
+                let bearer = schemes.iter().any(|s| s == Scheme::Jwt);
+                let mut wire = wire;
+                if bearer
+                    && schemes == SchemeSet::one(Scheme::Jwt)
+                    && refused.error == AuthError::MissingCredentials
+                {
+                    wire.code = "missing_token";
+                    wire.description =
+                        "This route requires an access token: Authorization: Bearer <token>.";
+                }
+                let challenges = bearer_challenges(&route.gate.challenges, &refused.error, wire);
+                let mut resp = error_response(wire, &challenges, refused.rate.as_ref());
+                if bearer && refused.error == AuthError::InsufficientScope {
+                    // RFC 6750 §3.1: the scopes the route needs, in the challenge of the 403.
+                    let c = format!(
+                        "Bearer realm=\"portcullis\", error=\"insufficient_scope\", scope=\"{}\"",
+                        route.gate.scopes.as_space_separated()
+                    );
+                    if let Ok(v) = HeaderValue::from_str(&c) {
+                        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                    }
+                }
                 if let AuthError::QuotaExceeded { retry_after_secs } = refused.error {
                     resp.headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
@@ -785,6 +808,32 @@ fn request_host(req: &http::request::Parts) -> Option<std::borrow::Cow<'_, str>>
     } else {
         host.into()
     })
+}
+
+/// The route's challenges, the `Bearer` one carrying RFC 6750 §3's `error` and
+/// `error_description` when a bearer token was refused.
+fn bearer_challenges<'c>(
+    base: &'c [String],
+    error: &AuthError,
+    wire: WireError,
+) -> std::borrow::Cow<'c, [String]> {
+    if !matches!(error, AuthError::Token(_)) {
+        return std::borrow::Cow::Borrowed(base);
+    }
+    std::borrow::Cow::Owned(
+        base.iter()
+            .map(|c| {
+                if c.starts_with("Bearer ") {
+                    format!(
+                        "{c}, error=\"invalid_token\", error_description=\"{}\"",
+                        wire.description
+                    )
+                } else {
+                    c.clone()
+                }
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

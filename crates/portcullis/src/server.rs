@@ -18,6 +18,7 @@ use portcullis_core::{Scheme, Timestamp};
 use portcullis_domain::admin::KeyAdmin;
 use portcullis_domain::audit;
 use portcullis_domain::authn::api_key::{ApiKeyAuthenticator, ApiKeyConfig, KeyCache};
+use portcullis_domain::authn::jwt::{JwtAuthenticator, JwtConfig};
 use portcullis_domain::authn::{Authenticator, RouteAuth};
 use portcullis_domain::gate::{Gate, RouteGate};
 use portcullis_domain::oauth::{ClientAdmin, IssuerConfig, TokenIssuer};
@@ -189,6 +190,11 @@ pub async fn serve(
     let local = listener
         .local_addr()
         .map_err(|e| StartError(e.to_string()))?;
+    let issuer_url = cfg
+        .oauth
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{local}"));
     let store = Arc::new(
         SqliteStore::open(&data_dir.join("portcullis.db"))
             .await
@@ -258,6 +264,20 @@ pub async fn serve(
         )),
     );
 
+    available.insert(
+        Scheme::Jwt,
+        Arc::new(JwtAuthenticator::new(
+            JwtConfig {
+                issuer: issuer_url.clone(),
+                // Tokens for another resource (RFC 8707) do not open the gateway's routes.
+                audiences: vec![issuer_url.clone()],
+                leeway_secs: 30,
+                cache_capacity: 100_000,
+            },
+            ring.clone(),
+        )),
+    );
+
     let proxy = Arc::new(Proxy::new(&cfg.proxy).map_err(StartError)?);
     let groups =
         build_upstreams(&cfg.upstreams, &proxy, &metrics, &clock, &[]).map_err(StartError)?;
@@ -301,11 +321,7 @@ pub async fn serve(
         clients.clone(),
         ring.clone(),
         IssuerConfig {
-            issuer: cfg
-                .oauth
-                .issuer
-                .clone()
-                .unwrap_or_else(|| format!("http://{local}")),
+            issuer: issuer_url.clone(),
             access_token_lifetime: cfg.oauth.access_token_lifetime,
         },
     ));

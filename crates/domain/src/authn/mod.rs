@@ -5,6 +5,7 @@
 //! this scheme was presented and refused.
 
 pub mod api_key;
+pub mod jwt;
 
 use std::sync::Arc;
 

@@ -185,3 +185,107 @@ async fn a_registered_client_gets_a_token_that_our_jwks_verifies() {
         );
     }
 }
+
+async fn bearer(s: &Server, path: &str, token: &str) -> reqwest::Response {
+    client()
+        .get(s.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_token_from_the_token_endpoint_opens_the_jwt_route_and_nothing_else_does() {
+    let s = Server::start(None);
+    let mk = |scopes: &str| {
+        let c = s.cli_json(&["clients", "create", "--name", "svc", "--scopes", scopes]);
+        (
+            c["client_id"].as_str().unwrap().to_owned(),
+            c["client_secret"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (id, secret) = mk("read:echo");
+    let r = token_form(&s, Some((&id, &secret)), "grant_type=client_credentials").await;
+    let token = json_of(r).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The token opens /jwt/echo; the upstream sees who, not the token.
+    let r = bearer(&s, "/jwt/echo/hi", &token).await;
+    assert_eq!(r.status(), 200);
+    let v = json_of(r).await;
+    let h = &v["headers"];
+    assert_eq!(h["x-portcullis-scheme"], "jwt");
+    assert_eq!(h["x-portcullis-client"], id.as_str(), "{h}");
+    assert_eq!(h["x-portcullis-scopes"], "read:echo");
+    assert!(h["x-portcullis-credential"]
+        .as_str()
+        .unwrap()
+        .starts_with("jwt:"));
+    assert!(
+        h.get("authorization").is_none(),
+        "the token is not forwarded: {h}"
+    );
+    // Again (from the verified-token cache).
+    assert_eq!(bearer(&s, "/jwt/echo/hi", &token).await.status(), 200);
+
+    // Nothing else opens it: no token, an API key, a forged or tampered token.
+    let r = client().get(s.url("/jwt/echo/hi")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Bearer realm=\"portcullis\""
+    );
+    assert_eq!(json_of(r).await["error"], "missing_token");
+    let (_, key) = s.create_key("k", "read:echo");
+    let r = get_key(&s, "/jwt/echo/hi", &key).await;
+    assert_eq!(json_of(r).await["error"], "missing_token");
+    let r = bearer(&s, "/jwt/echo/hi", &key).await;
+    assert_eq!(r.status(), 401, "an API key as a bearer is not a JWT");
+    let mut tampered = token.clone();
+    tampered.pop();
+    tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+    let r = bearer(&s, "/jwt/echo/hi", &tampered).await;
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(
+        challenge.starts_with("Bearer realm=\"portcullis\", error=\"invalid_token\""),
+        "{challenge}"
+    );
+    assert_eq!(json_of(r).await["error"], "invalid_token");
+    // In the query string: refused.
+    let r = client()
+        .get(s.url(&format!("/jwt/echo/hi?access_token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(json_of(r).await["error"], "invalid_token");
+    // The token does not open the API-key route.
+    assert_eq!(bearer(&s, "/echo/hi", &token).await.status(), 401);
+
+    // A token without the route's scope: 403 with the scope in the challenge.
+    let (id2, secret2) = mk("write:echo");
+    let r = token_form(&s, Some((&id2, &secret2)), "grant_type=client_credentials").await;
+    let narrow = json_of(r).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = bearer(&s, "/jwt/echo/hi", &narrow).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Bearer realm=\"portcullis\", error=\"insufficient_scope\", scope=\"read:echo\""
+    );
+    assert_eq!(json_of(r).await["error"], "insufficient_scope");
+
+    // The decisions are audited under the token's jti, never the token.
+    let decisions = audit_events_eventually(&s, "kind=auth.decision&outcome=allow").await;
+    assert!(
+        decisions.iter().any(|e| e["scheme"] == "jwt"),
+        "{decisions:?}"
+    );
+    assert!(!s.output().contains(&token));
+}
