@@ -815,12 +815,12 @@ pub async fn signing_keys(conn: &Conn, cmd: SigningKeysCmd) -> Result<(), CliErr
         }
     };
     println!(
-        "{:<44} {:<6} {:<8} {:<21} {:<21} EXPIRES",
+        "{:<44} {:<6} {:<8} {:<24} {:<24} EXPIRES",
         "KID", "ALG", "STATE", "SIGNS FROM", "RETIRES"
     );
     for k in &keys {
         println!(
-            "{:<44} {:<6} {:<8} {:<21} {:<21} {}",
+            "{:<44} {:<6} {:<8} {:<24} {:<24} {}",
             s(&k["kid"]),
             s(&k["algorithm"]),
             s(&k["state"]),
