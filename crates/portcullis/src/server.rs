@@ -550,12 +550,49 @@ pub(crate) fn is_local(path: &str) -> bool {
         || path.starts_with("/admin/v1/")
         || matches!(
             path,
-            "/healthz" | "/readyz" | "/metrics" | JWKS_PATH | TOKEN_PATH
+            "/healthz" | "/readyz" | "/metrics" | JWKS_PATH | TOKEN_PATH | METADATA_PATH
         )
 }
 
 /// The token endpoint.
 pub const TOKEN_PATH: &str = "/oauth2/token";
+
+/// The authorization server's metadata (RFC 8414 §3).
+pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+
+/// `GET /.well-known/oauth-authorization-server`: exactly what this server supports, no more.
+fn metadata(app: &App, req: &Request<Body>) -> Response<Body> {
+    if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+        let mut r = json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            r#"{"error":"method_not_allowed","error_description":"The metadata is read with GET."}"#,
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let iss = &app.issuer.config().issuer;
+    let doc = serde_json::json!({
+        "issuer": iss,
+        "token_endpoint": format!("{iss}{TOKEN_PATH}"),
+        "jwks_uri": format!("{iss}{JWKS_PATH}"),
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        // RFC 8414 requires the member; no authorization endpoint is served yet.
+        "response_types_supported": [],
+    });
+    let mut r = Response::new(Body::from(doc.to_string()));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    r
+}
 
 /// `POST /oauth2/token` (RFC 6749 §3.2, §4.4, §5): a form body; the answer is never cached.
 /// Each answer is an audited authentication decision (`oauth.token`).
@@ -728,6 +765,8 @@ pub(crate) async fn local(app: &App, mut req: Request<Body>, peer: SocketAddr) -
         }
     } else if path == JWKS_PATH {
         jwks(app, &req)
+    } else if path == METADATA_PATH {
+        metadata(app, &req)
     } else if path == TOKEN_PATH {
         let client = app.gateway.client_ip(peer.ip(), req.headers());
         token(app, req, client).await

@@ -289,3 +289,47 @@ async fn a_token_from_the_token_endpoint_opens_the_jwt_route_and_nothing_else_do
     );
     assert!(!s.output().contains(&token));
 }
+
+#[tokio::test]
+async fn the_metadata_describes_exactly_what_is_served() {
+    let s = Server::start(None);
+    let r = client()
+        .get(s.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "public, max-age=3600");
+    let m = json_of(r).await;
+    let iss = format!("http://{}", s.addr);
+    assert_eq!(m["issuer"], iss.as_str());
+    assert_eq!(m["token_endpoint"], format!("{iss}/oauth2/token").as_str());
+    assert_eq!(m["jwks_uri"], format!("{iss}/oauth2/jwks").as_str());
+    assert_eq!(
+        m["grant_types_supported"],
+        serde_json::json!(["client_credentials"])
+    );
+    assert_eq!(
+        m["token_endpoint_auth_methods_supported"],
+        serde_json::json!(["client_secret_basic", "client_secret_post"])
+    );
+    // Every URL it names answers.
+    let jwks = client()
+        .get(m["jwks_uri"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(jwks.status(), 200);
+    let token = client()
+        .post(m["token_endpoint"].as_str().unwrap())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        token.status(),
+        401,
+        "the endpoint is there and wants a client"
+    );
+}
