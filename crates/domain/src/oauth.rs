@@ -2,14 +2,17 @@
 //! the token endpoint's `client_credentials` grant (RFC 6749 §4.4), issuing RFC 9068 JWT
 //! access tokens signed by the [`KeyRing`].
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use portcullis_core::crypto::{self, Sha256Digest};
+use portcullis_core::jose::Jws;
+use portcullis_core::jwt::{self, Expectations, JwtError};
 use portcullis_core::oauth2::{grant_scopes, ClientCredentials, Form, OAuthError};
 use portcullis_core::secret::{ct_eq, Secret};
 use portcullis_core::{ScopeSet, Timestamp};
-use portcullis_store::{ClientRecord, OAuthClients, StoreError};
+use portcullis_store::{ClientRecord, OAuthClients, RevokedTokens, StoreError};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -253,21 +256,179 @@ pub struct IssuedToken {
     pub client_id: String,
 }
 
-/// The token endpoint.
+/// Access tokens revoked before their expiry: durable in the store, and in memory for the
+/// gateway's check of every request (a map lookup by `jti`).
+pub struct Revocations {
+    store: Arc<dyn RevokedTokens>,
+    set: RwLock<HashMap<String, Timestamp>>,
+}
+
+impl Revocations {
+    /// The revocations stored, loaded.
+    pub async fn load(store: Arc<dyn RevokedTokens>, now: Timestamp) -> Result<Self, StoreError> {
+        let set = store.revoked_tokens(now).await?.into_iter().collect();
+        Ok(Self {
+            store,
+            set: RwLock::new(set),
+        })
+    }
+
+    /// Whether the token `jti` was revoked.
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.set
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(jti)
+    }
+
+    /// Revokes `jti` (valid until `expires_at`): stored durably first, then in force.
+    pub async fn revoke(&self, jti: &str, expires_at: Timestamp) -> Result<(), StoreError> {
+        self.store.revoke_token(jti, expires_at).await?;
+        self.set
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(jti.to_owned(), expires_at);
+        Ok(())
+    }
+
+    /// Forgets revocations of tokens that have expired anyway.
+    pub async fn purge(&self, now: Timestamp) -> Result<(), StoreError> {
+        self.store.delete_expired_revocations(now).await?;
+        self.set
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, e| *e > now);
+        Ok(())
+    }
+}
+
+/// Verifies a token Portcullis issued: the key only by `kid` among the published ones, that
+/// key's own algorithm only, `typ` `at+jwt`, `iss`, `exp`/`nbf`/`iat` with `leeway_secs`, and
+/// `aud` among `audiences` (empty: any). Revocation is the caller's to check.
+pub fn verify_own_token(
+    ring: &KeyRing,
+    issuer: &str,
+    audiences: &[String],
+    leeway_secs: i64,
+    token: &str,
+    max_len: usize,
+    now: Timestamp,
+) -> Result<(jwt::Claims, portcullis_core::Verified<jwt::Jwt>), JwtError> {
+    let jws = Jws::parse(token, max_len)?;
+    let bad = JwtError::Jose(portcullis_core::jose::JoseError::BadSignature);
+    let kid = jws.header().kid.as_deref().ok_or(bad)?;
+    let keys = ring.keys();
+    let key = keys
+        .iter()
+        .find(|k| k.record.kid == kid && k.published_at(now))
+        .ok_or(bad)?;
+    let public = key.jwk.public_key().map_err(|_| bad)?;
+    let algorithms = [key.algorithm()];
+    let expect = Expectations {
+        algorithms: &algorithms,
+        issuer,
+        audiences,
+        typ: Some("at+jwt"),
+        leeway_secs,
+    };
+    jwt::verify(&jws, &public, &expect, now)
+}
+
+/// The token endpoint, and the introspection and revocation endpoints beside it.
 pub struct TokenIssuer {
     clients: Arc<dyn OAuthClients>,
     ring: Arc<KeyRing>,
     config: IssuerConfig,
+    revocations: Arc<Revocations>,
 }
 
 impl TokenIssuer {
-    /// An issuer over the registered clients and the key ring.
-    pub fn new(clients: Arc<dyn OAuthClients>, ring: Arc<KeyRing>, config: IssuerConfig) -> Self {
+    /// An issuer over the registered clients, the key ring and the revocations.
+    pub fn new(
+        clients: Arc<dyn OAuthClients>,
+        ring: Arc<KeyRing>,
+        config: IssuerConfig,
+        revocations: Arc<Revocations>,
+    ) -> Self {
         Self {
             clients,
             ring,
             config,
+            revocations,
         }
+    }
+
+    /// The token named by the form's `token`, if it is one of ours, valid at `now` (any
+    /// audience) and not revoked.
+    fn active(&self, form: &Form, now: Timestamp) -> Result<Option<jwt::Claims>, OAuthError> {
+        let token = form
+            .get("token")
+            .ok_or(OAuthError::InvalidRequest("token is missing."))?;
+        Ok(verify_own_token(
+            &self.ring,
+            &self.config.issuer,
+            &[],
+            0,
+            token,
+            16 * 1024,
+            now,
+        )
+        .ok()
+        .map(|(c, _)| c)
+        .filter(|c| {
+            c.jti
+                .as_deref()
+                .is_some_and(|j| !self.revocations.is_revoked(j))
+        }))
+    }
+
+    /// `POST /oauth2/introspect` (RFC 7662): for an authenticated client, whether `token` is
+    /// active, and if so its claims. Anything else — not ours, expired, revoked, malformed —
+    /// is `{"active": false}` and nothing more.
+    pub async fn introspect(
+        &self,
+        authorization: Option<&str>,
+        form: &Form,
+        now: Timestamp,
+    ) -> Result<(String, serde_json::Value), OAuthError> {
+        let caller = self
+            .authenticate(&ClientCredentials::from_request(authorization, form)?)
+            .await?;
+        let Some(c) = self.active(form, now)? else {
+            return Ok((caller.id, json!({ "active": false })));
+        };
+        let mut v = serde_json::to_value(&c).unwrap_or_else(|_| json!({}));
+        v["active"] = json!(true);
+        v["token_type"] = json!("Bearer");
+        Ok((caller.id, v))
+    }
+
+    /// `POST /oauth2/revoke` (RFC 7009): the authenticated client revokes a token issued to
+    /// it; the gateway refuses it from the next request. A token that is not ours, or no
+    /// longer valid, is answered like a revoked one (§2.2). Returns the revoked `jti`.
+    pub async fn revoke(
+        &self,
+        authorization: Option<&str>,
+        form: &Form,
+        now: Timestamp,
+    ) -> Result<(String, Option<String>), OAuthError> {
+        let caller = self
+            .authenticate(&ClientCredentials::from_request(authorization, form)?)
+            .await?;
+        let Some(c) = self.active(form, now)? else {
+            return Ok((caller.id, None));
+        };
+        if c.client_id.as_deref() != Some(caller.id.as_str()) {
+            return Err(OAuthError::UnauthorizedClient);
+        }
+        let (Some(jti), Some(exp)) = (c.jti, c.exp) else {
+            return Ok((caller.id, None));
+        };
+        self.revocations
+            .revoke(&jti, Timestamp::from_secs(exp))
+            .await
+            .map_err(unavailable)?;
+        Ok((caller.id, Some(jti)))
     }
 
     /// The issuer's settings.
@@ -411,6 +572,11 @@ mod tests {
             .unwrap(),
         );
         let admin = ClientAdmin::new(store.clone(), auditor, clock);
+        let revocations = Arc::new(
+            Revocations::load(store.clone(), Timestamp::EPOCH)
+                .await
+                .unwrap(),
+        );
         let issuer = TokenIssuer::new(
             store,
             ring.clone(),
@@ -418,6 +584,7 @@ mod tests {
                 issuer: ISS.into(),
                 access_token_lifetime: Duration::from_secs(900),
             },
+            revocations,
         );
         (admin, issuer, ring)
     }

@@ -21,7 +21,7 @@ use portcullis_domain::authn::api_key::{ApiKeyAuthenticator, ApiKeyConfig, KeyCa
 use portcullis_domain::authn::jwt::{JwtAuthenticator, JwtConfig};
 use portcullis_domain::authn::{Authenticator, RouteAuth};
 use portcullis_domain::gate::{Gate, RouteGate};
-use portcullis_domain::oauth::{ClientAdmin, IssuerConfig, TokenIssuer};
+use portcullis_domain::oauth::{ClientAdmin, IssuerConfig, Revocations, TokenIssuer};
 use portcullis_domain::ratelimit::RateLimiter;
 use portcullis_domain::signing::{tick_audited, KeyRing, SigningAdmin};
 use portcullis_domain::usage::UsageTracker;
@@ -231,6 +231,11 @@ pub async fn serve(
         .await
         .map_err(|e| StartError(format!("cannot read the audit trail: {e}")))?;
     let writer_task = tokio::spawn(writer.linger(cfg.audit.flush_interval).run());
+    let revocations = Arc::new(
+        Revocations::load(store.clone(), clock.now())
+            .await
+            .map_err(|e| StartError(format!("cannot read the revoked tokens: {e}")))?,
+    );
     let ring = Arc::new(
         KeyRing::open(
             store.clone(),
@@ -275,6 +280,7 @@ pub async fn serve(
                 cache_capacity: 100_000,
             },
             ring.clone(),
+            revocations.clone(),
         )),
     );
 
@@ -324,6 +330,7 @@ pub async fn serve(
             issuer: issuer_url.clone(),
             access_token_lifetime: cfg.oauth.access_token_lifetime,
         },
+        revocations.clone(),
     ));
     let admin_state = Arc::new(AdminState {
         keys: KeyAdmin::new(
@@ -384,12 +391,16 @@ pub async fn serve(
     // another process (the CLI's admin call goes through this one) may have added.
     let rotator = {
         let (ring, auditor, clock) = (ring.clone(), auditor.clone(), clock.clone());
+        let revocations = revocations.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SIGNING_TICK);
             loop {
                 tick.tick().await;
                 if let Err(e) = tick_audited(&ring, &auditor, clock.now()).await {
                     tracing::warn!(error = %e, "signing-key rotation step failed");
+                }
+                if let Err(e) = revocations.purge(clock.now()).await {
+                    tracing::warn!(error = %e, "purging expired token revocations failed");
                 }
             }
         })
@@ -550,12 +561,25 @@ pub(crate) fn is_local(path: &str) -> bool {
         || path.starts_with("/admin/v1/")
         || matches!(
             path,
-            "/healthz" | "/readyz" | "/metrics" | JWKS_PATH | TOKEN_PATH | METADATA_PATH
+            "/healthz"
+                | "/readyz"
+                | "/metrics"
+                | JWKS_PATH
+                | TOKEN_PATH
+                | INTROSPECT_PATH
+                | REVOKE_PATH
+                | METADATA_PATH
         )
 }
 
 /// The token endpoint.
 pub const TOKEN_PATH: &str = "/oauth2/token";
+
+/// Token introspection (RFC 7662).
+pub const INTROSPECT_PATH: &str = "/oauth2/introspect";
+
+/// Token revocation (RFC 7009).
+pub const REVOKE_PATH: &str = "/oauth2/revoke";
 
 /// The authorization server's metadata (RFC 8414 §3).
 pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
@@ -576,6 +600,10 @@ fn metadata(app: &App, req: &Request<Body>) -> Response<Body> {
         "issuer": iss,
         "token_endpoint": format!("{iss}{TOKEN_PATH}"),
         "jwks_uri": format!("{iss}{JWKS_PATH}"),
+        "introspection_endpoint": format!("{iss}{INTROSPECT_PATH}"),
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint": format!("{iss}{REVOKE_PATH}"),
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         // RFC 8414 requires the member; no authorization endpoint is served yet.
@@ -594,17 +622,24 @@ fn metadata(app: &App, req: &Request<Body>) -> Response<Body> {
     r
 }
 
-/// `POST /oauth2/token` (RFC 6749 §3.2, §4.4, §5): a form body; the answer is never cached.
-/// Each answer is an audited authentication decision (`oauth.token`).
-async fn token(app: &App, req: Request<Body>, client: std::net::IpAddr) -> Response<Body> {
+/// What an OAuth endpoint's POST carries: the `Authorization` header, whether it was Basic,
+/// and the form body.
+struct OAuthPost {
+    authorization: Option<String>,
+    used_basic: bool,
+    form: Result<Form, OAuthError>,
+}
+
+/// Reads a `POST` with an `application/x-www-form-urlencoded` body (bounded); `Err` is the
+/// answer for any other method.
+async fn oauth_post(req: Request<Body>, what: &str) -> Result<OAuthPost, Response<Body>> {
     if req.method() != http::Method::POST {
-        let mut r = oauth_error(&OAuthError::InvalidRequest(
-            "The token endpoint takes POST.",
-        ));
+        let mut r = oauth_error(&OAuthError::InvalidRequest("This endpoint takes POST."));
         *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return r;
+        tracing::debug!(endpoint = what, "oauth endpoint called without POST");
+        return Err(r);
     }
     let form_type = req
         .headers()
@@ -625,19 +660,125 @@ async fn token(app: &App, req: Request<Body>, client: std::net::IpAddr) -> Respo
             .get(..6)
             .is_some_and(|s| s.eq_ignore_ascii_case("basic "))
     });
-    let now = app.clock.now();
-    let result = if form_type {
+    let form = if form_type {
         match axum::body::to_bytes(req.into_body(), portcullis_core::oauth2::MAX_FORM_BYTES).await {
-            Ok(body) => match Form::parse(&body) {
-                Ok(form) => app.issuer.token(authorization.as_deref(), &form, now).await,
-                Err(e) => Err(e),
-            },
+            Ok(body) => Form::parse(&body),
             Err(_) => Err(OAuthError::InvalidRequest("The request body is too large.")),
         }
     } else {
         Err(OAuthError::InvalidRequest(
             "The body must be application/x-www-form-urlencoded.",
         ))
+    };
+    Ok(OAuthPost {
+        authorization,
+        used_basic,
+        form,
+    })
+}
+
+/// An OAuth error, with the Basic challenge when Basic client authentication failed.
+fn oauth_refusal(e: &OAuthError, used_basic: bool) -> Response<Body> {
+    let mut r = oauth_error(e);
+    if *e == OAuthError::InvalidClient && used_basic {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"portcullis\", charset=\"UTF-8\""),
+        );
+    }
+    r
+}
+
+/// A JSON answer of an OAuth endpoint: never cached.
+fn oauth_json(body: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::from(body.to_string()));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// `POST /oauth2/introspect` (RFC 7662) and `POST /oauth2/revoke` (RFC 7009), for
+/// authenticated clients; each call is audited (`oauth.introspect`, `oauth.revoke`).
+async fn introspect_or_revoke(
+    app: &App,
+    req: Request<Body>,
+    client: std::net::IpAddr,
+    revoke: bool,
+) -> Response<Body> {
+    let post = match oauth_post(req, if revoke { "revoke" } else { "introspect" }).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let now = app.clock.now();
+    let auth = post.authorization.as_deref();
+    let (kind, result) = if revoke {
+        let r = match &post.form {
+            Ok(f) => app
+                .issuer
+                .revoke(auth, f, now)
+                .await
+                .map(|(c, jti)| (c, serde_json::json!({ "revoked": jti }), None)),
+            Err(e) => Err(*e),
+        };
+        ("oauth.revoke", r)
+    } else {
+        let r = match &post.form {
+            Ok(f) => app.issuer.introspect(auth, f, now).await.map(|(c, v)| {
+                (
+                    c,
+                    serde_json::json!({ "active": v["active"], "jti": v["jti"] }),
+                    Some(v),
+                )
+            }),
+            Err(e) => Err(*e),
+        };
+        ("oauth.introspect", r)
+    };
+    let mut event = audit::AuditEvent::new(now, kind, if result.is_ok() { "ok" } else { "deny" })
+        .client_ip(client);
+    event = match &result {
+        Ok((caller, detail, _)) => event
+            .reason("ok")
+            .credential(caller.as_str().into())
+            .detail(detail.clone()),
+        Err(e) => event.reason(e.code()),
+    };
+    if app.auditor.emit_bounded(event).await.is_err() {
+        return oauth_error(&OAuthError::TemporarilyUnavailable);
+    }
+    match result {
+        // RFC 7009 §2.2: 200 with an empty body, whether or not there was anything to revoke.
+        Ok((_, _, None)) => {
+            let mut r = Response::new(Body::empty());
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Ok((_, _, Some(v))) => oauth_json(&v),
+        Err(e) => oauth_refusal(&e, post.used_basic),
+    }
+}
+
+/// `POST /oauth2/token` (RFC 6749 §3.2, §4.4, §5): a form body; the answer is never cached.
+/// Each answer is an audited authentication decision (`oauth.token`).
+async fn token(app: &App, req: Request<Body>, client: std::net::IpAddr) -> Response<Body> {
+    let post = match oauth_post(req, "token").await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let now = app.clock.now();
+    let result = match &post.form {
+        Ok(form) => {
+            app.issuer
+                .token(post.authorization.as_deref(), form, now)
+                .await
+        }
+        Err(e) => Err(*e),
     };
     let mut event = audit::AuditEvent::new(
         now,
@@ -656,33 +797,13 @@ async fn token(app: &App, req: Request<Body>, client: std::net::IpAddr) -> Respo
         return oauth_error(&OAuthError::TemporarilyUnavailable);
     }
     match result {
-        Ok(t) => {
-            let body = serde_json::json!({
-                "access_token": t.access_token,
-                "token_type": "Bearer",
-                "expires_in": t.expires_in,
-                "scope": t.scope,
-            });
-            let mut r = Response::new(Body::from(body.to_string()));
-            let h = r.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-            r
-        }
-        Err(e) => {
-            let mut r = oauth_error(&e);
-            if e == OAuthError::InvalidClient && used_basic {
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"portcullis\", charset=\"UTF-8\""),
-                );
-            }
-            r
-        }
+        Ok(t) => oauth_json(&serde_json::json!({
+            "access_token": t.access_token,
+            "token_type": "Bearer",
+            "expires_in": t.expires_in,
+            "scope": t.scope,
+        })),
+        Err(e) => oauth_refusal(&e, post.used_basic),
     }
 }
 
@@ -767,6 +888,10 @@ pub(crate) async fn local(app: &App, mut req: Request<Body>, peer: SocketAddr) -
         jwks(app, &req)
     } else if path == METADATA_PATH {
         metadata(app, &req)
+    } else if path == INTROSPECT_PATH || path == REVOKE_PATH {
+        let client = app.gateway.client_ip(peer.ip(), req.headers());
+        let revoke = path == REVOKE_PATH;
+        introspect_or_revoke(app, req, client, revoke).await
     } else if path == TOKEN_PATH {
         let client = app.gateway.client_ip(peer.ip(), req.headers());
         token(app, req, client).await

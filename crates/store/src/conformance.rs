@@ -12,6 +12,7 @@ use portcullis_core::ratelimit::{Algorithm, Limit};
 use portcullis_core::Timestamp;
 
 use crate::audit_block::{OwnedFields, Record};
+use crate::RevokedTokens;
 use crate::{
     ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, ClientRecord, Durable, KeyPatch, KeyUsage,
     OAuthClients, QuotaSpec, RateCells, RateLimitSpec, Retirement, Sealed, SigningKeyRecord,
@@ -110,6 +111,25 @@ where
     audit_prune_keeps_a_verifiable_tail(&make().await).await;
     signing_keys_rotate_and_expire(&make().await).await;
     clients_round_trip(&make().await).await;
+    revoked_tokens_until_expiry(&make().await).await;
+}
+
+async fn revoked_tokens_until_expiry(s: &impl RevokedTokens) {
+    let t = Timestamp::from_millis;
+    s.revoke_token("j1", t(5_000)).await.unwrap();
+    s.revoke_token("j2", t(9_000)).await.unwrap();
+    s.revoke_token("j1", t(4_000)).await.unwrap();
+    assert_eq!(
+        s.revoked_tokens(t(1_000)).await.unwrap(),
+        vec![("j1".to_owned(), t(5_000)), ("j2".to_owned(), t(9_000))],
+        "a second revocation keeps the later expiry"
+    );
+    assert_eq!(s.revoked_tokens(t(5_000)).await.unwrap().len(), 1);
+    assert_eq!(s.delete_expired_revocations(t(5_000)).await.unwrap(), 1);
+    assert_eq!(
+        s.revoked_tokens(t(0)).await.unwrap(),
+        vec![("j2".to_owned(), t(9_000))]
+    );
 }
 
 fn sample_client(id: &str) -> ClientRecord {

@@ -1,6 +1,6 @@
 //! Portcullis storage: one narrow trait per aggregate, with its contract in the docs.
 //!
-//! Durable aggregates ([`ApiKeys`], [`AuditLog`], [`SigningKeys`], [`OAuthClients`]) hold what must survive a crash: an
+//! Durable aggregates ([`ApiKeys`], [`AuditLog`], [`SigningKeys`], [`OAuthClients`], [`RevokedTokens`]) hold what must survive a crash: an
 //! implementation returns `Ok` only once the change is durable (SQLite: WAL with
 //! `synchronous=FULL`). Ephemeral state ([`RateCells`]) may be lost on restart.
 //!
@@ -196,9 +196,22 @@ pub trait OAuthClients: Send + Sync {
     async fn delete_client(&self, id: &str) -> Result<(), StoreError>;
 }
 
+/// Access tokens revoked before they expire (by `jti`). Durable before `Ok`.
+#[async_trait]
+pub trait RevokedTokens: Send + Sync {
+    /// Records `jti` as revoked until `expires_at` (a second call keeps the later expiry).
+    async fn revoke_token(&self, jti: &str, expires_at: Timestamp) -> Result<(), StoreError>;
+
+    /// Every revoked token that has not expired by `now`.
+    async fn revoked_tokens(&self, now: Timestamp) -> Result<Vec<(String, Timestamp)>, StoreError>;
+
+    /// Forgets the ones expired by `now`; returns how many.
+    async fn delete_expired_revocations(&self, now: Timestamp) -> Result<u64, StoreError>;
+}
+
 /// The durable store the binary wires in.
-pub trait Durable: ApiKeys + AuditLog + SigningKeys + OAuthClients {}
-impl<T: ApiKeys + AuditLog + SigningKeys + OAuthClients> Durable for T {}
+pub trait Durable: ApiKeys + AuditLog + SigningKeys + OAuthClients + RevokedTokens {}
+impl<T: ApiKeys + AuditLog + SigningKeys + OAuthClients + RevokedTokens> Durable for T {}
 
 /// The audit-seq rule every backend applies: `seq` must be exactly `next`.
 /// Checks that `events` continue at `next` and follow each other: seqs one by one, each

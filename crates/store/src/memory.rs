@@ -9,6 +9,7 @@ use portcullis_core::crypto::Sha256Digest;
 use portcullis_core::ratelimit::{Decision, Limit};
 use portcullis_core::Timestamp;
 
+use crate::RevokedTokens;
 use crate::{
     check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, ClientRecord, KeyPatch, KeyUsage,
     OAuthClients, Pruned, QuotaState, RateCells, Retirement, Sealed, SigningKeyRecord, SigningKeys,
@@ -31,6 +32,7 @@ struct Inner {
     anchor: Option<(i64, Sha256Digest)>,
     signing_keys: Vec<SigningKeyRecord>,
     clients: BTreeMap<String, ClientRecord>,
+    revoked: HashMap<String, Timestamp>,
 }
 
 impl MemoryStore {
@@ -200,6 +202,35 @@ impl ApiKeys for MemoryStore {
 
     async fn count(&self) -> Result<u64, StoreError> {
         Ok(self.lock().keys.len() as u64)
+    }
+}
+
+#[async_trait]
+impl RevokedTokens for MemoryStore {
+    async fn revoke_token(&self, jti: &str, expires_at: Timestamp) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let e = g.revoked.entry(jti.to_owned()).or_insert(expires_at);
+        *e = (*e).max(expires_at);
+        Ok(())
+    }
+
+    async fn revoked_tokens(&self, now: Timestamp) -> Result<Vec<(String, Timestamp)>, StoreError> {
+        let mut v: Vec<_> = self
+            .lock()
+            .revoked
+            .iter()
+            .filter(|(_, e)| **e > now)
+            .map(|(j, e)| (j.clone(), *e))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    async fn delete_expired_revocations(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let mut g = self.lock();
+        let before = g.revoked.len();
+        g.revoked.retain(|_, e| *e > now);
+        Ok((before - g.revoked.len()) as u64)
     }
 }
 

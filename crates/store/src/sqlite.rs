@@ -23,6 +23,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
+use crate::RevokedTokens;
 use crate::{
     audit_block, check_next_seq, check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery,
     ClientRecord, KeyPatch, KeyUsage, OAuthClients, Pruned, QuotaState, Retirement, Sealed,
@@ -634,6 +635,49 @@ fn client_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ClientRecord, StoreErr
 
 fn json_list(v: &[String]) -> String {
     serde_json::Value::from(v.to_vec()).to_string()
+}
+
+#[async_trait]
+impl RevokedTokens for SqliteStore {
+    async fn revoke_token(&self, jti: &str, expires_at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, expires_at) VALUES (?1, ?2) \
+             ON CONFLICT (jti) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at)",
+        )
+        .bind(jti)
+        .bind(expires_at.as_millis())
+        .execute(&self.writer)
+        .await
+        .map_err(sql_err)?;
+        Ok(())
+    }
+
+    async fn revoked_tokens(&self, now: Timestamp) -> Result<Vec<(String, Timestamp)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > ?1 ORDER BY jti",
+        )
+        .bind(now.as_millis())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(sql_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("jti").map_err(sql_err)?,
+                    Timestamp::from_millis(r.try_get("expires_at").map_err(sql_err)?),
+                ))
+            })
+            .collect()
+    }
+
+    async fn delete_expired_revocations(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM revoked_tokens WHERE expires_at <= ?1")
+            .bind(now.as_millis())
+            .execute(&self.writer)
+            .await
+            .map_err(sql_err)?;
+        Ok(done.rows_affected())
+    }
 }
 
 #[async_trait]

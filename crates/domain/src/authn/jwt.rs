@@ -12,11 +12,11 @@ use async_trait::async_trait;
 use portcullis_core::crypto;
 use portcullis_core::error::TokenError;
 use portcullis_core::identity::Claims as IdentityClaims;
-use portcullis_core::jose::Jws;
-use portcullis_core::jwt::{self, Expectations, JwtError};
+use portcullis_core::jwt::JwtError;
 use portcullis_core::{AuthError, Identity, RequestParts, Scheme, ScopeSet, Timestamp};
 
 use super::{Authenticated, Authenticator, Consumed, RouteAuth};
+use crate::oauth::{verify_own_token, Revocations};
 use crate::signing::KeyRing;
 
 /// The longest bearer token read.
@@ -39,6 +39,7 @@ pub struct JwtConfig {
 #[derive(Clone)]
 struct Remembered {
     identity: Identity,
+    jti: String,
     exp: Timestamp,
 }
 
@@ -46,14 +47,16 @@ struct Remembered {
 pub struct JwtAuthenticator {
     config: JwtConfig,
     ring: Arc<KeyRing>,
+    revocations: Arc<Revocations>,
     cache: quick_cache::sync::Cache<[u8; 32], Remembered>,
     challenge: String,
 }
 
 impl JwtAuthenticator {
     /// An authenticator for tokens of `config.issuer`, signed by a key of `ring`.
-    pub fn new(config: JwtConfig, ring: Arc<KeyRing>) -> Self {
+    pub fn new(config: JwtConfig, ring: Arc<KeyRing>, revocations: Arc<Revocations>) -> Self {
         Self {
+            revocations,
             cache: quick_cache::sync::Cache::new(config.cache_capacity.max(1)),
             challenge: "Bearer realm=\"portcullis\"".to_owned(),
             config,
@@ -61,28 +64,18 @@ impl JwtAuthenticator {
         }
     }
 
-    fn verify(&self, token: &str, now: Timestamp) -> Result<Identity, AuthError> {
+    fn verify(&self, token: &str, now: Timestamp) -> Result<(Identity, String), AuthError> {
         let invalid = AuthError::Token(TokenError::Invalid);
-        let jws = Jws::parse(token, MAX_TOKEN_BYTES).map_err(|e| {
-            tracing::debug!(error = %e, "bearer token refused");
-            invalid.clone()
-        })?;
-        let kid = jws.header().kid.as_deref().ok_or(invalid.clone())?;
-        let keys = self.ring.keys();
-        let key = keys
-            .iter()
-            .find(|k| k.record.kid == kid && k.published_at(now))
-            .ok_or(invalid.clone())?;
-        let public = key.jwk.public_key().map_err(|_| invalid.clone())?;
-        let algorithms = [key.algorithm()];
-        let expect = Expectations {
-            algorithms: &algorithms,
-            issuer: &self.config.issuer,
-            audiences: &self.config.audiences,
-            typ: Some("at+jwt"),
-            leeway_secs: self.config.leeway_secs,
-        };
-        let (claims, proof) = jwt::verify(&jws, &public, &expect, now).map_err(|e| match e {
+        let (claims, proof) = verify_own_token(
+            &self.ring,
+            &self.config.issuer,
+            &self.config.audiences,
+            self.config.leeway_secs,
+            token,
+            MAX_TOKEN_BYTES,
+            now,
+        )
+        .map_err(|e| match e {
             JwtError::Expired => AuthError::Token(TokenError::Expired),
             other => {
                 tracing::debug!(error = %other, "bearer token refused");
@@ -100,7 +93,7 @@ impl JwtAuthenticator {
         .map_err(|_| invalid.clone())?;
         let jti = claims.jti.clone().ok_or(invalid.clone())?;
         let exp = Timestamp::from_secs(claims.exp.unwrap_or_default());
-        Ok(Identity::from_jwt(
+        let identity = Identity::from_jwt(
             proof,
             IdentityClaims {
                 client_id: claims.client_id.map(Into::into),
@@ -109,37 +102,37 @@ impl JwtAuthenticator {
                 credential_id: format!("jwt:{jti}").into(),
                 expires_at: Some(exp),
             },
-        ))
+        );
+        Ok((identity, jti))
     }
 
     fn decide(&self, token: &str, now: Timestamp) -> Result<Authenticated, AuthError> {
         let digest = crypto::sha256(token.as_bytes());
-        let identity = match self.cache.get(&digest) {
-            Some(r)
-                if now
-                    < r.exp
-                        .plus_millis(self.config.leeway_secs.saturating_mul(1000)) =>
-            {
-                r.identity
-            }
+        let leeway = self.config.leeway_secs.saturating_mul(1000);
+        let (identity, jti) = match self.cache.get(&digest) {
+            Some(r) if now < r.exp.plus_millis(leeway) => (r.identity, r.jti),
             Some(_) => {
                 self.cache.remove(&digest);
                 return Err(AuthError::Token(TokenError::Expired));
             }
             None => {
-                let identity = self.verify(token, now)?;
+                let (identity, jti) = self.verify(token, now)?;
                 if let Some(exp) = identity.expires_at {
-                    self.cache.insert(
-                        digest,
-                        Remembered {
-                            identity: identity.clone(),
-                            exp,
-                        },
-                    );
+                    let jti = jti.clone();
+                    let remembered = Remembered {
+                        identity: identity.clone(),
+                        jti,
+                        exp,
+                    };
+                    self.cache.insert(digest, remembered);
                 }
-                identity
+                (identity, jti)
             }
         };
+        // Checked on every request, cached or not: a revocation applies to the next one.
+        if self.revocations.is_revoked(&jti) {
+            return Err(AuthError::Token(TokenError::Invalid));
+        }
         Ok(Authenticated {
             identity,
             limits: None,
@@ -222,6 +215,11 @@ mod tests {
 
     async fn setup() -> (JwtAuthenticator, Arc<KeyRing>) {
         let store = Arc::new(MemoryStore::new());
+        let revocations = Arc::new(
+            Revocations::load(store.clone(), Timestamp::EPOCH)
+                .await
+                .unwrap(),
+        );
         let ring = Arc::new(
             KeyRing::open(
                 store,
@@ -240,6 +238,7 @@ mod tests {
                 cache_capacity: 16,
             },
             ring.clone(),
+            revocations,
         );
         (a, ring)
     }

@@ -333,3 +333,129 @@ async fn the_metadata_describes_exactly_what_is_served() {
         "the endpoint is there and wants a client"
     );
 }
+
+async fn form_post(s: &Server, path: &str, basic: (&str, &str), body: &str) -> reqwest::Response {
+    client()
+        .post(s.url(path))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .basic_auth(basic.0, Some(basic.1))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_from_the_next_request_and_after_a_restart() {
+    // A fixed issuer, so that tokens stay valid across the restart at the end.
+    const CONFIG: &str = "[oauth]\nissuer = \"http://portcullis.test\"\n";
+    let s = Server::start(Some(CONFIG));
+    let mk = || {
+        let c = s.cli_json(&[
+            "clients",
+            "create",
+            "--name",
+            "svc",
+            "--scopes",
+            "read:echo",
+        ]);
+        (
+            c["client_id"].as_str().unwrap().to_owned(),
+            c["client_secret"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (id, secret) = mk();
+    let (other, other_secret) = mk();
+    let r = token_form(&s, Some((&id, &secret)), "grant_type=client_credentials").await;
+    let token = json_of(r).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(bearer(&s, "/jwt/echo/x", &token).await.status(), 200);
+
+    // Introspection: active, with the claims; garbage is inactive and says nothing more.
+    let r = form_post(
+        &s,
+        "/oauth2/introspect",
+        (&other, &other_secret),
+        &format!("token={token}"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let v = json_of(r).await;
+    assert_eq!(v["active"], true, "{v}");
+    assert_eq!(v["client_id"], id.as_str());
+    assert_eq!(v["scope"], "read:echo");
+    assert_eq!(v["token_type"], "Bearer");
+    let v =
+        json_of(form_post(&s, "/oauth2/introspect", (&id, &secret), "token=garbage").await).await;
+    assert_eq!(v, serde_json::json!({"active": false}));
+    let r = form_post(
+        &s,
+        "/oauth2/introspect",
+        (&id, "pcs_wrong"),
+        &format!("token={token}"),
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        401,
+        "introspection needs an authenticated client"
+    );
+
+    // Only the client it was issued to may revoke it.
+    let r = form_post(
+        &s,
+        "/oauth2/revoke",
+        (&other, &other_secret),
+        &format!("token={token}"),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(json_of(r).await["error"], "unauthorized_client");
+    assert_eq!(bearer(&s, "/jwt/echo/x", &token).await.status(), 200);
+    let r = form_post(
+        &s,
+        "/oauth2/revoke",
+        (&id, &secret),
+        &format!("token={token}&token_type_hint=access_token"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "");
+    // The next request is refused (the verified-token cache does not outvote the revocation).
+    let r = bearer(&s, "/jwt/echo/x", &token).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(json_of(r).await["error"], "invalid_token");
+    let v = json_of(
+        form_post(
+            &s,
+            "/oauth2/introspect",
+            (&id, &secret),
+            &format!("token={token}"),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(v["active"], false);
+    // Revoking something unknown is not an error (RFC 7009 §2.2).
+    let r = form_post(&s, "/oauth2/revoke", (&id, &secret), "token=garbage").await;
+    assert_eq!(r.status(), 200);
+    let events = audit_events_eventually(&s, "kind=oauth.revoke").await;
+    assert!(events
+        .iter()
+        .any(|e| e["credential_id"] == id.as_str() && e["outcome"] == "ok"));
+
+    // Acknowledged means kept: after kill -9 the token is still refused, while one that was
+    // not revoked still opens the route.
+    let r = token_form(&s, Some((&id, &secret)), "grant_type=client_credentials").await;
+    let kept = json_of(r).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let s = s.kill9().start(Some(CONFIG));
+    assert_eq!(bearer(&s, "/jwt/echo/x", &kept).await.status(), 200);
+    let r = bearer(&s, "/jwt/echo/x", &token).await;
+    assert_eq!(r.status(), 401);
+}
