@@ -586,14 +586,8 @@ pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 
 /// `GET /.well-known/oauth-authorization-server`: exactly what this server supports, no more.
 fn metadata(app: &App, req: &Request<Body>) -> Response<Body> {
-    if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
-        let mut r = json_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            r#"{"error":"method_not_allowed","error_description":"The metadata is read with GET."}"#,
-        );
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
+    if let Some(refused) = get_only(req) {
+        return refused;
     }
     let iss = &app.issuer.config().issuer;
     let doc = serde_json::json!({
@@ -825,6 +819,20 @@ fn oauth_error(e: &OAuthError) -> Response<Body> {
 /// Where the JWKS of the signing keys is served.
 pub const JWKS_PATH: &str = "/oauth2/jwks";
 
+/// 405 for a method other than GET or HEAD on a read-only document.
+fn get_only(req: &Request<Body>) -> Option<Response<Body>> {
+    if matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+        return None;
+    }
+    let mut r = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        r#"{"error":"method_not_allowed","error_description":"This document is read with GET."}"#,
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    Some(r)
+}
+
 /// How often the signing keys are checked for a scheduled rotation and for removal.
 const SIGNING_TICK: Duration = Duration::from_secs(60);
 
@@ -832,14 +840,8 @@ const SIGNING_TICK: Duration = Duration::from_secs(60);
 /// (at most an hour), so that each has fetched a new key before the key signs; the `ETag`
 /// lets them revalidate for nothing.
 fn jwks(app: &App, req: &Request<Body>) -> Response<Body> {
-    if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
-        let mut r = json_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            r#"{"error":"method_not_allowed","error_description":"The JWKS is read with GET."}"#,
-        );
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
+    if let Some(refused) = get_only(req) {
+        return refused;
     }
     let body = app.ring.jwks(app.clock.now()).to_string();
     let etag = format!("\"{}\"", hex(&sha256(body.as_bytes())[..16]));

@@ -133,6 +133,16 @@ impl SqliteStore {
         self.writer.close().await;
     }
 
+    /// Runs `sql` (a `DELETE … WHERE expires_at <= ?1`) at `now`; how many rows went.
+    async fn delete_expired(&self, sql: &'static str, now: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query(sql)
+            .bind(now.as_millis())
+            .execute(&self.writer)
+            .await
+            .map_err(sql_err)?;
+        Ok(done.rows_affected())
+    }
+
     /// A write transaction that holds the write lock from its first statement.
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         self.writer
@@ -671,12 +681,8 @@ impl RevokedTokens for SqliteStore {
     }
 
     async fn delete_expired_revocations(&self, now: Timestamp) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM revoked_tokens WHERE expires_at <= ?1")
-            .bind(now.as_millis())
-            .execute(&self.writer)
+        self.delete_expired("DELETE FROM revoked_tokens WHERE expires_at <= ?1", now)
             .await
-            .map_err(sql_err)?;
-        Ok(done.rows_affected())
     }
 }
 
@@ -857,12 +863,8 @@ impl SigningKeys for SqliteStore {
     }
 
     async fn delete_expired_signing_keys(&self, now: Timestamp) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM signing_keys WHERE expires_at <= ?1")
-            .bind(now.as_millis())
-            .execute(&self.writer)
+        self.delete_expired("DELETE FROM signing_keys WHERE expires_at <= ?1", now)
             .await
-            .map_err(sql_err)?;
-        Ok(done.rows_affected())
     }
 }
 

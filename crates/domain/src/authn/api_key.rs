@@ -313,15 +313,9 @@ impl ApiKeyAuthenticator {
     }
 }
 
-/// The token of `Authorization: Bearer <token>` (RFC 6750 §2.1), if that is the scheme used.
+/// The bearer token, if any (a repeated `Authorization` is an ambiguous key).
 fn bearer_token<'r>(req: &RequestParts<'r>) -> Result<Option<&'r str>, AuthError> {
-    let v = req
-        .single_header(&http::header::AUTHORIZATION)
-        .map_err(|()| api_key::Error::Ambiguous)?;
-    Ok(v.and_then(|v| {
-        let (scheme, token) = v.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-    }))
+    super::bearer_token(req).map_err(|()| api_key::Error::Ambiguous.into())
 }
 
 #[async_trait]

@@ -147,14 +147,8 @@ impl JwtAuthenticator {
 /// The bearer token, if `Authorization: Bearer` carries something JWS-shaped (three
 /// dot-separated parts); another bearer (an API key) is not this scheme's.
 fn bearer_jwt<'r>(req: &RequestParts<'r>) -> Result<Option<&'r str>, AuthError> {
-    let v = req
-        .single_header(&http::header::AUTHORIZATION)
-        .map_err(|()| AuthError::Token(TokenError::Invalid))?;
-    Ok(v.and_then(|v| {
-        let (scheme, token) = v.trim().split_once(' ')?;
-        let token = token.trim();
-        (scheme.eq_ignore_ascii_case("bearer") && token.split('.').count() == 3).then_some(token)
-    }))
+    let token = super::bearer_token(req).map_err(|()| AuthError::Token(TokenError::Invalid))?;
+    Ok(token.filter(|t| t.split('.').count() == 3))
 }
 
 /// Whether the query string carries `access_token=` (refused everywhere).

@@ -88,6 +88,16 @@ impl Consumed {
     }
 }
 
+/// The token of `Authorization: Bearer <token>` (RFC 6750 §2.1), if that is the scheme used;
+/// `Err` when the header is repeated (which token would be meant is ambiguous).
+pub(crate) fn bearer_token<'r>(req: &RequestParts<'r>) -> Result<Option<&'r str>, ()> {
+    let v = req.single_header(&http::header::AUTHORIZATION)?;
+    Ok(v.and_then(|v| {
+        let (scheme, token) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    }))
+}
+
 /// One scheme's authenticator.
 #[async_trait]
 pub trait Authenticator: Send + Sync {
