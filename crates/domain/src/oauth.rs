@@ -370,7 +370,7 @@ impl TokenIssuer {
             &[],
             0,
             token,
-            16 * 1024,
+            portcullis_core::jose::MAX_TOKEN_LEN,
             now,
         )
         .ok()
@@ -394,6 +394,10 @@ impl TokenIssuer {
         let caller = self
             .authenticate(&ClientCredentials::from_request(authorization, form)?)
             .await?;
+        // A public client proves nothing by naming itself: it may not read others' tokens.
+        if !caller.confidential {
+            return Err(OAuthError::InvalidClient);
+        }
         let Some(c) = self.active(form, now)? else {
             return Ok((caller.id, json!({ "active": false })));
         };
@@ -810,6 +814,23 @@ mod tests {
         admin.delete(ACTOR, &post.id).await.unwrap();
         assert_eq!(
             issuer.token(None, &form(&again), now).await.unwrap_err(),
+            OAuthError::InvalidClient
+        );
+        // A public client has no secret and may not introspect.
+        let (public, none) = admin
+            .create(
+                ACTOR,
+                NewClient {
+                    grant_types: Some(vec!["authorization_code".into()]),
+                    ..new("none", None)
+                },
+            )
+            .await
+            .unwrap();
+        assert!(none.is_none() && public.secret_hash.is_none());
+        let ask = form(&format!("client_id={}&token=x", public.id));
+        assert_eq!(
+            issuer.introspect(None, &ask, now).await.unwrap_err(),
             OAuthError::InvalidClient
         );
         // Registration checks.
