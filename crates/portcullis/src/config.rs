@@ -14,7 +14,7 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 /// Schemes built into this version. A policy naming any other is a configuration error.
-pub const AVAILABLE_SCHEMES: &[Scheme] = &[Scheme::ApiKey];
+pub const AVAILABLE_SCHEMES: &[Scheme] = &[Scheme::ApiKey, Scheme::Jwt];
 
 /// The configuration file's schema.
 #[derive(Debug, Clone, Deserialize)]

@@ -459,3 +459,65 @@ async fn a_revoked_token_is_refused_from_the_next_request_and_after_a_restart() 
     let r = bearer(&s, "/jwt/echo/x", &token).await;
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test]
+async fn a_config_file_layers_api_key_and_jwt() {
+    const CONFIG: &str = r#"
+[[routes]]
+name = "both"
+path_prefix = "/both"
+upstream = "builtin:echo"
+policy = { all = ["api_key", "jwt"] }
+scopes = ["read:echo"]
+
+[[routes]]
+name = "either"
+path_prefix = "/either"
+upstream = "builtin:echo"
+policy = { any = ["jwt", "api_key"] }
+"#;
+    let (code, err) = check_config(CONFIG);
+    assert_eq!(code, 0, "{err}");
+    let s = Server::start(Some(CONFIG));
+    let c = s.cli_json(&[
+        "clients",
+        "create",
+        "--name",
+        "svc",
+        "--scopes",
+        "read:echo",
+    ]);
+    let (id, secret) = (
+        c["client_id"].as_str().unwrap(),
+        c["client_secret"].as_str().unwrap(),
+    );
+    let r = token_form(&s, Some((id, secret)), "grant_type=client_credentials").await;
+    let token = json_of(r).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (key_id, key) = s.create_key("app", "read:echo");
+
+    // Both factors: the upstream gets the application (key) and the client (token) together.
+    let r = client()
+        .get(s.url("/both/x"))
+        .header("x-api-key", &key)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let h = json_of(r).await["headers"].clone();
+    let schemes = h["x-portcullis-scheme"].as_str().unwrap().to_owned();
+    assert!(
+        schemes.contains("api_key") && schemes.contains("jwt"),
+        "{h}"
+    );
+    assert_eq!(h["x-portcullis-credential"], key_id.as_str(), "{h}");
+    // One factor alone is not enough.
+    assert_eq!(get_key(&s, "/both/x", &key).await.status(), 401);
+    assert_eq!(bearer(&s, "/both/x", &token).await.status(), 401);
+    // Either one opens the `any` route.
+    assert_eq!(get_key(&s, "/either/x", &key).await.status(), 200);
+    assert_eq!(bearer(&s, "/either/x", &token).await.status(), 200);
+}
