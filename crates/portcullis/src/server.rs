@@ -803,16 +803,11 @@ async fn token(app: &App, req: Request<Body>, client: std::net::IpAddr) -> Respo
 
 /// An RFC 6749 §5.2 error response.
 fn oauth_error(e: &OAuthError) -> Response<Body> {
-    let body = serde_json::json!({ "error": e.code(), "error_description": e.description() });
-    let mut r = Response::new(Body::from(body.to_string()));
+    let mut r = oauth_json(&serde_json::json!({
+        "error": e.code(),
+        "error_description": e.description(),
+    }));
     *r.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     r
 }
 

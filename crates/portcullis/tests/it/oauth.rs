@@ -7,6 +7,15 @@ use serde_json::Value;
 
 use crate::support::*;
 
+/// A client registered through the CLI with `scopes`: its id and secret.
+fn register(s: &Server, scopes: &str) -> (String, String) {
+    let c = s.cli_json(&["clients", "create", "--name", "svc", "--scopes", scopes]);
+    (
+        c["client_id"].as_str().unwrap().to_owned(),
+        c["client_secret"].as_str().unwrap().to_owned(),
+    )
+}
+
 async fn token_form(s: &Server, basic: Option<(&str, &str)>, body: &str) -> reqwest::Response {
     let mut r = client()
         .post(s.url("/oauth2/token"))
@@ -198,14 +207,7 @@ async fn bearer(s: &Server, path: &str, token: &str) -> reqwest::Response {
 #[tokio::test]
 async fn a_token_from_the_token_endpoint_opens_the_jwt_route_and_nothing_else_does() {
     let s = Server::start(None);
-    let mk = |scopes: &str| {
-        let c = s.cli_json(&["clients", "create", "--name", "svc", "--scopes", scopes]);
-        (
-            c["client_id"].as_str().unwrap().to_owned(),
-            c["client_secret"].as_str().unwrap().to_owned(),
-        )
-    };
-    let (id, secret) = mk("read:echo");
+    let (id, secret) = register(&s, "read:echo");
     let r = token_form(&s, Some((&id, &secret)), "grant_type=client_credentials").await;
     let token = json_of(r).await["access_token"]
         .as_str()
@@ -267,7 +269,7 @@ async fn a_token_from_the_token_endpoint_opens_the_jwt_route_and_nothing_else_do
     assert_eq!(bearer(&s, "/echo/hi", &token).await.status(), 401);
 
     // A token without the route's scope: 403 with the scope in the challenge.
-    let (id2, secret2) = mk("write:echo");
+    let (id2, secret2) = register(&s, "write:echo");
     let r = token_form(&s, Some((&id2, &secret2)), "grant_type=client_credentials").await;
     let narrow = json_of(r).await["access_token"]
         .as_str()
@@ -350,22 +352,8 @@ async fn a_revoked_token_is_refused_from_the_next_request_and_after_a_restart() 
     // A fixed issuer, so that tokens stay valid across the restart at the end.
     const CONFIG: &str = "[oauth]\nissuer = \"http://portcullis.test\"\n";
     let s = Server::start(Some(CONFIG));
-    let mk = || {
-        let c = s.cli_json(&[
-            "clients",
-            "create",
-            "--name",
-            "svc",
-            "--scopes",
-            "read:echo",
-        ]);
-        (
-            c["client_id"].as_str().unwrap().to_owned(),
-            c["client_secret"].as_str().unwrap().to_owned(),
-        )
-    };
-    let (id, secret) = mk();
-    let (other, other_secret) = mk();
+    let (id, secret) = register(&s, "read:echo");
+    let (other, other_secret) = register(&s, "read:echo");
     let r = token_form(&s, Some((&id, &secret)), "grant_type=client_credentials").await;
     let token = json_of(r).await["access_token"]
         .as_str()
