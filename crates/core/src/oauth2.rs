@@ -8,6 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
 use crate::identity::ScopeSet;
+use crate::jose::{Jws, MAX_TOKEN_LEN};
 
 /// The largest token request body read.
 pub const MAX_FORM_BYTES: usize = 64 * 1024;
@@ -41,6 +42,13 @@ pub enum OAuthError {
     /// The server cannot answer now (store down).
     #[error("temporarily_unavailable")]
     TemporarilyUnavailable,
+    /// Too many failed client authentications from this address: 429 with `Retry-After`
+    /// (not an RFC 6749 code; the gateway's `rate_limited`).
+    #[error("rate_limited")]
+    RateLimited {
+        /// Seconds until a request may be made again.
+        retry_after_secs: u64,
+    },
 }
 
 impl OAuthError {
@@ -55,6 +63,7 @@ impl OAuthError {
             Self::InvalidScope => "invalid_scope",
             Self::InvalidTarget => "invalid_target",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -64,6 +73,7 @@ impl OAuthError {
         match self {
             Self::InvalidClient => 401,
             Self::TemporarilyUnavailable => 503,
+            Self::RateLimited { .. } => 429,
             _ => 400,
         }
     }
@@ -78,6 +88,9 @@ impl OAuthError {
             Self::InvalidScope => "A requested scope is not allowed for this client.",
             Self::InvalidTarget => "A requested resource is not allowed for this client.",
             Self::TemporarilyUnavailable => "The server cannot answer now; try again.",
+            Self::RateLimited { .. } => {
+                "Too many failed client authentications from this address; retry later."
+            }
         }
     }
 }
@@ -151,7 +164,19 @@ pub enum ClientCredentials {
         /// The client id.
         client_id: String,
     },
+    /// `private_key_jwt` (RFC 7523 §2.2): a JWT signed with the client's key in
+    /// `client_assertion`. The id is the `client_id` parameter or, without one, the
+    /// assertion's unverified `sub` — used only to find the key it must verify under.
+    Assertion {
+        /// The client id.
+        client_id: String,
+        /// The compact JWS.
+        assertion: String,
+    },
 }
+
+/// `client_assertion_type` of a JWT client assertion (RFC 7523 §2.2).
+pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 impl std::fmt::Debug for ClientCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -159,6 +184,7 @@ impl std::fmt::Debug for ClientCredentials {
             Self::Basic { client_id, .. } => ("client_secret_basic", client_id),
             Self::Post { client_id, .. } => ("client_secret_post", client_id),
             Self::None { client_id } => ("none", client_id),
+            Self::Assertion { client_id, .. } => ("private_key_jwt", client_id),
         };
         write!(f, "ClientCredentials({method}, {id:?})")
     }
@@ -170,7 +196,8 @@ impl ClientCredentials {
         match self {
             Self::Basic { client_id, .. }
             | Self::Post { client_id, .. }
-            | Self::None { client_id } => client_id,
+            | Self::None { client_id }
+            | Self::Assertion { client_id, .. } => client_id,
         }
     }
 
@@ -180,6 +207,7 @@ impl ClientCredentials {
             Self::Basic { .. } => "client_secret_basic",
             Self::Post { .. } => "client_secret_post",
             Self::None { .. } => "none",
+            Self::Assertion { .. } => "private_key_jwt",
         }
     }
 
@@ -191,6 +219,14 @@ impl ClientCredentials {
             None => None,
         };
         let (post_id, post_secret) = (form.get("client_id"), form.get("client_secret"));
+        if form.get("client_assertion_type").is_some() || form.get("client_assertion").is_some() {
+            if basic.is_some() || post_secret.is_some() {
+                return Err(OAuthError::InvalidRequest(
+                    "Use one client authentication method, not several.",
+                ));
+            }
+            return assertion(form, post_id);
+        }
         match (basic, post_id, post_secret) {
             (Some(_), _, Some(_)) => Err(OAuthError::InvalidRequest(
                 "Use one client authentication method, not several.",
@@ -213,6 +249,42 @@ impl ClientCredentials {
             (None, None, _) => Err(OAuthError::InvalidClient),
         }
     }
+}
+
+/// A JWT client assertion: the type must be [`JWT_BEARER_ASSERTION`]; the client is the
+/// `client_id` parameter if given, else the assertion's `sub` (read unverified, to choose
+/// the key; the verifier checks `iss` and `sub` against the client it found).
+fn assertion(form: &Form, client_id: Option<&str>) -> Result<ClientCredentials, OAuthError> {
+    if form.get("client_assertion_type") != Some(JWT_BEARER_ASSERTION) {
+        return Err(OAuthError::InvalidClient);
+    }
+    let assertion = form
+        .get("client_assertion")
+        .ok_or(OAuthError::InvalidRequest("client_assertion is missing."))?;
+    let client_id = match client_id {
+        Some(id) => id.to_owned(),
+        None => {
+            #[derive(serde::Deserialize)]
+            struct Sub {
+                sub: String,
+            }
+            let jws =
+                Jws::parse(assertion, MAX_TOKEN_LEN).map_err(|_| OAuthError::InvalidClient)?;
+            let payload = jws
+                .unverified_payload()
+                .map_err(|_| OAuthError::InvalidClient)?;
+            serde_json::from_slice::<Sub>(&payload)
+                .map_err(|_| OAuthError::InvalidClient)?
+                .sub
+        }
+    };
+    if client_id.is_empty() {
+        return Err(OAuthError::InvalidClient);
+    }
+    Ok(ClientCredentials::Assertion {
+        client_id,
+        assertion: assertion.to_owned(),
+    })
 }
 
 /// `Basic base64(form-encode(id) ":" form-encode(secret))` (RFC 6749 §2.3.1). A header of
@@ -361,6 +433,75 @@ mod tests {
         assert_eq!(
             ClientCredentials::from_request(None, &Form::default()).unwrap_err(),
             OAuthError::InvalidClient
+        );
+    }
+
+    #[test]
+    fn client_assertions_name_their_client() {
+        let jwt = |claims: &str| {
+            format!(
+                "{}.{}.c2ln",
+                crate::jose::b64_encode(br#"{"alg":"ES256"}"#),
+                crate::jose::b64_encode(claims.as_bytes())
+            )
+        };
+        let a = jwt(r#"{"iss":"cl_1","sub":"cl_1"}"#);
+        let form = |extra: &str| {
+            Form::parse(
+                format!("client_assertion_type={JWT_BEARER_ASSERTION}&client_assertion={a}{extra}")
+                    .as_bytes(),
+            )
+            .unwrap()
+        };
+        let c = ClientCredentials::from_request(None, &form("")).unwrap();
+        assert_eq!(c.client_id(), "cl_1", "from sub when client_id is absent");
+        assert_eq!(c.method(), "private_key_jwt");
+        assert!(!format!("{c:?}").contains(&a), "Debug hides the assertion");
+        let c = ClientCredentials::from_request(None, &form("&client_id=cl_2")).unwrap();
+        assert_eq!(
+            c.client_id(),
+            "cl_2",
+            "client_id, when given, names the client"
+        );
+        assert_eq!(
+            ClientCredentials::from_request(None, &form("&client_secret=x"))
+                .unwrap_err()
+                .code(),
+            "invalid_request"
+        );
+        assert_eq!(
+            ClientCredentials::from_request(Some(&basic("a", "b")), &form(""))
+                .unwrap_err()
+                .code(),
+            "invalid_request"
+        );
+        for bad in [
+            "client_assertion_type=urn:other&client_assertion=x.y.z".to_owned(),
+            format!("client_assertion_type={JWT_BEARER_ASSERTION}&client_assertion=garbage"),
+            format!(
+                "client_assertion_type={JWT_BEARER_ASSERTION}&client_assertion={}",
+                jwt("{}")
+            ),
+            format!(
+                "client_assertion_type={JWT_BEARER_ASSERTION}&client_assertion={}",
+                jwt(r#"{"sub":""}"#)
+            ),
+        ] {
+            assert_eq!(
+                ClientCredentials::from_request(None, &Form::parse(bad.as_bytes()).unwrap())
+                    .unwrap_err(),
+                OAuthError::InvalidClient,
+                "{bad}"
+            );
+        }
+        let missing =
+            Form::parse(format!("client_assertion_type={JWT_BEARER_ASSERTION}").as_bytes())
+                .unwrap();
+        assert_eq!(
+            ClientCredentials::from_request(None, &missing)
+                .unwrap_err()
+                .code(),
+            "invalid_request"
         );
     }
 

@@ -7,12 +7,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use portcullis_core::crypto::{self, Sha256Digest};
-use portcullis_core::jose::Jws;
+use portcullis_core::jose::{Algorithm, Jwk, Jws};
 use portcullis_core::jwt::{self, Expectations, JwtError};
 use portcullis_core::oauth2::{grant_scopes, ClientCredentials, Form, OAuthError};
 use portcullis_core::secret::{ct_eq, Secret};
 use portcullis_core::{ScopeSet, Timestamp};
-use portcullis_store::{ClientRecord, OAuthClients, RevokedTokens, StoreError};
+use portcullis_store::{ClientRecord, Nonces, OAuthClients, RevokedTokens, StoreError};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -32,7 +32,33 @@ pub const GRANT_TYPES: [&str; 4] = [
 ];
 
 /// Token endpoint authentication methods a client may be registered with.
-pub const AUTH_METHODS: [&str; 3] = ["client_secret_basic", "client_secret_post", "none"];
+pub const AUTH_METHODS: [&str; 4] = [
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+    "none",
+];
+
+/// Algorithms a client may sign its assertions with (`private_key_jwt`).
+pub const ASSERTION_ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::Es256,
+    Algorithm::EdDsa,
+    Algorithm::Rs256,
+    Algorithm::Ps256,
+];
+
+/// Most keys a client may register.
+pub const MAX_CLIENT_KEYS: usize = 10;
+
+/// Most entries in a client's lists of scopes, audiences and redirect URIs.
+pub const MAX_CLIENT_LIST: usize = 100;
+
+/// The longest a client assertion may still be valid for when presented: its `jti` is
+/// remembered that long. (An hour, what common libraries such as authlib mint by default.)
+pub const MAX_ASSERTION_LIFETIME_SECS: i64 = 3600;
+
+/// Clock skew allowed on a client assertion's `exp`, `nbf` and `iat`.
+const ASSERTION_LEEWAY_SECS: i64 = 30;
 
 /// Longest access-token lifetime a client may have.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -62,8 +88,51 @@ pub struct NewClient {
     /// Access-token lifetime in seconds (default: the server's).
     #[serde(default)]
     pub token_lifetime_seconds: Option<u64>,
+    /// The public keys of a `private_key_jwt` client: a JWKS (`{"keys": […]}`) or one JWK.
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
 }
 
+/// A client's public keys, as registered: a JWKS document or a single JWK, each key public,
+/// of a type Portcullis verifies, with an `alg` (if any) it can verify with, and with
+/// distinct `kid`s. Returns the normalised JWKS text that is stored.
+pub fn client_jwks(v: &serde_json::Value) -> Result<String, AdminError> {
+    let invalid = |m: &str| AdminError::Invalid(format!("`jwks`: {m}"));
+    let keys = match v.get("keys") {
+        Some(keys) => keys.clone(),
+        None if v.get("kty").is_some() => serde_json::Value::Array(vec![v.clone()]),
+        None => return Err(invalid("must be a JWKS ({\"keys\": [...]}) or a JWK")),
+    };
+    let keys: Vec<Jwk> =
+        serde_json::from_value(keys).map_err(|_| invalid("every key must be a JWK"))?;
+    if keys.is_empty() || keys.len() > MAX_CLIENT_KEYS {
+        return Err(invalid("must hold 1 to 10 keys"));
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if k.d.is_some() {
+            return Err(invalid("holds a private key; register only the public key"));
+        }
+        let public = k
+            .public_key()
+            .map_err(|_| invalid("keys must be EC P-256, RSA (2048 bits or more) or Ed25519"))?;
+        if let Some(alg) = &k.alg {
+            let ok = Algorithm::from_name(alg)
+                .is_some_and(|a| ASSERTION_ALGORITHMS.contains(&a) && public.suits(a));
+            if !ok {
+                return Err(invalid(
+                    "a key's `alg` must be ES256, EdDSA, RS256 or PS256 and suit the key",
+                ));
+            }
+        }
+        if k.use_.as_deref().is_some_and(|u| u != "sig") {
+            return Err(invalid("keys must be signing keys (`use` \"sig\")"));
+        }
+        if k.kid.is_some() && keys[..i].iter().any(|o| o.kid == k.kid) {
+            return Err(invalid("two keys have the same `kid`"));
+        }
+    }
+    Ok(json!({ "keys": keys }).to_string())
+}
 /// Settings of the authorization server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuerConfig {
@@ -150,6 +219,28 @@ impl ClientAdmin {
             )));
         }
         let confidential = method != "none";
+        let jwks = match (&req.jwks, method.as_str()) {
+            (Some(v), "private_key_jwt") => Some(client_jwks(v)?),
+            (None, "private_key_jwt") => {
+                return Err(invalid(
+                    "a private_key_jwt client needs `jwks`, its public keys",
+                ))
+            }
+            (Some(_), _) => {
+                return Err(invalid(
+                    "`jwks` is for clients with token_endpoint_auth_method private_key_jwt",
+                ))
+            }
+            (None, _) => None,
+        };
+        if [&req.scopes, &req.audiences, &req.redirect_uris]
+            .iter()
+            .any(|l| l.len() > MAX_CLIENT_LIST)
+        {
+            return Err(invalid(
+                "scopes, audiences and redirect URIs are at most 100 each",
+            ));
+        }
         if !confidential && grant_types.iter().any(|g| g == "client_credentials") {
             return Err(invalid(
                 "a public client (token_endpoint_auth_method none) cannot use client_credentials",
@@ -167,7 +258,7 @@ impl ClientAdmin {
             return Err(invalid("`token_lifetime_seconds` must be 1-86400"));
         }
         let now = self.clock.now();
-        let (secret, hash) = if confidential {
+        let (secret, hash) = if confidential && jwks.is_none() {
             let (s, h) = new_secret();
             (Some(s), Some(h))
         } else {
@@ -186,6 +277,7 @@ impl ClientAdmin {
             secret_hash: hash,
             created_at: now,
             secret_set_at: hash.map(|_| now),
+            jwks,
         };
         self.store.insert_client(&record).await?;
         self.audit(actor, "oauth_client.created", &record, now)
@@ -218,8 +310,10 @@ impl ClientAdmin {
     ) -> Result<(ClientRecord, Secret), AdminError> {
         self.ensure_auditable()?;
         let c = self.show(id).await?;
-        if !c.confidential {
-            return Err(AdminError::Conflict("a public client has no secret".into()));
+        if c.secret_hash.is_none() {
+            return Err(AdminError::Conflict(
+                "this client has no secret (it is public, or authenticates with its key)".into(),
+            ));
         }
         let now = self.clock.now();
         let (secret, hash) = new_secret();
@@ -227,6 +321,28 @@ impl ClientAdmin {
         self.audit(actor, "oauth_client.secret_rotated", &c, now)
             .await;
         Ok((c, secret))
+    }
+
+    /// Replaces the public keys of a `private_key_jwt` client (a JWKS or one JWK): assertions
+    /// signed by a key no longer listed stop working at once.
+    pub async fn set_jwks(
+        &self,
+        actor: Actor,
+        id: &str,
+        jwks: &serde_json::Value,
+    ) -> Result<ClientRecord, AdminError> {
+        self.ensure_auditable()?;
+        let c = self.show(id).await?;
+        if c.auth_method != "private_key_jwt" {
+            return Err(AdminError::Conflict(
+                "only a private_key_jwt client has registered keys".into(),
+            ));
+        }
+        let text = client_jwks(jwks)?;
+        let c = self.store.set_client_jwks(id, &text).await?;
+        self.audit(actor, "oauth_client.keys_set", &c, self.clock.now())
+            .await;
+        Ok(c)
     }
 
     /// Deletes a client: its secret stops working at once (tokens already issued live out
@@ -337,21 +453,25 @@ pub fn verify_own_token(
 /// The token endpoint, and the introspection and revocation endpoints beside it.
 pub struct TokenIssuer {
     clients: Arc<dyn OAuthClients>,
+    nonces: Arc<dyn Nonces>,
     ring: Arc<KeyRing>,
     config: IssuerConfig,
     revocations: Arc<Revocations>,
 }
 
 impl TokenIssuer {
-    /// An issuer over the registered clients, the key ring and the revocations.
+    /// An issuer over the registered clients, the store of used assertion `jti`s, the key
+    /// ring and the revocations.
     pub fn new(
         clients: Arc<dyn OAuthClients>,
+        nonces: Arc<dyn Nonces>,
         ring: Arc<KeyRing>,
         config: IssuerConfig,
         revocations: Arc<Revocations>,
     ) -> Self {
         Self {
             clients,
+            nonces,
             ring,
             config,
             revocations,
@@ -392,7 +512,7 @@ impl TokenIssuer {
         now: Timestamp,
     ) -> Result<(String, serde_json::Value), OAuthError> {
         let caller = self
-            .authenticate(&ClientCredentials::from_request(authorization, form)?)
+            .authenticate(&ClientCredentials::from_request(authorization, form)?, now)
             .await?;
         // A public client proves nothing by naming itself: it may not read others' tokens.
         if !caller.confidential {
@@ -417,7 +537,7 @@ impl TokenIssuer {
         now: Timestamp,
     ) -> Result<(String, Option<String>), OAuthError> {
         let caller = self
-            .authenticate(&ClientCredentials::from_request(authorization, form)?)
+            .authenticate(&ClientCredentials::from_request(authorization, form)?, now)
             .await?;
         let Some(c) = self.active(form, now)? else {
             return Ok((caller.id, None));
@@ -451,7 +571,7 @@ impl TokenIssuer {
             .get("grant_type")
             .ok_or(OAuthError::InvalidRequest("grant_type is missing."))?;
         let creds = ClientCredentials::from_request(authorization, form)?;
-        let client = self.authenticate(&creds).await?;
+        let client = self.authenticate(&creds, now).await?;
         if grant != "client_credentials" {
             return Err(OAuthError::UnsupportedGrantType);
         }
@@ -514,20 +634,33 @@ impl TokenIssuer {
     }
 
     /// The client, if the credentials prove it: a registered client, authenticating the way
-    /// it was registered to, with its secret (compared in constant time, as digests).
-    async fn authenticate(&self, creds: &ClientCredentials) -> Result<ClientRecord, OAuthError> {
+    /// it was registered to, with its secret (compared in constant time, as digests) or an
+    /// assertion signed by one of its keys.
+    async fn authenticate(
+        &self,
+        creds: &ClientCredentials,
+        now: Timestamp,
+    ) -> Result<ClientRecord, OAuthError> {
         let client = self
             .clients
             .find_client(creds.client_id())
             .await
             .map_err(unavailable)?;
+        if let ClientCredentials::Assertion { assertion, .. } = creds {
+            let client = client.ok_or(OAuthError::InvalidClient)?;
+            if client.auth_method != creds.method() {
+                return Err(OAuthError::InvalidClient);
+            }
+            self.check_assertion(&client, assertion, now).await?;
+            return Ok(client);
+        }
         // The digest is computed whether or not the client exists, so that an unknown id and a
         // wrong secret take the same path.
         let presented = match creds {
             ClientCredentials::Basic { secret, .. } | ClientCredentials::Post { secret, .. } => {
                 Some(crypto::sha256(secret.as_bytes()))
             }
-            ClientCredentials::None { .. } => None,
+            ClientCredentials::None { .. } | ClientCredentials::Assertion { .. } => None,
         };
         let client = client.ok_or(OAuthError::InvalidClient)?;
         if client.auth_method != creds.method() {
@@ -538,6 +671,97 @@ impl TokenIssuer {
             (None, None) if !client.confidential => Ok(client),
             _ => Err(OAuthError::InvalidClient),
         }
+    }
+}
+
+impl TokenIssuer {
+    /// A `private_key_jwt` assertion (RFC 7523 §3): signed by one of the client's keys (by
+    /// `kid` when the header names one) with an algorithm that key is for; `iss` and `sub`
+    /// the client; `aud` this issuer or its token endpoint; `exp` in at most
+    /// [`MAX_ASSERTION_LIFETIME_SECS`]; a `jti` not seen before — remembered durably until
+    /// the assertion expires, so no replay survives a restart either.
+    async fn check_assertion(
+        &self,
+        client: &ClientRecord,
+        assertion: &str,
+        now: Timestamp,
+    ) -> Result<(), OAuthError> {
+        let refuse = |why: &'static str| {
+            tracing::debug!(client_id = %client.id, why, "client assertion refused");
+            OAuthError::InvalidClient
+        };
+        let keys: Vec<Jwk> = client
+            .jwks
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+            .and_then(|v| serde_json::from_value(v["keys"].clone()).ok())
+            .ok_or_else(|| refuse("no registered keys"))?;
+        let jws = Jws::parse(assertion, portcullis_core::jose::MAX_TOKEN_LEN)
+            .map_err(|_| refuse("malformed"))?;
+        let kid = jws.header().kid.as_deref();
+        let audiences = [
+            self.config.issuer.clone(),
+            format!("{}/oauth2/token", self.config.issuer),
+        ];
+        let mut verified = None;
+        for key in keys
+            .iter()
+            .filter(|k| kid.is_none() || k.kid.as_deref() == kid)
+        {
+            let Ok(public) = key.public_key() else {
+                continue;
+            };
+            let algorithms: Vec<Algorithm> = match key.alg.as_deref() {
+                Some(a) => Algorithm::from_name(a).into_iter().collect(),
+                None => ASSERTION_ALGORITHMS.to_vec(),
+            };
+            let expect = Expectations {
+                algorithms: &algorithms,
+                issuer: &client.id,
+                audiences: &audiences,
+                typ: None,
+                leeway_secs: ASSERTION_LEEWAY_SECS,
+            };
+            match jwt::verify(&jws, &public, &expect, now) {
+                Ok((claims, _)) => {
+                    verified = Some(claims);
+                    break;
+                }
+                // A key of another type, or one the signature is not by: try the next.
+                Err(JwtError::Jose(_)) => continue,
+                Err(e) => {
+                    tracing::debug!(client_id = %client.id, error = %e, "client assertion refused");
+                    return Err(OAuthError::InvalidClient);
+                }
+            }
+        }
+        let claims = verified.ok_or_else(|| refuse("no registered key verifies it"))?;
+        if claims.sub.as_deref() != Some(client.id.as_str()) {
+            return Err(refuse("sub is not the client"));
+        }
+        let exp = claims.exp.ok_or_else(|| refuse("no exp"))?;
+        if exp
+            > now
+                .as_secs()
+                .saturating_add(MAX_ASSERTION_LIFETIME_SECS + ASSERTION_LEEWAY_SECS)
+        {
+            return Err(refuse("valid for too long"));
+        }
+        let jti = claims
+            .jti
+            .filter(|j| !j.is_empty() && j.len() <= 256)
+            .ok_or_else(|| refuse("no jti"))?;
+        let key = format!("pkjwt:{}:{jti}", client.id);
+        let until = Timestamp::from_secs(exp.saturating_add(ASSERTION_LEEWAY_SECS));
+        if !self
+            .nonces
+            .claim_nonce(&key, until, now)
+            .await
+            .map_err(unavailable)?
+        {
+            return Err(refuse("jti already used"));
+        }
+        Ok(())
     }
 }
 
@@ -552,6 +776,7 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::signing::RingConfig;
     use portcullis_core::crypto::seal::SealKey;
+    use portcullis_core::crypto::sign::SigningKey;
     use portcullis_core::jose::{Jwk, Jws, MAX_TOKEN_LEN};
     use portcullis_core::jwt::{self, Expectations};
     use portcullis_store::memory::MemoryStore;
@@ -582,6 +807,7 @@ mod tests {
                 .unwrap(),
         );
         let issuer = TokenIssuer::new(
+            store.clone(),
             store,
             ring.clone(),
             IssuerConfig {
@@ -624,6 +850,7 @@ mod tests {
                     redirect_uris: vec![],
                     token_endpoint_auth_method: None,
                     token_lifetime_seconds: None,
+                    jwks: None,
                 },
             )
             .await
@@ -697,6 +924,262 @@ mod tests {
         assert_eq!(all.scope, "read:echo write:echo");
     }
 
+    /// A client assertion (RFC 7523 §3) by `key`, with `claims` merged over valid ones.
+    fn assertion(key: &SigningKey, kid: &str, client: &str, claims: serde_json::Value) -> String {
+        let mut c = json!({
+            "iss": client, "sub": client, "aud": format!("{ISS}/oauth2/token"),
+            "exp": NOW + 300, "iat": NOW, "jti": bs58::encode(random_bytes::<12>()).into_string(),
+        });
+        for (k, v) in claims.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        portcullis_core::jose::sign_compact(key, kid, None, c.to_string().as_bytes()).unwrap()
+    }
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn pkjwt_form(a: &str) -> Form {
+        form(&format!(
+            "grant_type=client_credentials&client_assertion_type={}&client_assertion={a}",
+            portcullis_core::oauth2::JWT_BEARER_ASSERTION
+        ))
+    }
+
+    #[tokio::test]
+    async fn private_key_jwt_clients_authenticate_with_single_use_assertions() {
+        let (admin, issuer, _) = setup().await;
+        let now = Timestamp::from_secs(NOW);
+        let es = SigningKey::generate(Algorithm::Es256).unwrap();
+        let ed = SigningKey::generate(Algorithm::EdDsa).unwrap();
+        let es_jwk = Jwk::from_public(&es.public_key(), Algorithm::Es256).unwrap();
+        // The Ed25519 key is registered without `kid` or `alg`: found by trying the keys.
+        let mut ed_jwk = Jwk::from_public(&ed.public_key(), Algorithm::EdDsa).unwrap();
+        ed_jwk.kid = None;
+        ed_jwk.alg = None;
+        let new = |jwks: Option<serde_json::Value>| NewClient {
+            name: "signer".into(),
+            grant_types: None,
+            scopes: vec!["read:echo".into()],
+            audiences: vec![],
+            redirect_uris: vec![],
+            token_endpoint_auth_method: Some("private_key_jwt".into()),
+            token_lifetime_seconds: None,
+            jwks,
+        };
+        let (c, secret) = admin
+            .create(ACTOR, new(Some(json!({ "keys": [es_jwk, ed_jwk] }))))
+            .await
+            .unwrap();
+        assert!(
+            secret.is_none(),
+            "a key-authenticated client gets no secret"
+        );
+        assert!(c.confidential);
+        let es_kid = es_jwk.kid.clone().unwrap();
+
+        let a = assertion(&es, &es_kid, &c.id, json!({}));
+        let t = issuer.token(None, &pkjwt_form(&a), now).await.unwrap();
+        assert_eq!(t.client_id, c.id);
+        assert_eq!(
+            issuer.token(None, &pkjwt_form(&a), now).await.unwrap_err(),
+            OAuthError::InvalidClient,
+            "an assertion's jti is single use"
+        );
+        let by_ed = assertion(&ed, "", &c.id, json!({ "aud": ISS }));
+        let by_ed = {
+            // Without a kid in the header.
+            let parts: Vec<&str> = by_ed.split('.').collect();
+            let header = portcullis_core::jose::b64_encode(br#"{"alg":"EdDSA"}"#);
+            let input = format!("{header}.{}", parts[1]);
+            let sig = ed.sign(input.as_bytes()).unwrap();
+            format!("{input}.{}", portcullis_core::jose::b64_encode(&sig))
+        };
+        assert!(
+            issuer.token(None, &pkjwt_form(&by_ed), now).await.is_ok(),
+            "the issuer itself is an accepted audience; a key without kid is found"
+        );
+        // client_id in the body must be the assertion's client.
+        let named = assertion(&es, &es_kid, &c.id, json!({}));
+        let body = format!(
+            "grant_type=client_credentials&client_id={}&client_assertion_type={}&client_assertion={named}",
+            c.id,
+            portcullis_core::oauth2::JWT_BEARER_ASSERTION
+        );
+        assert!(issuer.token(None, &form(&body), now).await.is_ok());
+
+        let stranger = SigningKey::generate(Algorithm::Es256).unwrap();
+        let refused = [
+            (
+                "signed by a key not registered",
+                assertion(&stranger, &es_kid, &c.id, json!({})),
+            ),
+            (
+                "expired",
+                assertion(&es, &es_kid, &c.id, json!({ "exp": NOW - 60 })),
+            ),
+            (
+                "valid for too long",
+                assertion(&es, &es_kid, &c.id, json!({ "exp": NOW + 7200 })),
+            ),
+            (
+                "no exp",
+                assertion(&es, &es_kid, &c.id, json!({ "exp": null })),
+            ),
+            (
+                "no jti",
+                assertion(&es, &es_kid, &c.id, json!({ "jti": null })),
+            ),
+            (
+                "wrong aud",
+                assertion(&es, &es_kid, &c.id, json!({ "aud": "https://elsewhere" })),
+            ),
+            (
+                "wrong iss",
+                assertion(&es, &es_kid, &c.id, json!({ "iss": "cl_other" })),
+            ),
+            (
+                "sub is another client",
+                assertion(&es, &es_kid, &c.id, json!({ "sub": "cl_other" })),
+            ),
+            (
+                "issued in the future",
+                assertion(&es, &es_kid, &c.id, json!({ "iat": NOW + 600 })),
+            ),
+            ("unknown kid", assertion(&es, "nope", &c.id, json!({}))),
+        ];
+        for (why, a) in refused {
+            assert_eq!(
+                issuer.token(None, &pkjwt_form(&a), now).await.unwrap_err(),
+                OAuthError::InvalidClient,
+                "{why}"
+            );
+        }
+        // A secret client cannot use an assertion, nor the key client a secret.
+        let (sc, _) = admin
+            .create(
+                ACTOR,
+                NewClient {
+                    token_endpoint_auth_method: None,
+                    jwks: None,
+                    ..new(None)
+                },
+            )
+            .await
+            .unwrap();
+        let a = assertion(&es, &es_kid, &sc.id, json!({}));
+        assert_eq!(
+            issuer.token(None, &pkjwt_form(&a), now).await.unwrap_err(),
+            OAuthError::InvalidClient
+        );
+        assert!(matches!(
+            admin.rotate_secret(ACTOR, &c.id).await,
+            Err(AdminError::Conflict(_))
+        ));
+        // Keys replaced: the old key stops working at once.
+        let c2 = admin
+            .set_jwks(
+                ACTOR,
+                &c.id,
+                &serde_json::to_value(&stranger_jwk(&stranger)).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert!(c2
+            .jwks
+            .unwrap()
+            .contains(&stranger_jwk(&stranger).x.unwrap()));
+        let old = assertion(&es, &es_kid, &c.id, json!({}));
+        assert_eq!(
+            issuer
+                .token(None, &pkjwt_form(&old), now)
+                .await
+                .unwrap_err(),
+            OAuthError::InvalidClient
+        );
+        let new_kid = stranger_jwk(&stranger).kid.unwrap();
+        let fresh = assertion(&stranger, &new_kid, &c.id, json!({}));
+        assert!(issuer.token(None, &pkjwt_form(&fresh), now).await.is_ok());
+    }
+
+    fn stranger_jwk(k: &SigningKey) -> Jwk {
+        Jwk::from_public(&k.public_key(), k.algorithm()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn client_keys_are_checked_at_registration() {
+        let (admin, _, _) = setup().await;
+        let ok = stranger_jwk(&SigningKey::generate(Algorithm::Es256).unwrap());
+        let with = |jwks: serde_json::Value| NewClient {
+            name: "signer".into(),
+            grant_types: None,
+            scopes: vec![],
+            audiences: vec![],
+            redirect_uris: vec![],
+            token_endpoint_auth_method: Some("private_key_jwt".into()),
+            token_lifetime_seconds: None,
+            jwks: Some(jwks),
+        };
+        let mut private = serde_json::to_value(&ok).unwrap();
+        private["d"] = json!("AAAA");
+        let mut wrong_alg = ok.clone();
+        wrong_alg.alg = Some("RS256".into());
+        let mut hs = ok.clone();
+        hs.alg = Some("HS256".into());
+        let mut enc = ok.clone();
+        enc.use_ = Some("enc".into());
+        let bad = [
+            json!({}),
+            json!({ "keys": [] }),
+            json!({ "keys": "x" }),
+            json!({ "keys": [{ "kty": "oct", "k": "AAAA" }] }),
+            json!({ "keys": [private.clone()] }),
+            private,
+            json!({ "keys": [wrong_alg] }),
+            json!({ "keys": [hs] }),
+            json!({ "keys": [enc] }),
+            json!({ "keys": [ok.clone(), ok.clone()] }),
+            json!({ "keys": vec![ok.clone(); 11] }),
+        ];
+        for b in bad {
+            assert!(
+                matches!(
+                    admin.create(ACTOR, with(b.clone())).await,
+                    Err(AdminError::Invalid(_))
+                ),
+                "{b}"
+            );
+        }
+        // One JWK alone is a JWKS of one.
+        let (c, _) = admin
+            .create(ACTOR, with(serde_json::to_value(&ok).unwrap()))
+            .await
+            .unwrap();
+        assert!(c.jwks.unwrap().starts_with(r#"{"keys":["#));
+        // Keys only for private_key_jwt; private_key_jwt only with keys.
+        let mut no_keys = with(json!({}));
+        no_keys.jwks = None;
+        assert!(matches!(
+            admin.create(ACTOR, no_keys).await,
+            Err(AdminError::Invalid(_))
+        ));
+        let mut basic_with_keys = with(serde_json::to_value(&ok).unwrap());
+        basic_with_keys.token_endpoint_auth_method = None;
+        assert!(matches!(
+            admin.create(ACTOR, basic_with_keys).await,
+            Err(AdminError::Invalid(_))
+        ));
+        let mut too_many = with(serde_json::to_value(&ok).unwrap());
+        too_many.scopes = (0..101).map(|i| format!("s{i}")).collect();
+        assert!(matches!(
+            admin.create(ACTOR, too_many).await,
+            Err(AdminError::Invalid(_))
+        ));
+    }
+
     #[tokio::test]
     async fn refusals_carry_the_rfc6749_codes() {
         let (admin, issuer, _) = setup().await;
@@ -708,6 +1191,7 @@ mod tests {
             redirect_uris: vec!["https://app.example/cb".into()],
             token_endpoint_auth_method: Some(method.into()),
             token_lifetime_seconds: Some(60),
+            jwks: None,
         };
         let (post, secret) = admin
             .create(ACTOR, new("client_secret_post", None))

@@ -98,6 +98,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/admin/v1/clients/{id}/rotate-secret",
             post(rotate_client_secret),
         )
+        .route(
+            "/admin/v1/clients/{id}/jwks",
+            axum::routing::put(set_client_jwks),
+        )
         .route("/admin/v1/audit", get(list_audit))
         .route("/admin/v1/audit/verify", get(verify_audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
@@ -497,6 +501,7 @@ pub fn client_view(c: &ClientRecord) -> Value {
         "redirect_uris": c.redirect_uris, "token_endpoint_auth_method": c.auth_method,
         "token_lifetime_seconds": c.token_lifetime_secs,
         "created_at": rfc3339(Some(c.created_at)), "secret_set_at": rfc3339(c.secret_set_at),
+        "jwks": c.jwks.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()),
     })
 }
 
@@ -573,6 +578,22 @@ async fn delete_client(
 ) -> Response {
     match st.clients.delete(actor(peer), &id).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => client_error(e),
+    }
+}
+
+async fn set_client_jwks(
+    State(st): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
+    Path(id): Path<String>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Response {
+    let jwks: Value = match json_body(body) {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    match st.clients.set_jwks(actor(peer), &id, &jwks).await {
+        Ok(c) => Json(client_view(&c)).into_response(),
         Err(e) => client_error(e),
     }
 }

@@ -176,12 +176,26 @@ pub enum ClientsCmd {
         /// Redirect URIs (for the user-facing flows), comma-separated.
         #[arg(long, value_delimiter = ',')]
         redirect_uris: Vec<String>,
-        /// client_secret_basic (default), client_secret_post, or none (public client).
+        /// client_secret_basic (default), client_secret_post, private_key_jwt (needs
+        /// --jwks), or none (public client).
         #[arg(long)]
         auth_method: Option<String>,
         /// Access-token lifetime, e.g. 10m (default: oauth.access_token_lifetime).
         #[arg(long)]
         token_lifetime: Option<String>,
+        /// A file with the client's public keys, a JWKS or one JWK (`-`: stdin); implies
+        /// --auth-method private_key_jwt.
+        #[arg(long)]
+        jwks: Option<PathBuf>,
+    },
+    /// Replace the public keys of a private_key_jwt client (assertions signed by a key no
+    /// longer listed stop working at once).
+    SetJwks {
+        /// The client id.
+        id: String,
+        /// A file with the JWKS or one JWK (`-`: stdin).
+        #[arg(long)]
+        jwks: PathBuf,
     },
     /// List clients (never their secrets).
     List {
@@ -556,13 +570,7 @@ pub async fn keys(conn: &Conn, cmd: KeysCmd) -> Result<(), CliError> {
             }
         }
         KeysCmd::Import { file, format } => {
-            let text = if file.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin())
-                    .map_err(|e| CliError(format!("reading stdin: {e}")))?
-            } else {
-                std::fs::read_to_string(&file)
-                    .map_err(|e| CliError(format!("cannot read {}: {e}", file.display())))?
-            };
+            let text = read_input(&file)?;
             let fmt = format.unwrap_or_else(|| {
                 if file
                     .extension()
@@ -698,13 +706,20 @@ pub async fn clients(conn: &Conn, cmd: ClientsCmd) -> Result<(), CliError> {
             redirect_uris,
             auth_method,
             token_lifetime,
+            jwks,
         } => {
+            let jwks = jwks.map(|f| json_file(&f)).transpose()?;
+            let auth_method = match (auth_method, &jwks) {
+                (None, Some(_)) => Some("private_key_jwt".to_owned()),
+                (m, _) => m,
+            };
             let mut body = json!({
                 "name": name,
                 "scopes": nonempty(scopes),
                 "audiences": nonempty(audiences),
                 "redirect_uris": nonempty(redirect_uris),
                 "token_endpoint_auth_method": auth_method,
+                "jwks": jwks,
             });
             let grant_types = nonempty(grant_types);
             if !grant_types.is_empty() {
@@ -750,6 +765,11 @@ pub async fn clients(conn: &Conn, cmd: ClientsCmd) -> Result<(), CliError> {
             )
             .await?
         }
+        ClientsCmd::SetJwks { id, jwks } => {
+            let path = format!("/admin/v1/clients/{}/jwks", urlencode(&id));
+            api.call(Method::PUT, &path, Some(json_file(&jwks)?))
+                .await?
+        }
         ClientsCmd::RotateSecret { id } => {
             let path = format!("/admin/v1/clients/{}/rotate-secret", urlencode(&id));
             api.call(Method::POST, &path, None).await?
@@ -782,7 +802,31 @@ pub async fn clients(conn: &Conn, cmd: ClientsCmd) -> Result<(), CliError> {
     if v["audiences"].as_array().is_some_and(|a| !a.is_empty()) {
         println!("audiences:    {}", join(&v["audiences"]));
     }
+    if let Some(keys) = v["jwks"]["keys"].as_array() {
+        let kids: Vec<&str> = keys
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap_or("(no kid)"))
+            .collect();
+        println!("keys:         {}", kids.join(", "));
+    }
     Ok(())
+}
+
+/// A file's text, or stdin's for `-`.
+fn read_input(file: &Path) -> Result<String, CliError> {
+    if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| CliError(format!("reading stdin: {e}")))
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|e| CliError(format!("cannot read {}: {e}", file.display())))
+    }
+}
+
+/// A JSON document from a file, or from stdin for `-`.
+fn json_file(file: &Path) -> Result<Value, CliError> {
+    let text = read_input(file)?;
+    serde_json::from_str(&text).map_err(|e| CliError(format!("{}: not JSON: {e}", file.display())))
 }
 
 /// Runs `portcullis signing-keys …`.

@@ -185,6 +185,10 @@ pub struct OAuthConfig {
     /// Lifetime of access tokens unless a client sets its own.
     #[serde(deserialize_with = "de_duration")]
     pub access_token_lifetime: Duration,
+    /// Failed client authentications allowed per client address at the token,
+    /// introspection and revocation endpoints before they answer 429 (`false`: no limit).
+    #[serde(deserialize_with = "de_opt_limit")]
+    pub failed_auth_limit: Option<Limit>,
 }
 
 impl Default for OAuthConfig {
@@ -192,6 +196,7 @@ impl Default for OAuthConfig {
         Self {
             issuer: None,
             access_token_lifetime: Duration::from_secs(15 * 60),
+            failed_auth_limit: default_failed_auth_limit(),
         }
     }
 }

@@ -28,7 +28,7 @@ use portcullis_domain::usage::UsageTracker;
 use portcullis_domain::{Clock, Policy, SystemClock};
 use portcullis_store::memory::MemoryRateCells;
 use portcullis_store::sqlite::SqliteStore;
-use portcullis_store::{ApiKeys, AuditLog, OAuthClients};
+use portcullis_store::{ApiKeys, AuditLog, Nonces, OAuthClients};
 use tower::ServiceExt;
 
 use crate::admin_api::{self, AdminState};
@@ -68,6 +68,9 @@ pub struct App {
     stopping: AtomicBool,
     ring: Arc<KeyRing>,
     issuer: Arc<TokenIssuer>,
+    /// Counts failed client authentications at the OAuth endpoints, per client address.
+    limiter: RateLimiter,
+    oauth_failure_limit: Option<portcullis_core::ratelimit::Limit>,
 }
 
 impl App {
@@ -298,12 +301,9 @@ pub async fn serve(
         clock.now(),
     )
     .map_err(StartError)?;
-    let gate = Gate::new(
-        RateLimiter::new(Arc::new(MemoryRateCells::new())),
-        usage.clone(),
-        auditor.clone(),
-    )
-    .audited(cfg.audit.decisions);
+    let limiter = RateLimiter::new(Arc::new(MemoryRateCells::new()));
+    let gate =
+        Gate::new(limiter.clone(), usage.clone(), auditor.clone()).audited(cfg.audit.decisions);
     let gateway = Gateway::new(
         routes,
         gate,
@@ -325,6 +325,7 @@ pub async fn serve(
     let clients: Arc<dyn OAuthClients> = store.clone();
     let issuer = Arc::new(TokenIssuer::new(
         clients.clone(),
+        store.clone(),
         ring.clone(),
         IssuerConfig {
             issuer: issuer_url.clone(),
@@ -362,6 +363,8 @@ pub async fn serve(
         stopping: AtomicBool::new(false),
         ring: ring.clone(),
         issuer: issuer.clone(),
+        limiter,
+        oauth_failure_limit: cfg.oauth.failed_auth_limit,
     });
 
     let reloader = reload_on_sighup(Reloader {
@@ -392,6 +395,7 @@ pub async fn serve(
     let rotator = {
         let (ring, auditor, clock) = (ring.clone(), auditor.clone(), clock.clone());
         let revocations = revocations.clone();
+        let nonces = store.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SIGNING_TICK);
             loop {
@@ -401,6 +405,9 @@ pub async fn serve(
                 }
                 if let Err(e) = revocations.purge(clock.now()).await {
                     tracing::warn!(error = %e, "purging expired token revocations failed");
+                }
+                if let Err(e) = nonces.delete_expired_nonces(clock.now()).await {
+                    tracing::warn!(error = %e, "purging expired single-use values failed");
                 }
             }
         })
@@ -584,6 +591,17 @@ pub const REVOKE_PATH: &str = "/oauth2/revoke";
 /// The authorization server's metadata (RFC 8414 §3).
 pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 
+/// How confidential clients may authenticate at the token, introspection and revocation
+/// endpoints.
+const AUTH_METHODS_SUPPORTED: [&str; 3] = [
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+];
+
+/// What `private_key_jwt` assertions may be signed with.
+const ASSERTION_ALGS: [&str; 4] = ["ES256", "EdDSA", "RS256", "PS256"];
+
 /// `GET /.well-known/oauth-authorization-server`: exactly what this server supports, no more.
 fn metadata(app: &App, req: &Request<Body>) -> Response<Body> {
     if let Some(refused) = get_only(req) {
@@ -595,11 +613,14 @@ fn metadata(app: &App, req: &Request<Body>) -> Response<Body> {
         "token_endpoint": format!("{iss}{TOKEN_PATH}"),
         "jwks_uri": format!("{iss}{JWKS_PATH}"),
         "introspection_endpoint": format!("{iss}{INTROSPECT_PATH}"),
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "introspection_endpoint_auth_methods_supported": AUTH_METHODS_SUPPORTED,
+        "introspection_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGS,
         "revocation_endpoint": format!("{iss}{REVOKE_PATH}"),
-        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": AUTH_METHODS_SUPPORTED,
+        "revocation_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGS,
         "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": AUTH_METHODS_SUPPORTED,
+        "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGS,
         // RFC 8414 requires the member; no authorization endpoint is served yet.
         "response_types_supported": [],
     });
@@ -696,6 +717,42 @@ fn oauth_json(body: &serde_json::Value) -> Response<Body> {
     r
 }
 
+/// The cell counting failed client authentications from `client` at the OAuth endpoints.
+fn oauth_failure_cell(client: std::net::IpAddr) -> String {
+    format!(
+        "o:client-auth:{}",
+        portcullis_core::text::IpText::new(client).as_str()
+    )
+}
+
+/// `Err(RateLimited)` while `client` has failed client authentication too often.
+async fn oauth_throttle(app: &App, client: std::net::IpAddr) -> Result<(), OAuthError> {
+    let Some(limit) = &app.oauth_failure_limit else {
+        return Ok(());
+    };
+    let now = app.clock.now();
+    match app
+        .limiter
+        .is_blocked(&oauth_failure_cell(client), limit, now)
+        .await
+    {
+        Some(d) => Err(OAuthError::RateLimited {
+            retry_after_secs: d.retry_after_secs,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Counts `e` against `client` if it is a failed client authentication.
+async fn oauth_count_failure(app: &App, client: std::net::IpAddr, e: &OAuthError) {
+    if let (OAuthError::InvalidClient, Some(limit)) = (e, &app.oauth_failure_limit) {
+        let _ = app
+            .limiter
+            .check(&oauth_failure_cell(client), limit, app.clock.now())
+            .await;
+    }
+}
+
 /// `POST /oauth2/introspect` (RFC 7662) and `POST /oauth2/revoke` (RFC 7009), for
 /// authenticated clients; each call is audited (`oauth.introspect`, `oauth.revoke`).
 async fn introspect_or_revoke(
@@ -710,18 +767,22 @@ async fn introspect_or_revoke(
     };
     let now = app.clock.now();
     let auth = post.authorization.as_deref();
+    let form = match oauth_throttle(app, client).await {
+        Ok(()) => post.form.as_ref().map_err(|e| *e),
+        Err(e) => Err(e),
+    };
     let (kind, result) = if revoke {
-        let r = match &post.form {
+        let r = match form {
             Ok(f) => app
                 .issuer
                 .revoke(auth, f, now)
                 .await
                 .map(|(c, jti)| (c, serde_json::json!({ "revoked": jti }), None)),
-            Err(e) => Err(*e),
+            Err(e) => Err(e),
         };
         ("oauth.revoke", r)
     } else {
-        let r = match &post.form {
+        let r = match form {
             Ok(f) => app.issuer.introspect(auth, f, now).await.map(|(c, v)| {
                 (
                     c,
@@ -729,10 +790,13 @@ async fn introspect_or_revoke(
                     Some(v),
                 )
             }),
-            Err(e) => Err(*e),
+            Err(e) => Err(e),
         };
         ("oauth.introspect", r)
     };
+    if let Err(e) = &result {
+        oauth_count_failure(app, client, e).await;
+    }
     let mut event = audit::AuditEvent::new(now, kind, if result.is_ok() { "ok" } else { "deny" })
         .client_ip(client);
     event = match &result {
@@ -766,14 +830,18 @@ async fn token(app: &App, req: Request<Body>, client: std::net::IpAddr) -> Respo
         Err(r) => return r,
     };
     let now = app.clock.now();
-    let result = match &post.form {
-        Ok(form) => {
+    let result = match (oauth_throttle(app, client).await, &post.form) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Ok(form)) => {
             app.issuer
                 .token(post.authorization.as_deref(), form, now)
                 .await
         }
-        Err(e) => Err(*e),
+        (Ok(()), Err(e)) => Err(*e),
     };
+    if let Err(e) = &result {
+        oauth_count_failure(app, client, e).await;
+    }
     let mut event = audit::AuditEvent::new(
         now,
         "oauth.token",
@@ -808,6 +876,10 @@ fn oauth_error(e: &OAuthError) -> Response<Body> {
         "error_description": e.description(),
     }));
     *r.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    if let OAuthError::RateLimited { retry_after_secs } = e {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+    }
     r
 }
 

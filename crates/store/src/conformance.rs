@@ -12,12 +12,12 @@ use portcullis_core::ratelimit::{Algorithm, Limit};
 use portcullis_core::Timestamp;
 
 use crate::audit_block::{OwnedFields, Record};
-use crate::RevokedTokens;
 use crate::{
     ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, ClientRecord, Durable, KeyPatch, KeyUsage,
     OAuthClients, QuotaSpec, RateCells, RateLimitSpec, Retirement, Sealed, SigningKeyRecord,
     SigningKeys, StoreError,
 };
+use crate::{Nonces, RevokedTokens};
 
 /// A key record for tests; `n` makes id and hash unique.
 pub fn sample_key(n: u8) -> ApiKeyRecord {
@@ -112,6 +112,24 @@ where
     signing_keys_rotate_and_expire(&make().await).await;
     clients_round_trip(&make().await).await;
     revoked_tokens_until_expiry(&make().await).await;
+    nonces_are_single_use_until_expiry(&make().await).await;
+}
+
+async fn nonces_are_single_use_until_expiry(s: &impl Nonces) {
+    let t = Timestamp::from_millis;
+    assert!(s.claim_nonce("a:1", t(5_000), t(1_000)).await.unwrap());
+    assert!(
+        !s.claim_nonce("a:1", t(9_000), t(2_000)).await.unwrap(),
+        "a second use before expiry is a replay"
+    );
+    assert!(s.claim_nonce("a:2", t(3_000), t(2_000)).await.unwrap());
+    assert!(
+        s.claim_nonce("a:1", t(8_000), t(5_000)).await.unwrap(),
+        "once expired, a key may be used again (its credential is refused on its own)"
+    );
+    assert!(!s.claim_nonce("a:1", t(9_000), t(7_999)).await.unwrap());
+    assert_eq!(s.delete_expired_nonces(t(3_000)).await.unwrap(), 1);
+    assert!(!s.claim_nonce("a:1", t(9_000), t(7_000)).await.unwrap());
 }
 
 async fn revoked_tokens_until_expiry(s: &impl RevokedTokens) {
@@ -146,6 +164,7 @@ fn sample_client(id: &str) -> ClientRecord {
         secret_hash: Some([7; 32]),
         created_at: Timestamp::from_millis(1_000),
         secret_set_at: Some(Timestamp::from_millis(1_000)),
+        jwks: None,
     }
 }
 
@@ -189,6 +208,14 @@ async fn clients_round_trip(s: &impl OAuthClients) {
     assert_eq!(s.find_client("cl_a").await.unwrap(), Some(changed));
     assert!(matches!(
         s.set_client_secret("cl_x", &[9; 32], at).await,
+        Err(StoreError::NotFound)
+    ));
+    let jwks = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AAAA"}]}"#;
+    let changed = s.set_client_jwks("cl_b", jwks).await.unwrap();
+    assert_eq!(changed.jwks.as_deref(), Some(jwks));
+    assert_eq!(s.find_client("cl_b").await.unwrap(), Some(changed));
+    assert!(matches!(
+        s.set_client_jwks("cl_x", jwks).await,
         Err(StoreError::NotFound)
     ));
     s.delete_client("cl_a").await.unwrap();

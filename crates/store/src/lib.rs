@@ -192,8 +192,31 @@ pub trait OAuthClients: Send + Sync {
         at: Timestamp,
     ) -> Result<ClientRecord, StoreError>;
 
+    /// Replaces the client's registered public keys (a JWKS document) and returns the
+    /// client. `NotFound` if absent.
+    async fn set_client_jwks(&self, id: &str, jwks: &str) -> Result<ClientRecord, StoreError>;
+
     /// Deletes the client. `NotFound` if absent.
     async fn delete_client(&self, id: &str) -> Result<(), StoreError>;
+}
+
+/// Values that may be used once (a client assertion's `jti`, a DPoP proof's, a signed
+/// request's nonce), each remembered until `expires_at`, after which the credential that
+/// carried it is refused on its own. Durable before `Ok`, so that a restart is no replay
+/// window.
+#[async_trait]
+pub trait Nonces: Send + Sync {
+    /// Records `key` as used until `expires_at`: `true` if it was not in use at `now`, `false`
+    /// if it was (a replay). Atomic: of two concurrent claims of one key, one wins.
+    async fn claim_nonce(
+        &self,
+        key: &str,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Forgets the ones expired by `now`; returns how many.
+    async fn delete_expired_nonces(&self, now: Timestamp) -> Result<u64, StoreError>;
 }
 
 /// Access tokens revoked before they expire (by `jti`). Durable before `Ok`.
@@ -210,8 +233,11 @@ pub trait RevokedTokens: Send + Sync {
 }
 
 /// The durable store the binary wires in.
-pub trait Durable: ApiKeys + AuditLog + SigningKeys + OAuthClients + RevokedTokens {}
-impl<T: ApiKeys + AuditLog + SigningKeys + OAuthClients + RevokedTokens> Durable for T {}
+pub trait Durable:
+    ApiKeys + AuditLog + SigningKeys + OAuthClients + RevokedTokens + Nonces
+{
+}
+impl<T: ApiKeys + AuditLog + SigningKeys + OAuthClients + RevokedTokens + Nonces> Durable for T {}
 
 /// The audit-seq rule every backend applies: `seq` must be exactly `next`.
 /// Checks that `events` continue at `next` and follow each other: seqs one by one, each

@@ -9,12 +9,12 @@ use portcullis_core::crypto::Sha256Digest;
 use portcullis_core::ratelimit::{Decision, Limit};
 use portcullis_core::Timestamp;
 
-use crate::RevokedTokens;
 use crate::{
     check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, ClientRecord, KeyPatch, KeyUsage,
     OAuthClients, Pruned, QuotaState, RateCells, Retirement, Sealed, SigningKeyRecord, SigningKeys,
     StoreError, StoredEvent,
 };
+use crate::{Nonces, RevokedTokens};
 
 /// Durable aggregates kept in memory (lost on exit: for tests and demos only).
 #[derive(Default)]
@@ -33,6 +33,7 @@ struct Inner {
     signing_keys: Vec<SigningKeyRecord>,
     clients: BTreeMap<String, ClientRecord>,
     revoked: HashMap<String, Timestamp>,
+    nonces: HashMap<String, Timestamp>,
 }
 
 impl MemoryStore {
@@ -235,6 +236,36 @@ impl RevokedTokens for MemoryStore {
 }
 
 #[async_trait]
+impl Nonces for MemoryStore {
+    async fn claim_nonce(
+        &self,
+        key: &str,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        match g.nonces.get_mut(key) {
+            Some(e) if *e > now => Ok(false),
+            Some(e) => {
+                *e = expires_at;
+                Ok(true)
+            }
+            None => {
+                g.nonces.insert(key.to_owned(), expires_at);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn delete_expired_nonces(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let mut g = self.lock();
+        let before = g.nonces.len();
+        g.nonces.retain(|_, e| *e > now);
+        Ok((before - g.nonces.len()) as u64)
+    }
+}
+
+#[async_trait]
 impl OAuthClients for MemoryStore {
     async fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError> {
         let mut g = self.lock();
@@ -273,6 +304,13 @@ impl OAuthClients for MemoryStore {
         let c = g.clients.get_mut(id).ok_or(StoreError::NotFound)?;
         c.secret_hash = Some(*hash);
         c.secret_set_at = Some(at);
+        Ok(c.clone())
+    }
+
+    async fn set_client_jwks(&self, id: &str, jwks: &str) -> Result<ClientRecord, StoreError> {
+        let mut g = self.lock();
+        let c = g.clients.get_mut(id).ok_or(StoreError::NotFound)?;
+        c.jwks = Some(jwks.to_owned());
         Ok(c.clone())
     }
 

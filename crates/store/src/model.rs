@@ -340,6 +340,8 @@ pub struct ClientRecord {
     pub created_at: Timestamp,
     /// When its secret was last set.
     pub secret_set_at: Option<Timestamp>,
+    /// Its public keys as a JWKS document (`private_key_jwt` clients).
+    pub jwks: Option<String>,
 }
 
 impl std::fmt::Debug for ClientRecord {

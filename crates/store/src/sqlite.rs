@@ -23,12 +23,12 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
-use crate::RevokedTokens;
 use crate::{
     audit_block, check_next_seq, check_run, ApiKeyRecord, ApiKeys, AuditLog, AuditQuery,
     ClientRecord, KeyPatch, KeyUsage, OAuthClients, Pruned, QuotaState, Retirement, Sealed,
     SigningKeyRecord, SigningKeys, StoreError, StoredEvent,
 };
+use crate::{Nonces, RevokedTokens};
 
 /// The embedded schema migrations.
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -606,7 +606,7 @@ impl ApiKeys for SqliteStore {
 macro_rules! client_cols {
     () => {
         "id, name, confidential, grant_types, scopes, audiences, redirect_uris, auth_method, \
-         token_lifetime_s, secret_hash, created_at, secret_set_at"
+         token_lifetime_s, secret_hash, created_at, secret_set_at, jwks"
     };
 }
 
@@ -640,6 +640,7 @@ fn client_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ClientRecord, StoreErr
             .try_get::<Option<i64>, _>("secret_set_at")
             .map_err(sql_err)?
             .map(Timestamp::from_millis),
+        jwks: r.try_get("jwks").map_err(sql_err)?,
     })
 }
 
@@ -687,12 +688,42 @@ impl RevokedTokens for SqliteStore {
 }
 
 #[async_trait]
+impl Nonces for SqliteStore {
+    async fn claim_nonce(
+        &self,
+        key: &str,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        // A new key is inserted; a key whose use has expired is taken over; a live one stays
+        // as it is and nothing changes (0 rows).
+        let done = sqlx::query(
+            "INSERT INTO used_nonces (key, expires_at) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
+             WHERE used_nonces.expires_at <= ?3",
+        )
+        .bind(key)
+        .bind(expires_at.as_millis())
+        .bind(now.as_millis())
+        .execute(&self.writer)
+        .await
+        .map_err(sql_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_expired_nonces(&self, now: Timestamp) -> Result<u64, StoreError> {
+        self.delete_expired("DELETE FROM used_nonces WHERE expires_at <= ?1", now)
+            .await
+    }
+}
+
+#[async_trait]
 impl OAuthClients for SqliteStore {
     async fn insert_client(&self, c: &ClientRecord) -> Result<(), StoreError> {
         sqlx::query(concat!(
             "INSERT INTO oauth_clients (",
             client_cols!(),
-            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
         ))
         .bind(&c.id)
         .bind(&c.name)
@@ -709,6 +740,7 @@ impl OAuthClients for SqliteStore {
         .bind(c.secret_hash.as_ref().map(|h| h.to_vec()))
         .bind(c.created_at.as_millis())
         .bind(c.secret_set_at.map(Timestamp::as_millis))
+        .bind(c.jwks.as_deref())
         .execute(&self.writer)
         .await
         .map_err(|e| match &e {
@@ -769,6 +801,20 @@ impl OAuthClients for SqliteStore {
         .bind(id)
         .bind(&hash[..])
         .bind(at.as_millis())
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(sql_err)?
+        .ok_or(StoreError::NotFound)?;
+        client_from_row(&row)
+    }
+
+    async fn set_client_jwks(&self, id: &str, jwks: &str) -> Result<ClientRecord, StoreError> {
+        let row = sqlx::query(concat!(
+            "UPDATE oauth_clients SET jwks = ?2 WHERE id = ?1 RETURNING ",
+            client_cols!()
+        ))
+        .bind(id)
+        .bind(jwks)
         .fetch_optional(&self.writer)
         .await
         .map_err(sql_err)?

@@ -1,6 +1,7 @@
 //! OAuth clients and the token endpoint (client_credentials), end to end: the CLI registers,
 //! curl and reqwest ask for tokens, and the token verifies against our JWKS.
 
+use portcullis_core::crypto::sign::SigningKey;
 use portcullis_core::jose::{Algorithm, Jwk, Jws, MAX_TOKEN_LEN};
 use portcullis_core::jwt::{self, Expectations};
 use serde_json::Value;
@@ -313,7 +314,15 @@ async fn the_metadata_describes_exactly_what_is_served() {
     );
     assert_eq!(
         m["token_endpoint_auth_methods_supported"],
-        serde_json::json!(["client_secret_basic", "client_secret_post"])
+        serde_json::json!([
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt"
+        ])
+    );
+    assert_eq!(
+        m["token_endpoint_auth_signing_alg_values_supported"],
+        serde_json::json!(["ES256", "EdDSA", "RS256", "PS256"])
     );
     // Every URL it names answers.
     let jwks = client()
@@ -508,4 +517,158 @@ policy = { any = ["jwt", "api_key"] }
     // Either one opens the `any` route.
     assert_eq!(get_key(&s, "/either/x", &key).await.status(), 200);
     assert_eq!(bearer(&s, "/either/x", &token).await.status(), 200);
+}
+
+/// A client assertion (RFC 7523) for `client` signed by `key`, valid for a minute.
+fn assertion(key: &SigningKey, kid: &str, client: &str, aud: &str, jti: &str) -> String {
+    let now = portcullis_domain::Clock::now(&portcullis_domain::SystemClock).as_secs();
+    let claims = serde_json::json!({
+        "iss": client, "sub": client, "aud": aud, "iat": now, "exp": now + 60, "jti": jti,
+    });
+    portcullis_core::jose::sign_compact(key, kid, None, claims.to_string().as_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn a_private_key_jwt_client_authenticates_with_single_use_assertions() {
+    // A fixed issuer, so that an assertion stays addressed to this server across a restart.
+    const CONFIG: &str = "[oauth]\nissuer = \"https://auth.example\"\n";
+    let s = Server::start(Some(CONFIG));
+    let key = SigningKey::generate(Algorithm::Es256).unwrap();
+    let jwk = Jwk::from_public(&key.public_key(), Algorithm::Es256).unwrap();
+    let kid = jwk.kid.clone().unwrap();
+    let file = s.data_dir().join("client-jwks.json");
+    std::fs::write(&file, serde_json::json!({ "keys": [jwk] }).to_string()).unwrap();
+    let c = s.cli_json(&[
+        "clients",
+        "create",
+        "--name",
+        "signer",
+        "--scopes",
+        "read:echo",
+        "--jwks",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(c["token_endpoint_auth_method"], "private_key_jwt", "{c}");
+    assert!(c.get("client_secret").is_none(), "no secret: {c}");
+    assert_eq!(c["jwks"]["keys"][0]["kid"], kid.as_str());
+    let id = c["client_id"].as_str().unwrap().to_owned();
+    let token_url = "https://auth.example/oauth2/token";
+    let body = |a: &str| {
+        format!(
+            "grant_type=client_credentials&client_assertion_type=\
+             urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={a}"
+        )
+    };
+    let a = assertion(&key, &kid, &id, token_url, "first");
+    let r = token_form(&s, None, &body(&a)).await;
+    assert_eq!(r.status(), 200);
+    let t = json_of(r).await;
+    let claims = verified(
+        &s,
+        "https://auth.example",
+        t["access_token"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(claims.client_id.as_deref(), Some(id.as_str()));
+
+    // The same assertion again is a replay: refused, without a Basic challenge.
+    let r = token_form(&s, None, &body(&a)).await;
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("www-authenticate").is_none());
+    assert_eq!(json_of(r).await["error"], "invalid_client");
+    // ... and still after a restart: the used jti is stored durably.
+    let s = s.kill9().start(Some(CONFIG));
+    let r = token_form(&s, None, &body(&a)).await;
+    assert_eq!(r.status(), 401, "a replay after kill -9 is still a replay");
+    // Another key, same kid: refused; the issuer as audience: accepted.
+    let other = SigningKey::generate(Algorithm::Es256).unwrap();
+    let forged = assertion(&other, &kid, &id, token_url, "second");
+    assert_eq!(token_form(&s, None, &body(&forged)).await.status(), 401);
+    let a = assertion(&key, &kid, &id, "https://auth.example", "third");
+    assert_eq!(token_form(&s, None, &body(&a)).await.status(), 200);
+
+    // New keys through the CLI: the old key stops working at once.
+    let jwk2 = Jwk::from_public(&other.public_key(), Algorithm::Es256).unwrap();
+    std::fs::write(&file, serde_json::to_string(&jwk2).unwrap()).unwrap();
+    let c = s.cli_json(&["clients", "set-jwks", &id, "--jwks", file.to_str().unwrap()]);
+    assert_eq!(c["jwks"]["keys"][0]["kid"], jwk2.kid.as_deref().unwrap());
+    let a = assertion(&key, &kid, &id, token_url, "fourth");
+    assert_eq!(token_form(&s, None, &body(&a)).await.status(), 401);
+    let a = assertion(
+        &other,
+        jwk2.kid.as_deref().unwrap(),
+        &id,
+        token_url,
+        "fifth",
+    );
+    assert_eq!(token_form(&s, None, &body(&a)).await.status(), 200);
+}
+
+/// The token verified against the server's JWKS (any audience).
+async fn verified(s: &Server, iss: &str, token: &str) -> portcullis_core::jwt::Claims {
+    let jwks = json_of(client().get(s.url("/oauth2/jwks")).send().await.unwrap()).await;
+    let jws = Jws::parse(token, MAX_TOKEN_LEN).unwrap();
+    let jwk: Jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| serde_json::from_value::<Jwk>(k.clone()).unwrap())
+        .find(|k| k.kid == jws.header().kid)
+        .unwrap();
+    let now = portcullis_domain::Clock::now(&portcullis_domain::SystemClock);
+    let (claims, _) = jwt::verify(
+        &jws,
+        &jwk.public_key().unwrap(),
+        &Expectations {
+            algorithms: &[Algorithm::Es256],
+            issuer: iss,
+            audiences: &[],
+            typ: Some("at+jwt"),
+            leeway_secs: 5,
+        },
+        now,
+    )
+    .unwrap();
+    claims
+}
+
+#[tokio::test]
+async fn failed_client_authentication_is_rate_limited_per_address() {
+    let s = Server::start(Some(
+        r#"
+[oauth]
+failed_auth_limit = { limit = 3, period = "1h" }
+"#,
+    ));
+    let (id, secret) = register(&s, "read:echo");
+    for _ in 0..3 {
+        let r = token_form(&s, Some((&id, "wrong")), "grant_type=client_credentials").await;
+        assert_eq!(r.status(), 401);
+    }
+    // Blocked now, even with the right secret, at every OAuth endpoint, for this address.
+    let r = token_form(&s, Some((&id, &secret)), "grant_type=client_credentials").await;
+    assert_eq!(r.status(), 429);
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
+    let v = json_of(r).await;
+    assert_eq!(v["error"], "rate_limited", "{v}");
+    let r = form_post(&s, "/oauth2/introspect", (&id, &secret), "token=x").await;
+    assert_eq!(r.status(), 429);
+    // Refusals are audited like any other answer of the token endpoint.
+    let events = s
+        .eventually("the refusal in the audit trail", || async {
+            let events = audit_events(&s, "kind=oauth.token").await;
+            events
+                .iter()
+                .any(|e| e["reason"] == "rate_limited")
+                .then_some(events)
+        })
+        .await;
+    assert!(events.iter().any(|e| e["reason"] == "invalid_client"));
 }
