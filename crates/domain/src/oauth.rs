@@ -1084,7 +1084,7 @@ mod tests {
             .set_jwks(
                 ACTOR,
                 &c.id,
-                &serde_json::to_value(&stranger_jwk(&stranger)).unwrap(),
+                &serde_json::to_value(stranger_jwk(&stranger)).unwrap(),
             )
             .await
             .unwrap();
