@@ -22,6 +22,7 @@ pub mod audit;
 pub mod client_ip;
 pub mod cors;
 pub mod crypto;
+pub mod dpop;
 pub mod error;
 pub mod identity;
 pub mod jose;
