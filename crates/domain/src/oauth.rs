@@ -706,7 +706,9 @@ impl TokenIssuer {
         let mut verified = None;
         for key in keys
             .iter()
-            .filter(|k| kid.is_none() || k.kid.as_deref() == kid)
+            // A header `kid` picks its key; a key registered without one may still be it (the
+            // signing library may have added a kid of its own).
+            .filter(|k| kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
         {
             let Ok(public) = key.public_key() else {
                 continue;
@@ -1002,6 +1004,12 @@ mod tests {
             issuer.token(None, &pkjwt_form(&by_ed), now).await.is_ok(),
             "the issuer itself is an accepted audience; a key without kid is found"
         );
+        // A kid in the header that the kid-less registered key does not carry still finds it.
+        let ed_with_kid = assertion(&ed, "libraries-kid", &c.id, json!({}));
+        assert!(issuer
+            .token(None, &pkjwt_form(&ed_with_kid), now)
+            .await
+            .is_ok());
         // client_id in the body must be the assertion's client.
         let named = assertion(&es, &es_kid, &c.id, json!({}));
         let body = format!(
