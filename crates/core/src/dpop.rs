@@ -108,6 +108,9 @@ pub struct DpopProof {
     pub jti: String,
     /// When the client made the proof, seconds since the epoch (rounded down).
     pub iat: i64,
+    /// The proof's `nonce`, if it carries one as a string (checked only when the check
+    /// asked for a nonce; a server whose nonces change over time checks this itself).
+    pub nonce: Option<String>,
 }
 
 /// Why a proof was refused, in the order of the checks of RFC 9449 §4.3. The texts are for
@@ -280,7 +283,62 @@ pub fn verify_proof(
         jkt: jwk.thumbprint().map_err(|_| DpopError::BadKey)?,
         jti: jti.to_owned(),
         iat,
+        nonce: claims
+            .nonce
+            .as_ref()
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
     })
+}
+
+/// What a client puts in a proof it makes with [`sign_proof`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewProof<'a> {
+    /// The request's method.
+    pub htm: &'a str,
+    /// The request's URI (a query is allowed; verifiers ignore it).
+    pub htu: &'a str,
+    /// At a resource: the access token sent with the proof (its hash goes in `ath`).
+    pub access_token: Option<&'a str>,
+    /// The server's nonce, when it asked for one.
+    pub nonce: Option<&'a str>,
+    /// A value never used before with this key.
+    pub jti: &'a str,
+    /// When the proof is made, seconds since the epoch.
+    pub iat: i64,
+}
+
+/// The client side: a proof (RFC 9449 §4.2) signed by `key`, with the key's public JWK in
+/// the header — what a client of Portcullis's protected routes sends as `DPoP`.
+pub fn sign_proof(
+    key: &crate::crypto::sign::SigningKey,
+    proof: &NewProof<'_>,
+) -> Result<String, crate::crypto::sign::KeyError> {
+    let alg = key.algorithm();
+    let jwk = Jwk::from_public(&key.public_key(), alg)
+        .map_err(|_| crate::crypto::sign::KeyError::Library)?;
+    let header = serde_json::json!({ "typ": TYP, "alg": alg.name(), "jwk": jwk });
+    let mut claims = serde_json::json!({
+        "jti": proof.jti,
+        "htm": proof.htm,
+        "htu": proof.htu,
+        "iat": proof.iat,
+    });
+    if let Some(t) = proof.access_token {
+        claims["ath"] = ath(t).into();
+    }
+    if let Some(n) = proof.nonce {
+        claims["nonce"] = n.into();
+    }
+    let mut out = format!(
+        "{}.{}",
+        b64_encode(header.to_string().as_bytes()),
+        b64_encode(claims.to_string().as_bytes())
+    );
+    let sig = key.sign(out.as_bytes())?;
+    out.push('.');
+    out.push_str(&b64_encode(&sig));
+    Ok(out)
 }
 
 /// Normalises an `htu` value, or the server's own request URI, for comparison (RFC 9449
@@ -683,6 +741,7 @@ mod tests {
                 jkt: RFC_JKT.to_owned(),
                 jti: "-BwC3ESc6acc2lTc".to_owned(),
                 iat: RFC_IAT,
+                nonce: None,
             }
         );
         assert_eq!(at(RFC_IAT + 301).unwrap_err(), DpopError::Stale);
@@ -1304,6 +1363,49 @@ mod tests {
                 let twice = normalize_htu(&once);
                 prop_assert_eq!(twice.as_deref(), Some(once.as_str()));
             }
+        }
+    }
+
+    #[test]
+    fn proofs_made_by_sign_proof_verify() {
+        for alg in [
+            Algorithm::Es256,
+            Algorithm::EdDsa,
+            Algorithm::Rs256,
+            Algorithm::Ps256,
+        ] {
+            let key = SigningKey::generate(alg).unwrap();
+            let made = sign_proof(
+                &key,
+                &NewProof {
+                    htm: "GET",
+                    htu: "https://API.example.com:443/v1/things?b=c",
+                    access_token: Some("tok"),
+                    nonce: Some("n-1"),
+                    jti: "j",
+                    iat: NOW,
+                },
+            )
+            .unwrap();
+            let check = ProofCheck {
+                method: "GET",
+                htu: HTU,
+                access_token: Some("tok"),
+                nonce: Some("n-1"),
+                max_age_secs: 60,
+                leeway_secs: 5,
+                algorithms: &[alg],
+            };
+            let proof = verify(&made, &check).unwrap();
+            assert_eq!(proof.nonce.as_deref(), Some("n-1"));
+            assert_eq!(
+                proof.jkt,
+                Jwk::from_public(&key.public_key(), alg)
+                    .unwrap()
+                    .thumbprint()
+                    .unwrap()
+            );
+            assert_eq!(proof.jti, "j");
         }
     }
 }

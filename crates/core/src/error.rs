@@ -52,6 +52,15 @@ pub enum TokenError {
     /// In the query string (`access_token=`): refused on every route (RFC 9700 §2.4.1).
     #[error("in the query string")]
     InQuery,
+    /// A DPoP-bound token without a valid proof of its key for this request: none, several,
+    /// malformed, replayed, for another request or another key (RFC 9449 §7.1). (A bound
+    /// token sent as a plain `Bearer`, or an unbound one sent as `DPoP`, is `Invalid`.)
+    #[error("DPoP proof refused")]
+    DpopProof,
+    /// A DPoP proof without the server's current nonce, where nonces are required (RFC 9449
+    /// §9): the answer carries one in `DPoP-Nonce` to retry with.
+    #[error("DPoP nonce required")]
+    DpopNonce,
 }
 
 /// Errors of the gateway itself (routing, proxying, sizes), in the same table.
@@ -155,6 +164,16 @@ impl From<&AuthError> for WireError {
             AuthError::Token(TokenError::Invalid) => {
                 wire(401, "invalid_token", "The access token is not valid.")
             }
+            AuthError::Token(TokenError::DpopProof) => wire(
+                401,
+                "invalid_dpop_proof",
+                "The access token requires a valid DPoP proof of its key for this request.",
+            ),
+            AuthError::Token(TokenError::DpopNonce) => wire(
+                401,
+                "use_dpop_nonce",
+                "Retry with a DPoP proof carrying the nonce in the DPoP-Nonce header.",
+            ),
             AuthError::Token(TokenError::InQuery) => wire(
                 401,
                 "invalid_token",

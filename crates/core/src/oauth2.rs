@@ -39,6 +39,14 @@ pub enum OAuthError {
     /// A requested resource (RFC 8707) is not one the client may ask for.
     #[error("invalid_target")]
     InvalidTarget,
+    /// The `DPoP` proof sent to the token endpoint is missing where required, repeated,
+    /// malformed, replayed or not for this request (RFC 9449 §5, §12.2).
+    #[error("invalid_dpop_proof")]
+    InvalidDpopProof,
+    /// The DPoP proof lacks the server's current nonce, where nonces are required (RFC 9449
+    /// §8): the answer carries one in `DPoP-Nonce`.
+    #[error("use_dpop_nonce")]
+    UseDpopNonce,
     /// The server cannot answer now (store down).
     #[error("temporarily_unavailable")]
     TemporarilyUnavailable,
@@ -62,6 +70,8 @@ impl OAuthError {
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::InvalidScope => "invalid_scope",
             Self::InvalidTarget => "invalid_target",
+            Self::InvalidDpopProof => "invalid_dpop_proof",
+            Self::UseDpopNonce => "use_dpop_nonce",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
             Self::RateLimited { .. } => "rate_limited",
         }
@@ -87,6 +97,10 @@ impl OAuthError {
             Self::UnsupportedGrantType => "The grant type is not supported.",
             Self::InvalidScope => "A requested scope is not allowed for this client.",
             Self::InvalidTarget => "A requested resource is not allowed for this client.",
+            Self::InvalidDpopProof => "The DPoP proof is not valid for this request.",
+            Self::UseDpopNonce => {
+                "Retry with a DPoP proof carrying the nonce in the DPoP-Nonce header."
+            }
             Self::TemporarilyUnavailable => "The server cannot answer now; try again.",
             Self::RateLimited { .. } => {
                 "Too many failed client authentications from this address; retry later."

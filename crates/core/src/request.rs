@@ -11,6 +11,12 @@ pub struct RequestParts<'a> {
     pub path: &'a str,
     /// The raw query string, without the `?`, if any.
     pub query: Option<&'a str>,
+    /// The scheme the caller used, `http` or `https`: the listener's, or what a trusted
+    /// proxy's `X-Forwarded-Proto` says.
+    pub scheme: &'a str,
+    /// The authority the caller addressed, as sent: a trusted proxy's `X-Forwarded-Host`,
+    /// else the request target's authority, else `Host`.
+    pub authority: Option<&'a str>,
     /// The request headers.
     pub headers: &'a http::HeaderMap,
     /// The address of the peer that connected to us.
@@ -18,6 +24,21 @@ pub struct RequestParts<'a> {
     /// What the caller's connection remembers between its requests; `None` when there is
     /// no connection to remember on (tests, internal callers).
     pub conn: Option<&'a ConnMemo>,
+}
+
+impl RequestParts<'_> {
+    /// The URI the caller addressed, without the query: `scheme://authority/path` (what a
+    /// DPoP proof's `htu` names); `None` without an authority.
+    pub fn target_uri(&self) -> Option<String> {
+        let authority = self.authority?;
+        let mut s =
+            String::with_capacity(self.scheme.len() + 3 + authority.len() + self.path.len());
+        s.push_str(self.scheme);
+        s.push_str("://");
+        s.push_str(authority);
+        s.push_str(self.path);
+        Some(s)
+    }
 }
 
 /// What one caller connection remembers between its requests, for the schemes to reuse. The
@@ -70,6 +91,8 @@ mod tests {
             method: m,
             path: "/",
             query: q,
+            scheme: "http",
+            authority: None,
             headers: h,
             client_ip: [127, 0, 0, 1].into(),
             conn: None,

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod audit;
 pub mod authn;
 pub mod clock;
+pub mod dpop;
 pub mod gate;
 pub mod oauth;
 pub mod policy;

@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::admin::{with_ip, Actor, AdminError};
 use crate::audit::{AuditEvent, Auditor};
 use crate::clock::Clock;
+use crate::dpop::{DpopChecker, DpopRefusal, ProofRequest};
 use crate::random_bytes;
 use crate::signing::KeyRing;
 
@@ -370,6 +371,19 @@ pub struct IssuedToken {
     pub jti: String,
     /// The client it was issued to.
     pub client_id: String,
+    /// The thumbprint of the DPoP key the token is bound to (`cnf.jkt`), if it is.
+    pub dpop_jkt: Option<String>,
+}
+
+impl IssuedToken {
+    /// The `token_type` of the answer: `DPoP` for a bound token (RFC 9449 §5.1).
+    pub fn token_type(&self) -> &'static str {
+        if self.dpop_jkt.is_some() {
+            "DPoP"
+        } else {
+            "Bearer"
+        }
+    }
 }
 
 /// Access tokens revoked before their expiry: durable in the store, and in memory for the
@@ -457,17 +471,19 @@ pub struct TokenIssuer {
     ring: Arc<KeyRing>,
     config: IssuerConfig,
     revocations: Arc<Revocations>,
+    dpop: Arc<DpopChecker>,
 }
 
 impl TokenIssuer {
     /// An issuer over the registered clients, the store of used assertion `jti`s, the key
-    /// ring and the revocations.
+    /// ring, the revocations and the DPoP proof checker.
     pub fn new(
         clients: Arc<dyn OAuthClients>,
         nonces: Arc<dyn Nonces>,
         ring: Arc<KeyRing>,
         config: IssuerConfig,
         revocations: Arc<Revocations>,
+        dpop: Arc<DpopChecker>,
     ) -> Self {
         Self {
             clients,
@@ -475,6 +491,7 @@ impl TokenIssuer {
             ring,
             config,
             revocations,
+            dpop,
         }
     }
 
@@ -523,7 +540,9 @@ impl TokenIssuer {
         };
         let mut v = serde_json::to_value(&c).unwrap_or_else(|_| json!({}));
         v["active"] = json!(true);
-        v["token_type"] = json!("Bearer");
+        // RFC 9449 §6.2: a bound token's type is DPoP (its cnf is among the claims).
+        let bound = c.cnf.as_ref().is_some_and(|c| c.jkt.is_some());
+        v["token_type"] = json!(if bound { "DPoP" } else { "Bearer" });
         Ok((caller.id, v))
     }
 
@@ -560,10 +579,18 @@ impl TokenIssuer {
         &self.config
     }
 
-    /// Answers one token request: the form, the `Authorization` header, at `now`.
+    /// The DPoP nonce to hand out at `now` (`DPoP-Nonce`), when nonces are required.
+    pub fn dpop_nonce(&self, now: Timestamp) -> Option<String> {
+        self.dpop.fresh_nonce(now)
+    }
+
+    /// Answers one token request: the `Authorization` header, the `DPoP` proof if one was
+    /// sent (`Err`: several, or unreadable), the form, at `now`. With a proof the token is
+    /// bound to its key (RFC 9449 §5, §6).
     pub async fn token(
         &self,
         authorization: Option<&str>,
+        dpop: Result<Option<&str>, DpopRefusal>,
         form: &Form,
         now: Timestamp,
     ) -> Result<IssuedToken, OAuthError> {
@@ -603,6 +630,15 @@ impl TokenIssuer {
             .ring
             .signer(now)
             .ok_or(OAuthError::TemporarilyUnavailable)?;
+        // Last before signing: a proof's jti is spent only on a request that gets a token.
+        let jkt = match dpop {
+            Ok(None) => None,
+            Ok(Some(proof)) => Some(self.check_dpop(&client, proof, now).await?),
+            Err(e) => {
+                tracing::debug!(client_id = %client.id, reason = %e, "DPoP proof refused");
+                return Err(OAuthError::InvalidDpopProof);
+            }
+        };
         let jti = bs58::encode(random_bytes::<16>()).into_string();
         let iat = now.as_secs();
         let aud = if audiences.len() == 1 {
@@ -610,7 +646,7 @@ impl TokenIssuer {
         } else {
             json!(audiences)
         };
-        let claims = json!({
+        let mut claims = json!({
             "iss": self.config.issuer,
             "sub": client.id,
             "aud": aud,
@@ -621,6 +657,9 @@ impl TokenIssuer {
             "client_id": client.id,
             "scope": scopes.as_space_separated(),
         });
+        if let Some(jkt) = &jkt {
+            claims["cnf"] = json!({ "jkt": jkt });
+        }
         let access_token = signer
             .sign(Some("at+jwt"), claims.to_string().as_bytes())
             .map_err(|_| OAuthError::TemporarilyUnavailable)?;
@@ -630,7 +669,36 @@ impl TokenIssuer {
             scope: scopes.to_space_separated(),
             jti,
             client_id: client.id,
+            dpop_jkt: jkt,
         })
+    }
+
+    /// The token endpoint's check of a DPoP proof (RFC 9449 §5): for `POST` to this token
+    /// endpoint, never seen before; the key's thumbprint.
+    async fn check_dpop(
+        &self,
+        client: &ClientRecord,
+        proof: &str,
+        now: Timestamp,
+    ) -> Result<String, OAuthError> {
+        let htu = format!("{}/oauth2/token", self.config.issuer);
+        let req = ProofRequest {
+            proof,
+            method: "POST",
+            htu: &htu,
+            access_token: None,
+        };
+        match self.dpop.check(&req, now).await {
+            Ok(p) => Ok(p.jkt),
+            Err(DpopRefusal::Unavailable) => Err(OAuthError::TemporarilyUnavailable),
+            Err(DpopRefusal::Proof(portcullis_core::dpop::DpopError::NonceRequired)) => {
+                Err(OAuthError::UseDpopNonce)
+            }
+            Err(e) => {
+                tracing::debug!(client_id = %client.id, reason = %e, "DPoP proof refused");
+                Err(OAuthError::InvalidDpopProof)
+            }
+        }
     }
 
     /// The client, if the credentials prove it: a registered client, authenticating the way
@@ -810,13 +878,14 @@ mod tests {
         );
         let issuer = TokenIssuer::new(
             store.clone(),
-            store,
+            store.clone(),
             ring.clone(),
             IssuerConfig {
                 issuer: ISS.into(),
                 access_token_lifetime: Duration::from_secs(900),
             },
             revocations,
+            Arc::new(DpopChecker::new(store, 60)),
         );
         (admin, issuer, ring)
     }
@@ -867,6 +936,7 @@ mod tests {
         let t = issuer
             .token(
                 Some(&basic(&c.id, secret.expose())),
+                Ok(None),
                 &form("grant_type=client_credentials&scope=read%3Aecho"),
                 now,
             )
@@ -902,6 +972,7 @@ mod tests {
         let all = issuer
             .token(
                 None,
+                Ok(None),
                 &form(&format!(
                     "grant_type=client_credentials&client_id={}&client_secret={}",
                     c.id,
@@ -918,6 +989,7 @@ mod tests {
         let all = issuer
             .token(
                 Some(&basic(&c.id, secret.expose())),
+                Ok(None),
                 &form("grant_type=client_credentials"),
                 now,
             )
@@ -984,10 +1056,16 @@ mod tests {
         let es_kid = es_jwk.kid.clone().unwrap();
 
         let a = assertion(&es, &es_kid, &c.id, json!({}));
-        let t = issuer.token(None, &pkjwt_form(&a), now).await.unwrap();
+        let t = issuer
+            .token(None, Ok(None), &pkjwt_form(&a), now)
+            .await
+            .unwrap();
         assert_eq!(t.client_id, c.id);
         assert_eq!(
-            issuer.token(None, &pkjwt_form(&a), now).await.unwrap_err(),
+            issuer
+                .token(None, Ok(None), &pkjwt_form(&a), now)
+                .await
+                .unwrap_err(),
             OAuthError::InvalidClient,
             "an assertion's jti is single use"
         );
@@ -1001,13 +1079,16 @@ mod tests {
             format!("{input}.{}", portcullis_core::jose::b64_encode(&sig))
         };
         assert!(
-            issuer.token(None, &pkjwt_form(&by_ed), now).await.is_ok(),
+            issuer
+                .token(None, Ok(None), &pkjwt_form(&by_ed), now)
+                .await
+                .is_ok(),
             "the issuer itself is an accepted audience; a key without kid is found"
         );
         // A kid in the header that the kid-less registered key does not carry still finds it.
         let ed_with_kid = assertion(&ed, "libraries-kid", &c.id, json!({}));
         assert!(issuer
-            .token(None, &pkjwt_form(&ed_with_kid), now)
+            .token(None, Ok(None), &pkjwt_form(&ed_with_kid), now)
             .await
             .is_ok());
         // client_id in the body must be the assertion's client.
@@ -1017,7 +1098,10 @@ mod tests {
             c.id,
             portcullis_core::oauth2::JWT_BEARER_ASSERTION
         );
-        assert!(issuer.token(None, &form(&body), now).await.is_ok());
+        assert!(issuer
+            .token(None, Ok(None), &form(&body), now)
+            .await
+            .is_ok());
 
         let stranger = SigningKey::generate(Algorithm::Es256).unwrap();
         let refused = [
@@ -1061,7 +1145,10 @@ mod tests {
         ];
         for (why, a) in refused {
             assert_eq!(
-                issuer.token(None, &pkjwt_form(&a), now).await.unwrap_err(),
+                issuer
+                    .token(None, Ok(None), &pkjwt_form(&a), now)
+                    .await
+                    .unwrap_err(),
                 OAuthError::InvalidClient,
                 "{why}"
             );
@@ -1080,7 +1167,10 @@ mod tests {
             .unwrap();
         let a = assertion(&es, &es_kid, &sc.id, json!({}));
         assert_eq!(
-            issuer.token(None, &pkjwt_form(&a), now).await.unwrap_err(),
+            issuer
+                .token(None, Ok(None), &pkjwt_form(&a), now)
+                .await
+                .unwrap_err(),
             OAuthError::InvalidClient
         );
         assert!(matches!(
@@ -1103,14 +1193,17 @@ mod tests {
         let old = assertion(&es, &es_kid, &c.id, json!({}));
         assert_eq!(
             issuer
-                .token(None, &pkjwt_form(&old), now)
+                .token(None, Ok(None), &pkjwt_form(&old), now)
                 .await
                 .unwrap_err(),
             OAuthError::InvalidClient
         );
         let new_kid = stranger_jwk(&stranger).kid.unwrap();
         let fresh = assertion(&stranger, &new_kid, &c.id, json!({}));
-        assert!(issuer.token(None, &pkjwt_form(&fresh), now).await.is_ok());
+        assert!(issuer
+            .token(None, Ok(None), &pkjwt_form(&fresh), now)
+            .await
+            .is_ok());
     }
 
     fn stranger_jwk(k: &SigningKey) -> Jwk {
@@ -1221,6 +1314,7 @@ mod tests {
         let t = issuer
             .token(
                 None,
+                Ok(None),
                 &form(&format!(
                     "grant_type=client_credentials&{ok}&resource=https%3A%2F%2Fapi.example"
                 )),
@@ -1277,7 +1371,7 @@ mod tests {
         for (auth, body, want) in cases {
             assert_eq!(
                 issuer
-                    .token(auth.as_deref(), &form(&body), now)
+                    .token(auth.as_deref(), Ok(None), &form(&body), now)
                     .await
                     .unwrap_err(),
                 want,
@@ -1290,6 +1384,7 @@ mod tests {
             issuer
                 .token(
                     None,
+                    Ok(None),
                     &form(&format!("grant_type=client_credentials&{ok}")),
                     now
                 )
@@ -1302,10 +1397,16 @@ mod tests {
             post.id,
             fresh.expose()
         );
-        assert!(issuer.token(None, &form(&again), now).await.is_ok());
+        assert!(issuer
+            .token(None, Ok(None), &form(&again), now)
+            .await
+            .is_ok());
         admin.delete(ACTOR, &post.id).await.unwrap();
         assert_eq!(
-            issuer.token(None, &form(&again), now).await.unwrap_err(),
+            issuer
+                .token(None, Ok(None), &form(&again), now)
+                .await
+                .unwrap_err(),
             OAuthError::InvalidClient
         );
         // A public client has no secret and may not introspect.
@@ -1344,5 +1445,123 @@ mod tests {
                 Err(AdminError::Invalid(_))
             ));
         }
+    }
+
+    #[tokio::test]
+    async fn a_dpop_proof_binds_the_token_to_its_key_once() {
+        let (admin, issuer, _ring) = setup().await;
+        let (c, secret) = admin
+            .create(
+                ACTOR,
+                NewClient {
+                    name: "app".into(),
+                    grant_types: None,
+                    scopes: vec!["read:echo".into()],
+                    audiences: vec![],
+                    redirect_uris: vec![],
+                    token_endpoint_auth_method: None,
+                    token_lifetime_seconds: None,
+                    jwks: None,
+                },
+            )
+            .await
+            .unwrap();
+        let auth = basic(&c.id, secret.unwrap().expose());
+        let now = Timestamp::from_secs(1_800_000_000);
+        let key = SigningKey::generate(Algorithm::EdDsa).unwrap();
+        let jkt = Jwk::from_public(&key.public_key(), Algorithm::EdDsa)
+            .unwrap()
+            .thumbprint()
+            .unwrap();
+        let proof = |jti: &str, htu: &str, method: &str| {
+            portcullis_core::dpop::sign_proof(
+                &key,
+                &portcullis_core::dpop::NewProof {
+                    htm: method,
+                    htu,
+                    access_token: None,
+                    nonce: None,
+                    jti,
+                    iat: now.as_secs(),
+                },
+            )
+            .unwrap()
+        };
+        let endpoint = format!("{ISS}/oauth2/token");
+        let grant = form("grant_type=client_credentials");
+        let p1 = proof("p1", &endpoint, "POST");
+        let t = issuer
+            .token(Some(&auth), Ok(Some(&p1)), &grant, now)
+            .await
+            .unwrap();
+        assert_eq!(t.token_type(), "DPoP");
+        assert_eq!(t.dpop_jkt.as_deref(), Some(jkt.as_str()));
+        let body = Jws::parse(&t.access_token, MAX_TOKEN_LEN).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &portcullis_core::jose::b64_decode(t.access_token.split('.').nth(1).unwrap()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(body.header().typ.as_deref(), Some("at+jwt"));
+        assert_eq!(claims["cnf"]["jkt"], json!(jkt));
+        // Introspection says so (RFC 9449 §6.2).
+        let v = issuer
+            .introspect(
+                Some(&auth),
+                &form(&format!("token={}", t.access_token)),
+                now,
+            )
+            .await
+            .unwrap()
+            .1;
+        assert_eq!(v["token_type"], "DPoP");
+        assert_eq!(v["cnf"]["jkt"], json!(jkt));
+
+        // Without a proof: a bearer token as before.
+        let plain = issuer
+            .token(Some(&auth), Ok(None), &grant, now)
+            .await
+            .unwrap();
+        assert_eq!((plain.token_type(), plain.dpop_jkt), ("Bearer", None));
+
+        let refused = OAuthError::InvalidDpopProof;
+        for (dpop, why) in [
+            (Ok(Some(p1.as_str())), "replayed"),
+            (Err(DpopRefusal::Ambiguous), "two proofs"),
+            (Ok(Some("a.b.c")), "malformed"),
+        ] {
+            assert_eq!(
+                issuer
+                    .token(Some(&auth), dpop, &grant, now)
+                    .await
+                    .unwrap_err(),
+                refused,
+                "{why}"
+            );
+        }
+        let wrong_uri = proof("p2", "https://elsewhere.example/oauth2/token", "POST");
+        let wrong_method = proof("p3", &endpoint, "GET");
+        for p in [wrong_uri, wrong_method] {
+            assert_eq!(
+                issuer
+                    .token(Some(&auth), Ok(Some(&p)), &grant, now)
+                    .await
+                    .unwrap_err(),
+                refused
+            );
+        }
+        // A failed client authentication spends no proof.
+        let p4 = proof("p4", &endpoint, "POST");
+        let bad = basic(&c.id, "pcs_wrong");
+        assert_eq!(
+            issuer
+                .token(Some(&bad), Ok(Some(&p4)), &grant, now)
+                .await
+                .unwrap_err(),
+            OAuthError::InvalidClient
+        );
+        assert!(issuer
+            .token(Some(&auth), Ok(Some(&p4)), &grant, now)
+            .await
+            .is_ok());
     }
 }

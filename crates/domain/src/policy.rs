@@ -191,9 +191,10 @@ fn compile_node(
 fn collect_challenges(n: &Node, route: &RouteAuth, out: &mut Vec<String>) {
     match n {
         Node::Leaf(a) => {
-            let c = a.challenge(route);
-            if !out.contains(&c) {
-                out.push(c);
+            for c in a.challenges(route) {
+                if !out.contains(&c) {
+                    out.push(c);
+                }
             }
         }
         Node::Any(v) | Node::All(v) => v.iter().for_each(|c| collect_challenges(c, route, out)),
@@ -330,6 +331,8 @@ mod tests {
             method: &m,
             path: "/",
             query: None,
+            scheme: "http",
+            authority: None,
             headers: &h,
             client_ip: [127, 0, 0, 1].into(),
             conn: None,

@@ -189,6 +189,13 @@ pub struct OAuthConfig {
     /// introspection and revocation endpoints before they answer 429 (`false`: no limit).
     #[serde(deserialize_with = "de_opt_limit")]
     pub failed_auth_limit: Option<Limit>,
+    /// How old a DPoP proof may be (its `iat`), at the token endpoint and on `jwt` routes;
+    /// its `jti` is remembered that long.
+    #[serde(deserialize_with = "de_duration")]
+    pub dpop_proof_max_age: Duration,
+    /// Require the server's nonce in every DPoP proof (RFC 9449 §8, §9), at the token
+    /// endpoint and on `jwt` routes.
+    pub dpop_nonce: bool,
 }
 
 impl Default for OAuthConfig {
@@ -197,6 +204,8 @@ impl Default for OAuthConfig {
             issuer: None,
             access_token_lifetime: Duration::from_secs(15 * 60),
             failed_auth_limit: default_failed_auth_limit(),
+            dpop_proof_max_age: Duration::from_secs(60),
+            dpop_nonce: false,
         }
     }
 }
@@ -815,6 +824,10 @@ impl Config {
                 "oauth.access_token_lifetime".into(),
                 "must be 1s-24h".into(),
             ));
+        }
+        let max_age = self.oauth.dpop_proof_max_age;
+        if max_age < Duration::from_secs(1) || max_age > Duration::from_secs(600) {
+            return Err(("oauth.dpop_proof_max_age".into(), "must be 1s-10m".into()));
         }
         if lifetime > self.signing_keys.max_token_lifetime {
             return Err((

@@ -13,11 +13,12 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, Uri};
 use portcullis_core::client_ip::TrustedProxies;
 use portcullis_core::cors::Cors;
-use portcullis_core::error::GatewayError;
+use portcullis_core::error::{GatewayError, TokenError};
 use portcullis_core::identity::SchemeSet;
 use portcullis_core::text::IpText;
 use portcullis_core::{AuthError, ConnMemo, RequestParts, Scheme, WireError};
 use portcullis_domain::authn::Authenticated;
+use portcullis_domain::dpop::DpopChecker;
 use portcullis_domain::gate::{Gate, RouteGate};
 use portcullis_domain::Clock;
 
@@ -50,6 +51,8 @@ const H_CREDENTIAL: HeaderName = HeaderName::from_static(identity_headers::CREDE
 const H_XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 const H_XF_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const H_XF_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// RFC 9449 §8.1, §9.
+pub const H_DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
 
 /// Where a route sends admitted requests, resolved at load.
 pub enum Target {
@@ -182,6 +185,8 @@ pub struct Gateway {
     pub api_key_header: HeaderName,
     /// How the client's address is found behind trusted proxies.
     client_ip: ClientIp,
+    /// DPoP proofs' checker, for the nonce a refusal hands out (when nonces are required).
+    dpop: Option<Arc<DpopChecker>>,
 }
 
 /// A connection's copy of the routes in force and the replacement it belongs to.
@@ -246,7 +251,14 @@ impl Gateway {
             metrics,
             api_key_header,
             client_ip,
+            dpop: None,
         }
+    }
+
+    /// The gateway, handing out `checker`'s nonces with `use_dpop_nonce` refusals.
+    pub fn with_dpop(mut self, checker: Arc<DpopChecker>) -> Self {
+        self.dpop = Some(checker);
+        self
     }
 
     /// The address a request with `headers` from `peer` comes from: `peer`, unless it is a
@@ -347,10 +359,27 @@ impl Gateway {
             .unwrap_or_default();
         let now = self.clock.now();
         let trusted_peer = self.trusts(peer.ip());
+        let forwarded = |name: &HeaderName| {
+            trusted_peer
+                .then(|| parts.headers.get(name).and_then(|v| v.to_str().ok()))
+                .flatten()
+        };
         let req = RequestParts {
             method: &parts.method,
             path,
             query: parts.uri.query(),
+            scheme: match forwarded(&H_XF_PROTO) {
+                Some("https") => "https",
+                _ => "http",
+            },
+            authority: forwarded(&H_XF_HOST).or_else(|| {
+                parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+                    parts
+                        .headers
+                        .get(header::HOST)
+                        .and_then(|v| v.to_str().ok())
+                })
+            }),
             headers: &parts.headers,
             client_ip: self.client_of(peer.ip(), trusted_peer, &parts.headers),
             conn: Some(conn),
@@ -384,7 +413,13 @@ impl Gateway {
                     wire.description =
                         "This route requires an access token: Authorization: Bearer <token>.";
                 }
-                let challenges = bearer_challenges(&route.gate.challenges, &refused.error, wire);
+                let used_dpop = parts
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.as_bytes().get(..5))
+                    .is_some_and(|p| p.eq_ignore_ascii_case(b"dpop "));
+                let challenges =
+                    bearer_challenges(&route.gate.challenges, &refused.error, wire, used_dpop);
                 let mut resp = error_response(wire, &challenges, refused.rate.as_ref());
                 if bearer && refused.error == AuthError::InsufficientScope {
                     // RFC 6750 §3.1: the scopes the route needs, in the challenge of the 403.
@@ -394,6 +429,17 @@ impl Gateway {
                     );
                     if let Ok(v) = HeaderValue::from_str(&c) {
                         resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                    }
+                }
+                if refused.error == AuthError::Token(TokenError::DpopNonce) {
+                    // RFC 9449 §9: the nonce to retry with.
+                    if let Some(v) = self
+                        .dpop
+                        .as_ref()
+                        .and_then(|d| d.fresh_nonce(now))
+                        .and_then(|n| HeaderValue::from_str(&n).ok())
+                    {
+                        resp.headers_mut().insert(H_DPOP_NONCE, v);
                     }
                 }
                 if let AuthError::QuotaExceeded { retry_after_secs } = refused.error {
@@ -653,7 +699,8 @@ impl Passed<'_> {
                 "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "x-request-id"
             )
             || (self.drop_api_key && name == self.api_key_header)
-            || (self.drop_authorization && name == header::AUTHORIZATION)
+            // A DPoP proof goes with the token it proves.
+            || (self.drop_authorization && (name == header::AUTHORIZATION || n == "dpop"))
             || self.named_in_connection.contains(name))
     }
 }
@@ -810,22 +857,31 @@ fn request_host(req: &http::request::Parts) -> Option<std::borrow::Cow<'_, str>>
     })
 }
 
-/// The route's challenges, the `Bearer` one carrying RFC 6750 §3's `error` and
-/// `error_description` when a bearer token was refused.
+/// The route's challenges, the one of the authorization scheme the caller used (`Bearer`,
+/// or `DPoP` for a DPoP proof's failure and any token sent as `DPoP`) carrying RFC 6750 §3's
+/// (RFC 9449 §7.1's) `error` and `error_description` when a token was refused.
 fn bearer_challenges<'c>(
     base: &'c [String],
     error: &AuthError,
     wire: WireError,
+    used_dpop: bool,
 ) -> std::borrow::Cow<'c, [String]> {
-    if !matches!(error, AuthError::Token(_)) {
+    let AuthError::Token(t) = error else {
         return std::borrow::Cow::Borrowed(base);
-    }
+    };
+    let code = match t {
+        TokenError::DpopProof => "invalid_dpop_proof",
+        TokenError::DpopNonce => "use_dpop_nonce",
+        _ => "invalid_token",
+    };
+    let dpop = used_dpop || matches!(t, TokenError::DpopProof | TokenError::DpopNonce);
+    let target = if dpop { "DPoP " } else { "Bearer " };
     std::borrow::Cow::Owned(
         base.iter()
             .map(|c| {
-                if c.starts_with("Bearer ") {
+                if c.starts_with(target) {
                     format!(
-                        "{c}, error=\"invalid_token\", error_description=\"{}\"",
+                        "{c}, error=\"{code}\", error_description=\"{}\"",
                         wire.description
                     )
                 } else {

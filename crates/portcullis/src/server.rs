@@ -20,6 +20,7 @@ use portcullis_domain::audit;
 use portcullis_domain::authn::api_key::{ApiKeyAuthenticator, ApiKeyConfig, KeyCache};
 use portcullis_domain::authn::jwt::{JwtAuthenticator, JwtConfig};
 use portcullis_domain::authn::{Authenticator, RouteAuth};
+use portcullis_domain::dpop::{proof_header, DpopChecker, DpopRefusal, PROOF_ALGORITHMS};
 use portcullis_domain::gate::{Gate, RouteGate};
 use portcullis_domain::oauth::{ClientAdmin, IssuerConfig, Revocations, TokenIssuer};
 use portcullis_domain::ratelimit::RateLimiter;
@@ -239,10 +240,11 @@ pub async fn serve(
             .await
             .map_err(|e| StartError(format!("cannot read the revoked tokens: {e}")))?,
     );
+    let master = master_key(&data_dir)?;
     let ring = Arc::new(
         KeyRing::open(
             store.clone(),
-            master_key(&data_dir)?,
+            SealKey::new(&master),
             cfg.signing_keys.ring(),
             clock.now(),
         )
@@ -272,6 +274,17 @@ pub async fn serve(
         )),
     );
 
+    let mut dpop = DpopChecker::new(
+        store.clone(),
+        i64::try_from(cfg.oauth.dpop_proof_max_age.as_secs()).unwrap_or(60),
+    );
+    if cfg.oauth.dpop_nonce {
+        // Derived from the master key: every instance sharing it takes the others' nonces.
+        let key =
+            portcullis_core::crypto::sign::hmac_sha256(&master[..], b"portcullis dpop-nonce v1");
+        dpop = dpop.with_server_nonces(key, DPOP_NONCE_PERIOD_SECS);
+    }
+    let dpop = Arc::new(dpop);
     available.insert(
         Scheme::Jwt,
         Arc::new(JwtAuthenticator::new(
@@ -284,6 +297,7 @@ pub async fn serve(
             },
             ring.clone(),
             revocations.clone(),
+            dpop.clone(),
         )),
     );
 
@@ -314,7 +328,8 @@ pub async fn serve(
             trusted: cfg.client_ip.trusted_proxies.clone(),
             header: cfg.client_ip.header.clone(),
         },
-    );
+    )
+    .with_dpop(dpop.clone());
     let upstreams: Upstreams = Arc::new(arc_swap::ArcSwap::from_pointee(groups));
     let routes_in_force = Arc::new(arc_swap::ArcSwap::from_pointee(admin_api::routes_view(
         &cfg.routes,
@@ -332,6 +347,7 @@ pub async fn serve(
             access_token_lifetime: cfg.oauth.access_token_lifetime,
         },
         revocations.clone(),
+        dpop,
     ));
     let admin_state = Arc::new(AdminState {
         keys: KeyAdmin::new(
@@ -621,6 +637,8 @@ fn metadata(app: &App, req: &Request<Body>) -> Response<Body> {
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": AUTH_METHODS_SUPPORTED,
         "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGS,
+        // RFC 9449 §5.1: a DPoP proof at the token endpoint binds the token to its key.
+        "dpop_signing_alg_values_supported": PROOF_ALGORITHMS.map(|a| a.name()),
         // RFC 8414 requires the member; no authorization endpoint is served yet.
         "response_types_supported": [],
     });
@@ -642,6 +660,8 @@ fn metadata(app: &App, req: &Request<Body>) -> Response<Body> {
 struct OAuthPost {
     authorization: Option<String>,
     used_basic: bool,
+    /// The `DPoP` proof, if one was sent (`Err`: several, or unreadable).
+    dpop: Result<Option<String>, DpopRefusal>,
     form: Result<Form, OAuthError>,
 }
 
@@ -670,6 +690,7 @@ async fn oauth_post(req: Request<Body>, what: &str) -> Result<OAuthPost, Respons
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let dpop = proof_header(req.headers()).map(|p| p.map(str::to_owned));
     let used_basic = authorization.as_deref().is_some_and(|a| {
         a.trim_start()
             .get(..6)
@@ -688,6 +709,7 @@ async fn oauth_post(req: Request<Body>, what: &str) -> Result<OAuthPost, Respons
     Ok(OAuthPost {
         authorization,
         used_basic,
+        dpop,
         form,
     })
 }
@@ -833,8 +855,9 @@ async fn token(app: &App, req: Request<Body>, client: std::net::IpAddr) -> Respo
     let result = match (oauth_throttle(app, client).await, &post.form) {
         (Err(e), _) => Err(e),
         (Ok(()), Ok(form)) => {
+            let dpop = post.dpop.as_ref().map(Option::as_deref).map_err(|e| *e);
             app.issuer
-                .token(post.authorization.as_deref(), form, now)
+                .token(post.authorization.as_deref(), dpop, form, now)
                 .await
         }
         (Ok(()), Err(e)) => Err(*e),
@@ -852,21 +875,30 @@ async fn token(app: &App, req: Request<Body>, client: std::net::IpAddr) -> Respo
         Ok(t) => event
             .reason("ok")
             .credential(t.client_id.as_str().into())
-            .detail(serde_json::json!({ "jti": t.jti, "scope": t.scope })),
+            .detail(serde_json::json!({ "jti": t.jti, "scope": t.scope, "dpop_jkt": t.dpop_jkt })),
         Err(e) => event.reason(e.code()),
     };
     if app.auditor.emit_bounded(event).await.is_err() {
         return oauth_error(&OAuthError::TemporarilyUnavailable);
     }
-    match result {
+    let mut r = match result {
         Ok(t) => oauth_json(&serde_json::json!({
             "access_token": t.access_token,
-            "token_type": "Bearer",
+            "token_type": t.token_type(),
             "expires_in": t.expires_in,
             "scope": t.scope,
         })),
         Err(e) => oauth_refusal(&e, post.used_basic),
+    };
+    // RFC 9449 §8: where nonces are required, every answer names the current one.
+    if let Some(v) = app
+        .issuer
+        .dpop_nonce(now)
+        .and_then(|n| HeaderValue::from_str(&n).ok())
+    {
+        r.headers_mut().insert(crate::gateway::H_DPOP_NONCE, v);
     }
+    r
 }
 
 /// An RFC 6749 §5.2 error response.
@@ -1389,12 +1421,17 @@ fn reopen_on_sigusr1(_: Option<Reopen>) -> Result<(), StartError> {
 /// The master key that seals secrets at rest (signing keys' private halves): from
 /// `PORTCULLIS_MASTER_KEY` (64 hex digits), else `<data-dir>/master.key`, generated (mode
 /// 0600) on first start. Losing it loses what it sealed; it is never logged.
-fn master_key(dir: &Path) -> Result<SealKey, StartError> {
+/// How often the DPoP server nonce changes (each is good for one to two periods).
+const DPOP_NONCE_PERIOD_SECS: i64 = 300;
+
+/// The master key's 32 bytes: `PORTCULLIS_MASTER_KEY`, else `<data dir>/master.key`, made
+/// on first start.
+fn master_key(dir: &Path) -> Result<zeroize::Zeroizing<[u8; 32]>, StartError> {
     if let Ok(t) = std::env::var("PORTCULLIS_MASTER_KEY") {
         let key = zeroize::Zeroizing::new(unhex::<32>(t.trim()).ok_or_else(|| {
             StartError("PORTCULLIS_MASTER_KEY must be 64 hex digits (32 bytes)".into())
         })?);
-        return Ok(SealKey::new(&key));
+        return Ok(key);
     }
     let path = dir.join("master.key");
     match std::fs::read_to_string(&path) {
@@ -1406,7 +1443,7 @@ fn master_key(dir: &Path) -> Result<SealKey, StartError> {
                     path.display()
                 ))
             })?);
-            return Ok(SealKey::new(&key));
+            return Ok(key);
         }
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(StartError(format!("cannot read {}: {e}", path.display())))
@@ -1420,7 +1457,7 @@ fn master_key(dir: &Path) -> Result<SealKey, StartError> {
         "master key written to {} (keep a copy: what it seals cannot be read without it)",
         path.display()
     );
-    Ok(SealKey::new(&key))
+    Ok(key)
 }
 
 /// Creates `path` (it must not exist) with mode 0600 and `content`, synced to disk.

@@ -1,21 +1,28 @@
-//! The `jwt` scheme: bearer JWT access tokens (RFC 6750, RFC 9068) from Portcullis's own
-//! issuer, verified against the key ring, with a bounded cache of tokens already verified.
+//! The `jwt` scheme: JWT access tokens (RFC 6750, RFC 9068) from Portcullis's own issuer,
+//! verified against the key ring, with a bounded cache of tokens already verified; tokens
+//! bound to a DPoP key (RFC 9449) only with a fresh proof of that key.
 //!
-//! Order of checks: the bearer token is read (absent, or not JWS-shaped: not ours, `Ok(None)`);
-//! its size is bounded; the header's `kid` picks a published key of the ring (nothing else
-//! in the token can choose a key); the signature is checked under the algorithm allow-list;
-//! only then are the claims read (`iss`, `exp`, `nbf`, `iat`, `aud`, `typ`).
+//! Order of checks: the token is read from `Authorization: Bearer` or `Authorization: DPoP`
+//! (absent, or a bearer that is not JWS-shaped: not ours, `Ok(None)`); its size is bounded;
+//! the header's `kid` picks a published key of the ring (nothing else in the token can choose
+//! a key); the signature is checked under the algorithm allow-list; only then are the claims
+//! read (`iss`, `exp`, `nbf`, `iat`, `aud`, `typ`), then the revocations. A token with
+//! `cnf.jkt` must come as `DPoP` with one `DPoP` proof, signed by that key, for this method
+//! and URI, naming this token (`ath`), never seen before; a token without it must come as
+//! `Bearer`.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use portcullis_core::crypto;
+use portcullis_core::dpop::DpopError;
 use portcullis_core::error::TokenError;
 use portcullis_core::identity::Claims as IdentityClaims;
 use portcullis_core::jwt::JwtError;
 use portcullis_core::{AuthError, Identity, RequestParts, Scheme, ScopeSet, Timestamp};
 
 use super::{Authenticated, Authenticator, Consumed, RouteAuth};
+use crate::dpop::{proof_header, DpopChecker, DpopRefusal, ProofRequest};
 use crate::oauth::{verify_own_token, Revocations};
 use crate::signing::KeyRing;
 
@@ -41,6 +48,15 @@ struct Remembered {
     identity: Identity,
     jti: String,
     exp: Timestamp,
+    /// `cnf.jkt`: the DPoP key the token is bound to.
+    jkt: Option<Arc<str>>,
+}
+
+/// How the token was presented (RFC 6750 §2.1, RFC 9449 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presented<'r> {
+    Bearer(&'r str),
+    Dpop(&'r str),
 }
 
 /// Bearer JWTs from Portcullis's own issuer.
@@ -48,23 +64,42 @@ pub struct JwtAuthenticator {
     config: JwtConfig,
     ring: Arc<KeyRing>,
     revocations: Arc<Revocations>,
+    dpop: Arc<DpopChecker>,
     cache: quick_cache::sync::Cache<[u8; 32], Remembered>,
-    challenge: String,
+    challenges: Vec<String>,
 }
 
 impl JwtAuthenticator {
-    /// An authenticator for tokens of `config.issuer`, signed by a key of `ring`.
-    pub fn new(config: JwtConfig, ring: Arc<KeyRing>, revocations: Arc<Revocations>) -> Self {
+    /// An authenticator for tokens of `config.issuer`, signed by a key of `ring`; proofs of
+    /// bound tokens checked by `dpop`.
+    pub fn new(
+        config: JwtConfig,
+        ring: Arc<KeyRing>,
+        revocations: Arc<Revocations>,
+        dpop: Arc<DpopChecker>,
+    ) -> Self {
         Self {
             revocations,
+            dpop,
             cache: quick_cache::sync::Cache::new(config.cache_capacity.max(1)),
-            challenge: "Bearer realm=\"portcullis\"".to_owned(),
+            challenges: vec![
+                "Bearer realm=\"portcullis\"".to_owned(),
+                format!(
+                    "DPoP realm=\"portcullis\", algs=\"{}\"",
+                    DpopChecker::algs()
+                ),
+            ],
             config,
             ring,
         }
     }
 
-    fn verify(&self, token: &str, now: Timestamp) -> Result<(Identity, String), AuthError> {
+    #[allow(clippy::type_complexity)]
+    fn verify(
+        &self,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<(Identity, String, Option<Arc<str>>), AuthError> {
         let invalid = AuthError::Token(TokenError::Invalid);
         let (claims, proof) = verify_own_token(
             &self.ring,
@@ -92,6 +127,12 @@ impl JwtAuthenticator {
         )
         .map_err(|_| invalid.clone())?;
         let jti = claims.jti.clone().ok_or(invalid.clone())?;
+        let jkt = match claims.cnf.as_ref().map(|c| c.jkt.as_deref()) {
+            None => None,
+            Some(Some(j)) if !j.is_empty() && j.len() <= 128 => Some(Arc::from(j)),
+            // A confirmation this scheme cannot check (a certificate binding): never ignored.
+            Some(_) => return Err(invalid),
+        };
         let exp = Timestamp::from_secs(claims.exp.unwrap_or_default());
         let identity = Identity::from_jwt(
             proof,
@@ -103,52 +144,113 @@ impl JwtAuthenticator {
                 expires_at: Some(exp),
             },
         );
-        Ok((identity, jti))
+        Ok((identity, jti, jkt))
     }
 
-    fn decide(&self, token: &str, now: Timestamp) -> Result<Authenticated, AuthError> {
+    /// The token's identity and the key it is bound to, if any: what needs no waiting.
+    fn decide(
+        &self,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<(Authenticated, Option<Arc<str>>), AuthError> {
         let digest = crypto::sha256(token.as_bytes());
         let leeway = self.config.leeway_secs.saturating_mul(1000);
-        let (identity, jti) = match self.cache.get(&digest) {
-            Some(r) if now < r.exp.plus_millis(leeway) => (r.identity, r.jti),
+        let (identity, jti, jkt) = match self.cache.get(&digest) {
+            Some(r) if now < r.exp.plus_millis(leeway) => (r.identity, r.jti, r.jkt),
             Some(_) => {
                 self.cache.remove(&digest);
                 return Err(AuthError::Token(TokenError::Expired));
             }
             None => {
-                let (identity, jti) = self.verify(token, now)?;
+                let (identity, jti, jkt) = self.verify(token, now)?;
                 if let Some(exp) = identity.expires_at {
-                    let jti = jti.clone();
                     let remembered = Remembered {
                         identity: identity.clone(),
-                        jti,
+                        jti: jti.clone(),
                         exp,
+                        jkt: jkt.clone(),
                     };
                     self.cache.insert(digest, remembered);
                 }
-                (identity, jti)
+                (identity, jti, jkt)
             }
         };
         // Checked on every request, cached or not: a revocation applies to the next one.
         if self.revocations.is_revoked(&jti) {
             return Err(AuthError::Token(TokenError::Invalid));
         }
-        Ok(Authenticated {
+        let authenticated = Authenticated {
             identity,
             limits: None,
             consumed: Consumed {
                 authorization: true,
                 ..Consumed::default()
             },
-        })
+        };
+        Ok((authenticated, jkt))
+    }
+
+    /// A `DPoP` token: bound to a key, with one proof of that key for this request.
+    async fn decide_dpop(
+        &self,
+        req: &RequestParts<'_>,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<Authenticated, AuthError> {
+        let (authenticated, jkt) = self.decide(token, now)?;
+        // An unbound token proves nothing more for being sent as DPoP.
+        let jkt = jkt.ok_or(AuthError::Token(TokenError::Invalid))?;
+        let refused = |why: &dyn std::fmt::Display| {
+            tracing::debug!(reason = %why, "DPoP proof refused");
+            AuthError::Token(TokenError::DpopProof)
+        };
+        let proof = match proof_header(req.headers) {
+            Ok(Some(p)) => p,
+            Ok(None) => return Err(refused(&"no DPoP proof")),
+            Err(e) => return Err(refused(&e)),
+        };
+        let htu = req
+            .target_uri()
+            .ok_or_else(|| refused(&"the request names no authority"))?;
+        let checked = ProofRequest {
+            proof,
+            method: req.method.as_str(),
+            htu: &htu,
+            access_token: Some(token),
+        };
+        match self.dpop.check(&checked, now).await {
+            Ok(p) if p.jkt.as_str() == &*jkt => Ok(authenticated),
+            Ok(_) => Err(refused(&"proof of another key")),
+            Err(DpopRefusal::Unavailable) => Err(AuthError::Unavailable),
+            Err(DpopRefusal::Proof(DpopError::NonceRequired)) => {
+                Err(AuthError::Token(TokenError::DpopNonce))
+            }
+            Err(e) => Err(refused(&e)),
+        }
     }
 }
 
-/// The bearer token, if `Authorization: Bearer` carries something JWS-shaped (three
-/// dot-separated parts); another bearer (an API key) is not this scheme's.
-fn bearer_jwt<'r>(req: &RequestParts<'r>) -> Result<Option<&'r str>, AuthError> {
-    let token = super::bearer_token(req).map_err(|()| AuthError::Token(TokenError::Invalid))?;
-    Ok(token.filter(|t| t.split('.').count() == 3))
+/// The token, if `Authorization` is `Bearer` with something JWS-shaped (three dot-separated
+/// parts; another bearer, an API key, is not this scheme's) or `DPoP` (ours whatever it is).
+fn presented<'r>(req: &RequestParts<'r>) -> Result<Option<Presented<'r>>, AuthError> {
+    let invalid = AuthError::Token(TokenError::Invalid);
+    if let Some(t) = super::bearer_token(req).map_err(|()| invalid.clone())? {
+        return Ok((t.split('.').count() == 3).then_some(Presented::Bearer(t)));
+    }
+    let v = req
+        .single_header(&http::header::AUTHORIZATION)
+        .map_err(|()| invalid.clone())?;
+    match v.and_then(|v| v.trim().split_once(' ')) {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("dpop") => {
+            let token = token.trim();
+            if token.split('.').count() == 3 {
+                Ok(Some(Presented::Dpop(token)))
+            } else {
+                Err(invalid)
+            }
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Whether the query string carries `access_token=` (refused everywhere).
@@ -166,7 +268,11 @@ impl Authenticator for JwtAuthenticator {
     }
 
     fn challenge(&self, _route: &RouteAuth) -> String {
-        self.challenge.clone()
+        self.challenges[0].clone()
+    }
+
+    fn challenges(&self, _route: &RouteAuth) -> Vec<String> {
+        self.challenges.clone()
     }
 
     fn authenticate_now(
@@ -178,11 +284,19 @@ impl Authenticator for JwtAuthenticator {
         if token_in_query(req) {
             return Some(Err(AuthError::Token(TokenError::InQuery)));
         }
-        Some(match bearer_jwt(req) {
-            Err(e) => Err(e),
-            Ok(None) => Ok(None),
-            Ok(Some(t)) => self.decide(t, now).map(Some),
-        })
+        match presented(req) {
+            Err(e) => Some(Err(e)),
+            Ok(None) => Some(Ok(None)),
+            // The proof's replay check waits on the store.
+            Ok(Some(Presented::Dpop(_))) => None,
+            Ok(Some(Presented::Bearer(t))) => Some(match self.decide(t, now) {
+                Ok((a, None)) => Ok(Some(a)),
+                // A bound token used as a bearer one: whoever holds it without the key may
+                // not use it (RFC 9449 §7.2).
+                Ok((_, Some(_))) => Err(AuthError::Token(TokenError::Invalid)),
+                Err(e) => Err(e),
+            }),
+        }
     }
 
     async fn authenticate(
@@ -191,7 +305,13 @@ impl Authenticator for JwtAuthenticator {
         route: &RouteAuth,
         now: Timestamp,
     ) -> Result<Option<Authenticated>, AuthError> {
-        self.authenticate_now(req, route, now).unwrap_or(Ok(None))
+        if token_in_query(req) {
+            return Err(AuthError::Token(TokenError::InQuery));
+        }
+        match presented(req)? {
+            Some(Presented::Dpop(t)) => self.decide_dpop(req, t, now).await.map(Some),
+            _ => self.authenticate_now(req, route, now).unwrap_or(Ok(None)),
+        }
     }
 }
 
@@ -209,6 +329,7 @@ mod tests {
 
     async fn setup() -> (JwtAuthenticator, Arc<KeyRing>) {
         let store = Arc::new(MemoryStore::new());
+        let nonces: Arc<dyn portcullis_store::Nonces> = store.clone();
         let revocations = Arc::new(
             Revocations::load(store.clone(), Timestamp::EPOCH)
                 .await
@@ -233,6 +354,7 @@ mod tests {
             },
             ring.clone(),
             revocations,
+            Arc::new(DpopChecker::new(nonces, 60)),
         );
         (a, ring)
     }
@@ -263,6 +385,8 @@ mod tests {
             method: &http::Method::GET,
             path: "/",
             query,
+            scheme: "http",
+            authority: None,
             headers: &h,
             client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             conn: None,
@@ -354,5 +478,171 @@ mod tests {
             run(&a, None, Some("x=1&access_token=abc"), NOW).unwrap_err(),
             AuthError::Token(TokenError::InQuery)
         );
+    }
+
+    /// `authenticate` (the full path, proof replay check included) for a request to
+    /// `http://api.test/orders` with these fields.
+    async fn run_full(
+        a: &JwtAuthenticator,
+        fields: &[(&str, &str)],
+        now: i64,
+    ) -> Result<Option<Authenticated>, AuthError> {
+        let mut h = http::HeaderMap::new();
+        for (n, v) in fields {
+            h.append(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let req = RequestParts {
+            method: &http::Method::POST,
+            path: "/orders",
+            query: Some("x=1"),
+            scheme: "http",
+            authority: Some("api.test"),
+            headers: &h,
+            client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            conn: None,
+        };
+        a.authenticate(&req, &RouteAuth::default(), Timestamp::from_secs(now))
+            .await
+    }
+
+    fn dpop_proof(key: &SigningKey, token: &str, jti: &str, htu: &str) -> String {
+        portcullis_core::dpop::sign_proof(
+            key,
+            &portcullis_core::dpop::NewProof {
+                htm: "POST",
+                htu,
+                access_token: Some(token),
+                nonce: None,
+                jti,
+                iat: NOW,
+            },
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn bound_tokens_need_a_fresh_proof_of_their_key_and_unbound_ones_a_bearer() {
+        let (a, ring) = setup().await;
+        let holder = SigningKey::generate(Algorithm::Es256).unwrap();
+        let jkt = portcullis_core::jose::Jwk::from_public(&holder.public_key(), Algorithm::Es256)
+            .unwrap()
+            .thumbprint()
+            .unwrap();
+        let mut claims = good();
+        claims["cnf"] = serde_json::json!({ "jkt": jkt });
+        let bound = mint(&ring, Some("at+jwt"), claims);
+        let htu = "http://api.test/orders";
+        let auth = format!("DPoP {bound}");
+        let p1 = dpop_proof(&holder, &bound, "p1", htu);
+
+        let ok = run_full(&a, &[("authorization", &auth), ("dpop", &p1)], NOW)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok.identity.client_id.as_deref(), Some("cl_1"));
+        assert!(ok.consumed.authorization);
+        // The sync path defers DPoP to the async one.
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, auth.parse().unwrap());
+        let parts = RequestParts {
+            method: &http::Method::POST,
+            path: "/orders",
+            query: None,
+            scheme: "http",
+            authority: Some("api.test"),
+            headers: &h,
+            client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            conn: None,
+        };
+        assert!(a
+            .authenticate_now(&parts, &RouteAuth::default(), Timestamp::from_secs(NOW))
+            .is_none());
+
+        let dpop_refused = AuthError::Token(TokenError::DpopProof);
+        let stranger = SigningKey::generate(Algorithm::Es256).unwrap();
+        let other_token = mint(&ring, Some("at+jwt"), good());
+        for (fields, want) in [
+            // The same proof again: a replay.
+            (
+                vec![("authorization", auth.clone()), ("dpop", p1.clone())],
+                dpop_refused.clone(),
+            ),
+            // No proof; two proofs; a proof by another key; for another URI; naming another
+            // token.
+            (vec![("authorization", auth.clone())], dpop_refused.clone()),
+            (
+                vec![
+                    ("authorization", auth.clone()),
+                    ("dpop", dpop_proof(&holder, &bound, "p2", htu)),
+                    ("dpop", dpop_proof(&holder, &bound, "p3", htu)),
+                ],
+                dpop_refused.clone(),
+            ),
+            (
+                vec![
+                    ("authorization", auth.clone()),
+                    ("dpop", dpop_proof(&stranger, &bound, "p4", htu)),
+                ],
+                dpop_refused.clone(),
+            ),
+            (
+                vec![
+                    ("authorization", auth.clone()),
+                    (
+                        "dpop",
+                        dpop_proof(&holder, &bound, "p5", "http://other.test/orders"),
+                    ),
+                ],
+                dpop_refused.clone(),
+            ),
+            (
+                vec![
+                    ("authorization", auth.clone()),
+                    ("dpop", dpop_proof(&holder, &other_token, "p6", htu)),
+                ],
+                dpop_refused.clone(),
+            ),
+            // The bound token as a plain bearer: whoever stole it lacks the key.
+            (
+                vec![("authorization", format!("Bearer {bound}"))],
+                AuthError::Token(TokenError::Invalid),
+            ),
+            // An unbound token sent as DPoP, even with a proof.
+            (
+                vec![
+                    ("authorization", format!("DPoP {other_token}")),
+                    ("dpop", dpop_proof(&holder, &other_token, "p7", htu)),
+                ],
+                AuthError::Token(TokenError::Invalid),
+            ),
+            (
+                vec![("authorization", "DPoP not-a-jwt".to_owned())],
+                AuthError::Token(TokenError::Invalid),
+            ),
+        ] {
+            let fields: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            assert_eq!(
+                run_full(&a, &fields, NOW).await.unwrap_err(),
+                want,
+                "{fields:?}"
+            );
+        }
+        // A fresh proof still works after all those refusals; the unbound token as a bearer too.
+        let p8 = dpop_proof(&holder, &bound, "p8", "http://API.test:80/orders");
+        assert!(
+            run_full(&a, &[("authorization", &auth), ("dpop", &p8)], NOW)
+                .await
+                .is_ok()
+        );
+        let plain = format!("Bearer {other_token}");
+        assert!(run_full(&a, &[("authorization", &plain)], NOW)
+            .await
+            .unwrap()
+            .is_some());
+        assert_eq!(a.challenges(&RouteAuth::default()).len(), 2);
+        assert!(a.challenges(&RouteAuth::default())[1].starts_with("DPoP "));
     }
 }

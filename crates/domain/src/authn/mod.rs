@@ -71,7 +71,7 @@ pub struct Authenticated {
 pub struct Consumed {
     /// The API-key header.
     pub api_key_header: bool,
-    /// `Authorization`.
+    /// `Authorization` (and the `DPoP` proof that goes with it).
     pub authorization: bool,
     /// The API-key query parameter.
     pub query_param: bool,
@@ -106,6 +106,12 @@ pub trait Authenticator: Send + Sync {
 
     /// The `WWW-Authenticate` challenge for this scheme.
     fn challenge(&self, route: &RouteAuth) -> String;
+
+    /// Every challenge of this scheme, one per `WWW-Authenticate` field (a scheme that takes
+    /// two authorization schemes, `Bearer` and `DPoP`, has two); by default the one.
+    fn challenges(&self, route: &RouteAuth) -> Vec<String> {
+        vec![self.challenge(route)]
+    }
 
     /// [`Authenticator::authenticate`] without waiting, when everything the decision needs is
     /// in memory (a cached API key); `None`: call `authenticate`. The answer must be the one

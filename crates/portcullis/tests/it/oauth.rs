@@ -324,6 +324,10 @@ async fn the_metadata_describes_exactly_what_is_served() {
         m["token_endpoint_auth_signing_alg_values_supported"],
         serde_json::json!(["ES256", "EdDSA", "RS256", "PS256"])
     );
+    assert_eq!(
+        m["dpop_signing_alg_values_supported"],
+        serde_json::json!(["ES256", "EdDSA", "RS256", "PS256"])
+    );
     // Every URL it names answers.
     let jwks = client()
         .get(m["jwks_uri"].as_str().unwrap())
@@ -671,4 +675,234 @@ failed_auth_limit = { limit = 3, period = "1h" }
         })
         .await;
     assert!(events.iter().any(|e| e["reason"] == "invalid_client"));
+}
+
+/// A DPoP proof by `key` for `method` `url`, naming `token` when given.
+fn dpop(key: &SigningKey, method: &str, url: &str, token: Option<&str>) -> String {
+    dpop_with_nonce(key, method, url, token, None)
+}
+
+fn dpop_with_nonce(
+    key: &SigningKey,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    nonce: Option<&str>,
+) -> String {
+    let now = portcullis_domain::Clock::now(&portcullis_domain::SystemClock);
+    let jti = portcullis_core::crypto::hex(&portcullis_domain::random_bytes::<12>());
+    portcullis_core::dpop::sign_proof(
+        key,
+        &portcullis_core::dpop::NewProof {
+            htm: method,
+            htu: url,
+            access_token: token,
+            nonce,
+            jti: &jti,
+            iat: now.as_secs(),
+        },
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_dpop_bound_token_works_only_with_fresh_proofs_of_its_key() {
+    let s = Server::start(None);
+    let (id, secret) = register(&s, "read:echo");
+    let key = SigningKey::generate(Algorithm::Es256).unwrap();
+    let token_url = s.url("/oauth2/token");
+    let r = client()
+        .post(&token_url)
+        .basic_auth(&id, Some(&secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("dpop", dpop(&key, "POST", &token_url, None))
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t = json_of(r).await;
+    assert_eq!(t["token_type"], "DPoP");
+    let token = t["access_token"].as_str().unwrap().to_owned();
+    let iss = format!("http://{}", s.addr);
+    let claims = verified(&s, &iss, &token).await;
+    let jkt = Jwk::from_public(&key.public_key(), Algorithm::Es256)
+        .unwrap()
+        .thumbprint()
+        .unwrap();
+    assert_eq!(claims.cnf.and_then(|c| c.jkt), Some(jkt));
+
+    let url = s.url("/jwt/echo/orders?page=2");
+    let call = |proof: Option<String>, scheme: &str| {
+        let mut r = client()
+            .get(&url)
+            .header("authorization", format!("{scheme} {token}"));
+        if let Some(p) = proof {
+            r = r.header("dpop", p);
+        }
+        r.send()
+    };
+    // With a proof for this request: the upstream sees the client, neither token nor proof.
+    let proof = dpop(&key, "GET", &url, Some(&token));
+    let r = call(Some(proof.clone()), "DPoP").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = json_of(r).await["headers"].clone();
+    assert_eq!(h["x-portcullis-client"], id.as_str());
+    assert!(
+        h.get("authorization").is_none() && h.get("dpop").is_none(),
+        "{h}"
+    );
+
+    // The same proof again, none, one for another path, one by another key, the bound
+    // token as a bearer: all refused, each with its challenge.
+    let other = SigningKey::generate(Algorithm::Es256).unwrap();
+    for (proof, scheme, code) in [
+        (Some(proof), "DPoP", "invalid_dpop_proof"),
+        (None, "DPoP", "invalid_dpop_proof"),
+        (
+            Some(dpop(&key, "GET", &s.url("/jwt/echo/other"), Some(&token))),
+            "DPoP",
+            "invalid_dpop_proof",
+        ),
+        (
+            Some(dpop(&key, "POST", &url, Some(&token))),
+            "DPoP",
+            "invalid_dpop_proof",
+        ),
+        (
+            Some(dpop(&other, "GET", &url, Some(&token))),
+            "DPoP",
+            "invalid_dpop_proof",
+        ),
+        (None, "Bearer", "invalid_token"),
+    ] {
+        let r = call(proof, scheme).await.unwrap();
+        assert_eq!(r.status(), 401);
+        let challenges: Vec<String> = r
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        let carrying = challenges
+            .iter()
+            .find(|c| c.contains("error="))
+            .unwrap_or_else(|| panic!("{challenges:?}"));
+        assert!(
+            carrying.starts_with(if scheme == "DPoP" {
+                "DPoP realm=\"portcullis\", algs=\"ES256 EdDSA RS256 PS256\""
+            } else {
+                "Bearer "
+            }),
+            "{challenges:?}"
+        );
+        assert!(
+            carrying.contains(&format!("error=\"{code}\"")),
+            "{challenges:?}"
+        );
+        assert_eq!(json_of(r).await["error"], code);
+    }
+    // A fresh proof works again; a proof sent twice to the token endpoint is refused.
+    let r = call(Some(dpop(&key, "GET", &url, Some(&token))), "DPoP")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let once = dpop(&key, "POST", &token_url, None);
+    for want in [200, 400] {
+        let r = client()
+            .post(&token_url)
+            .basic_auth(&id, Some(&secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("dpop", once.clone())
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want);
+        if want == 400 {
+            assert_eq!(json_of(r).await["error"], "invalid_dpop_proof");
+        }
+    }
+    assert!(!s.output().contains(&token));
+}
+
+#[tokio::test]
+async fn with_dpop_nonces_configured_a_proof_needs_the_servers_nonce() {
+    let s = Server::start(Some("[oauth]\ndpop_nonce = true\n"));
+    let (id, secret) = register(&s, "read:echo");
+    let key = SigningKey::generate(Algorithm::EdDsa).unwrap();
+    let token_url = s.url("/oauth2/token");
+    let ask = |proof: String| {
+        client()
+            .post(&token_url)
+            .basic_auth(&id, Some(&secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("dpop", proof)
+            .body("grant_type=client_credentials")
+            .send()
+    };
+    // RFC 9449 §8: refused with the nonce to use, then accepted with it.
+    let r = ask(dpop(&key, "POST", &token_url, None)).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let nonce = r.headers()["dpop-nonce"].to_str().unwrap().to_owned();
+    assert_eq!(json_of(r).await["error"], "use_dpop_nonce");
+    let r = ask(dpop_with_nonce(
+        &key,
+        "POST",
+        &token_url,
+        None,
+        Some("made-up"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(json_of(r).await["error"], "use_dpop_nonce");
+    let r = ask(dpop_with_nonce(
+        &key,
+        "POST",
+        &token_url,
+        None,
+        Some(&nonce),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("dpop-nonce"));
+    let t = json_of(r).await;
+    assert_eq!(t["token_type"], "DPoP");
+    let token = t["access_token"].as_str().unwrap().to_owned();
+
+    // §9: the same at the resource, in a 401 with the DPoP challenge.
+    let url = s.url("/jwt/echo/n");
+    let call = |proof: String| {
+        client()
+            .get(&url)
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .send()
+    };
+    let r = call(dpop(&key, "GET", &url, Some(&token))).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let fresh = r.headers()["dpop-nonce"].to_str().unwrap().to_owned();
+    let challenge = r
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("DPoP "))
+        .unwrap();
+    assert!(
+        challenge.contains("error=\"use_dpop_nonce\""),
+        "{challenge}"
+    );
+    assert_eq!(json_of(r).await["error"], "use_dpop_nonce");
+    let r = call(dpop_with_nonce(
+        &key,
+        "GET",
+        &url,
+        Some(&token),
+        Some(&fresh),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
 }
