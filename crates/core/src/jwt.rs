@@ -101,6 +101,44 @@ pub struct Claims {
     /// Confirmation (proof of possession).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// Authorized party (OpenID Connect Core §2): the client, in tokens of issuers that
+    /// name it so (Keycloak, Auth0, Entra ID) instead of `client_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azp: Option<String>,
+    /// Scopes as some issuers write them (Okta, Entra ID): a list or a space-separated string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scp: Option<ScopeClaim>,
+}
+
+/// A scope claim's two spellings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ScopeClaim {
+    /// Space-separated.
+    Text(String),
+    /// One scope per element.
+    List(Vec<String>),
+}
+
+impl Claims {
+    /// The client the token was issued to: `client_id` (RFC 9068), else `azp`.
+    pub fn client(&self) -> Option<&str> {
+        self.client_id.as_deref().or(self.azp.as_deref())
+    }
+
+    /// The granted scopes: `scope` (RFC 9068 §2.2.3), else `scp`, each scope once.
+    pub fn scopes(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = match (&self.scope, &self.scp) {
+            (Some(s), _) | (None, Some(ScopeClaim::Text(s))) => {
+                s.split(' ').filter(|s| !s.is_empty()).collect()
+            }
+            (None, Some(ScopeClaim::List(l))) => l.iter().map(String::as_str).collect(),
+            (None, None) => Vec::new(),
+        };
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
 }
 
 /// What a verifier expects of a token.
@@ -318,5 +356,22 @@ mod tests {
             check(&forged, &public, &api, Some("at+jwt")).unwrap_err(),
             JwtError::Jose(JoseError::BadSignature)
         );
+    }
+
+    #[test]
+    fn clients_and_scopes_are_read_in_every_common_spelling() {
+        let c = |v: serde_json::Value| serde_json::from_value::<Claims>(v).unwrap();
+        let rfc = c(serde_json::json!({"client_id": "a", "azp": "b", "scope": "y x y"}));
+        assert_eq!((rfc.client(), rfc.scopes()), (Some("a"), vec!["x", "y"]));
+        let keycloak = c(serde_json::json!({"azp": "b", "scope": "openid  x"}));
+        assert_eq!(
+            (keycloak.client(), keycloak.scopes()),
+            (Some("b"), vec!["openid", "x"])
+        );
+        let okta = c(serde_json::json!({"scp": ["x", "z"]}));
+        assert_eq!((okta.client(), okta.scopes()), (None, vec!["x", "z"]));
+        let entra = c(serde_json::json!({"scp": "x z"}));
+        assert_eq!(entra.scopes(), vec!["x", "z"]);
+        assert!(serde_json::from_value::<Claims>(serde_json::json!({"scp": 3})).is_err());
     }
 }

@@ -47,6 +47,10 @@ pub struct Config {
     /// Which proxies in front of the gateway are believed about the client's address.
     #[serde(default)]
     pub client_ip: ClientIpConfig,
+    /// External token issuers the `jwt` scheme may trust (routes name them in
+    /// `jwt_issuers`).
+    #[serde(default)]
+    pub issuers: Vec<TrustedIssuerConfig>,
     /// Named groups of upstream targets, balanced and health-checked; a route names one in
     /// its `upstream`.
     #[serde(default)]
@@ -171,6 +175,73 @@ impl SigningKeysConfig {
             lead_time: self.lead_time,
             rotate_every: self.rotate_every,
             max_token_lifetime: self.max_token_lifetime,
+        }
+    }
+}
+
+/// One `[[issuers]]` entry: an external OpenID Connect provider or OAuth 2.0 authorization
+/// server whose JWT access tokens routes may accept.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuerConfig {
+    /// What routes call it in `jwt_issuers`.
+    pub name: String,
+    /// The exact `iss` of its tokens; also where its metadata is found when `jwks_uri` is
+    /// not given.
+    pub issuer: String,
+    /// Its JWKS URL (skips metadata discovery).
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// The algorithms its tokens may be signed with.
+    #[serde(
+        default = "default_issuer_algorithms",
+        deserialize_with = "de_signing_algorithms"
+    )]
+    pub algorithms: Vec<portcullis_core::jose::Algorithm>,
+    /// `aud` values accepted (at least one).
+    pub audiences: Vec<String>,
+    /// The header `typ` its tokens must have (e.g. `at+jwt`); unset: not checked.
+    #[serde(default)]
+    pub typ: Option<String>,
+    /// Clock skew allowed on `exp`, `nbf`, `iat`.
+    #[serde(default = "default_issuer_leeway", deserialize_with = "de_duration")]
+    pub leeway: Duration,
+    /// How often its keys are refetched in the background.
+    #[serde(default = "default_issuer_refresh", deserialize_with = "de_duration")]
+    pub refresh_interval: Duration,
+    /// The shortest time between two refetches caused by tokens with an unknown `kid`.
+    #[serde(default = "default_issuer_refetch", deserialize_with = "de_duration")]
+    pub min_refetch_interval: Duration,
+}
+
+fn default_issuer_algorithms() -> Vec<portcullis_core::jose::Algorithm> {
+    vec![portcullis_core::jose::Algorithm::Rs256]
+}
+
+fn default_issuer_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_issuer_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_issuer_refetch() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl TrustedIssuerConfig {
+    /// The domain's settings for it.
+    pub fn settings(&self) -> portcullis_domain::authn::issuers::IssuerSettings {
+        portcullis_domain::authn::issuers::IssuerSettings {
+            name: self.name.clone(),
+            issuer: self.issuer.clone(),
+            jwks_uri: self.jwks_uri.clone(),
+            algorithms: self.algorithms.clone(),
+            audiences: self.audiences.clone(),
+            typ: self.typ.clone(),
+            leeway_secs: i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX),
+            min_refetch: self.min_refetch_interval,
         }
     }
 }
@@ -498,6 +569,10 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     #[serde(default)]
     pub api_key_query_param: Option<String>,
+    /// The token issuers the `jwt` scheme trusts here, by name (`portcullis`: our own);
+    /// unset: our own only.
+    #[serde(default)]
+    pub jwt_issuers: Option<Vec<String>>,
     #[serde(default)]
     pub forward_credentials: bool,
     /// Whether WebSocket handshakes (RFC 6455) pass to the upstream as upgrades.
@@ -629,6 +704,7 @@ pub fn default_routes() -> Vec<RouteConfig> {
         scopes: ScopeSet::parse(["read:echo"]).unwrap_or_default(),
         strip_prefix: false,
         api_key_query_param: None,
+        jwt_issuers: None,
         forward_credentials: false,
         websocket: false,
         cors: None,
@@ -654,6 +730,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             proxy: ProxyConfig::default(),
             client_ip: ClientIpConfig::default(),
+            issuers: Vec::new(),
             upstreams: Default::default(),
             routes: default_routes(),
         }
@@ -695,6 +772,75 @@ impl Config {
             ConfigError(render(file, text, find_key(text, &key), Some(&key), &msg))
         })?;
         Ok(cfg)
+    }
+
+    /// `[[issuers]]`, and the routes' `jwt_issuers` naming them.
+    fn validate_issuers(&self) -> Result<(), (String, String)> {
+        use portcullis_domain::authn::issuers::fetchable;
+        use portcullis_domain::authn::jwt::OWN_ISSUER;
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.issuers.iter().enumerate() {
+            let key = |k: &str| format!("issuers[{i}].{k}");
+            if !is_plain_name(&t.name) || t.name == OWN_ISSUER {
+                return Err((
+                    key("name"),
+                    format!("issuer names are 1-64 characters of [A-Za-z0-9_-], not `{OWN_ISSUER}` (Portcullis's own)"),
+                ));
+            }
+            if !names.insert(t.name.as_str()) {
+                return Err((key("name"), format!("duplicate issuer name `{}`", t.name)));
+            }
+            let url_ok =
+                |u: &str| fetchable(u) && !u.contains('?') && http::Uri::try_from(u).is_ok();
+            match &t.jwks_uri {
+                Some(u) if !url_ok(u) => {
+                    return Err((
+                        key("jwks_uri"),
+                        "must be an https:// URL (http:// only to a loopback address)".into(),
+                    ));
+                }
+                None if !url_ok(&t.issuer) => {
+                    return Err((key("issuer"), "must be an https:// URL (http:// only to a loopback address) for its metadata to be fetched; or give jwks_uri".into()));
+                }
+                _ => {}
+            }
+            if t.issuer.is_empty() || t.issuer.len() > 2048 {
+                return Err((key("issuer"), "must be the exact iss of its tokens".into()));
+            }
+            if t.audiences.is_empty() || t.audiences.iter().any(|a| a.is_empty()) {
+                return Err((
+                    key("audiences"),
+                    "name at least one audience: a token for another API must not pass".into(),
+                ));
+            }
+            if t.leeway > Duration::from_secs(300) {
+                return Err((key("leeway"), "must be at most 5m".into()));
+            }
+            if t.refresh_interval < Duration::from_secs(30)
+                || t.refresh_interval > Duration::from_secs(24 * 3600)
+            {
+                return Err((key("refresh_interval"), "must be 30s-24h".into()));
+            }
+            if t.min_refetch_interval < Duration::from_secs(1)
+                || t.min_refetch_interval > t.refresh_interval
+            {
+                return Err((
+                    key("min_refetch_interval"),
+                    "must be at least 1s and at most refresh_interval".into(),
+                ));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            for n in r.jwt_issuers.iter().flatten() {
+                if n != OWN_ISSUER && !names.contains(n.as_str()) {
+                    return Err((
+                        format!("routes[{i}].jwt_issuers"),
+                        format!("no issuer named `{n}`: define it in [[issuers]], or use `{OWN_ISSUER}` for Portcullis's own"),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
@@ -762,6 +908,7 @@ impl Config {
         for (name, g) in &self.upstreams {
             validate_group(name, g)?;
         }
+        self.validate_issuers()?;
         if self.limits.max_header_bytes < 1024 || self.limits.max_header_bytes > 1024 * 1024 {
             return Err((
                 "limits.max_header_bytes".into(),
@@ -1087,6 +1234,27 @@ fn de_signing_algorithm<'de, D: Deserializer<'de>>(
                 "unknown signing algorithm `{s}`: use ES256, EdDSA, RS256 or PS256"
             ))
         })
+}
+
+fn de_signing_algorithms<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<portcullis_core::jose::Algorithm>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    if names.is_empty() {
+        return Err(de::Error::custom("name at least one algorithm"));
+    }
+    names
+        .iter()
+        .map(|s| {
+            portcullis_core::jose::Algorithm::from_name(s)
+                .filter(|a| a.is_asymmetric())
+                .ok_or_else(|| {
+                    de::Error::custom(format!(
+                        "`{s}` is not accepted: use ES256, EdDSA, RS256 or PS256 (never none, never an HMAC algorithm with public keys)"
+                    ))
+                })
+        })
+        .collect()
 }
 
 fn de_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {

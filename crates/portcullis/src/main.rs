@@ -6,6 +6,7 @@ mod balance;
 mod cli;
 mod config;
 mod echo;
+mod fetch;
 mod gateway;
 mod h1;
 mod metrics;

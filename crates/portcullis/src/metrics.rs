@@ -23,6 +23,11 @@ pub struct Metrics {
     /// `portcullis_upstream_retries_total{upstream}`: requests sent to another target after
     /// the first could not be reached.
     pub upstream_retries: IntCounterVec,
+    /// `portcullis_issuer_key_fetches_total{issuer, outcome}` (`ok`, `error`): fetches of an
+    /// external issuer's JWKS.
+    pub issuer_fetches: IntCounterVec,
+    /// `portcullis_issuer_keys{issuer}`: the usable keys held for an external issuer.
+    pub issuer_keys: IntGaugeVec,
 }
 
 impl Metrics {
@@ -89,6 +94,22 @@ impl Metrics {
             &["upstream"],
         )
         .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let issuer_fetches = IntCounterVec::new(
+            Opts::new(
+                "portcullis_issuer_key_fetches_total",
+                "Background fetches of an external token issuer's keys, by outcome (ok, error; on error the keys held stay)",
+            ),
+            &["issuer", "outcome"],
+        )
+        .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let issuer_keys = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_issuer_keys",
+                "Usable signing keys held for an external token issuer (0: none fetched yet)",
+            ),
+            &["issuer"],
+        )
+        .unwrap_or_else(|_| unreachable!("static metric definition"));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -97,6 +118,8 @@ impl Metrics {
             Box::new(upstream_up.clone()),
             Box::new(upstream_transitions.clone()),
             Box::new(upstream_retries.clone()),
+            Box::new(issuer_fetches.clone()),
+            Box::new(issuer_keys.clone()),
         ] {
             let _ = registry.register(c);
         }
@@ -109,6 +132,8 @@ impl Metrics {
             upstream_up,
             upstream_transitions,
             upstream_retries,
+            issuer_fetches,
+            issuer_keys,
         }
     }
 

@@ -131,7 +131,7 @@ impl Proxy {
 
 /// TLS to upstreams: the public web PKI roots (unless `public_roots = false`) plus the CAs in
 /// `ca_file`, for upstreams with certificates from a private CA.
-fn tls_config(cfg: &ProxyConfig) -> Result<rustls::ClientConfig, String> {
+pub(crate) fn tls_config(cfg: &ProxyConfig) -> Result<rustls::ClientConfig, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();

@@ -18,6 +18,7 @@ use portcullis_core::{Scheme, Timestamp};
 use portcullis_domain::admin::KeyAdmin;
 use portcullis_domain::audit;
 use portcullis_domain::authn::api_key::{ApiKeyAuthenticator, ApiKeyConfig, KeyCache};
+use portcullis_domain::authn::issuers::{ExternalIssuer, Fetch};
 use portcullis_domain::authn::jwt::{JwtAuthenticator, JwtConfig};
 use portcullis_domain::authn::{Authenticator, RouteAuth};
 use portcullis_domain::dpop::{proof_header, DpopChecker, DpopRefusal, PROOF_ALGORITHMS};
@@ -35,6 +36,7 @@ use tower::ServiceExt;
 use crate::admin_api::{self, AdminState};
 use crate::balance::UpstreamGroup;
 use crate::config::{Config, LimitsConfig, RouteConfig, SinkKind, Upstream, UpstreamGroupConfig};
+use crate::fetch::HttpFetch;
 use crate::gateway::{ClientIp, Gateway, Route, Routes, Target};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -285,20 +287,37 @@ pub async fn serve(
         dpop = dpop.with_server_nonces(key, DPOP_NONCE_PERIOD_SECS);
     }
     let dpop = Arc::new(dpop);
+    let fetch: Arc<dyn Fetch> = Arc::new(HttpFetch::new(&cfg.proxy).map_err(StartError)?);
+    let external: Vec<Arc<ExternalIssuer>> = cfg
+        .issuers
+        .iter()
+        .map(|t| Arc::new(ExternalIssuer::new(t.settings(), fetch.clone())))
+        .collect();
+    // Their keys before the first request, as far as each answers within its fetch deadline;
+    // one that does not is fetched again in the background (and on its first token).
+    let mut first = tokio::task::JoinSet::new();
+    for i in &external {
+        let (i, metrics, now) = (i.clone(), metrics.clone(), clock.now());
+        first.spawn(async move { refresh_issuer(&i, &metrics, now).await });
+    }
+    first.join_all().await;
     available.insert(
         Scheme::Jwt,
-        Arc::new(JwtAuthenticator::new(
-            JwtConfig {
-                issuer: issuer_url.clone(),
-                // Tokens for another resource (RFC 8707) do not open the gateway's routes.
-                audiences: vec![issuer_url.clone()],
-                leeway_secs: 30,
-                cache_capacity: 100_000,
-            },
-            ring.clone(),
-            revocations.clone(),
-            dpop.clone(),
-        )),
+        Arc::new(
+            JwtAuthenticator::new(
+                JwtConfig {
+                    issuer: issuer_url.clone(),
+                    // Tokens for another resource (RFC 8707) do not open the gateway's routes.
+                    audiences: vec![issuer_url.clone()],
+                    leeway_secs: 30,
+                    cache_capacity: 100_000,
+                },
+                ring.clone(),
+                revocations.clone(),
+                dpop.clone(),
+            )
+            .with_issuers(external.clone()),
+        ),
     );
 
     let proxy = Arc::new(Proxy::new(&cfg.proxy).map_err(StartError)?);
@@ -370,7 +389,7 @@ pub async fn serve(
     let app = Arc::new(App {
         gateway,
         admin: admin_api::router(admin_state),
-        metrics,
+        metrics: metrics.clone(),
         keys,
         auditor: auditor.clone(),
         ids: RequestIds::new(),
@@ -429,6 +448,23 @@ pub async fn serve(
         })
     };
 
+    let issuer_refreshers: Vec<_> = external
+        .iter()
+        .zip(&cfg.issuers)
+        .map(|(issuer, t)| {
+            let (issuer, metrics, clock) = (issuer.clone(), metrics.clone(), clock.clone());
+            let every = t.refresh_interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    refresh_issuer(&issuer, &metrics, clock.now()).await;
+                }
+            })
+        })
+        .collect();
+
     let retention_stop = Arc::new(RetentionStop::default());
     let retention = cfg.audit.retention.map(|keep| {
         let (log, auditor, clock) = (audit_log.clone(), auditor.clone(), clock.clone());
@@ -452,6 +488,9 @@ pub async fn serve(
         let _ = r.await;
     }
     flusher.abort();
+    for r in issuer_refreshers {
+        r.abort();
+    }
     rotator.abort();
     let _ = rotator.await;
     reaper.abort();
@@ -1178,6 +1217,7 @@ fn build_routes(
             policy,
             RouteAuth {
                 api_key_query_param: r.api_key_query_param.clone(),
+                jwt_issuers: r.jwt_issuers.as_deref().map(Into::into),
             },
             r.scopes.clone(),
             r.rate_limit,
@@ -1227,6 +1267,7 @@ fn restart_only_changes(running: &Config, loaded: &Config) -> Vec<&'static str> 
         limits,
         proxy,
         client_ip,
+        issuers,
         upstreams: _,
         routes: _,
     } = loaded;
@@ -1240,6 +1281,7 @@ fn restart_only_changes(running: &Config, loaded: &Config) -> Vec<&'static str> 
         ("limits", running.limits != *limits),
         ("proxy", running.proxy != *proxy),
         ("client_ip", running.client_ip != *client_ip),
+        ("issuers", running.issuers != *issuers),
     ]
     .into_iter()
     .filter_map(|(section, changed)| changed.then_some(section))
@@ -1286,6 +1328,19 @@ impl Reloader {
             return Err(
                 "the audit trail is not storing events, so a change could not be recorded".into(),
             );
+        }
+        // Issuers are built at start: a route may only name one that is running.
+        for r in &cfg.routes {
+            for n in r.jwt_issuers.iter().flatten() {
+                let running = n == portcullis_domain::authn::jwt::OWN_ISSUER
+                    || self.running.issuers.iter().any(|t| &t.name == n);
+                if !running {
+                    return Err(format!(
+                        "route `{}` names the issuer `{n}`, which is not running: [[issuers]] changes apply after a restart",
+                        r.name
+                    ));
+                }
+            }
         }
         let now = self.clock.now();
         let current = self.app.gateway.routes();
@@ -1421,6 +1476,32 @@ fn reopen_on_sigusr1(_: Option<Reopen>) -> Result<(), StartError> {
 /// The master key that seals secrets at rest (signing keys' private halves): from
 /// `PORTCULLIS_MASTER_KEY` (64 hex digits), else `<data-dir>/master.key`, generated (mode
 /// 0600) on first start. Losing it loses what it sealed; it is never logged.
+/// Fetches an external issuer's keys, counting and logging the outcome (the keys held stay
+/// on failure).
+async fn refresh_issuer(issuer: &ExternalIssuer, metrics: &Metrics, now: Timestamp) {
+    let name = issuer.settings().name.as_str();
+    match issuer.refresh(now).await {
+        Ok(n) => {
+            metrics
+                .issuer_fetches
+                .with_label_values(&[name, "ok"])
+                .inc();
+            metrics
+                .issuer_keys
+                .with_label_values(&[name])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+            tracing::debug!(issuer = name, keys = n, "issuer keys fetched");
+        }
+        Err(e) => {
+            metrics
+                .issuer_fetches
+                .with_label_values(&[name, "error"])
+                .inc();
+            tracing::warn!(issuer = name, error = %e, held = issuer.has_keys(), "fetching the issuer's keys failed; the keys held stay in use");
+        }
+    }
+}
+
 /// How often the DPoP server nonce changes (each is good for one to two periods).
 const DPOP_NONCE_PERIOD_SECS: i64 = 300;
 

@@ -18,9 +18,11 @@ use portcullis_core::crypto;
 use portcullis_core::dpop::DpopError;
 use portcullis_core::error::TokenError;
 use portcullis_core::identity::Claims as IdentityClaims;
+use portcullis_core::jose::Jws;
 use portcullis_core::jwt::JwtError;
 use portcullis_core::{AuthError, Identity, RequestParts, Scheme, ScopeSet, Timestamp};
 
+use super::issuers::{ExternalIssuer, Lookup};
 use super::{Authenticated, Authenticator, Consumed, RouteAuth};
 use crate::dpop::{proof_header, DpopChecker, DpopRefusal, ProofRequest};
 use crate::oauth::{verify_own_token, Revocations};
@@ -28,6 +30,9 @@ use crate::signing::KeyRing;
 
 /// The longest bearer token read.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// The name routes use for Portcullis's own issuer in `jwt_issuers`.
+pub const OWN_ISSUER: &str = "portcullis";
 
 /// What the scheme trusts.
 #[derive(Debug, Clone)]
@@ -42,14 +47,23 @@ pub struct JwtConfig {
     pub cache_capacity: usize,
 }
 
+/// Who issued a token: Portcullis, or the external issuer at this index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Own,
+    External(usize),
+}
+
 /// A verified token, remembered until its `exp`.
 #[derive(Clone)]
 struct Remembered {
     identity: Identity,
-    jti: String,
+    /// Own tokens: the `jti` the revocations are checked by.
+    jti: Option<String>,
     exp: Timestamp,
     /// `cnf.jkt`: the DPoP key the token is bound to.
     jkt: Option<Arc<str>>,
+    source: Source,
 }
 
 /// How the token was presented (RFC 6750 §2.1, RFC 9449 §7.1).
@@ -59,12 +73,21 @@ enum Presented<'r> {
     Dpop(&'r str),
 }
 
-/// Bearer JWTs from Portcullis's own issuer.
+/// What the decision that needs no waiting found.
+enum Quick {
+    /// The token's identity, and the key it is bound to if any.
+    Done(Authenticated, Option<Arc<str>>),
+    /// An external issuer's token whose key is not held: a refetch may find it.
+    NeedsKeys(usize),
+}
+
+/// JWT access tokens from Portcullis's own issuer and from configured external issuers.
 pub struct JwtAuthenticator {
     config: JwtConfig,
     ring: Arc<KeyRing>,
     revocations: Arc<Revocations>,
     dpop: Arc<DpopChecker>,
+    external: Vec<Arc<ExternalIssuer>>,
     cache: quick_cache::sync::Cache<[u8; 32], Remembered>,
     challenges: Vec<String>,
 }
@@ -81,6 +104,7 @@ impl JwtAuthenticator {
         Self {
             revocations,
             dpop,
+            external: Vec::new(),
             cache: quick_cache::sync::Cache::new(config.cache_capacity.max(1)),
             challenges: vec![
                 "Bearer realm=\"portcullis\"".to_owned(),
@@ -94,39 +118,98 @@ impl JwtAuthenticator {
         }
     }
 
-    #[allow(clippy::type_complexity)]
+    /// Also trusts `issuers` (on the routes that name them in `jwt_issuers`).
+    pub fn with_issuers(mut self, issuers: Vec<Arc<ExternalIssuer>>) -> Self {
+        self.external = issuers;
+        self
+    }
+
+    /// Whether `route` trusts tokens from `source`.
+    fn trusted(&self, route: &RouteAuth, source: Source) -> bool {
+        let name = match source {
+            Source::Own => OWN_ISSUER,
+            Source::External(i) => &self.external[i].settings().name,
+        };
+        match &route.jwt_issuers {
+            None => source == Source::Own,
+            Some(names) => names.iter().any(|n| n == name),
+        }
+    }
+
+    /// Who issued `jws`, by its (unverified) `iss`: it only picks whose keys and rules the
+    /// token is then verified under.
+    fn source(&self, jws: &Jws<'_>) -> Result<Source, AuthError> {
+        if self.external.is_empty() {
+            return Ok(Source::Own);
+        }
+        #[derive(serde::Deserialize)]
+        struct Iss {
+            #[serde(default)]
+            iss: Option<String>,
+        }
+        let iss = jws
+            .unverified_payload()
+            .ok()
+            .and_then(|p| serde_json::from_slice::<Iss>(&p).ok())
+            .and_then(|i| i.iss);
+        match iss.as_deref() {
+            Some(i) if i == self.config.issuer => Ok(Source::Own),
+            Some(i) => self
+                .external
+                .iter()
+                .position(|e| e.settings().issuer == i)
+                .map(Source::External)
+                .ok_or(AuthError::Token(TokenError::Invalid)),
+            None => Err(AuthError::Token(TokenError::Invalid)),
+        }
+    }
+
+    /// Verifies a token not in the cache. `Ok(Err(i))`: external issuer `i`'s key for it is
+    /// not held (a refetch may find it).
     fn verify(
         &self,
         token: &str,
+        digest: &[u8; 32],
         now: Timestamp,
-    ) -> Result<(Identity, String, Option<Arc<str>>), AuthError> {
-        let invalid = AuthError::Token(TokenError::Invalid);
-        let (claims, proof) = verify_own_token(
-            &self.ring,
-            &self.config.issuer,
-            &self.config.audiences,
-            self.config.leeway_secs,
-            token,
-            MAX_TOKEN_BYTES,
-            now,
-        )
-        .map_err(|e| match e {
+    ) -> Result<Result<Remembered, usize>, AuthError> {
+        let refuse = |e: JwtError| match e {
             JwtError::Expired => AuthError::Token(TokenError::Expired),
             other => {
                 tracing::debug!(error = %other, "bearer token refused");
-                invalid.clone()
+                AuthError::Token(TokenError::Invalid)
             }
-        })?;
-        let scopes = ScopeSet::parse(
-            claims
-                .scope
-                .as_deref()
-                .unwrap_or("")
-                .split(' ')
-                .filter(|s| !s.is_empty()),
-        )
-        .map_err(|_| invalid.clone())?;
-        let jti = claims.jti.clone().ok_or(invalid.clone())?;
+        };
+        let jws = Jws::parse(token, MAX_TOKEN_BYTES).map_err(|e| refuse(e.into()))?;
+        let source = self.source(&jws)?;
+        let (claims, proof, name) = match source {
+            Source::Own => {
+                let (c, p) = verify_own_token(
+                    &self.ring,
+                    &self.config.issuer,
+                    &self.config.audiences,
+                    self.config.leeway_secs,
+                    token,
+                    MAX_TOKEN_BYTES,
+                    now,
+                )
+                .map_err(refuse)?;
+                (c, p, None)
+            }
+            Source::External(i) => {
+                let issuer = &self.external[i];
+                let Lookup::Found(key, algorithms) =
+                    issuer.lookup(jws.header().kid.as_deref(), jws.algorithm())
+                else {
+                    return Ok(Err(i));
+                };
+                let (c, p) = issuer
+                    .verify(&jws, &key, &algorithms, now)
+                    .map_err(refuse)?;
+                (c, p, Some(issuer.settings().name.as_str()))
+            }
+        };
+        let invalid = AuthError::Token(TokenError::Invalid);
+        let scopes = ScopeSet::parse(claims.scopes()).map_err(|_| invalid.clone())?;
         let jkt = match claims.cnf.as_ref().map(|c| c.jkt.as_deref()) {
             None => None,
             Some(Some(j)) if !j.is_empty() && j.len() <= 128 => Some(Arc::from(j)),
@@ -134,70 +217,143 @@ impl JwtAuthenticator {
             Some(_) => return Err(invalid),
         };
         let exp = Timestamp::from_secs(claims.exp.unwrap_or_default());
+        // Own tokens always carry a jti (the revocations go by it); an external one may not:
+        // it is then named by a prefix of the token's hash.
+        let (jti, credential) = match (name, claims.jti.as_deref()) {
+            (None, Some(j)) => (Some(j.to_owned()), format!("jwt:{j}")),
+            (None, None) => return Err(invalid),
+            (Some(n), Some(j)) if j.len() <= 256 => (None, format!("jwt:{n}:{j}")),
+            (Some(n), _) => (None, format!("jwt:{n}:#{}", crypto::hex(&digest[..8]))),
+        };
         let identity = Identity::from_jwt(
             proof,
             IdentityClaims {
-                client_id: claims.client_id.map(Into::into),
+                client_id: claims.client().map(Into::into),
                 subject: claims.sub.map(Into::into),
                 scopes,
-                credential_id: format!("jwt:{jti}").into(),
+                credential_id: credential.into(),
                 expires_at: Some(exp),
             },
         );
-        Ok((identity, jti, jkt))
+        Ok(Ok(Remembered {
+            identity,
+            jti,
+            exp,
+            jkt,
+            source,
+        }))
     }
 
-    /// The token's identity and the key it is bound to, if any: what needs no waiting.
-    fn decide(
+    /// The verified token, from the cache or verified now; `Ok(Err(i))` as in
+    /// [`JwtAuthenticator::verify`].
+    fn remembered(
         &self,
         token: &str,
         now: Timestamp,
-    ) -> Result<(Authenticated, Option<Arc<str>>), AuthError> {
+    ) -> Result<Result<Remembered, usize>, AuthError> {
         let digest = crypto::sha256(token.as_bytes());
         let leeway = self.config.leeway_secs.saturating_mul(1000);
-        let (identity, jti, jkt) = match self.cache.get(&digest) {
-            Some(r) if now < r.exp.plus_millis(leeway) => (r.identity, r.jti, r.jkt),
+        match self.cache.get(&digest) {
+            Some(r) if now < r.exp.plus_millis(leeway) => Ok(Ok(r)),
             Some(_) => {
                 self.cache.remove(&digest);
-                return Err(AuthError::Token(TokenError::Expired));
+                Err(AuthError::Token(TokenError::Expired))
             }
             None => {
-                let (identity, jti, jkt) = self.verify(token, now)?;
-                if let Some(exp) = identity.expires_at {
-                    let remembered = Remembered {
-                        identity: identity.clone(),
-                        jti: jti.clone(),
-                        exp,
-                        jkt: jkt.clone(),
-                    };
-                    self.cache.insert(digest, remembered);
+                let r = self.verify(token, &digest, now)?;
+                if let Ok(r) = &r {
+                    self.cache.insert(digest, r.clone());
                 }
-                (identity, jti, jkt)
+                Ok(r)
             }
-        };
+        }
+    }
+
+    /// What the route makes of a verified token: trusted issuer, not revoked.
+    fn admit(&self, r: Remembered, route: &RouteAuth) -> Result<Quick, AuthError> {
+        if !self.trusted(route, r.source) {
+            tracing::debug!("token of an issuer this route does not trust");
+            return Err(AuthError::Token(TokenError::Invalid));
+        }
         // Checked on every request, cached or not: a revocation applies to the next one.
-        if self.revocations.is_revoked(&jti) {
+        if r.jti
+            .as_deref()
+            .is_some_and(|j| self.revocations.is_revoked(j))
+        {
             return Err(AuthError::Token(TokenError::Invalid));
         }
         let authenticated = Authenticated {
-            identity,
+            identity: r.identity,
             limits: None,
             consumed: Consumed {
                 authorization: true,
                 ..Consumed::default()
             },
         };
-        Ok((authenticated, jkt))
+        Ok(Quick::Done(authenticated, r.jkt))
+    }
+
+    /// The decision without waiting: everything but a key refetch.
+    fn decide_now(
+        &self,
+        token: &str,
+        route: &RouteAuth,
+        now: Timestamp,
+    ) -> Result<Quick, AuthError> {
+        match self.remembered(token, now)? {
+            Ok(r) => self.admit(r, route),
+            Err(i) => Ok(Quick::NeedsKeys(i)),
+        }
+    }
+
+    /// The decision, refetching an external issuer's keys once if the token's is not held.
+    async fn decide(
+        &self,
+        token: &str,
+        route: &RouteAuth,
+        now: Timestamp,
+    ) -> Result<(Authenticated, Option<Arc<str>>), AuthError> {
+        let quick = match self.decide_now(token, route, now)? {
+            // No fetch on behalf of a route that would refuse the token anyway.
+            Quick::NeedsKeys(i) if !self.trusted(route, Source::External(i)) => {
+                return Err(AuthError::Token(TokenError::Invalid));
+            }
+            Quick::NeedsKeys(i) => {
+                let issuer = &self.external[i];
+                let jws = Jws::parse(token, MAX_TOKEN_BYTES)
+                    .map_err(|_| AuthError::Token(TokenError::Invalid))?;
+                issuer
+                    .lookup_or_refetch(jws.header().kid.as_deref(), jws.algorithm(), now)
+                    .await;
+                match self.decide_now(token, route, now)? {
+                    Quick::NeedsKeys(_) if !issuer.has_keys() => {
+                        // The issuer was never reached: not the token's fault.
+                        return Err(AuthError::Unavailable);
+                    }
+                    Quick::NeedsKeys(_) => {
+                        tracing::debug!(issuer = %issuer.settings().name, "no published key for the token");
+                        return Err(AuthError::Token(TokenError::Invalid));
+                    }
+                    done => done,
+                }
+            }
+            done => done,
+        };
+        match quick {
+            Quick::Done(a, jkt) => Ok((a, jkt)),
+            Quick::NeedsKeys(_) => Err(AuthError::Token(TokenError::Invalid)),
+        }
     }
 
     /// A `DPoP` token: bound to a key, with one proof of that key for this request.
     async fn decide_dpop(
         &self,
         req: &RequestParts<'_>,
+        route: &RouteAuth,
         token: &str,
         now: Timestamp,
     ) -> Result<Authenticated, AuthError> {
-        let (authenticated, jkt) = self.decide(token, now)?;
+        let (authenticated, jkt) = self.decide(token, route, now).await?;
         // An unbound token proves nothing more for being sent as DPoP.
         let jkt = jkt.ok_or(AuthError::Token(TokenError::Invalid))?;
         let refused = |why: &dyn std::fmt::Display| {
@@ -278,7 +434,7 @@ impl Authenticator for JwtAuthenticator {
     fn authenticate_now(
         &self,
         req: &RequestParts<'_>,
-        _route: &RouteAuth,
+        route: &RouteAuth,
         now: Timestamp,
     ) -> Option<Result<Option<Authenticated>, AuthError>> {
         if token_in_query(req) {
@@ -289,13 +445,15 @@ impl Authenticator for JwtAuthenticator {
             Ok(None) => Some(Ok(None)),
             // The proof's replay check waits on the store.
             Ok(Some(Presented::Dpop(_))) => None,
-            Ok(Some(Presented::Bearer(t))) => Some(match self.decide(t, now) {
-                Ok((a, None)) => Ok(Some(a)),
+            Ok(Some(Presented::Bearer(t))) => match self.decide_now(t, route, now) {
+                Ok(Quick::Done(a, None)) => Some(Ok(Some(a))),
                 // A bound token used as a bearer one: whoever holds it without the key may
                 // not use it (RFC 9449 §7.2).
-                Ok((_, Some(_))) => Err(AuthError::Token(TokenError::Invalid)),
-                Err(e) => Err(e),
-            }),
+                Ok(Quick::Done(_, Some(_))) => Some(Err(AuthError::Token(TokenError::Invalid))),
+                // An issuer's key to fetch first.
+                Ok(Quick::NeedsKeys(_)) => None,
+                Err(e) => Some(Err(e)),
+            },
         }
     }
 
@@ -309,8 +467,12 @@ impl Authenticator for JwtAuthenticator {
             return Err(AuthError::Token(TokenError::InQuery));
         }
         match presented(req)? {
-            Some(Presented::Dpop(t)) => self.decide_dpop(req, t, now).await.map(Some),
-            _ => self.authenticate_now(req, route, now).unwrap_or(Ok(None)),
+            None => Ok(None),
+            Some(Presented::Dpop(t)) => self.decide_dpop(req, route, t, now).await.map(Some),
+            Some(Presented::Bearer(t)) => match self.decide(t, route, now).await? {
+                (a, None) => Ok(Some(a)),
+                (_, Some(_)) => Err(AuthError::Token(TokenError::Invalid)),
+            },
         }
     }
 }
@@ -359,6 +521,44 @@ mod tests {
         (a, ring)
     }
 
+    /// A `GET /` with these fields and query.
+    fn get<'a>(h: &'a http::HeaderMap, query: Option<&'a str>) -> RequestParts<'a> {
+        RequestParts {
+            method: &http::Method::GET,
+            path: "/",
+            query,
+            scheme: "http",
+            authority: None,
+            headers: h,
+            client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            conn: None,
+        }
+    }
+
+    /// An external issuer `name` at `iss` with its JWKS at `jwks`, for `alg` tokens to
+    /// `https://api.example`.
+    fn external(
+        name: &str,
+        iss: &str,
+        jwks: &str,
+        alg: Algorithm,
+        fetch: Arc<dyn crate::authn::issuers::Fetch>,
+    ) -> Arc<ExternalIssuer> {
+        Arc::new(ExternalIssuer::new(
+            crate::authn::issuers::IssuerSettings {
+                name: name.into(),
+                issuer: iss.into(),
+                jwks_uri: Some(jwks.into()),
+                algorithms: vec![alg],
+                audiences: vec!["https://api.example".into()],
+                typ: None,
+                leeway_secs: 30,
+                min_refetch: std::time::Duration::from_secs(60),
+            },
+            fetch,
+        ))
+    }
+
     fn mint(ring: &KeyRing, typ: Option<&str>, claims: serde_json::Value) -> String {
         ring.signer(Timestamp::from_secs(NOW))
             .unwrap()
@@ -381,16 +581,7 @@ mod tests {
         if let Some(v) = auth {
             h.insert(http::header::AUTHORIZATION, v.parse().unwrap());
         }
-        let req = RequestParts {
-            method: &http::Method::GET,
-            path: "/",
-            query,
-            scheme: "http",
-            authority: None,
-            headers: &h,
-            client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
-            conn: None,
-        };
+        let req = get(&h, query);
         a.authenticate_now(&req, &RouteAuth::default(), Timestamp::from_secs(now))
             .unwrap()
     }
@@ -644,5 +835,142 @@ mod tests {
             .is_some());
         assert_eq!(a.challenges(&RouteAuth::default()).len(), 2);
         assert!(a.challenges(&RouteAuth::default())[1].starts_with("DPoP "));
+    }
+
+    #[tokio::test]
+    async fn external_issuers_tokens_pass_only_on_routes_that_trust_them() {
+        use crate::authn::issuers::tests::{jwk, FakeFetch};
+        const EXT: &str = "https://idp.example";
+        let (a, ring) = setup().await;
+        let fetch = Arc::new(FakeFetch::default());
+        let idp_key = SigningKey::generate(Algorithm::Rs256).unwrap();
+        let jwks = "https://idp.example/jwks";
+        fetch.put(jwks, serde_json::json!({"keys": [jwk(&idp_key, "r1")]}));
+        let issuer = external("idp", EXT, jwks, Algorithm::Rs256, fetch.clone());
+        let a = a.with_issuers(vec![issuer]);
+        let ext_token = |kid: &str, key: &SigningKey, extra: serde_json::Value| {
+            let mut c = serde_json::json!({"iss": EXT, "sub": "alice", "azp": "mobile",
+                "aud": "https://api.example", "exp": NOW + 300, "scp": ["read:echo"]});
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            portcullis_core::jose::sign_compact(key, kid, None, c.to_string().as_bytes()).unwrap()
+        };
+        let t = ext_token("r1", &idp_key, serde_json::json!({}));
+        let route = |names: &[&str]| RouteAuth {
+            jwt_issuers: Some(names.iter().map(|n| n.to_string()).collect()),
+            ..RouteAuth::default()
+        };
+        let call = |auth: String, route: RouteAuth| {
+            let a = &a;
+            async move {
+                let mut h = http::HeaderMap::new();
+                h.insert(http::header::AUTHORIZATION, auth.parse().unwrap());
+                let req = get(&h, None);
+                a.authenticate(&req, &route, Timestamp::from_secs(NOW))
+                    .await
+            }
+        };
+        // Keys not fetched yet: the first request fetches them.
+        let ok = call(format!("Bearer {t}"), route(&["idp"]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(fetch.gets(), 1);
+        assert_eq!(ok.identity.client_id.as_deref(), Some("mobile"));
+        assert_eq!(ok.identity.subject.as_deref(), Some("alice"));
+        assert_eq!(ok.identity.scopes.as_space_separated(), "read:echo");
+        assert!(ok.identity.credential_id.starts_with("jwt:idp:#"));
+        // From the cache, on a route that trusts it, and on one that does not: the default
+        // (own issuer only), or another list.
+        let invalid = AuthError::Token(TokenError::Invalid);
+        assert!(call(format!("Bearer {t}"), route(&["portcullis", "idp"]))
+            .await
+            .is_ok());
+        assert_eq!(
+            call(format!("Bearer {t}"), RouteAuth::default())
+                .await
+                .unwrap_err(),
+            invalid
+        );
+        assert_eq!(
+            call(format!("Bearer {t}"), route(&["portcullis"]))
+                .await
+                .unwrap_err(),
+            invalid
+        );
+        // Our own tokens: on the default route and where listed, not on an idp-only route.
+        let own = mint(&ring, Some("at+jwt"), good());
+        assert!(call(format!("Bearer {own}"), RouteAuth::default())
+            .await
+            .is_ok());
+        assert_eq!(
+            call(format!("Bearer {own}"), route(&["idp"]))
+                .await
+                .unwrap_err(),
+            invalid
+        );
+        // Forged for the idp (another key under its kid), an unknown issuer, another audience.
+        let stranger = SigningKey::generate(Algorithm::Rs256).unwrap();
+        for bad in [
+            ext_token("r1", &stranger, serde_json::json!({})),
+            ext_token(
+                "r1",
+                &idp_key,
+                serde_json::json!({"iss": "https://other.example"}),
+            ),
+            ext_token(
+                "r1",
+                &idp_key,
+                serde_json::json!({"aud": "https://else.example"}),
+            ),
+            ext_token("zz", &idp_key, serde_json::json!({"jti": "x"})),
+        ] {
+            assert_eq!(
+                call(format!("Bearer {bad}"), route(&["idp"]))
+                    .await
+                    .unwrap_err(),
+                invalid
+            );
+        }
+        // The unknown kid refetched once (the first fetch was at NOW: not again yet).
+        assert_eq!(fetch.gets(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_issuer_never_reached_is_unavailable_not_an_invalid_token() {
+        use crate::authn::issuers::tests::FakeFetch;
+        let (a, _ring) = setup().await;
+        let issuer = external(
+            "down",
+            "https://down.example",
+            "https://down.example/jwks",
+            Algorithm::Es256,
+            Arc::new(FakeFetch::default()),
+        );
+        let a = a.with_issuers(vec![issuer]);
+        let key = SigningKey::generate(Algorithm::Es256).unwrap();
+        let claims = serde_json::json!({"iss": "https://down.example", "aud": "https://api.example", "exp": NOW + 60});
+        let t = portcullis_core::jose::sign_compact(&key, "k", None, claims.to_string().as_bytes())
+            .unwrap();
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {t}").parse().unwrap(),
+        );
+        let req = get(&h, None);
+        let route = RouteAuth {
+            jwt_issuers: Some(vec!["down".to_owned()].into()),
+            ..RouteAuth::default()
+        };
+        assert!(a
+            .authenticate_now(&req, &route, Timestamp::from_secs(NOW))
+            .is_none());
+        assert_eq!(
+            a.authenticate(&req, &route, Timestamp::from_secs(NOW))
+                .await
+                .unwrap_err(),
+            AuthError::Unavailable
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! this scheme was presented and refused.
 
 pub mod api_key;
+pub mod issuers;
 pub mod jwt;
 
 use std::sync::Arc;
@@ -18,6 +19,9 @@ use portcullis_core::{AuthError, Identity, RequestParts, Scheme, Timestamp};
 pub struct RouteAuth {
     /// Query parameter that may carry an API key on this route (discouraged; off by default).
     pub api_key_query_param: Option<String>,
+    /// The token issuers the `jwt` scheme trusts on this route, by name (`portcullis` for
+    /// Portcullis's own); `None`: Portcullis's own only.
+    pub jwt_issuers: Option<Arc<[String]>>,
 }
 
 /// Limits that come with a credential and override the route's defaults.

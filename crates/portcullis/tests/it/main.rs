@@ -13,6 +13,7 @@ mod cors;
 mod durability;
 mod gateway;
 mod http1;
+mod issuers;
 mod oauth;
 mod proxy;
 mod ratelimit;

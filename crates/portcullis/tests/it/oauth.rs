@@ -8,26 +8,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-/// A client registered through the CLI with `scopes`: its id and secret.
-fn register(s: &Server, scopes: &str) -> (String, String) {
-    let c = s.cli_json(&["clients", "create", "--name", "svc", "--scopes", scopes]);
-    (
-        c["client_id"].as_str().unwrap().to_owned(),
-        c["client_secret"].as_str().unwrap().to_owned(),
-    )
-}
-
-async fn token_form(s: &Server, basic: Option<(&str, &str)>, body: &str) -> reqwest::Response {
-    let mut r = client()
-        .post(s.url("/oauth2/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body.to_owned());
-    if let Some((id, secret)) = basic {
-        r = r.basic_auth(id, Some(secret));
-    }
-    r.send().await.unwrap()
-}
-
 #[tokio::test]
 async fn a_registered_client_gets_a_token_that_our_jwks_verifies() {
     let s = Server::start(None);
@@ -194,15 +174,6 @@ async fn a_registered_client_gets_a_token_that_our_jwks_verifies() {
             "a secret or token in the audit file"
         );
     }
-}
-
-async fn bearer(s: &Server, path: &str, token: &str) -> reqwest::Response {
-    client()
-        .get(s.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]

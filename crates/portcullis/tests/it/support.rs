@@ -243,6 +243,36 @@ pub async fn get_key(s: &Server, path: &str, key: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// A client registered through the CLI with `scopes`: its id and secret.
+pub fn register(s: &Server, scopes: &str) -> (String, String) {
+    let c = s.cli_json(&["clients", "create", "--name", "svc", "--scopes", scopes]);
+    (
+        c["client_id"].as_str().unwrap().to_owned(),
+        c["client_secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+pub async fn token_form(s: &Server, basic: Option<(&str, &str)>, body: &str) -> reqwest::Response {
+    let mut r = client()
+        .post(s.url("/oauth2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_owned());
+    if let Some((id, secret)) = basic {
+        r = r.basic_auth(id, Some(secret));
+    }
+    r.send().await.unwrap()
+}
+
+/// `GET path` with `Authorization: Bearer token`.
+pub async fn bearer(s: &Server, path: &str, token: &str) -> reqwest::Response {
+    client()
+        .get(s.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
 pub async fn json_of(r: reqwest::Response) -> Value {
     r.json().await.unwrap()
 }
