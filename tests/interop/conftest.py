@@ -58,13 +58,18 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = 10.0, interva
 class Server:
     """One running `portcullis serve` and helpers to use it."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, config: str | None = None) -> None:
         self.data_dir = data_dir
         self.bin = portcullis_bin()
+        args = [self.bin, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
+        if config is not None:
+            path = data_dir / "portcullis.toml"
+            path.write_text(config)
+            args += ["--config", str(path)]
         self._lines: list[tuple[str, str]] = []  # (stream, line) in arrival order
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [self.bin, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+            args,
             cwd=data_dir,
             env=clean_env(),
             stdin=subprocess.DEVNULL,
@@ -177,14 +182,15 @@ class Server:
 
 @pytest.fixture
 def start_server(tmp_path: Path):
-    """Factory: `start_server(data_dir=None)` starts a server (default data dir: a fresh
-    temporary directory). Every server started is stopped at teardown."""
+    """Factory: `start_server(data_dir=None, config=None)` starts a server (default data dir:
+    a fresh temporary directory; `config`: the text of a configuration file). Every server
+    started is stopped at teardown."""
     started: list[Server] = []
 
-    def start(data_dir: Path | None = None) -> Server:
+    def start(data_dir: Path | None = None, config: str | None = None) -> Server:
         d = data_dir or tmp_path / f"data{len(started)}"
         d.mkdir(parents=True, exist_ok=True)
-        srv = Server(d)
+        srv = Server(d, config)
         started.append(srv)
         return srv
 

@@ -186,3 +186,38 @@ def test_pyjwt_dpop_proofs_bind_a_token_and_then_use_it(server: Server):
     r = server.get("/jwt/echo/dpop", headers={"Authorization": f"DPoP {access}", "DPoP": stolen})
     assert r.status_code == 401 and r.json()["error"] == "invalid_dpop_proof"
     assert 'DPoP realm="portcullis"' in r.headers["WWW-Authenticate"]
+
+
+SIGNED_IDENTITY_CONFIG = """
+[[routes]]
+name = "signed"
+path_prefix = "/signed"
+upstream = "builtin:echo"
+policy = "api_key"
+scopes = ["read:echo"]
+identity_token = true
+identity_audience = "orders-svc"
+"""
+
+
+def test_pyjwt_verifies_the_signed_identity_an_upstream_receives(start_server):
+    server = start_server(config=SIGNED_IDENTITY_CONFIG)
+    key = server.create_key("app", "read:echo")
+    r = server.get("/signed/orders", headers={"X-API-Key": key["key"],
+                                              "X-Portcullis-Identity": "forged.by.caller"})
+    assert r.status_code == 200, r.text
+    token = r.json()["headers"]["x-portcullis-identity"]
+    assert token != "forged.by.caller"
+    assert jwt.get_unverified_header(token)["typ"] == "portcullis-identity+jwt"
+    signing = jwt.PyJWKClient(server.base + "/oauth2/jwks").get_signing_key_from_jwt(token)
+    claims = jwt.decode(token, signing.key, algorithms=["ES256"], audience="orders-svc",
+                        issuer=server.base, options={"require": ["exp", "iat", "jti"]})
+    assert claims["scheme"] == "api_key"
+    assert claims["credential_id"] == key["id"]
+    assert claims["route"] == "signed"
+    assert claims["scope"] == "read:echo"
+    assert claims["exp"] - claims["iat"] == 60
+    # Meant for orders-svc only.
+    with pytest.raises(jwt.InvalidAudienceError):
+        jwt.decode(token, signing.key, algorithms=["ES256"], audience="billing-svc",
+                   issuer=server.base)

@@ -14,6 +14,7 @@ pub mod oauth;
 pub mod policy;
 pub mod ratelimit;
 pub mod signing;
+pub mod upstream_identity;
 pub mod usage;
 
 pub use authn::{Authenticated, Authenticator, CredentialLimits};

@@ -573,6 +573,13 @@ pub struct RouteConfig {
     /// unset: our own only.
     #[serde(default)]
     pub jwt_issuers: Option<Vec<String>>,
+    /// Hand the upstream `X-Portcullis-Identity`, a short-lived JWT signed by Portcullis
+    /// stating the verified identity.
+    #[serde(default)]
+    pub identity_token: bool,
+    /// The `aud` of that JWT (default: the route's name).
+    #[serde(default)]
+    pub identity_audience: Option<String>,
     #[serde(default)]
     pub forward_credentials: bool,
     /// Whether WebSocket handshakes (RFC 6455) pass to the upstream as upgrades.
@@ -705,6 +712,8 @@ pub fn default_routes() -> Vec<RouteConfig> {
         strip_prefix: false,
         api_key_query_param: None,
         jwt_issuers: None,
+        identity_token: false,
+        identity_audience: None,
         forward_credentials: false,
         websocket: false,
         cors: None,
@@ -886,6 +895,24 @@ impl Config {
                         format!("no upstream named `{n}`: define [upstreams.{n}], or give an http(s):// URL or builtin:echo"),
                     ));
                 }
+            }
+            if r.identity_token && r.policy == PolicyExpr::Public {
+                return Err((
+                    key("identity_token"),
+                    "a public route has no identity to state".into(),
+                ));
+            }
+            if r.identity_audience.is_some() && !r.identity_token {
+                return Err((
+                    key("identity_audience"),
+                    "only with identity_token = true".into(),
+                ));
+            }
+            if r.identity_audience
+                .as_ref()
+                .is_some_and(|a| a.is_empty() || a.len() > 256)
+            {
+                return Err((key("identity_audience"), "must be 1-256 characters".into()));
             }
             if r.websocket && r.upstream == Upstream::Echo {
                 return Err((

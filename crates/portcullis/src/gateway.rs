@@ -20,6 +20,7 @@ use portcullis_core::{AuthError, ConnMemo, RequestParts, Scheme, WireError};
 use portcullis_domain::authn::Authenticated;
 use portcullis_domain::dpop::DpopChecker;
 use portcullis_domain::gate::{Gate, RouteGate};
+use portcullis_domain::upstream_identity::IdentityTokens;
 use portcullis_domain::Clock;
 
 use crate::balance::{Picked, UpstreamGroup};
@@ -39,6 +40,8 @@ pub mod identity_headers {
     pub const SCOPES: &str = "x-portcullis-scopes";
     /// Credential id (never the credential).
     pub const CREDENTIAL: &str = "x-portcullis-credential";
+    /// The signed statement of the identity (a JWT; on routes with `identity_token`).
+    pub const IDENTITY: &str = "x-portcullis-identity";
 }
 
 /// The request id, to the upstream and back to the caller.
@@ -48,6 +51,7 @@ const H_CLIENT: HeaderName = HeaderName::from_static(identity_headers::CLIENT);
 const H_SUBJECT: HeaderName = HeaderName::from_static(identity_headers::SUBJECT);
 const H_SCOPES: HeaderName = HeaderName::from_static(identity_headers::SCOPES);
 const H_CREDENTIAL: HeaderName = HeaderName::from_static(identity_headers::CREDENTIAL);
+const H_IDENTITY: HeaderName = HeaderName::from_static(identity_headers::IDENTITY);
 const H_XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 const H_XF_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const H_XF_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -92,6 +96,9 @@ pub struct Route {
     pub cors: Option<Cors>,
     /// How long the upstream may take on this route (the pool's `proxy.timeout` otherwise).
     pub timeout: Option<std::time::Duration>,
+    /// `Some(aud)`: hand the upstream `X-Portcullis-Identity`, a signed statement of the
+    /// identity for this audience.
+    pub identity_audience: Option<Arc<str>>,
     latency: prometheus::Histogram,
     allowed: prometheus::IntCounter,
 }
@@ -120,6 +127,7 @@ impl Route {
         };
         let api_key_query_param = gate.auth.api_key_query_param.clone();
         Self {
+            identity_audience: None,
             latency: metrics.latency.with_label_values(&[name.as_str()]),
             allowed: metrics
                 .requests
@@ -187,6 +195,8 @@ pub struct Gateway {
     client_ip: ClientIp,
     /// DPoP proofs' checker, for the nonce a refusal hands out (when nonces are required).
     dpop: Option<Arc<DpopChecker>>,
+    /// Signs `X-Portcullis-Identity` for routes that ask for it.
+    identity: Option<Arc<IdentityTokens>>,
 }
 
 /// A connection's copy of the routes in force and the replacement it belongs to.
@@ -252,7 +262,14 @@ impl Gateway {
             api_key_header,
             client_ip,
             dpop: None,
+            identity: None,
         }
+    }
+
+    /// The gateway, signing `X-Portcullis-Identity` with `tokens` where routes ask for it.
+    pub fn with_identity_tokens(mut self, tokens: Arc<IdentityTokens>) -> Self {
+        self.identity = Some(tokens);
+        self
     }
 
     /// The gateway, handing out `checker`'s nonces with `use_dpop_nonce` refusals.
@@ -462,7 +479,22 @@ impl Gateway {
             api_key_header: &self.api_key_header,
             named_in_connection: named_in_connection(&parts.headers),
         };
+        let identity_token = match (&route.identity_audience, &decided.authn, &self.identity) {
+            (Some(aud), Some(a), Some(tokens)) => {
+                match tokens.token(&route.gate.name, aud, &a.identity, now) {
+                    Some(t) => Some(t),
+                    // Never sent on unproven: the upstream may rely on it.
+                    None => {
+                        tracing::warn!(route = %route.gate.name, "no signing key for X-Portcullis-Identity");
+                        let wire = WireError::from(&AuthError::Unavailable);
+                        return Plan::Respond(error_response(wire, &[], None));
+                    }
+                }
+            }
+            _ => None,
+        };
         let ours = Ours {
+            identity_token: identity_token.as_deref(),
             authn: decided.authn.as_ref(),
             headers: &parts.headers,
             peer,
@@ -747,6 +779,8 @@ fn named_in_connection(h: &http::HeaderMap) -> Vec<HeaderName> {
 /// The fields Portcullis sets for the upstream: the identity, forwarding and request id.
 struct Ours<'a> {
     authn: Option<&'a Authenticated>,
+    /// `X-Portcullis-Identity`, when the route asks for it.
+    identity_token: Option<&'a str>,
     /// The caller's fields (for a previous `X-Forwarded-For`).
     headers: &'a http::HeaderMap,
     peer: SocketAddr,
@@ -772,6 +806,9 @@ impl Ours<'_> {
             }
             f(H_SCOPES, id.scopes.as_space_separated());
             f(H_CREDENTIAL, &id.credential_id);
+        }
+        if let Some(t) = self.identity_token {
+            f(H_IDENTITY, t);
         }
         let ip = IpText::new(self.peer.ip());
         let mut prev = self
@@ -1012,6 +1049,7 @@ mod tests {
         h.append(H_XFF, HeaderValue::from_static("203.0.113.7"));
         h.append(H_XFF, HeaderValue::from_static("198.51.100.1"));
         let ours = Ours {
+            identity_token: None,
             authn: None,
             headers: &h,
             peer: "[::1]:9".parse().unwrap(),
@@ -1039,6 +1077,7 @@ mod tests {
         h.append(H_XF_HOST, HeaderValue::from_static("api.example.com"));
         let ours = |trusted_peer, h: &http::HeaderMap| {
             let o = Ours {
+                identity_token: None,
                 authn: None,
                 headers: h,
                 peer: "10.0.0.1:9".parse().unwrap(),

@@ -26,6 +26,7 @@ use portcullis_domain::gate::{Gate, RouteGate};
 use portcullis_domain::oauth::{ClientAdmin, IssuerConfig, Revocations, TokenIssuer};
 use portcullis_domain::ratelimit::RateLimiter;
 use portcullis_domain::signing::{tick_audited, KeyRing, SigningAdmin};
+use portcullis_domain::upstream_identity::IdentityTokens;
 use portcullis_domain::usage::UsageTracker;
 use portcullis_domain::{Clock, Policy, SystemClock};
 use portcullis_store::memory::MemoryRateCells;
@@ -348,7 +349,12 @@ pub async fn serve(
             header: cfg.client_ip.header.clone(),
         },
     )
-    .with_dpop(dpop.clone());
+    .with_dpop(dpop.clone())
+    .with_identity_tokens(Arc::new(IdentityTokens::new(
+        ring.clone(),
+        issuer_url.clone(),
+        100_000,
+    )));
     let upstreams: Upstreams = Arc::new(arc_swap::ArcSwap::from_pointee(groups));
     let routes_in_force = Arc::new(arc_swap::ArcSwap::from_pointee(admin_api::routes_view(
         &cfg.routes,
@@ -1230,7 +1236,7 @@ fn build_routes(
         {
             gate.succeed(&old.gate, now);
         }
-        routes.push(Route::new(
+        let mut route = Route::new(
             gate,
             r.host.clone(),
             r.path_prefix.clone(),
@@ -1246,7 +1252,11 @@ fn build_routes(
                 .map_err(|e| format!("route `{}`: cors: {e}", r.name))?,
             r.timeout,
             metrics,
-        ));
+        );
+        route.identity_audience = r
+            .identity_token
+            .then(|| r.identity_audience.as_deref().unwrap_or(&r.name).into());
+        routes.push(route);
     }
     Ok(routes)
 }

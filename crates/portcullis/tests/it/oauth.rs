@@ -877,3 +877,75 @@ async fn with_dpop_nonces_configured_a_proof_needs_the_servers_nonce() {
     .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn a_route_can_hand_its_upstream_a_signed_identity() {
+    const CONFIG: &str = r#"
+[[routes]]
+name = "signed"
+path_prefix = "/signed"
+upstream = "builtin:echo"
+policy = { any = ["jwt", "api_key"] }
+scopes = ["read:echo"]
+identity_token = true
+
+[[routes]]
+name = "plain"
+path_prefix = "/plain"
+upstream = "builtin:echo"
+policy = "api_key"
+"#;
+    let s = Server::start(Some(CONFIG));
+    let (key_id, key) = s.create_key("app", "read:echo");
+    let seen = |path: &'static str| {
+        let key = key.clone();
+        let s = &s;
+        async move {
+            let r = client()
+                .get(s.url(path))
+                .header("x-api-key", key)
+                .header("x-portcullis-identity", "forged")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            json_of(r).await["headers"].clone()
+        }
+    };
+    let h = seen("/signed/a").await;
+    let token = h["x-portcullis-identity"].as_str().unwrap().to_owned();
+    assert_ne!(token, "forged");
+    // Checked as an upstream would: our JWKS, our issuer, its audience (the route's name),
+    // its own typ — never an access token's.
+    let iss = format!("http://{}", s.addr);
+    let jwks = json_of(client().get(s.url("/oauth2/jwks")).send().await.unwrap()).await;
+    let jwk: Jwk = serde_json::from_value(jwks["keys"][0].clone()).unwrap();
+    let jws = Jws::parse(&token, MAX_TOKEN_LEN).unwrap();
+    let aud = vec!["signed".to_owned()];
+    let now = portcullis_domain::Clock::now(&portcullis_domain::SystemClock);
+    let expect = |typ| Expectations {
+        algorithms: &[Algorithm::Es256],
+        issuer: &iss,
+        audiences: &aud,
+        typ: Some(typ),
+        leeway_secs: 5,
+    };
+    let (claims, _) = jwt::verify(
+        &jws,
+        &jwk.public_key().unwrap(),
+        &expect("portcullis-identity+jwt"),
+        now,
+    )
+    .unwrap();
+    assert_eq!(claims.scope.as_deref(), Some("read:echo"));
+    assert!(jwt::verify(&jws, &jwk.public_key().unwrap(), &expect("at+jwt"), now).is_err());
+    let raw: Value = serde_json::from_slice(&jws.unverified_payload().unwrap()).unwrap();
+    assert_eq!(raw["credential_id"], key_id.as_str());
+    assert_eq!(raw["scheme"], "api_key");
+    assert_eq!(raw["route"], "signed");
+    // It does not open a jwt route: its typ is not at+jwt.
+    assert_eq!(bearer(&s, "/signed/b", &token).await.status(), 401);
+    // A route without identity_token passes none on, not even the caller's.
+    let h = seen("/plain/a").await;
+    assert!(h.get("x-portcullis-identity").is_none(), "{h}");
+}
