@@ -183,7 +183,9 @@ mod tests {
             client_id: None,
             ..identity("key_3")
         };
-        let t3 = tokens.token("orders", "orders-svc", &anonymous, now).unwrap();
+        let t3 = tokens
+            .token("orders", "orders-svc", &anonymous, now)
+            .unwrap();
         let raw3: serde_json::Value = serde_json::from_slice(
             &Jws::parse(&t3, MAX_TOKEN_LEN)
                 .unwrap()
@@ -191,7 +193,10 @@ mod tests {
                 .unwrap(),
         )
         .unwrap();
-        assert!(raw3.get("sub").is_none() && raw3.get("client_id").is_none(), "{raw3}");
+        assert!(
+            raw3.get("sub").is_none() && raw3.get("client_id").is_none(),
+            "{raw3}"
+        );
         assert_eq!(raw["scope"], "read:orders");
 
         // Reused within half its life; a new one after, and for another credential.

@@ -212,6 +212,25 @@ pub struct TrustedIssuerConfig {
     /// The shortest time between two refetches caused by tokens with an unknown `kid`.
     #[serde(default = "default_issuer_refetch", deserialize_with = "de_duration")]
     pub min_refetch_interval: Duration,
+    /// RFC 7662: check its tokens (opaque ones too) at this endpoint instead of by keys.
+    #[serde(default)]
+    pub introspection_endpoint: Option<String>,
+    /// Portcullis's client id at the introspection endpoint.
+    #[serde(default)]
+    pub introspection_client_id: Option<String>,
+    /// A file holding that client's secret (relative paths: from the configuration file).
+    #[serde(default)]
+    pub introspection_client_secret_file: Option<PathBuf>,
+    /// The longest an introspection answer is used (never past the token's `exp`).
+    #[serde(
+        default = "default_introspection_ttl",
+        deserialize_with = "de_duration"
+    )]
+    pub introspection_cache_ttl: Duration,
+}
+
+fn default_introspection_ttl() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_issuer_algorithms() -> Vec<portcullis_core::jose::Algorithm> {
@@ -231,9 +250,31 @@ fn default_issuer_refetch() -> Duration {
 }
 
 impl TrustedIssuerConfig {
-    /// The domain's settings for it.
-    pub fn settings(&self) -> portcullis_domain::authn::issuers::IssuerSettings {
-        portcullis_domain::authn::issuers::IssuerSettings {
+    /// The domain's settings for it, reading the introspection secret's file.
+    pub fn settings(&self) -> Result<portcullis_domain::authn::issuers::IssuerSettings, String> {
+        let introspection = match (
+            &self.introspection_endpoint,
+            &self.introspection_client_id,
+            &self.introspection_client_secret_file,
+        ) {
+            (Some(endpoint), Some(client_id), Some(file)) => {
+                let secret = std::fs::read_to_string(file).map_err(|e| {
+                    format!(
+                        "issuer `{}`: introspection_client_secret_file {}: {e}",
+                        self.name,
+                        file.display()
+                    )
+                })?;
+                Some(portcullis_domain::authn::issuers::IntrospectionSettings {
+                    endpoint: endpoint.clone(),
+                    client_id: client_id.clone(),
+                    client_secret: portcullis_core::secret::Secret::new(secret.trim().to_owned()),
+                    cache_ttl: self.introspection_cache_ttl,
+                })
+            }
+            _ => None,
+        };
+        Ok(portcullis_domain::authn::issuers::IssuerSettings {
             name: self.name.clone(),
             issuer: self.issuer.clone(),
             jwks_uri: self.jwks_uri.clone(),
@@ -242,7 +283,8 @@ impl TrustedIssuerConfig {
             typ: self.typ.clone(),
             leeway_secs: i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX),
             min_refetch: self.min_refetch_interval,
-        }
+            introspection,
+        })
     }
 }
 
@@ -759,6 +801,13 @@ impl Config {
         if let (Some(ca), Some(dir)) = (&cfg.proxy.ca_file, path.parent()) {
             cfg.proxy.ca_file = Some(dir.join(ca));
         }
+        if let Some(dir) = path.parent() {
+            for t in &mut cfg.issuers {
+                if let Some(f) = &t.introspection_client_secret_file {
+                    t.introspection_client_secret_file = Some(dir.join(f));
+                }
+            }
+        }
         Ok(cfg)
     }
 
@@ -801,6 +850,35 @@ impl Config {
             }
             let url_ok =
                 |u: &str| fetchable(u) && !u.contains('?') && http::Uri::try_from(u).is_ok();
+            if let Some(e) = &t.introspection_endpoint {
+                if !url_ok(e) {
+                    return Err((
+                        key("introspection_endpoint"),
+                        "must be an https:// URL (http:// only to a loopback address)".into(),
+                    ));
+                }
+                if t.jwks_uri.is_some() {
+                    return Err((
+                        key("jwks_uri"),
+                        "an issuer is checked by introspection or by keys, not both".into(),
+                    ));
+                }
+                if t.introspection_client_id
+                    .as_deref()
+                    .is_none_or(str::is_empty)
+                    || t.introspection_client_secret_file.is_none()
+                {
+                    return Err((key("introspection_endpoint"), "needs introspection_client_id and introspection_client_secret_file (RFC 7662 callers authenticate)".into()));
+                }
+                let ttl = t.introspection_cache_ttl;
+                if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(3600) {
+                    return Err((key("introspection_cache_ttl"), "must be 1s-1h".into()));
+                }
+            } else if t.introspection_client_id.is_some()
+                || t.introspection_client_secret_file.is_some()
+            {
+                return Err((key("introspection_endpoint"), "introspection_client_id and introspection_client_secret_file need introspection_endpoint".into()));
+            }
             match &t.jwks_uri {
                 Some(u) if !url_ok(u) => {
                     return Err((
@@ -808,7 +886,7 @@ impl Config {
                         "must be an https:// URL (http:// only to a loopback address)".into(),
                     ));
                 }
-                None if !url_ok(&t.issuer) => {
+                None if t.introspection_endpoint.is_none() && !url_ok(&t.issuer) => {
                     return Err((key("issuer"), "must be an https:// URL (http:// only to a loopback address) for its metadata to be fetched; or give jwks_uri".into()));
                 }
                 _ => {}

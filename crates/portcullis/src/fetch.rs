@@ -1,12 +1,13 @@
-//! Fetching external issuers' metadata and JWKS: `GET` over HTTP(S) with the upstreams' TLS
-//! trust (the public roots and `proxy.ca_file`), a deadline, a size bound, no redirects and
-//! no cookies — the adapter behind [`portcullis_domain::authn::issuers::Fetch`].
+//! Talking to external issuers: `GET` of their metadata and JWKS, `POST` to their
+//! introspection endpoints, over HTTP(S) with the upstreams' TLS trust (the public roots and
+//! `proxy.ca_file`), a deadline, a size bound, no redirects and no cookies — the adapter
+//! behind [`portcullis_domain::authn::issuers::Fetch`].
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -19,7 +20,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An HTTP(S) client for issuers' documents.
 pub struct HttpFetch {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl HttpFetch {
@@ -40,26 +41,13 @@ impl HttpFetch {
     }
 }
 
-#[async_trait]
-impl Fetch for HttpFetch {
-    async fn get(&self, url: &str, max_bytes: usize) -> Result<Vec<u8>, FetchError> {
-        // Checked here too: a metadata document names the JWKS URL.
-        if !fetchable(url) {
-            return Err(FetchError::BadDocument(
-                "not an https:// (or loopback http://) URL",
-            ));
-        }
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|_| FetchError::BadDocument("not a URL"))?;
-        let req = http::Request::get(uri)
-            .header(http::header::ACCEPT, "application/json")
-            .header(
-                http::header::USER_AGENT,
-                concat!("portcullis/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Empty::new())
-            .map_err(|_| FetchError::BadDocument("not a URL"))?;
+impl HttpFetch {
+    /// Sends `req` and reads a 200 answer's body, at most `max_bytes`, within the deadline.
+    async fn send(
+        &self,
+        req: http::Request<Full<Bytes>>,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, FetchError> {
         let work = async {
             let resp = self
                 .client
@@ -84,5 +72,50 @@ impl Fetch for HttpFetch {
         tokio::time::timeout(FETCH_TIMEOUT, work)
             .await
             .map_err(|_| FetchError::Unreachable("timed out".into()))?
+    }
+}
+
+/// `url` checked and parsed. Checked here too: a metadata document names the JWKS URL.
+fn target(url: &str) -> Result<http::Uri, FetchError> {
+    if !fetchable(url) {
+        return Err(FetchError::BadDocument(
+            "not an https:// (or loopback http://) URL",
+        ));
+    }
+    url.parse()
+        .map_err(|_| FetchError::BadDocument("not a URL"))
+}
+
+const USER_AGENT: &str = concat!("portcullis/", env!("CARGO_PKG_VERSION"));
+
+#[async_trait]
+impl Fetch for HttpFetch {
+    async fn get(&self, url: &str, max_bytes: usize) -> Result<Vec<u8>, FetchError> {
+        let req = http::Request::get(target(url)?)
+            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::USER_AGENT, USER_AGENT)
+            .body(Full::default())
+            .map_err(|_| FetchError::BadDocument("not a URL"))?;
+        self.send(req, max_bytes).await
+    }
+
+    async fn post_form(
+        &self,
+        url: &str,
+        authorization: &str,
+        body: &str,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, FetchError> {
+        let req = http::Request::post(target(url)?)
+            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::USER_AGENT, USER_AGENT)
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(http::header::AUTHORIZATION, authorization)
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .map_err(|_| FetchError::BadDocument("not a URL"))?;
+        self.send(req, max_bytes).await
     }
 }

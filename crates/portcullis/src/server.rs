@@ -292,12 +292,13 @@ pub async fn serve(
     let external: Vec<Arc<ExternalIssuer>> = cfg
         .issuers
         .iter()
-        .map(|t| Arc::new(ExternalIssuer::new(t.settings(), fetch.clone())))
-        .collect();
+        .map(|t| Ok(Arc::new(ExternalIssuer::new(t.settings()?, fetch.clone()))))
+        .collect::<Result<_, String>>()
+        .map_err(StartError)?;
     // Their keys before the first request, as far as each answers within its fetch deadline;
     // one that does not is fetched again in the background (and on its first token).
     let mut first = tokio::task::JoinSet::new();
-    for i in &external {
+    for i in external.iter().filter(|i| !i.introspects()) {
         let (i, metrics, now) = (i.clone(), metrics.clone(), clock.now());
         first.spawn(async move { refresh_issuer(&i, &metrics, now).await });
     }
@@ -457,6 +458,7 @@ pub async fn serve(
     let issuer_refreshers: Vec<_> = external
         .iter()
         .zip(&cfg.issuers)
+        .filter(|(issuer, _)| !issuer.introspects())
         .map(|(issuer, t)| {
             let (issuer, metrics, clock) = (issuer.clone(), metrics.clone(), clock.clone());
             let every = t.refresh_interval;

@@ -49,6 +49,48 @@ pub struct IssuerSettings {
     pub leeway_secs: i64,
     /// The shortest time between two fetches caused by unknown `kid`s.
     pub min_refetch: Duration,
+    /// RFC 7662 introspection instead of keys: every token of this issuer (opaque or not) is
+    /// asked about at its introspection endpoint.
+    pub introspection: Option<IntrospectionSettings>,
+}
+
+/// How to ask an authorization server about its tokens (RFC 7662).
+#[derive(Clone)]
+pub struct IntrospectionSettings {
+    /// The introspection endpoint.
+    pub endpoint: String,
+    /// Portcullis's client id there.
+    pub client_id: String,
+    /// Its secret (`client_secret_basic`).
+    pub client_secret: portcullis_core::secret::Secret,
+    /// The longest an answer is remembered (never past the token's `exp`); an inactive
+    /// answer is remembered at most [`INACTIVE_CACHE_SECS`].
+    pub cache_ttl: Duration,
+}
+
+impl std::fmt::Debug for IntrospectionSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectionSettings")
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .field("cache_ttl", &self.cache_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The longest an inactive introspection answer is remembered, seconds.
+pub const INACTIVE_CACHE_SECS: i64 = 10;
+
+/// The largest introspection answer read.
+pub const MAX_INTROSPECTION_BYTES: usize = 64 * 1024;
+
+/// What the authorization server said of a token.
+#[derive(Debug)]
+pub enum Introspected {
+    /// Active, with these claims (checked: `iss`, `exp`, `nbf`, `aud` where present).
+    Active(Box<Claims>),
+    /// Not active, or active but not for here (another issuer or audience, expired).
+    Inactive,
 }
 
 /// Why fetching an issuer's metadata or keys failed (for logs and metrics; never on the wire).
@@ -76,6 +118,16 @@ pub enum FetchError {
 pub trait Fetch: Send + Sync {
     /// The body of a 200 answer to `GET url`, at most `max_bytes` long.
     async fn get(&self, url: &str, max_bytes: usize) -> Result<Vec<u8>, FetchError>;
+
+    /// The body of a 200 answer to `POST url` of the form `body`
+    /// (`application/x-www-form-urlencoded`) with `Authorization: authorization`.
+    async fn post_form(
+        &self,
+        url: &str,
+        authorization: &str,
+        body: &str,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, FetchError>;
 }
 
 /// One published key, ready to verify with.
@@ -158,6 +210,65 @@ impl ExternalIssuer {
         &self.settings
     }
 
+    /// Whether its tokens are checked by introspection (no keys are fetched then).
+    pub fn introspects(&self) -> bool {
+        self.settings.introspection.is_some()
+    }
+
+    /// Asks the issuer's introspection endpoint about `token` (RFC 7662 §2), as a
+    /// confidential client with `client_secret_basic`. An answer that is not a JSON object
+    /// with a boolean `active` is an error (the caller fails closed).
+    pub async fn introspect(
+        &self,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<Introspected, FetchError> {
+        let Some(cfg) = &self.settings.introspection else {
+            return Err(FetchError::BadDocument("no introspection endpoint"));
+        };
+        let auth = portcullis_core::oauth2::basic_authorization(
+            &cfg.client_id,
+            cfg.client_secret.expose(),
+        );
+        let body = format!(
+            "token={}&token_type_hint=access_token",
+            portcullis_core::oauth2::form_encode(token)
+        );
+        let answer = self
+            .fetch
+            .post_form(&cfg.endpoint, &auth, &body, MAX_INTROSPECTION_BYTES)
+            .await?;
+        #[derive(Deserialize)]
+        struct Active {
+            active: bool,
+        }
+        let active: Active = serde_json::from_slice(&answer)
+            .map_err(|_| FetchError::BadDocument("not an introspection answer"))?;
+        if !active.active {
+            return Ok(Introspected::Inactive);
+        }
+        let Ok(claims) = serde_json::from_slice::<Claims>(&answer) else {
+            return Err(FetchError::BadDocument(
+                "introspection claims of the wrong type",
+            ));
+        };
+        let s = &self.settings;
+        let now = now.as_secs();
+        let leeway = s.leeway_secs.max(0);
+        let fits = claims.iss.as_deref().is_none_or(|i| i == s.issuer)
+            && claims.exp.is_none_or(|e| now < e.saturating_add(leeway))
+            && claims.nbf.is_none_or(|n| now.saturating_add(leeway) >= n)
+            && claims
+                .aud
+                .as_ref()
+                .is_none_or(|a| a.values().iter().any(|v| s.audiences.contains(v)));
+        Ok(if fits {
+            Introspected::Active(Box::new(claims))
+        } else {
+            Introspected::Inactive
+        })
+    }
+
     /// Whether keys were ever fetched.
     pub fn has_keys(&self) -> bool {
         self.current().fetched
@@ -171,6 +282,9 @@ impl ExternalIssuer {
     /// JWKS, and replaces the keys held; on failure the keys held stay. Returns how many keys
     /// are usable.
     pub async fn refresh(&self, now: Timestamp) -> Result<usize, FetchError> {
+        if self.introspects() {
+            return Ok(0);
+        }
         let mut state = self.state.lock().await;
         self.refresh_locked(&mut state, now).await
     }
@@ -430,6 +544,25 @@ pub(crate) mod tests {
                 .cloned()
                 .ok_or(FetchError::Status(404))
         }
+
+        async fn post_form(
+            &self,
+            url: &str,
+            authorization: &str,
+            body: &str,
+            _max: usize,
+        ) -> Result<Vec<u8>, FetchError> {
+            self.gets
+                .lock()
+                .unwrap()
+                .push(format!("POST {url} {authorization} {body}"));
+            self.docs
+                .lock()
+                .unwrap()
+                .get(&format!("{url} {body}"))
+                .cloned()
+                .ok_or(FetchError::Status(404))
+        }
     }
 
     fn settings(jwks_uri: Option<&str>) -> IssuerSettings {
@@ -442,6 +575,7 @@ pub(crate) mod tests {
             typ: None,
             leeway_secs: 30,
             min_refetch: Duration::from_secs(60),
+            introspection: None,
         }
     }
 
@@ -643,6 +777,79 @@ pub(crate) mod tests {
         assert_eq!(
             rfc8414_url("https://idp.example").as_deref(),
             Some("https://idp.example/.well-known/oauth-authorization-server")
+        );
+    }
+
+    #[tokio::test]
+    async fn introspection_answers_are_checked_for_issuer_audience_and_time() {
+        let fetch = Arc::new(FakeFetch::default());
+        let url = "https://idp.example/introspect";
+        let mut cfg = settings(None);
+        cfg.introspection = Some(IntrospectionSettings {
+            endpoint: url.into(),
+            client_id: "gw".into(),
+            client_secret: portcullis_core::secret::Secret::new("s3cr:t".into()),
+            cache_ttl: Duration::from_secs(60),
+        });
+        let i = ExternalIssuer::new(cfg, fetch.clone());
+        assert_eq!(i.refresh(Timestamp::from_secs(NOW)).await.unwrap(), 0);
+        assert_eq!(
+            fetch.gets(),
+            0,
+            "no keys are fetched for an introspected issuer"
+        );
+        let answer = |token: &str, v: serde_json::Value| {
+            fetch.put(
+                &format!("{url} token={token}&token_type_hint=access_token"),
+                v,
+            );
+        };
+        answer(
+            "good",
+            serde_json::json!({"active": true, "iss": ISS, "aud": ["https://api.example"],
+            "exp": NOW + 60, "sub": "u", "client_id": "c", "scope": "a b"}),
+        );
+        answer("bare", serde_json::json!({"active": true}));
+        answer("gone", serde_json::json!({"active": false}));
+        answer(
+            "other-iss",
+            serde_json::json!({"active": true, "iss": "https://evil.example"}),
+        );
+        answer(
+            "other-aud",
+            serde_json::json!({"active": true, "aud": "https://else.example"}),
+        );
+        answer(
+            "expired",
+            serde_json::json!({"active": true, "exp": NOW - 31}),
+        );
+        answer("weird", serde_json::json!({"active": "yes"}));
+        let now = Timestamp::from_secs(NOW);
+        match i.introspect("good", now).await.unwrap() {
+            Introspected::Active(c) => {
+                assert_eq!((c.client(), c.scopes()), (Some("c"), vec!["a", "b"]))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            i.introspect("bare", now).await,
+            Ok(Introspected::Active(_))
+        ));
+        for t in ["gone", "other-iss", "other-aud", "expired"] {
+            assert!(
+                matches!(i.introspect(t, now).await, Ok(Introspected::Inactive)),
+                "{t}"
+            );
+        }
+        assert!(i.introspect("weird", now).await.is_err());
+        assert!(i.introspect("unknown-to-the-fake", now).await.is_err());
+        // Authenticated as RFC 6749 §2.3.1 says: the secret form-encoded, then base64.
+        let first = fetch.gets.lock().unwrap()[0].clone();
+        assert!(
+            first.contains(&portcullis_core::oauth2::basic_authorization(
+                "gw", "s3cr:t"
+            )),
+            "{first}"
         );
     }
 }

@@ -19,10 +19,10 @@ use portcullis_core::dpop::DpopError;
 use portcullis_core::error::TokenError;
 use portcullis_core::identity::Claims as IdentityClaims;
 use portcullis_core::jose::Jws;
-use portcullis_core::jwt::JwtError;
+use portcullis_core::jwt::{self, JwtError};
 use portcullis_core::{AuthError, Identity, RequestParts, Scheme, ScopeSet, Timestamp};
 
-use super::issuers::{ExternalIssuer, Lookup};
+use super::issuers::{ExternalIssuer, Introspected, Lookup, INACTIVE_CACHE_SECS};
 use super::{Authenticated, Authenticator, Consumed, RouteAuth};
 use crate::dpop::{proof_header, DpopChecker, DpopRefusal, ProofRequest};
 use crate::oauth::{verify_own_token, Revocations};
@@ -54,13 +54,16 @@ enum Source {
     External(usize),
 }
 
-/// A verified token, remembered until its `exp`.
+/// A verified token, remembered until its `exp` (an introspected one until its answer's
+/// time is up).
 #[derive(Clone)]
 struct Remembered {
     identity: Identity,
     /// Own tokens: the `jti` the revocations are checked by.
     jti: Option<String>,
     exp: Timestamp,
+    /// Introspected tokens: when the answer stops being used (then the server is asked again).
+    ask_again: Option<Timestamp>,
     /// `cnf.jkt`: the DPoP key the token is bound to.
     jkt: Option<Arc<str>>,
     source: Source,
@@ -79,6 +82,18 @@ enum Quick {
     Done(Authenticated, Option<Arc<str>>),
     /// An external issuer's token whose key is not held: a refetch may find it.
     NeedsKeys(usize),
+    /// A token the external issuer `i` must be asked about (RFC 7662).
+    NeedsIntrospection(usize),
+    /// A bearer token that is not this scheme's (not a JWT, and no introspecting issuer on
+    /// the route, or one of Portcullis's API keys).
+    NotOurs,
+}
+
+/// What [`JwtAuthenticator::verify`] could not finish by itself.
+enum Pending {
+    Keys(usize),
+    Introspection(usize),
+    NotOurs,
 }
 
 /// JWT access tokens from Portcullis's own issuer and from configured external issuers.
@@ -89,6 +104,8 @@ pub struct JwtAuthenticator {
     dpop: Arc<DpopChecker>,
     external: Vec<Arc<ExternalIssuer>>,
     cache: quick_cache::sync::Cache<[u8; 32], Remembered>,
+    /// Tokens an introspecting issuer called inactive, until when that answer stands.
+    inactive: quick_cache::sync::Cache<[u8; 32], Timestamp>,
     challenges: Vec<String>,
 }
 
@@ -106,6 +123,7 @@ impl JwtAuthenticator {
             dpop,
             external: Vec::new(),
             cache: quick_cache::sync::Cache::new(config.cache_capacity.max(1)),
+            inactive: quick_cache::sync::Cache::new((config.cache_capacity / 10).max(1)),
             challenges: vec![
                 "Bearer realm=\"portcullis\"".to_owned(),
                 format!(
@@ -164,14 +182,14 @@ impl JwtAuthenticator {
         }
     }
 
-    /// Verifies a token not in the cache. `Ok(Err(i))`: external issuer `i`'s key for it is
-    /// not held (a refetch may find it).
+    /// Verifies a token not in the cache, or says what it needs first.
     fn verify(
         &self,
         token: &str,
         digest: &[u8; 32],
+        route: &RouteAuth,
         now: Timestamp,
-    ) -> Result<Result<Remembered, usize>, AuthError> {
+    ) -> Result<Result<Remembered, Pending>, AuthError> {
         let refuse = |e: JwtError| match e {
             JwtError::Expired => AuthError::Token(TokenError::Expired),
             other => {
@@ -179,6 +197,16 @@ impl JwtAuthenticator {
                 AuthError::Token(TokenError::Invalid)
             }
         };
+        if token.split('.').count() != 3 {
+            // Opaque: the introspecting issuer the route trusts, if any, is asked; never
+            // about one of our own API keys (it would learn the key).
+            return Ok(Err(match self.introspector(route) {
+                Some(i) if portcullis_core::api_key::is_native(token).is_err() => {
+                    Pending::Introspection(i)
+                }
+                _ => Pending::NotOurs,
+            }));
+        }
         let jws = Jws::parse(token, MAX_TOKEN_BYTES).map_err(|e| refuse(e.into()))?;
         let source = self.source(&jws)?;
         let (claims, proof, name) = match source {
@@ -195,12 +223,15 @@ impl JwtAuthenticator {
                 .map_err(refuse)?;
                 (c, p, None)
             }
+            Source::External(i) if self.external[i].introspects() => {
+                return Ok(Err(Pending::Introspection(i)));
+            }
             Source::External(i) => {
                 let issuer = &self.external[i];
                 let Lookup::Found(key, algorithms) =
                     issuer.lookup(jws.header().kid.as_deref(), jws.algorithm())
                 else {
-                    return Ok(Err(i));
+                    return Ok(Err(Pending::Keys(i)));
                 };
                 let (c, p) = issuer
                     .verify(&jws, &key, &algorithms, now)
@@ -208,65 +239,106 @@ impl JwtAuthenticator {
                 (c, p, Some(issuer.settings().name.as_str()))
             }
         };
-        let invalid = AuthError::Token(TokenError::Invalid);
-        let scopes = ScopeSet::parse(claims.scopes()).map_err(|_| invalid.clone())?;
-        let jkt = match claims.cnf.as_ref().map(|c| c.jkt.as_deref()) {
-            None => None,
-            Some(Some(j)) if !j.is_empty() && j.len() <= 128 => Some(Arc::from(j)),
-            // A confirmation this scheme cannot check (a certificate binding): never ignored.
-            Some(_) => return Err(invalid),
+        let identity = |claims: jwt::Claims, credential: String, exp| {
+            Identity::from_jwt(proof, identity_claims(claims, credential, exp))
         };
-        let exp = Timestamp::from_secs(claims.exp.unwrap_or_default());
-        // Own tokens always carry a jti (the revocations go by it); an external one may not:
-        // it is then named by a prefix of the token's hash.
-        let (jti, credential) = match (name, claims.jti.as_deref()) {
-            (None, Some(j)) => (Some(j.to_owned()), format!("jwt:{j}")),
-            (None, None) => return Err(invalid),
-            (Some(n), Some(j)) if j.len() <= 256 => (None, format!("jwt:{n}:{j}")),
-            (Some(n), _) => (None, format!("jwt:{n}:#{}", crypto::hex(&digest[..8]))),
-        };
-        let identity = Identity::from_jwt(
-            proof,
-            IdentityClaims {
-                client_id: claims.client().map(Into::into),
-                subject: claims.sub.map(Into::into),
-                scopes,
-                credential_id: credential.into(),
-                expires_at: Some(exp),
-            },
-        );
-        Ok(Ok(Remembered {
-            identity,
-            jti,
-            exp,
-            jkt,
-            source,
-        }))
+        remember(claims, name, digest, source, None, identity).map(Ok)
     }
 
-    /// The verified token, from the cache or verified now; `Ok(Err(i))` as in
-    /// [`JwtAuthenticator::verify`].
+    /// The first issuer trusted on `route` that introspects its tokens.
+    fn introspector(&self, route: &RouteAuth) -> Option<usize> {
+        (0..self.external.len())
+            .find(|&i| self.external[i].introspects() && self.trusted(route, Source::External(i)))
+    }
+
+    /// Asks issuer `i` about `token`, remembering the answer (an active one until its `exp`
+    /// or the issuer's `cache_ttl`, whichever is first; an inactive one briefly).
+    async fn introspect(
+        &self,
+        i: usize,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<Remembered, AuthError> {
+        let issuer = &self.external[i];
+        let digest = crypto::sha256(token.as_bytes());
+        let invalid = AuthError::Token(TokenError::Invalid);
+        match issuer.introspect(token, now).await {
+            Ok(Introspected::Active(claims)) => {
+                let ttl = issuer.settings().introspection.as_ref().map_or(0, |c| {
+                    i64::try_from(c.cache_ttl.as_millis()).unwrap_or(i64::MAX)
+                });
+                let until = claims.exp.map_or(now.plus_millis(ttl), |e| {
+                    Timestamp::from_secs(e).min(now.plus_millis(ttl))
+                });
+                let claims = jwt::Claims {
+                    // Without exp the answer's time bounds it.
+                    exp: claims.exp.or(Some(until.as_secs())),
+                    ..*claims
+                };
+                let name = issuer.settings().name.as_str();
+                let r = remember(
+                    claims,
+                    Some(name),
+                    &digest,
+                    Source::External(i),
+                    Some(until),
+                    |c, cred, exp| {
+                        // Proven by the issuer's answer, not by a signature here.
+                        let c = identity_claims(c, cred, exp);
+                        Identity {
+                            schemes: portcullis_core::identity::SchemeSet::one(Scheme::Jwt),
+                            client_id: c.client_id,
+                            subject: c.subject,
+                            scopes: c.scopes,
+                            credential_id: c.credential_id,
+                            expires_at: c.expires_at,
+                        }
+                    },
+                )?;
+                self.cache.insert(digest, r.clone());
+                Ok(r)
+            }
+            Ok(Introspected::Inactive) => {
+                self.inactive
+                    .insert(digest, now.plus_millis(INACTIVE_CACHE_SECS * 1000));
+                Err(invalid)
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %issuer.settings().name, error = %e, "token introspection failed");
+                Err(AuthError::Unavailable)
+            }
+        }
+    }
+
+    /// The verified token, from the cache or verified now, or what it needs first.
     fn remembered(
         &self,
         token: &str,
+        route: &RouteAuth,
         now: Timestamp,
-    ) -> Result<Result<Remembered, usize>, AuthError> {
+    ) -> Result<Result<Remembered, Pending>, AuthError> {
         let digest = crypto::sha256(token.as_bytes());
         let leeway = self.config.leeway_secs.saturating_mul(1000);
         match self.cache.get(&digest) {
-            Some(r) if now < r.exp.plus_millis(leeway) => Ok(Ok(r)),
+            Some(r) if r.ask_again.is_some_and(|t| now >= t) => {
+                // An introspection answer whose time is up: ask again.
+                self.cache.remove(&digest);
+            }
+            Some(r) if now < r.exp.plus_millis(leeway) => return Ok(Ok(r)),
             Some(_) => {
                 self.cache.remove(&digest);
-                Err(AuthError::Token(TokenError::Expired))
+                return Err(AuthError::Token(TokenError::Expired));
             }
-            None => {
-                let r = self.verify(token, &digest, now)?;
-                if let Ok(r) = &r {
-                    self.cache.insert(digest, r.clone());
-                }
-                Ok(r)
-            }
+            None => {}
         }
+        if self.inactive.get(&digest).is_some_and(|until| now < until) {
+            return Err(AuthError::Token(TokenError::Invalid));
+        }
+        let r = self.verify(token, &digest, route, now)?;
+        if let Ok(r) = &r {
+            self.cache.insert(digest, r.clone());
+        }
+        Ok(r)
     }
 
     /// What the route makes of a verified token: trusted issuer, not revoked.
@@ -300,23 +372,37 @@ impl JwtAuthenticator {
         route: &RouteAuth,
         now: Timestamp,
     ) -> Result<Quick, AuthError> {
-        match self.remembered(token, now)? {
+        // The common case of a bearer that is not ours (an API key), without hashing it.
+        if token.split('.').count() != 3 && self.introspector(route).is_none() {
+            return Ok(Quick::NotOurs);
+        }
+        match self.remembered(token, route, now)? {
             Ok(r) => self.admit(r, route),
-            Err(i) => Ok(Quick::NeedsKeys(i)),
+            Err(Pending::Keys(i)) => Ok(Quick::NeedsKeys(i)),
+            Err(Pending::Introspection(i)) => Ok(Quick::NeedsIntrospection(i)),
+            Err(Pending::NotOurs) => Ok(Quick::NotOurs),
         }
     }
 
-    /// The decision, refetching an external issuer's keys once if the token's is not held.
+    /// The decision, refetching an external issuer's keys once if the token's is not held,
+    /// or asking the issuer about it; `Ok(None)`: not this scheme's token.
+    #[allow(clippy::type_complexity)]
     async fn decide(
         &self,
         token: &str,
         route: &RouteAuth,
         now: Timestamp,
-    ) -> Result<(Authenticated, Option<Arc<str>>), AuthError> {
+    ) -> Result<Option<(Authenticated, Option<Arc<str>>)>, AuthError> {
         let quick = match self.decide_now(token, route, now)? {
-            // No fetch on behalf of a route that would refuse the token anyway.
-            Quick::NeedsKeys(i) if !self.trusted(route, Source::External(i)) => {
+            // No fetch or question on behalf of a route that would refuse the token anyway.
+            Quick::NeedsKeys(i) | Quick::NeedsIntrospection(i)
+                if !self.trusted(route, Source::External(i)) =>
+            {
                 return Err(AuthError::Token(TokenError::Invalid));
+            }
+            Quick::NeedsIntrospection(i) => {
+                let r = self.introspect(i, token, now).await?;
+                self.admit(r, route)?
             }
             Quick::NeedsKeys(i) => {
                 let issuer = &self.external[i];
@@ -340,8 +426,11 @@ impl JwtAuthenticator {
             done => done,
         };
         match quick {
-            Quick::Done(a, jkt) => Ok((a, jkt)),
-            Quick::NeedsKeys(_) => Err(AuthError::Token(TokenError::Invalid)),
+            Quick::Done(a, jkt) => Ok(Some((a, jkt))),
+            Quick::NotOurs => Ok(None),
+            Quick::NeedsKeys(_) | Quick::NeedsIntrospection(_) => {
+                Err(AuthError::Token(TokenError::Invalid))
+            }
         }
     }
 
@@ -353,7 +442,10 @@ impl JwtAuthenticator {
         token: &str,
         now: Timestamp,
     ) -> Result<Authenticated, AuthError> {
-        let (authenticated, jkt) = self.decide(token, route, now).await?;
+        let (authenticated, jkt) = self
+            .decide(token, route, now)
+            .await?
+            .ok_or(AuthError::Token(TokenError::Invalid))?;
         // An unbound token proves nothing more for being sent as DPoP.
         let jkt = jkt.ok_or(AuthError::Token(TokenError::Invalid))?;
         let refused = |why: &dyn std::fmt::Display| {
@@ -386,12 +478,63 @@ impl JwtAuthenticator {
     }
 }
 
-/// The token, if `Authorization` is `Bearer` with something JWS-shaped (three dot-separated
-/// parts; another bearer, an API key, is not this scheme's) or `DPoP` (ours whatever it is).
+/// The facts of a verified token's claims.
+fn identity_claims(claims: jwt::Claims, credential: String, exp: Timestamp) -> IdentityClaims {
+    IdentityClaims {
+        client_id: claims.client().map(Into::into),
+        subject: claims.sub.map(Into::into),
+        scopes: ScopeSet::default(),
+        credential_id: credential.into(),
+        expires_at: Some(exp),
+    }
+}
+
+/// What is remembered of a verified token: its identity (made by `identity` from the claims,
+/// the credential id and the expiry), `jti` for revocation (own tokens), and its DPoP key.
+fn remember(
+    claims: jwt::Claims,
+    issuer_name: Option<&str>,
+    digest: &[u8; 32],
+    source: Source,
+    ask_again: Option<Timestamp>,
+    identity: impl FnOnce(jwt::Claims, String, Timestamp) -> Identity,
+) -> Result<Remembered, AuthError> {
+    let invalid = AuthError::Token(TokenError::Invalid);
+    let scopes = ScopeSet::parse(claims.scopes()).map_err(|_| invalid.clone())?;
+    let jkt = match claims.cnf.as_ref().map(|c| c.jkt.as_deref()) {
+        None => None,
+        Some(Some(j)) if !j.is_empty() && j.len() <= 128 => Some(Arc::from(j)),
+        // A confirmation this scheme cannot check (a certificate binding): never ignored.
+        Some(_) => return Err(invalid),
+    };
+    let exp = Timestamp::from_secs(claims.exp.unwrap_or_default());
+    // Own tokens always carry a jti (the revocations go by it); an external one may not:
+    // it is then named by a prefix of the token's hash.
+    let (jti, credential) = match (issuer_name, claims.jti.as_deref()) {
+        (None, Some(j)) => (Some(j.to_owned()), format!("jwt:{j}")),
+        (None, None) => return Err(invalid),
+        (Some(n), Some(j)) if j.len() <= 256 => (None, format!("jwt:{n}:{j}")),
+        (Some(n), _) => (None, format!("jwt:{n}:#{}", crypto::hex(&digest[..8]))),
+    };
+    let mut identity = identity(claims, credential, exp);
+    identity.scopes = scopes;
+    Ok(Remembered {
+        identity,
+        jti,
+        exp,
+        ask_again,
+        jkt,
+        source,
+    })
+}
+
+/// The token, if `Authorization` is `Bearer` (whether it is this scheme's is decided later:
+/// a JWT, or an opaque token where an introspecting issuer is trusted) or `DPoP` (ours
+/// whatever it is).
 fn presented<'r>(req: &RequestParts<'r>) -> Result<Option<Presented<'r>>, AuthError> {
     let invalid = AuthError::Token(TokenError::Invalid);
     if let Some(t) = super::bearer_token(req).map_err(|()| invalid.clone())? {
-        return Ok((t.split('.').count() == 3).then_some(Presented::Bearer(t)));
+        return Ok(Some(Presented::Bearer(t)));
     }
     let v = req
         .single_header(&http::header::AUTHORIZATION)
@@ -450,8 +593,9 @@ impl Authenticator for JwtAuthenticator {
                 // A bound token used as a bearer one: whoever holds it without the key may
                 // not use it (RFC 9449 §7.2).
                 Ok(Quick::Done(_, Some(_))) => Some(Err(AuthError::Token(TokenError::Invalid))),
-                // An issuer's key to fetch first.
-                Ok(Quick::NeedsKeys(_)) => None,
+                Ok(Quick::NotOurs) => Some(Ok(None)),
+                // An issuer's key to fetch, or an issuer to ask, first.
+                Ok(Quick::NeedsKeys(_) | Quick::NeedsIntrospection(_)) => None,
                 Err(e) => Some(Err(e)),
             },
         }
@@ -470,8 +614,9 @@ impl Authenticator for JwtAuthenticator {
             None => Ok(None),
             Some(Presented::Dpop(t)) => self.decide_dpop(req, route, t, now).await.map(Some),
             Some(Presented::Bearer(t)) => match self.decide(t, route, now).await? {
-                (a, None) => Ok(Some(a)),
-                (_, Some(_)) => Err(AuthError::Token(TokenError::Invalid)),
+                None => Ok(None),
+                Some((a, None)) => Ok(Some(a)),
+                Some((_, Some(_))) => Err(AuthError::Token(TokenError::Invalid)),
             },
         }
     }
@@ -554,6 +699,7 @@ mod tests {
                 typ: None,
                 leeway_secs: 30,
                 min_refetch: std::time::Duration::from_secs(60),
+                introspection: None,
             },
             fetch,
         ))
@@ -972,5 +1118,101 @@ mod tests {
                 .unwrap_err(),
             AuthError::Unavailable
         );
+    }
+
+    #[tokio::test]
+    async fn opaque_tokens_are_introspected_where_an_introspecting_issuer_is_trusted() {
+        use crate::authn::issuers::tests::FakeFetch;
+        use crate::authn::issuers::{IntrospectionSettings, IssuerSettings};
+        let (a, _ring) = setup().await;
+        let fetch = Arc::new(FakeFetch::default());
+        let endpoint = "https://as.example/introspect";
+        let answer = |token: &str, v: serde_json::Value| {
+            fetch.put(
+                &format!("{endpoint} token={token}&token_type_hint=access_token"),
+                v,
+            );
+        };
+        answer(
+            "opaque-1",
+            serde_json::json!({"active": true, "client_id": "partner",
+            "scope": "read:echo", "exp": NOW + 600, "jti": "o1"}),
+        );
+        answer("opaque-2", serde_json::json!({"active": false}));
+        let issuer = Arc::new(ExternalIssuer::new(
+            IssuerSettings {
+                name: "as".into(),
+                issuer: "https://as.example".into(),
+                jwks_uri: None,
+                algorithms: vec![Algorithm::Rs256],
+                audiences: vec!["https://api.example".into()],
+                typ: None,
+                leeway_secs: 0,
+                min_refetch: std::time::Duration::from_secs(60),
+                introspection: Some(IntrospectionSettings {
+                    endpoint: endpoint.into(),
+                    client_id: "gw".into(),
+                    client_secret: portcullis_core::secret::Secret::new("s".into()),
+                    cache_ttl: std::time::Duration::from_secs(30),
+                }),
+            },
+            fetch.clone(),
+        ));
+        let a = a.with_issuers(vec![issuer]);
+        let trusting = RouteAuth {
+            jwt_issuers: Some(vec!["as".to_owned()].into()),
+            ..RouteAuth::default()
+        };
+        let call = |token: &str, route: &RouteAuth, at: i64| {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                http::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().unwrap(),
+            );
+            let route = route.clone();
+            let a = &a;
+            async move {
+                a.authenticate(&get(&h, None), &route, Timestamp::from_secs(at))
+                    .await
+            }
+        };
+        let ok = call("opaque-1", &trusting, NOW).await.unwrap().unwrap();
+        assert_eq!(ok.identity.client_id.as_deref(), Some("partner"));
+        assert_eq!(ok.identity.credential_id.as_ref(), "jwt:as:o1");
+        assert_eq!(fetch.gets(), 1);
+        // From the cache within its time; asked again after it.
+        assert!(call("opaque-1", &trusting, NOW + 29).await.is_ok());
+        assert_eq!(fetch.gets(), 1);
+        assert!(call("opaque-1", &trusting, NOW + 31).await.is_ok());
+        assert_eq!(fetch.gets(), 2);
+        // Inactive: refused, and not asked again at once.
+        let invalid = AuthError::Token(TokenError::Invalid);
+        assert_eq!(call("opaque-2", &trusting, NOW).await.unwrap_err(), invalid);
+        assert_eq!(
+            call("opaque-2", &trusting, NOW + 1).await.unwrap_err(),
+            invalid
+        );
+        assert_eq!(fetch.gets(), 3);
+        // The server cannot answer: fail closed, as unavailable.
+        assert_eq!(
+            call("opaque-3", &trusting, NOW).await.unwrap_err(),
+            AuthError::Unavailable
+        );
+        // A route that does not trust it: an opaque bearer is not this scheme's (nothing
+        // asked); nor is one of our API keys, anywhere.
+        let before = fetch.gets();
+        assert!(call("opaque-1", &RouteAuth::default(), NOW + 100)
+            .await
+            .unwrap()
+            .is_none());
+        let key = portcullis_core::api_key::generate(
+            &portcullis_core::api_key::Prefix::new("pk_test").unwrap(),
+            &[7; 32],
+        );
+        assert!(call(key.key.expose(), &trusting, NOW)
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(fetch.gets(), before);
     }
 }

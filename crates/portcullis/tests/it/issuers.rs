@@ -22,6 +22,8 @@ struct Idp {
     docs: Arc<Mutex<HashMap<String, (u16, String)>>>,
     hits: Arc<Mutex<HashMap<String, usize>>>,
     total: Arc<AtomicUsize>,
+    /// The `Authorization` of each POST.
+    posts: Arc<Mutex<Vec<String>>>,
 }
 
 impl Idp {
@@ -40,7 +42,19 @@ impl Idp {
                         move |req: hyper::Request<hyper::body::Incoming>| {
                             let idp = idp.clone();
                             async move {
-                                let path = req.uri().path().to_owned();
+                                use http_body_util::BodyExt as _;
+                                let mut path = req.uri().path().to_owned();
+                                if req.method() == hyper::Method::POST {
+                                    let auth = req
+                                        .headers()
+                                        .get("authorization")
+                                        .and_then(|v| v.to_str().ok())
+                                        .unwrap_or("")
+                                        .to_owned();
+                                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                                    idp.posts.lock().unwrap().push(auth);
+                                    path = format!("{path} {}", String::from_utf8_lossy(&body));
+                                }
                                 idp.total.fetch_add(1, Ordering::SeqCst);
                                 *idp.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
                                 let (status, body) = idp
@@ -366,4 +380,98 @@ fn issuer_settings_are_checked_at_load() {
         "algorithms = [\"ES256\", \"EdDSA\"]\ntyp = \"at+jwt\"",
     ));
     assert_eq!(code, 0, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tokens_are_checked_by_introspection_at_the_issuer() {
+    let idp = Idp::start().await;
+    let answer = |token: &str, v: Value| {
+        idp.put(
+            &format!("/introspect token={token}&token_type_hint=access_token"),
+            200,
+            v,
+        );
+    };
+    answer(
+        "opaque-good",
+        json!({"active": true, "client_id": "partner", "sub": "carol", "scope": "read:orders",
+            "exp": now() + 600, "iss": idp.issuer(), "aud": "orders-api"}),
+    );
+    answer("opaque-revoked", json!({"active": false}));
+    answer(
+        "opaque-elsewhere",
+        json!({"active": true, "aud": "billing-api", "scope": "read:orders"}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("as.secret"), "gw-secret\n").unwrap();
+    let cfg = format!(
+        r#"
+[[issuers]]
+name = "legacy-as"
+issuer = "{iss}"
+audiences = ["orders-api"]
+introspection_endpoint = "{base}/introspect"
+introspection_client_id = "gateway"
+introspection_client_secret_file = "as.secret"
+introspection_cache_ttl = "1h"
+
+[[routes]]
+name = "legacy"
+path_prefix = "/legacy"
+upstream = "builtin:echo"
+policy = {{ any = ["api_key", "jwt"] }}
+jwt_issuers = ["legacy-as"]
+scopes = ["read:orders"]
+
+[[routes]]
+name = "own-only"
+path_prefix = "/own"
+upstream = "builtin:echo"
+policy = "jwt"
+"#,
+        iss = idp.issuer(),
+        base = idp.base
+    );
+    let s = Server::start_in(dir.path(), Some(&cfg));
+    assert_eq!(
+        idp.total.load(Ordering::SeqCst),
+        0,
+        "nothing fetched for it at start"
+    );
+
+    let r = bearer(&s, "/legacy/a", "opaque-good").await;
+    assert_eq!(r.status(), 200);
+    let h = json_of(r).await["headers"].clone();
+    assert_eq!(h["x-portcullis-scheme"], "jwt");
+    assert_eq!(h["x-portcullis-client"], "partner");
+    assert_eq!(h["x-portcullis-subject"], "carol");
+    // Asked once, as a client with client_secret_basic; then from the cache.
+    assert_eq!(bearer(&s, "/legacy/b", "opaque-good").await.status(), 200);
+    assert_eq!(
+        idp.posts.lock().unwrap().clone(),
+        vec![portcullis_core::oauth2::basic_authorization(
+            "gateway",
+            "gw-secret"
+        )]
+    );
+    for (t, code) in [
+        ("opaque-revoked", "invalid_token"),
+        ("opaque-elsewhere", "invalid_token"),
+    ] {
+        let r = bearer(&s, "/legacy/a", t).await;
+        assert_eq!(r.status(), 401);
+        assert_eq!(json_of(r).await["error"], code);
+    }
+    // Our API keys still work on the route and are never sent to the issuer.
+    let (_, key) = s.create_key("app", "read:orders");
+    let asked = idp.posts.lock().unwrap().len();
+    assert_eq!(bearer(&s, "/legacy/k", &key).await.status(), 200);
+    assert_eq!(idp.posts.lock().unwrap().len(), asked);
+    // A route that does not trust the issuer does not ask it.
+    assert_eq!(bearer(&s, "/own/x", "opaque-good").await.status(), 401);
+    assert_eq!(idp.posts.lock().unwrap().len(), asked);
+    // The issuer cannot answer a new token: fail closed, 503.
+    let r = bearer(&s, "/legacy/a", "opaque-unknown").await;
+    assert_eq!(r.status(), 503);
+    assert!(!s.output().contains("gw-secret"));
 }
