@@ -148,6 +148,15 @@ fn idp_token(idp: &Idp, key: &SigningKey, kid: &str, extra: Value) -> String {
     sign_compact(key, kid, None, c.to_string().as_bytes()).unwrap()
 }
 
+/// A route for Portcullis's own tokens only (the default `jwt_issuers`).
+const OWN_ONLY: &str = r#"
+[[routes]]
+name = "own-only"
+path_prefix = "/own"
+upstream = "builtin:echo"
+policy = "jwt"
+"#;
+
 fn config(idp: &Idp, min_refetch: &str, extra: &str) -> String {
     format!(
         r#"
@@ -166,15 +175,9 @@ upstream = "builtin:echo"
 policy = "jwt"
 jwt_issuers = ["idp", "portcullis"]
 scopes = ["read:orders"]
-
-[[routes]]
-name = "own-only"
-path_prefix = "/own"
-upstream = "builtin:echo"
-policy = "jwt"
 "#,
         iss = idp.issuer()
-    )
+    ) + OWN_ONLY
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,16 +425,10 @@ upstream = "builtin:echo"
 policy = {{ any = ["api_key", "jwt"] }}
 jwt_issuers = ["legacy-as"]
 scopes = ["read:orders"]
-
-[[routes]]
-name = "own-only"
-path_prefix = "/own"
-upstream = "builtin:echo"
-policy = "jwt"
 "#,
         iss = idp.issuer(),
         base = idp.base
-    );
+    ) + OWN_ONLY;
     let s = Server::start_in(dir.path(), Some(&cfg));
     assert_eq!(
         idp.total.load(Ordering::SeqCst),
