@@ -949,3 +949,90 @@ policy = "api_key"
     let h = seen("/plain/a").await;
     assert!(h.get("x-portcullis-identity").is_none(), "{h}");
 }
+
+/// The `oauth2` crate's HTTP client, over reqwest.
+async fn oauth2_http(req: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, std::io::Error> {
+    let (parts, body) = req.into_parts();
+    let mut r = client()
+        .request(parts.method, parts.uri.to_string())
+        .body(body);
+    for (n, v) in &parts.headers {
+        r = r.header(n, v);
+    }
+    let resp = r.send().await.map_err(std::io::Error::other)?;
+    let mut out = http::Response::builder().status(resp.status());
+    for (n, v) in resp.headers() {
+        out = out.header(n, v);
+    }
+    let body = resp.bytes().await.map_err(std::io::Error::other)?.to_vec();
+    out.body(body).map_err(std::io::Error::other)
+}
+
+#[tokio::test]
+async fn the_rust_oauth2_crate_gets_tokens_with_either_secret_method() {
+    use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicTokenType};
+    use oauth2::{
+        AuthType, ClientId, ClientSecret, RequestTokenError, Scope, TokenResponse, TokenUrl,
+    };
+    let s = Server::start(None);
+    for method in ["client_secret_basic", "client_secret_post"] {
+        let c = s.cli_json(&[
+            "clients",
+            "create",
+            "--name",
+            "rs",
+            "--scopes",
+            "read:echo,write:echo",
+            "--auth-method",
+            method,
+        ]);
+        let id = c["client_id"].as_str().unwrap().to_owned();
+        let secret = c["client_secret"].as_str().unwrap().to_owned();
+        let auth_type = if method == "client_secret_basic" {
+            AuthType::BasicAuth
+        } else {
+            AuthType::RequestBody
+        };
+        let token_url = TokenUrl::new(s.url("/oauth2/token")).unwrap();
+        let client = BasicClient::new(ClientId::new(id.clone()))
+            .set_client_secret(ClientSecret::new(secret))
+            .set_auth_type(auth_type.clone())
+            .set_token_uri(token_url.clone());
+        let token = client
+            .exchange_client_credentials()
+            .add_scope(Scope::new("read:echo".into()))
+            .request_async(&oauth2_http)
+            .await
+            .unwrap();
+        assert_eq!(*token.token_type(), BasicTokenType::Bearer);
+        assert_eq!(
+            token
+                .scopes()
+                .map(|v| v.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+            Some(vec!["read:echo".to_owned()])
+        );
+        assert!(token.expires_in().is_some_and(|d| d.as_secs() <= 900));
+        let r = bearer(&s, "/jwt/echo/rs", token.access_token().secret()).await;
+        assert_eq!(r.status(), 200, "{method}");
+        assert_eq!(
+            json_of(r).await["headers"]["x-portcullis-client"],
+            id.as_str()
+        );
+
+        // A wrong secret: the crate reads our RFC 6749 §5.2 answer as invalid_client.
+        let wrong = BasicClient::new(ClientId::new(id))
+            .set_client_secret(ClientSecret::new("pcs_wrong".into()))
+            .set_auth_type(auth_type)
+            .set_token_uri(token_url);
+        match wrong
+            .exchange_client_credentials()
+            .request_async(&oauth2_http)
+            .await
+        {
+            Err(RequestTokenError::ServerResponse(e)) => {
+                assert_eq!(*e.error(), BasicErrorResponseType::InvalidClient)
+            }
+            other => panic!("{method}: {other:?}"),
+        }
+    }
+}
