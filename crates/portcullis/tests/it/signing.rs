@@ -162,3 +162,64 @@ async fn the_master_key_can_come_from_the_environment_and_is_checked() {
     );
     assert!(!err.contains("not hex"), "the value is not echoed: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_fails_while_the_signing_key_rotates_under_load() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let s = Server::start(None);
+    let (id, secret) = register(&s, "read:echo");
+    let fresh_token = || async {
+        let r = token_form(&s, Some((&id, &secret)), "grant_type=client_credentials").await;
+        assert_eq!(r.status(), 200);
+        json_of(r).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let kid = |t: &str| {
+        portcullis_core::jose::Jws::parse(t, 16 * 1024)
+            .unwrap()
+            .header()
+            .kid
+            .clone()
+            .unwrap()
+    };
+    // Issued before any rotation: it must keep working to its expiry.
+    let before = fresh_token().await;
+    let done = AtomicUsize::new(0);
+    let failures = AtomicUsize::new(0);
+    let kids = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let worker = || async {
+        for _ in 0..60 {
+            let t = fresh_token().await;
+            kids.lock().unwrap().insert(kid(&t));
+            for token in [&t, &before] {
+                if bearer(&s, "/jwt/echo/load", token).await.status() != 200 {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            done.fetch_add(1, Ordering::SeqCst);
+        }
+    };
+    let rotator = async {
+        // Two rotations that sign at once (no lead time), each with requests in flight.
+        for (at, alg) in [(30, "ES256"), (90, "EdDSA")] {
+            while done.load(Ordering::SeqCst) < at {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            let r = s
+                .admin()
+                .post(s.url("/admin/v1/signing-keys/rotate"))
+                .json(&serde_json::json!({"algorithm": alg, "lead_time": "0s"}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+        }
+    };
+    tokio::join!(worker(), worker(), worker(), rotator);
+    assert_eq!(failures.load(Ordering::SeqCst), 0);
+    assert_eq!(done.load(Ordering::SeqCst), 180);
+    assert_eq!(kids.lock().unwrap().len(), 3, "both rotations took effect");
+    assert_eq!(bearer(&s, "/jwt/echo/after", &before).await.status(), 200);
+}
