@@ -84,6 +84,8 @@ def test_a_wrong_secret_is_invalid_client_with_a_basic_challenge(server: Server)
 PRIVATE_KEYS = {
     "ES256": lambda: ECKey.generate_key("P-256"),
     "EdDSA": lambda: OKPKey.generate_key("Ed25519"),
+    # RFC 9864's fully-specified name, which joserfc prefers: the same signature.
+    "Ed25519": lambda: OKPKey.generate_key("Ed25519"),
     "RS256": lambda: RSAKey.generate_key(2048),
 }
 

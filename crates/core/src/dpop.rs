@@ -223,7 +223,10 @@ pub fn verify_proof(
         .filter(|a| a.is_asymmetric() && check.algorithms.contains(a))
         .ok_or(DpopError::AlgorithmNotAllowed)?;
     let jwk = header_jwk(proof)?;
-    if jwk.alg.as_deref().is_some_and(|a| a != alg.name())
+    if jwk
+        .alg
+        .as_deref()
+        .is_some_and(|a| Algorithm::from_name(a) != Some(alg))
         || jwk.use_.as_deref().is_some_and(|u| u != "sig")
     {
         return Err(DpopError::BadKey);

@@ -56,7 +56,14 @@ impl Algorithm {
     }
 
     /// The algorithm named exactly `name` (names are case-sensitive, RFC 7515 §4.1.1).
+    /// `Ed25519`, RFC 9864's fully-specified name for EdDSA on Ed25519 (the only EdDSA curve
+    /// Portcullis takes), is [`Algorithm::EdDsa`] too: newer libraries (joserfc) sign with
+    /// it, and the operation is the same. Portcullis itself still writes `EdDSA`, which
+    /// every verifier knows.
     pub fn from_name(name: &str) -> Option<Self> {
+        if name == "Ed25519" {
+            return Some(Self::EdDsa);
+        }
         Self::ALL.into_iter().find(|a| a.name() == name)
     }
 
@@ -709,5 +716,24 @@ mod tests {
                 .unwrap_err(),
             JoseError::BadSignature
         );
+    }
+
+    #[test]
+    fn rfc9864_ed25519_names_the_same_verification_as_eddsa() {
+        assert_eq!(Algorithm::from_name("Ed25519"), Some(Algorithm::EdDsa));
+        assert_eq!(Algorithm::from_name("ed25519"), None);
+        let key = SigningKey::generate(Algorithm::EdDsa).unwrap();
+        let input = format!(
+            "{}.{}",
+            b64_encode(br#"{"alg":"Ed25519"}"#),
+            b64_encode(b"{}")
+        );
+        let token = format!(
+            "{input}.{}",
+            b64_encode(&key.sign(input.as_bytes()).unwrap())
+        );
+        let jws = Jws::parse(&token, MAX_TOKEN_LEN).unwrap();
+        assert_eq!(jws.algorithm(), Some(Algorithm::EdDsa));
+        assert!(jws.verify(&key.public_key(), &[Algorithm::EdDsa]).is_ok());
     }
 }
