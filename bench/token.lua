@@ -11,6 +11,8 @@ local out = nil
 local path = os.getenv("TOKENS_OUT")
 if path and path ~= "" then
     out = io.open(path, "a")
+    -- One write(2) per token, in append mode: wrk's threads do not interleave their lines.
+    out:setvbuf("line")
 end
 
 response = function(status, headers, body)
@@ -19,7 +21,7 @@ response = function(status, headers, body)
     elseif out then
         local t = string.match(body, '"access_token":"([^"]+)"')
         if t then
-            out:write(t, "\n")
+            out:write(t .. "\n")
         end
     end
 end

@@ -13,7 +13,8 @@ use portcullis_core::Timestamp;
 
 const ISS: &str = "https://issuer.example";
 const AUD: &str = "https://api.example";
-const NOW: i64 = 1_800_000_000;
+// In the past: jsonwebtoken checks nbf against the real clock (its exp check is off).
+const NOW: i64 = 1_700_000_000;
 
 fn claims() -> serde_json::Value {
     serde_json::json!({"iss": ISS, "sub": "svc", "aud": AUD, "exp": NOW + 900, "iat": NOW,

@@ -143,6 +143,88 @@ pub struct IssuerConfig {
     pub access_token_lifetime: Duration,
 }
 
+/// The registered clients with a bounded cache of `find_client` in front (the token and
+/// introspection endpoints read a client per request). Changes made through it —
+/// `ClientAdmin` uses the same one — drop the entry at once; a change made elsewhere (another
+/// instance) is seen after at most the TTL, as is a change racing a read.
+pub struct CachedClients {
+    inner: Arc<dyn OAuthClients>,
+    clock: Arc<dyn Clock>,
+    ttl_ms: i64,
+    cache: quick_cache::sync::Cache<String, (ClientRecord, Timestamp)>,
+}
+
+impl CachedClients {
+    /// `inner`, with up to `capacity` clients remembered for `ttl` each.
+    pub fn new(
+        inner: Arc<dyn OAuthClients>,
+        clock: Arc<dyn Clock>,
+        capacity: usize,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            inner,
+            clock,
+            ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+            cache: quick_cache::sync::Cache::new(capacity.max(1)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl OAuthClients for CachedClients {
+    async fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError> {
+        self.inner.insert_client(client).await
+    }
+
+    async fn find_client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        let now = self.clock.now();
+        if let Some((c, until)) = self.cache.get(id) {
+            if now < until {
+                return Ok(Some(c));
+            }
+        }
+        let found = self.inner.find_client(id).await?;
+        // Unknown ids are not remembered: a client created a moment later must work.
+        if let Some(c) = &found {
+            self.cache
+                .insert(id.to_owned(), (c.clone(), now.plus_millis(self.ttl_ms)));
+        }
+        Ok(found)
+    }
+
+    async fn list_clients(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ClientRecord>, StoreError> {
+        self.inner.list_clients(after, limit).await
+    }
+
+    async fn set_client_secret(
+        &self,
+        id: &str,
+        hash: &Sha256Digest,
+        at: Timestamp,
+    ) -> Result<ClientRecord, StoreError> {
+        let r = self.inner.set_client_secret(id, hash, at).await;
+        self.cache.remove(id);
+        r
+    }
+
+    async fn set_client_jwks(&self, id: &str, jwks: &str) -> Result<ClientRecord, StoreError> {
+        let r = self.inner.set_client_jwks(id, jwks).await;
+        self.cache.remove(id);
+        r
+    }
+
+    async fn delete_client(&self, id: &str) -> Result<(), StoreError> {
+        let r = self.inner.delete_client(id).await;
+        self.cache.remove(id);
+        r
+    }
+}
+
 /// Client registration: create, list, show, rotate the secret, delete — each durable and
 /// audited; a secret is returned once, from `create` and `rotate_secret`.
 pub struct ClientAdmin {
@@ -472,6 +554,8 @@ pub struct TokenIssuer {
     config: IssuerConfig,
     revocations: Arc<Revocations>,
     dpop: Arc<DpopChecker>,
+    /// Tokens introspected or revoked before, verified: by their SHA-256, until `exp`.
+    verified: quick_cache::sync::Cache<[u8; 32], Arc<jwt::Claims>>,
 }
 
 impl TokenIssuer {
@@ -492,27 +576,37 @@ impl TokenIssuer {
             config,
             revocations,
             dpop,
+            verified: quick_cache::sync::Cache::new(100_000),
         }
     }
 
     /// The token named by the form's `token`, if it is one of ours, valid at `now` (any
     /// audience) and not revoked.
-    fn active(&self, form: &Form, now: Timestamp) -> Result<Option<jwt::Claims>, OAuthError> {
+    fn active(&self, form: &Form, now: Timestamp) -> Result<Option<Arc<jwt::Claims>>, OAuthError> {
         let token = form
             .get("token")
             .ok_or(OAuthError::InvalidRequest("token is missing."))?;
-        Ok(verify_own_token(
-            &self.ring,
-            &self.config.issuer,
-            &[],
-            0,
-            token,
-            portcullis_core::jose::MAX_TOKEN_LEN,
-            now,
-        )
-        .ok()
-        .map(|(c, _)| c)
-        .filter(|c| {
+        let digest = crypto::sha256(token.as_bytes());
+        let claims = match self.verified.get(&digest) {
+            Some(c) if c.exp.is_some_and(|e| now.as_secs() < e) => Some(c),
+            _ => verify_own_token(
+                &self.ring,
+                &self.config.issuer,
+                &[],
+                0,
+                token,
+                portcullis_core::jose::MAX_TOKEN_LEN,
+                now,
+            )
+            .ok()
+            .map(|(c, _)| {
+                let c = Arc::new(c);
+                self.verified.insert(digest, c.clone());
+                c
+            }),
+        };
+        // Checked every time, cached or not.
+        Ok(claims.filter(|c| {
             c.jti
                 .as_deref()
                 .is_some_and(|j| !self.revocations.is_revoked(j))
@@ -538,7 +632,7 @@ impl TokenIssuer {
         let Some(c) = self.active(form, now)? else {
             return Ok((caller.id, json!({ "active": false })));
         };
-        let mut v = serde_json::to_value(&c).unwrap_or_else(|_| json!({}));
+        let mut v = serde_json::to_value(&*c).unwrap_or_else(|_| json!({}));
         v["active"] = json!(true);
         // RFC 9449 §6.2: a bound token's type is DPoP (its cnf is among the claims).
         let bound = c.cnf.as_ref().is_some_and(|c| c.jkt.is_some());
@@ -564,7 +658,7 @@ impl TokenIssuer {
         if c.client_id.as_deref() != Some(caller.id.as_str()) {
             return Err(OAuthError::UnauthorizedClient);
         }
-        let (Some(jti), Some(exp)) = (c.jti, c.exp) else {
+        let (Some(jti), Some(exp)) = (c.jti.clone(), c.exp) else {
             return Ok((caller.id, None));
         };
         self.revocations
@@ -1563,5 +1657,62 @@ mod tests {
             .token(Some(&auth), Ok(Some(&p4)), &grant, now)
             .await
             .is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_client_cache_drops_what_changes_through_it_and_ages_out_the_rest() {
+        let store = Arc::new(MemoryStore::new());
+        let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_800_000_000)));
+        let cached = CachedClients::new(store.clone(), clock.clone(), 16, Duration::from_secs(5));
+        let record = ClientRecord {
+            id: "cl_1".into(),
+            name: "svc".into(),
+            confidential: true,
+            grant_types: vec!["client_credentials".into()],
+            scopes: vec![],
+            audiences: vec![],
+            redirect_uris: vec![],
+            auth_method: "client_secret_basic".into(),
+            token_lifetime_secs: None,
+            secret_hash: Some([1; 32]),
+            created_at: clock.now(),
+            secret_set_at: Some(clock.now()),
+            jwks: None,
+        };
+        assert_eq!(cached.find_client("cl_1").await.unwrap(), None);
+        cached.insert_client(&record).await.unwrap();
+        // Not remembered as unknown: found at once.
+        assert!(cached.find_client("cl_1").await.unwrap().is_some());
+        // Through the cache: seen at once.
+        cached
+            .set_client_secret("cl_1", &[2; 32], clock.now())
+            .await
+            .unwrap();
+        assert_eq!(
+            cached
+                .find_client("cl_1")
+                .await
+                .unwrap()
+                .unwrap()
+                .secret_hash,
+            Some([2; 32])
+        );
+        // Behind its back (another instance): seen once the TTL has passed.
+        store
+            .set_client_secret("cl_1", &[3; 32], clock.now())
+            .await
+            .unwrap();
+        let hash = |c: Option<ClientRecord>| c.unwrap().secret_hash;
+        assert_eq!(
+            hash(cached.find_client("cl_1").await.unwrap()),
+            Some([2; 32])
+        );
+        clock.advance(5_000);
+        assert_eq!(
+            hash(cached.find_client("cl_1").await.unwrap()),
+            Some([3; 32])
+        );
+        cached.delete_client("cl_1").await.unwrap();
+        assert_eq!(cached.find_client("cl_1").await.unwrap(), None);
     }
 }

@@ -23,7 +23,9 @@ use portcullis_domain::authn::jwt::{JwtAuthenticator, JwtConfig};
 use portcullis_domain::authn::{Authenticator, RouteAuth};
 use portcullis_domain::dpop::{proof_header, DpopChecker, DpopRefusal, PROOF_ALGORITHMS};
 use portcullis_domain::gate::{Gate, RouteGate};
-use portcullis_domain::oauth::{ClientAdmin, IssuerConfig, Revocations, TokenIssuer};
+use portcullis_domain::oauth::{
+    CachedClients, ClientAdmin, IssuerConfig, Revocations, TokenIssuer,
+};
 use portcullis_domain::ratelimit::RateLimiter;
 use portcullis_domain::signing::{tick_audited, KeyRing, SigningAdmin};
 use portcullis_domain::upstream_identity::IdentityTokens;
@@ -363,7 +365,13 @@ pub async fn serve(
         digest.as_deref(),
         clock.now(),
     )));
-    let clients: Arc<dyn OAuthClients> = store.clone();
+    // One cache for the endpoints and the admin use cases, so a change drops it at once.
+    let clients: Arc<dyn OAuthClients> = Arc::new(CachedClients::new(
+        store.clone(),
+        clock.clone(),
+        10_000,
+        CLIENT_CACHE_TTL,
+    ));
     let issuer = Arc::new(TokenIssuer::new(
         clients.clone(),
         store.clone(),
@@ -1513,6 +1521,10 @@ async fn refresh_issuer(issuer: &ExternalIssuer, metrics: &Metrics, now: Timesta
         }
     }
 }
+
+/// How long a registered client is read from memory at the OAuth endpoints before the store
+/// is asked again (changes made through this instance apply at once).
+const CLIENT_CACHE_TTL: Duration = Duration::from_secs(5);
 
 /// How often the DPoP server nonce changes (each is good for one to two periods).
 const DPOP_NONCE_PERIOD_SECS: i64 = 300;
