@@ -997,6 +997,20 @@ mod tests {
         )
     }
 
+    /// A client asking for nothing but a name and scopes (the defaults for the rest).
+    fn new_client(name: &str, scopes: Vec<String>) -> NewClient {
+        NewClient {
+            name: name.into(),
+            grant_types: None,
+            scopes,
+            audiences: vec![],
+            redirect_uris: vec![],
+            token_endpoint_auth_method: None,
+            token_lifetime_seconds: None,
+            jwks: None,
+        }
+    }
+
     fn form(s: &str) -> Form {
         Form::parse(s.as_bytes()).unwrap()
     }
@@ -1007,16 +1021,7 @@ mod tests {
         let (c, secret) = admin
             .create(
                 ACTOR,
-                NewClient {
-                    name: "svc".into(),
-                    grant_types: None,
-                    scopes: vec!["read:echo".into(), "write:echo".into()],
-                    audiences: vec![],
-                    redirect_uris: vec![],
-                    token_endpoint_auth_method: None,
-                    token_lifetime_seconds: None,
-                    jwks: None,
-                },
+                new_client("svc", vec!["read:echo".into(), "write:echo".into()]),
             )
             .await
             .unwrap();
@@ -1545,19 +1550,7 @@ mod tests {
     async fn a_dpop_proof_binds_the_token_to_its_key_once() {
         let (admin, issuer, _ring) = setup().await;
         let (c, secret) = admin
-            .create(
-                ACTOR,
-                NewClient {
-                    name: "app".into(),
-                    grant_types: None,
-                    scopes: vec!["read:echo".into()],
-                    audiences: vec![],
-                    redirect_uris: vec![],
-                    token_endpoint_auth_method: None,
-                    token_lifetime_seconds: None,
-                    jwks: None,
-                },
-            )
+            .create(ACTOR, new_client("app", vec!["read:echo".into()]))
             .await
             .unwrap();
         let auth = basic(&c.id, secret.unwrap().expose());
