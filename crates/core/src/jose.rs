@@ -6,8 +6,6 @@
 //! `x5c` are read as nothing more than unknown header parameters), under an algorithm
 //! allow-list, and only then hands out the payload.
 
-use std::collections::BTreeMap;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -217,34 +215,23 @@ fn is_b64url(s: &str) -> bool {
 }
 
 /// A header is a JSON object; repeated members are refused (RFC 7515 §5.2 step 4 allows
-/// refusing them, and two `alg`s are how confusion attacks start).
+/// refusing them, and two `alg`s are how confusion attacks start). One pass: the members
+/// Portcullis reads are typed as they come, the others skipped unread, every name checked
+/// against those seen (at most 64 members).
 fn parse_header(json: &[u8]) -> Result<Header, JoseError> {
-    let members: BTreeMap<String, serde_json::Value> = {
-        let mut seen = BTreeMap::new();
-        let raw: Vec<(String, serde_json::Value)> = serde_json::from_slice::<UniqueObject>(json)
-            .map_err(|_| JoseError::BadHeader)?
-            .0;
-        for (k, v) in raw {
-            if seen.insert(k, v).is_some() {
-                return Err(JoseError::BadHeader);
-            }
-        }
-        seen
-    };
-    let header: Header =
-        serde_json::from_value(serde_json::Value::Object(members.into_iter().collect()))
-            .map_err(|_| JoseError::BadHeader)?;
-    Ok(header)
+    serde_json::from_slice::<UniqueHeader>(json)
+        .map(|h| h.0)
+        .map_err(|_| JoseError::BadHeader)
 }
 
-/// A JSON object read member by member, so that repeated names can be seen.
-struct UniqueObject(Vec<(String, serde_json::Value)>);
+/// [`Header`] read member by member, so that a repeated name is seen.
+struct UniqueHeader(Header);
 
-impl<'de> Deserialize<'de> for UniqueObject {
+impl<'de> Deserialize<'de> for UniqueHeader {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = UniqueObject;
+            type Value = UniqueHeader;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
@@ -252,14 +239,34 @@ impl<'de> Deserialize<'de> for UniqueObject {
                 self,
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::new();
-                while let Some(kv) = map.next_entry::<String, serde_json::Value>()? {
-                    if out.len() >= 64 {
-                        return Err(serde::de::Error::custom("too many members"));
+                use serde::de::Error as _;
+                let mut seen: Vec<std::borrow::Cow<'de, str>> = Vec::new();
+                let (mut alg, mut kid, mut typ, mut crit) = (None, None, None, None);
+                while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if seen.len() >= 64 {
+                        return Err(A::Error::custom("too many members"));
                     }
-                    out.push(kv);
+                    if seen.contains(&name) {
+                        return Err(A::Error::custom("repeated member"));
+                    }
+                    match &*name {
+                        "alg" => alg = Some(map.next_value::<String>()?),
+                        "kid" => kid = map.next_value::<Option<String>>()?,
+                        "typ" => typ = map.next_value::<Option<String>>()?,
+                        "crit" => crit = map.next_value::<Option<Vec<String>>>()?,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                    seen.push(name);
                 }
-                Ok(UniqueObject(out))
+                let alg = alg.ok_or_else(|| A::Error::missing_field("alg"))?;
+                Ok(UniqueHeader(Header {
+                    alg,
+                    kid,
+                    typ,
+                    crit,
+                }))
             }
         }
         d.deserialize_map(V)
@@ -651,6 +658,14 @@ mod tests {
             ("{}", JoseError::BadHeader),
             (r#"{"alg":256}"#, JoseError::BadHeader),
             (r#"{"alg":"HS256","alg":"ES256"}"#, JoseError::BadHeader),
+            // The same name escaped, an unread member twice, kid twice.
+            (r#"{"alg":"ES256","\u0061lg":"none"}"#, JoseError::BadHeader),
+            (r#"{"alg":"ES256","x":1,"x":[2]}"#, JoseError::BadHeader),
+            (
+                r#"{"alg":"ES256","kid":"a","kid":"b"}"#,
+                JoseError::BadHeader,
+            ),
+            (r#"{"alg":"ES256","kid":7}"#, JoseError::BadHeader),
             (
                 r#"{"alg":"ES256","crit":["exp"],"exp":1}"#,
                 JoseError::UnsupportedCritical,
@@ -663,6 +678,13 @@ mod tests {
             let (t, _) = es256_token(header);
             assert_eq!(verify(&t).unwrap_err(), err, "{header}");
         }
+        // At most 64 members.
+        let many: String = (0..65).map(|i| format!(",\"m{i}\":{i}")).collect();
+        let (t, _) = es256_token(&format!(r#"{{"alg":"ES256"{many}}}"#));
+        assert_eq!(verify(&t).unwrap_err(), JoseError::BadHeader);
+        let fine: String = (0..60).map(|i| format!(",\"m{i}\":{i}")).collect();
+        let (t, _) = es256_token(&format!(r#"{{"alg":"ES256"{fine}}}"#));
+        assert_ne!(verify(&t).unwrap_err(), JoseError::BadHeader);
         // An attacker's own key in jwk / jku / x5c does not select the key: the token signed
         // with it is checked against ours, and fails.
         let attacker = SigningKey::generate(Algorithm::Es256).unwrap();
