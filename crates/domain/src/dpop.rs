@@ -220,26 +220,32 @@ pub fn proof_header(headers: &http::HeaderMap) -> Result<Option<&str>, DpopRefus
 mod tests {
     use super::*;
     use portcullis_core::crypto::sign::SigningKey;
-    use portcullis_core::jose::{b64_encode, Jwk};
+    use portcullis_core::jose::Jwk;
     use portcullis_store::memory::MemoryStore;
-    use serde_json::json;
 
     const NOW: i64 = 1_800_000_000;
     const HTU: &str = "https://api.example/orders";
 
-    fn proof(key: &SigningKey, claims: serde_json::Value) -> String {
-        let header = json!({
-            "typ": "dpop+jwt",
-            "alg": key.algorithm().name(),
-            "jwk": Jwk::from_public(&key.public_key(), key.algorithm()).unwrap(),
-        });
-        let signing_input = format!(
-            "{}.{}",
-            b64_encode(header.to_string().as_bytes()),
-            b64_encode(claims.to_string().as_bytes())
-        );
-        let sig = key.sign(signing_input.as_bytes()).unwrap();
-        format!("{signing_input}.{}", b64_encode(&sig))
+    /// A GET proof for `HTU` made at `iat` (the client side, `core::dpop::sign_proof`).
+    fn proof(
+        key: &SigningKey,
+        jti: &str,
+        iat: i64,
+        token: Option<&str>,
+        nonce: Option<&str>,
+    ) -> String {
+        dpop::sign_proof(
+            key,
+            &dpop::NewProof {
+                htm: "GET",
+                htu: HTU,
+                access_token: token,
+                nonce,
+                jti,
+                iat,
+            },
+        )
+        .unwrap()
     }
 
     fn req<'a>(p: &'a str, token: Option<&'a str>) -> ProofRequest<'a> {
@@ -255,10 +261,7 @@ mod tests {
     async fn a_proof_is_accepted_once_and_names_its_key() {
         let checker = DpopChecker::new(Arc::new(MemoryStore::new()), 60);
         let key = SigningKey::generate(Algorithm::Es256).unwrap();
-        let p = proof(
-            &key,
-            json!({"jti": "p1", "htm": "GET", "htu": HTU, "iat": NOW, "ath": dpop::ath("tok")}),
-        );
+        let p = proof(&key, "p1", NOW, Some("tok"), None);
         let now = Timestamp::from_secs(NOW + 5);
         let ok = checker.check(&req(&p, Some("tok")), now).await.unwrap();
         assert_eq!(
@@ -273,10 +276,7 @@ mod tests {
             DpopRefusal::Replayed
         );
         // Another token than the one the proof names.
-        let p2 = proof(
-            &key,
-            json!({"jti": "p2", "htm": "GET", "htu": HTU, "iat": NOW, "ath": dpop::ath("tok")}),
-        );
+        let p2 = proof(&key, "p2", NOW, Some("tok"), None);
         let e = checker
             .check(&req(&p2, Some("other")), now)
             .await
@@ -284,10 +284,7 @@ mod tests {
         assert_eq!(e, DpopRefusal::Proof(DpopError::AthMismatch));
         assert_eq!(e.code(), "invalid_dpop_proof");
         // Too old for the window.
-        let p3 = proof(
-            &key,
-            json!({"jti": "p3", "htm": "GET", "htu": HTU, "iat": NOW - 61}),
-        );
+        let p3 = proof(&key, "p3", NOW - 61, None, None);
         assert_eq!(
             checker
                 .check(&req(&p3, None), Timestamp::from_secs(NOW))
@@ -321,13 +318,7 @@ mod tests {
             DpopChecker::new(Arc::new(MemoryStore::new()), 60).fresh_nonce(now),
             None
         );
-        let with = |jti: &str, n: Option<&str>| {
-            let mut c = json!({"jti": jti, "htm": "GET", "htu": HTU, "iat": NOW});
-            if let Some(n) = n {
-                c["nonce"] = n.into();
-            }
-            proof(&key, c)
-        };
+        let with = |jti: &str, n: Option<&str>| proof(&key, jti, NOW, None, n);
         let needs_nonce = DpopRefusal::Proof(DpopError::NonceRequired);
         assert_eq!(needs_nonce.code(), "use_dpop_nonce");
         for (p, at) in [

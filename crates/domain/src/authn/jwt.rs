@@ -198,13 +198,9 @@ impl JwtAuthenticator {
             }
         };
         if token.split('.').count() != 3 {
-            // Opaque: the introspecting issuer the route trusts, if any, is asked; never
-            // about one of our own API keys (it would learn the key).
-            return Ok(Err(match self.introspector(route) {
-                Some(i) if portcullis_core::api_key::is_native(token).is_err() => {
-                    Pending::Introspection(i)
-                }
-                _ => Pending::NotOurs,
+            return Ok(Err(match self.opaque_introspector(token, route) {
+                Some(i) => Pending::Introspection(i),
+                None => Pending::NotOurs,
             }));
         }
         let jws = Jws::parse(token, MAX_TOKEN_BYTES).map_err(|e| refuse(e.into()))?;
@@ -245,10 +241,13 @@ impl JwtAuthenticator {
         remember(claims, name, digest, source, None, identity).map(Ok)
     }
 
-    /// The first issuer trusted on `route` that introspects its tokens.
-    fn introspector(&self, route: &RouteAuth) -> Option<usize> {
+    /// For an opaque (not JWS-shaped) bearer: the first issuer trusted on `route` that
+    /// introspects its tokens, unless the token is one of our own API keys (the issuer would
+    /// learn the key). `None`: the token is not this scheme's.
+    fn opaque_introspector(&self, token: &str, route: &RouteAuth) -> Option<usize> {
         (0..self.external.len())
             .find(|&i| self.external[i].introspects() && self.trusted(route, Source::External(i)))
+            .filter(|_| portcullis_core::api_key::is_native(token).is_err())
     }
 
     /// Asks issuer `i` about `token`, remembering the answer (an active one until its `exp`
@@ -373,7 +372,7 @@ impl JwtAuthenticator {
         now: Timestamp,
     ) -> Result<Quick, AuthError> {
         // The common case of a bearer that is not ours (an API key), without hashing it.
-        if token.split('.').count() != 3 && self.introspector(route).is_none() {
+        if token.split('.').count() != 3 && self.opaque_introspector(token, route).is_none() {
             return Ok(Quick::NotOurs);
         }
         match self.remembered(token, route, now)? {
