@@ -237,7 +237,7 @@ pub fn verify_proof(
     }
     let payload = jws.verify(&key, &[alg]).map_err(DpopError::from_jose)?;
 
-    let claims = parse_claims(&payload)?;
+    let claims = parse_claims(payload)?;
     let jti = string_claim(claims.jti.as_ref(), "jti")?;
     let jti_chars = jti.chars().count();
     if jti_chars == 0 || jti_chars > MAX_JTI_CHARS {
@@ -723,7 +723,7 @@ mod tests {
             Some("9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA")
         );
         assert_eq!(jwk.thumbprint().unwrap(), RFC_JKT);
-        let claims: Value = serde_json::from_slice(&jws.unverified_payload().unwrap()).unwrap();
+        let claims: Value = serde_json::from_slice(jws.unverified_payload()).unwrap();
         assert_eq!(
             claims,
             json!({

@@ -100,22 +100,24 @@ pub enum JoseError {
     BadJwk,
 }
 
-/// The JOSE header members Portcullis reads. Others are ignored, which is what makes
-/// `jku`, `x5u`, `jwk` and `x5c` harmless: nothing here can select a key.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The JOSE header members Portcullis reads besides `alg` (which [`Jws::algorithm`] gives,
+/// typed). Others are ignored, which is what makes `jku`, `x5u`, `jwk` and `x5c` harmless:
+/// nothing here can select a key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Header {
-    /// The algorithm the token claims (checked against the allow-list, never trusted alone).
-    pub alg: String,
     /// The key id.
-    #[serde(default)]
     pub kid: Option<String>,
     /// The media type (`at+jwt`, `JWT`, `dpop+jwt` …).
-    #[serde(default)]
     pub typ: Option<String>,
     /// Extensions the producer says must be understood.
-    #[serde(default)]
     pub crit: Option<Vec<String>>,
 }
+
+/// The longest signature [`Jws::verify`] takes: RSA with an 8192-bit modulus.
+const MAX_SIGNATURE_LEN: usize = 1024;
+
+/// Headers up to this many decoded bytes are read from the stack.
+const STACK_HEADER_LEN: usize = 512;
 
 /// A compact JWS, parsed but not verified.
 #[derive(Debug)]
@@ -123,8 +125,10 @@ pub struct Jws<'t> {
     header: Header,
     alg: Option<Algorithm>,
     signing_input: &'t str,
-    payload: &'t str,
-    signature: Vec<u8>,
+    /// Decoded (its form checked) by [`Jws::parse`]; handed out only by [`Jws::verify`].
+    payload: Vec<u8>,
+    /// Still base64url: decoded on the stack when it is checked.
+    signature: &'t str,
 }
 
 /// Strict base64url without padding (RFC 7515 §2): no `=`, no whitespace, no stray bits.
@@ -132,6 +136,15 @@ pub fn b64_decode(s: &str) -> Result<Vec<u8>, JoseError> {
     URL_SAFE_NO_PAD
         .decode(s.as_bytes())
         .map_err(|_| JoseError::BadBase64)
+}
+
+/// [`b64_decode`] into `out`, returning the decoded bytes; `out` too short is bad base64 too
+/// (the callers bound their input by it).
+fn b64_decode_into<'o>(s: &str, out: &'o mut [u8]) -> Result<&'o [u8], JoseError> {
+    let n = URL_SAFE_NO_PAD
+        .decode_slice(s.as_bytes(), out)
+        .map_err(|_| JoseError::BadBase64)?;
+    Ok(&out[..n])
 }
 
 /// base64url without padding.
@@ -142,39 +155,39 @@ pub fn b64_encode(bytes: &[u8]) -> String {
 impl<'t> Jws<'t> {
     /// Splits and decodes `token` (at most `max_len` bytes), checking only its form: three
     /// strict base64url parts, a header that is a JSON object with a string `alg` and no
-    /// repeated member, and no `crit` (Portcullis understands no extension, RFC 7515
-    /// §4.1.11).
+    /// repeated member, no `crit` (Portcullis understands no extension, RFC 7515
+    /// §4.1.11), and a signature no longer than an RSA-8192 one.
     pub fn parse(token: &'t str, max_len: usize) -> Result<Self, JoseError> {
         if token.len() > max_len.min(MAX_TOKEN_LEN) {
             return Err(JoseError::TooLarge);
         }
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(JoseError::Malformed);
-        };
-        if h.is_empty() || s.is_empty() {
+        let (h, rest) = token.split_once('.').ok_or(JoseError::Malformed)?;
+        let (p, s) = rest.split_once('.').ok_or(JoseError::Malformed)?;
+        if h.is_empty() || s.is_empty() || s.contains('.') {
             // An empty signature is what `alg: none` tokens carry.
             return Err(JoseError::Malformed);
         }
-        let header_json = b64_decode(h)?;
-        let header = parse_header(&header_json)?;
+        let (header, alg) = if h.len() <= STACK_HEADER_LEN / 3 * 4 {
+            let mut buf = [0u8; STACK_HEADER_LEN];
+            parse_header(b64_decode_into(h, &mut buf)?)?
+        } else {
+            parse_header(&b64_decode(h)?)?
+        };
         if header.crit.is_some() {
             return Err(JoseError::UnsupportedCritical);
         }
-        // The payload is decoded when it is asked for (after the signature); its form is
-        // checked now so that a token is either well-formed or refused as a whole.
-        if !is_b64url(p) {
+        // Decoded now so that a token is either well-formed or refused as a whole; its
+        // JSON is read only after the signature.
+        let payload = b64_decode(p)?;
+        if s.len() > MAX_SIGNATURE_LEN / 3 * 4 + 2 || !is_b64url(s) {
             return Err(JoseError::BadBase64);
         }
-        let signature = b64_decode(s)?;
         Ok(Self {
-            alg: Algorithm::from_name(&header.alg),
+            alg,
             header,
             signing_input: &token[..h.len() + 1 + p.len()],
-            payload: p,
-            signature,
+            payload,
+            signature: s,
         })
     }
 
@@ -190,21 +203,38 @@ impl<'t> Jws<'t> {
 
     /// Verifies the signature under `key`, with `alg` from the header only if it is in
     /// `allowed` and suits the key's type; returns the decoded payload.
-    pub fn verify(&self, key: &PublicKey, allowed: &[Algorithm]) -> Result<Vec<u8>, JoseError> {
+    pub fn verify(&self, key: &PublicKey, allowed: &[Algorithm]) -> Result<&[u8], JoseError> {
         let alg = self
             .alg
             .filter(|a| allowed.contains(a) && key.suits(*a))
             .ok_or(JoseError::AlgorithmNotAllowed)?;
-        if !key.verify(alg, self.signing_input.as_bytes(), &self.signature) {
+        // On the stack, in a buffer sized for the HMAC and elliptic-curve signatures unless
+        // it is longer (+3: the decoder's estimate rounds up to whole groups).
+        let ok = if self.signature.len() <= 96 {
+            let mut buf = [0u8; 72 + 3];
+            key.verify(
+                alg,
+                self.signing_input.as_bytes(),
+                b64_decode_into(self.signature, &mut buf)?,
+            )
+        } else {
+            let mut buf = [0u8; MAX_SIGNATURE_LEN + 3];
+            key.verify(
+                alg,
+                self.signing_input.as_bytes(),
+                b64_decode_into(self.signature, &mut buf)?,
+            )
+        };
+        if !ok {
             return Err(JoseError::BadSignature);
         }
-        b64_decode(self.payload)
+        Ok(&self.payload)
     }
 
     /// The payload without verifying anything. Only for reading claims that choose the key
     /// (`iss`) before [`Jws::verify`]; never for a decision.
-    pub fn unverified_payload(&self) -> Result<Vec<u8>, JoseError> {
-        b64_decode(self.payload)
+    pub fn unverified_payload(&self) -> &[u8] {
+        &self.payload
     }
 }
 
@@ -216,16 +246,21 @@ fn is_b64url(s: &str) -> bool {
 
 /// A header is a JSON object; repeated members are refused (RFC 7515 §5.2 step 4 allows
 /// refusing them, and two `alg`s are how confusion attacks start). One pass: the members
-/// Portcullis reads are typed as they come, the others skipped unread, every name checked
-/// against those seen (at most 64 members).
-fn parse_header(json: &[u8]) -> Result<Header, JoseError> {
-    serde_json::from_slice::<UniqueHeader>(json)
-        .map(|h| h.0)
-        .map_err(|_| JoseError::BadHeader)
+/// Portcullis reads are typed as they come, the others skipped unread and their names kept
+/// to catch a repeat (at most 64 members).
+fn parse_header(json: &[u8]) -> Result<(Header, Option<Algorithm>), JoseError> {
+    std::str::from_utf8(json)
+        .ok()
+        .and_then(|json| serde_json::from_str::<UniqueHeader>(json).ok())
+        .map(|h| (h.header, h.alg))
+        .ok_or(JoseError::BadHeader)
 }
 
 /// [`Header`] read member by member, so that a repeated name is seen.
-struct UniqueHeader(Header);
+struct UniqueHeader {
+    header: Header,
+    alg: Option<Algorithm>,
+}
 
 impl<'de> Deserialize<'de> for UniqueHeader {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -240,33 +275,57 @@ impl<'de> Deserialize<'de> for UniqueHeader {
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
                 use serde::de::Error as _;
-                let mut seen: Vec<std::borrow::Cow<'de, str>> = Vec::new();
-                let (mut alg, mut kid, mut typ, mut crit) = (None, None, None, None);
-                while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if seen.len() >= 64 {
+                use std::borrow::Cow;
+                let repeated = || A::Error::custom("repeated member");
+                // The names read: the four known ones as flags, the others (rare) kept.
+                let mut others: Vec<Cow<'de, str>> = Vec::new();
+                let (mut seen_kid, mut seen_typ, mut seen_crit) = (false, false, false);
+                let mut alg: Option<Option<Algorithm>> = None;
+                let mut h = Header::default();
+                let mut members = 0;
+                while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+                    members += 1;
+                    if members > 64 {
                         return Err(A::Error::custom("too many members"));
                     }
-                    if seen.contains(&name) {
-                        return Err(A::Error::custom("repeated member"));
-                    }
+                    let once = |seen: &mut bool| {
+                        if std::mem::replace(seen, true) {
+                            Err(repeated())
+                        } else {
+                            Ok(())
+                        }
+                    };
                     match &*name {
-                        "alg" => alg = Some(map.next_value::<String>()?),
-                        "kid" => kid = map.next_value::<Option<String>>()?,
-                        "typ" => typ = map.next_value::<Option<String>>()?,
-                        "crit" => crit = map.next_value::<Option<Vec<String>>>()?,
+                        "alg" => {
+                            if alg.is_some() {
+                                return Err(repeated());
+                            }
+                            let name = map.next_value::<Cow<'de, str>>()?;
+                            alg = Some(Algorithm::from_name(&name));
+                        }
+                        "kid" => {
+                            once(&mut seen_kid)?;
+                            h.kid = map.next_value()?;
+                        }
+                        "typ" => {
+                            once(&mut seen_typ)?;
+                            h.typ = map.next_value()?;
+                        }
+                        "crit" => {
+                            once(&mut seen_crit)?;
+                            h.crit = map.next_value()?;
+                        }
                         _ => {
+                            if others.contains(&name) {
+                                return Err(repeated());
+                            }
                             map.next_value::<serde::de::IgnoredAny>()?;
+                            others.push(name);
                         }
                     }
-                    seen.push(name);
                 }
                 let alg = alg.ok_or_else(|| A::Error::missing_field("alg"))?;
-                Ok(UniqueHeader(Header {
-                    alg,
-                    kid,
-                    typ,
-                    crit,
-                }))
+                Ok(UniqueHeader { header: h, alg })
             }
         }
         d.deserialize_map(V)
@@ -585,7 +644,8 @@ mod tests {
     fn forged_and_malformed_tokens_are_refused_with_the_right_error() {
         let (good, key) = es256_token(r#"{"alg":"ES256"}"#);
         let verify = |t: &str| {
-            Jws::parse(t, MAX_TOKEN_LEN).and_then(|j| j.verify(&key, &[Algorithm::Es256]))
+            Jws::parse(t, MAX_TOKEN_LEN)
+                .and_then(|j| j.verify(&key, &[Algorithm::Es256]).map(<[u8]>::to_vec))
         };
         assert!(verify(&good).is_ok());
         let (h, rest) = good.split_once('.').unwrap();

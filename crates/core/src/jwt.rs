@@ -1,7 +1,9 @@
 //! JWT (RFC 7519) access tokens: the claims Portcullis issues (RFC 9068) and the checks it
 //! makes of any token it is given, after [`crate::jose::Jws::verify`].
 
-use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::crypto::sign::PublicKey;
 use crate::jose::{Algorithm, JoseError, Jws};
@@ -38,22 +40,90 @@ pub enum JwtError {
 }
 
 /// `aud`: one string or an array of them (RFC 7519 §4.1.3).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
-pub enum Audience {
+pub enum Audience<'a> {
     /// A single audience.
-    One(String),
+    One(Cow<'a, str>),
     /// Several.
-    Many(Vec<String>),
+    Many(Vec<Cow<'a, str>>),
 }
 
-impl Audience {
+impl Audience<'_> {
     /// Every value.
-    pub fn values(&self) -> &[String] {
+    pub fn values(&self) -> &[Cow<'_, str>] {
         match self {
             Self::One(a) => std::slice::from_ref(a),
             Self::Many(v) => v,
         }
+    }
+
+    /// The same, owning its strings.
+    pub fn into_owned(self) -> Audience<'static> {
+        match self {
+            Self::One(a) => Audience::One(Cow::Owned(a.into_owned())),
+            Self::Many(v) => Audience::Many(owned_all(v)),
+        }
+    }
+}
+
+/// A JSON string, borrowed from the token when it has no escape in it.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+fn opt_text<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'a, str>>, D::Error> {
+    Option::<Text<'a>>::deserialize(d).map(|o| o.map(|t| t.0))
+}
+
+fn owned(v: Option<Cow<'_, str>>) -> Option<Cow<'static, str>> {
+    v.map(|s| Cow::Owned(s.into_owned()))
+}
+
+fn owned_all(v: Vec<Cow<'_, str>>) -> Vec<Cow<'static, str>> {
+    v.into_iter().map(|s| Cow::Owned(s.into_owned())).collect()
+}
+
+/// A string or an array of strings (`aud`, `scp`), read without buffering.
+struct StringOrList<'a>(Result<Cow<'a, str>, Vec<Cow<'a, str>>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for StringOrList<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = StringOrList<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(StringOrList(Ok(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(StringOrList(Ok(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::new();
+                while let Some(Text(s)) = seq.next_element::<Text<'a>>()? {
+                    v.push(s);
+                }
+                Ok(StringOrList(Err(v)))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Audience<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match StringOrList::deserialize(d)?.0 {
+            Ok(one) => Self::One(one),
+            Err(many) => Self::Many(many),
+        })
     }
 }
 
@@ -68,18 +138,23 @@ pub struct Confirmation {
     pub x5t_s256: Option<String>,
 }
 
-/// The registered claims and those of RFC 9068 / RFC 8693 that Portcullis reads.
+/// The registered claims and those of RFC 9068 / RFC 8693 that Portcullis reads. Strings
+/// borrow from the token's payload where they can (no escape in them); [`Claims::into_owned`]
+/// detaches them. Only a JSON object is a claims set (RFC 7519 §7.2 step 10); a repeated
+/// claim is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct Claims {
+pub struct Claims<'a> {
     /// Issuer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iss: Option<String>,
+    #[serde(default, borrow, deserialize_with = "opt_text")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<Cow<'a, str>>,
     /// Subject.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sub: Option<String>,
+    #[serde(default, borrow, deserialize_with = "opt_text")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<Cow<'a, str>>,
     /// Audience.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<Audience>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Audience<'a>>,
     /// Expiry, seconds since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exp: Option<i64>,
@@ -90,37 +165,82 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
     /// Token id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jti: Option<String>,
+    #[serde(default, borrow, deserialize_with = "opt_text")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<Cow<'a, str>>,
     /// The client the token was issued to (RFC 9068 §2.2).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_id: Option<String>,
+    #[serde(default, borrow, deserialize_with = "opt_text")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<Cow<'a, str>>,
     /// Space-separated scopes (RFC 9068 §2.2.3).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
+    #[serde(default, borrow, deserialize_with = "opt_text")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Cow<'a, str>>,
     /// Confirmation (proof of possession).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
     /// Authorized party (OpenID Connect Core §2): the client, in tokens of issuers that
     /// name it so (Keycloak, Auth0, Entra ID) instead of `client_id`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub azp: Option<String>,
+    #[serde(default, borrow, deserialize_with = "opt_text")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub azp: Option<Cow<'a, str>>,
     /// Scopes as some issuers write them (Okta, Entra ID): a list or a space-separated string.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scp: Option<ScopeClaim>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub scp: Option<ScopeClaim<'a>>,
 }
 
 /// A scope claim's two spellings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
-pub enum ScopeClaim {
+pub enum ScopeClaim<'a> {
     /// Space-separated.
-    Text(String),
+    Text(Cow<'a, str>),
     /// One scope per element.
-    List(Vec<String>),
+    List(Vec<Cow<'a, str>>),
 }
 
-impl Claims {
+impl<'de: 'a, 'a> Deserialize<'de> for ScopeClaim<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match StringOrList::deserialize(d)?.0 {
+            Ok(text) => Self::Text(text),
+            Err(list) => Self::List(list),
+        })
+    }
+}
+
+impl<'a> Claims<'a> {
+    /// Reads a claims set: a JSON object (a derived reader would also take an array,
+    /// member by position).
+    pub fn from_json(json: &'a [u8]) -> Result<Self, JwtError> {
+        if json.trim_ascii_start().first() != Some(&b'{') {
+            return Err(JwtError::BadClaims);
+        }
+        // UTF-8 checked once for the whole, rather than string by string.
+        let json = std::str::from_utf8(json).map_err(|_| JwtError::BadClaims)?;
+        serde_json::from_str(json).map_err(|_| JwtError::BadClaims)
+    }
+
+    /// The same claims, owning their strings.
+    pub fn into_owned(self) -> Claims<'static> {
+        Claims {
+            iss: owned(self.iss),
+            sub: owned(self.sub),
+            aud: self.aud.map(Audience::into_owned),
+            exp: self.exp,
+            nbf: self.nbf,
+            iat: self.iat,
+            jti: owned(self.jti),
+            client_id: owned(self.client_id),
+            scope: owned(self.scope),
+            cnf: self.cnf,
+            azp: owned(self.azp),
+            scp: self.scp.map(|s| match s {
+                ScopeClaim::Text(t) => ScopeClaim::Text(Cow::Owned(t.into_owned())),
+                ScopeClaim::List(l) => ScopeClaim::List(owned_all(l)),
+            }),
+        }
+    }
+
     /// The client the token was issued to: `client_id` (RFC 9068), else `azp`.
     pub fn client(&self) -> Option<&str> {
         self.client_id.as_deref().or(self.azp.as_deref())
@@ -132,7 +252,7 @@ impl Claims {
             (Some(s), _) | (None, Some(ScopeClaim::Text(s))) => {
                 s.split(' ').filter(|s| !s.is_empty()).collect()
             }
-            (None, Some(ScopeClaim::List(l))) => l.iter().map(String::as_str).collect(),
+            (None, Some(ScopeClaim::List(l))) => l.iter().map(|s| &**s).collect(),
             (None, None) => Vec::new(),
         };
         v.sort_unstable();
@@ -164,14 +284,13 @@ pub struct Jwt(());
 /// Verifies `jws` under `key` and checks its claims at `now`: signature and algorithm first
 /// (nothing in the claims is read before), then `typ`, `iss`, `exp` (required), `nbf`,
 /// `iat` (not in the future) and `aud`.
-pub fn verify(
-    jws: &Jws<'_>,
+pub fn verify<'j>(
+    jws: &'j Jws<'_>,
     key: &PublicKey,
     expect: &Expectations<'_>,
     now: Timestamp,
-) -> Result<(Claims, Verified<Jwt>), JwtError> {
-    let payload = jws.verify(key, expect.algorithms)?;
-    let claims: Claims = serde_json::from_slice(&payload).map_err(|_| JwtError::BadClaims)?;
+) -> Result<(Claims<'j>, Verified<Jwt>), JwtError> {
+    let claims = Claims::from_json(jws.verify(key, expect.algorithms)?)?;
     if let Some(want) = expect.typ {
         let got = jws.header().typ.as_deref().ok_or(JwtError::WrongType)?;
         if !media_type_eq(got, want) {
@@ -198,7 +317,11 @@ pub fn verify(
     }
     if !expect.audiences.is_empty() {
         let aud = claims.aud.as_ref().ok_or(JwtError::WrongAudience)?;
-        if !aud.values().iter().any(|a| expect.audiences.contains(a)) {
+        if !aud
+            .values()
+            .iter()
+            .any(|a| expect.audiences.iter().any(|e| e == a))
+        {
             return Err(JwtError::WrongAudience);
         }
     }
@@ -207,15 +330,13 @@ pub fn verify(
 
 /// `typ` values compare as media types: case-insensitive, `application/` optional.
 fn media_type_eq(got: &str, want: &str) -> bool {
-    let strip = |s: &str| {
-        let lower = s.len() > 12 && s[..12].eq_ignore_ascii_case("application/");
-        if lower {
-            s[12..].to_owned()
-        } else {
-            s.to_owned()
+    fn strip(s: &str) -> &str {
+        match s.get(..12) {
+            Some(p) if s.len() > 12 && p.eq_ignore_ascii_case("application/") => &s[12..],
+            _ => s,
         }
-    };
-    strip(got).eq_ignore_ascii_case(&strip(want))
+    }
+    strip(got).eq_ignore_ascii_case(strip(want))
 }
 
 #[cfg(test)]
@@ -236,7 +357,7 @@ mod tests {
         key: &PublicKey,
         aud: &[String],
         typ: Option<&str>,
-    ) -> Result<Claims, JwtError> {
+    ) -> Result<Claims<'static>, JwtError> {
         let jws = Jws::parse(t, MAX_TOKEN_LEN)?;
         let e = Expectations {
             algorithms: &[Algorithm::Es256],
@@ -245,7 +366,7 @@ mod tests {
             typ,
             leeway_secs: 30,
         };
-        verify(&jws, key, &e, Timestamp::from_secs(NOW)).map(|(c, _)| c)
+        verify(&jws, key, &e, Timestamp::from_secs(NOW)).map(|(c, _)| c.into_owned())
     }
 
     #[test]
@@ -360,7 +481,11 @@ mod tests {
 
     #[test]
     fn clients_and_scopes_are_read_in_every_common_spelling() {
-        let c = |v: serde_json::Value| serde_json::from_value::<Claims>(v).unwrap();
+        let c = |v: serde_json::Value| {
+            Claims::from_json(v.to_string().as_bytes())
+                .unwrap()
+                .into_owned()
+        };
         let rfc = c(serde_json::json!({"client_id": "a", "azp": "b", "scope": "y x y"}));
         assert_eq!((rfc.client(), rfc.scopes()), (Some("a"), vec!["x", "y"]));
         let keycloak = c(serde_json::json!({"azp": "b", "scope": "openid  x"}));
@@ -372,6 +497,37 @@ mod tests {
         assert_eq!((okta.client(), okta.scopes()), (None, vec!["x", "z"]));
         let entra = c(serde_json::json!({"scp": "x z"}));
         assert_eq!(entra.scopes(), vec!["x", "z"]);
-        assert!(serde_json::from_value::<Claims>(serde_json::json!({"scp": 3})).is_err());
+        assert!(Claims::from_json(br#"{"scp": 3}"#).is_err());
+    }
+
+    #[test]
+    fn claims_borrow_plain_strings_unescape_others_and_must_be_one_object() {
+        let json =
+            br#"{"iss":"https:\/\/auth.example","sub":"u1","aud":["a","b\u0021"],"scp":["x"]}"#;
+        let c = Claims::from_json(json).unwrap();
+        assert!(matches!(c.sub, Some(Cow::Borrowed("u1"))));
+        assert_eq!(c.iss.as_deref(), Some("https://auth.example"));
+        let aud: Vec<&str> = c
+            .aud
+            .as_ref()
+            .unwrap()
+            .values()
+            .iter()
+            .map(|a| &**a)
+            .collect();
+        assert_eq!(aud, ["a", "b!"]);
+        let owned: Claims<'static> = c.clone().into_owned();
+        assert_eq!(owned, c);
+        // A claims set is an object: not an array read by position, not a repeated claim.
+        for bad in [
+            &br#"["https://auth.example","u1"]"#[..],
+            br#"{"sub":"a","sub":"b"}"#,
+            br#"{"aud":["a",1]}"#,
+            br#"{"aud":{"a":1}}"#,
+            br#"{"exp":"soon"}"#,
+            b"",
+        ] {
+            assert_eq!(Claims::from_json(bad), Err(JwtError::BadClaims));
+        }
     }
 }

@@ -284,10 +284,7 @@ fn assertion(form: &Form, client_id: Option<&str>) -> Result<ClientCredentials, 
             }
             let jws =
                 Jws::parse(assertion, MAX_TOKEN_LEN).map_err(|_| OAuthError::InvalidClient)?;
-            let payload = jws
-                .unverified_payload()
-                .map_err(|_| OAuthError::InvalidClient)?;
-            serde_json::from_slice::<Sub>(&payload)
+            serde_json::from_slice::<Sub>(jws.unverified_payload())
                 .map_err(|_| OAuthError::InvalidClient)?
                 .sub
         }

@@ -517,16 +517,14 @@ impl Revocations {
 /// Verifies a token Portcullis issued: the key only by `kid` among the published ones, that
 /// key's own algorithm only, `typ` `at+jwt`, `iss`, `exp`/`nbf`/`iat` with `leeway_secs`, and
 /// `aud` among `audiences` (empty: any). Revocation is the caller's to check.
-pub fn verify_own_token(
+pub fn verify_own_token<'j>(
     ring: &KeyRing,
     issuer: &str,
     audiences: &[String],
     leeway_secs: i64,
-    token: &str,
-    max_len: usize,
+    jws: &'j Jws<'_>,
     now: Timestamp,
-) -> Result<(jwt::Claims, portcullis_core::Verified<jwt::Jwt>), JwtError> {
-    let jws = Jws::parse(token, max_len)?;
+) -> Result<(jwt::Claims<'j>, portcullis_core::Verified<jwt::Jwt>), JwtError> {
     let bad = JwtError::Jose(portcullis_core::jose::JoseError::BadSignature);
     let kid = jws.header().kid.as_deref().ok_or(bad)?;
     let keys = ring.keys();
@@ -534,7 +532,6 @@ pub fn verify_own_token(
         .iter()
         .find(|k| k.record.kid == kid && k.published_at(now))
         .ok_or(bad)?;
-    let public = key.jwk.public_key().map_err(|_| bad)?;
     let algorithms = [key.algorithm()];
     let expect = Expectations {
         algorithms: &algorithms,
@@ -543,7 +540,7 @@ pub fn verify_own_token(
         typ: Some("at+jwt"),
         leeway_secs,
     };
-    jwt::verify(&jws, &public, &expect, now)
+    jwt::verify(jws, key.public_key(), &expect, now)
 }
 
 /// The token endpoint, and the introspection and revocation endpoints beside it.
@@ -555,7 +552,7 @@ pub struct TokenIssuer {
     revocations: Arc<Revocations>,
     dpop: Arc<DpopChecker>,
     /// Tokens introspected or revoked before, verified: by their SHA-256, until `exp`.
-    verified: quick_cache::sync::Cache<[u8; 32], Arc<jwt::Claims>>,
+    verified: quick_cache::sync::Cache<[u8; 32], Arc<jwt::Claims<'static>>>,
 }
 
 impl TokenIssuer {
@@ -582,28 +579,29 @@ impl TokenIssuer {
 
     /// The token named by the form's `token`, if it is one of ours, valid at `now` (any
     /// audience) and not revoked.
-    fn active(&self, form: &Form, now: Timestamp) -> Result<Option<Arc<jwt::Claims>>, OAuthError> {
+    fn active(
+        &self,
+        form: &Form,
+        now: Timestamp,
+    ) -> Result<Option<Arc<jwt::Claims<'static>>>, OAuthError> {
         let token = form
             .get("token")
             .ok_or(OAuthError::InvalidRequest("token is missing."))?;
         let digest = crypto::sha256(token.as_bytes());
         let claims = match self.verified.get(&digest) {
             Some(c) if c.exp.is_some_and(|e| now.as_secs() < e) => Some(c),
-            _ => verify_own_token(
-                &self.ring,
-                &self.config.issuer,
-                &[],
-                0,
-                token,
-                portcullis_core::jose::MAX_TOKEN_LEN,
-                now,
-            )
-            .ok()
-            .map(|(c, _)| {
-                let c = Arc::new(c);
-                self.verified.insert(digest, c.clone());
-                c
-            }),
+            _ => Jws::parse(token, portcullis_core::jose::MAX_TOKEN_LEN)
+                .ok()
+                .and_then(|jws| {
+                    verify_own_token(&self.ring, &self.config.issuer, &[], 0, &jws, now)
+                        .ok()
+                        .map(|(c, _)| c.into_owned())
+                })
+                .map(|c| {
+                    let c = Arc::new(c);
+                    self.verified.insert(digest, c.clone());
+                    c
+                }),
         };
         // Checked every time, cached or not.
         Ok(claims.filter(|c| {
@@ -658,7 +656,7 @@ impl TokenIssuer {
         if c.client_id.as_deref() != Some(caller.id.as_str()) {
             return Err(OAuthError::UnauthorizedClient);
         }
-        let (Some(jti), Some(exp)) = (c.jti.clone(), c.exp) else {
+        let (Some(jti), Some(exp)) = (c.jti.as_deref().map(str::to_owned), c.exp) else {
             return Ok((caller.id, None));
         };
         self.revocations

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use portcullis_core::crypto::seal::SealKey;
-use portcullis_core::crypto::sign::SigningKey;
+use portcullis_core::crypto::sign::{PublicKey, SigningKey};
 use portcullis_core::jose::{self, Algorithm, Jwk};
 use portcullis_core::Timestamp;
 use portcullis_store::{Retirement, SigningKeyRecord, SigningKeys, StoreError};
@@ -78,6 +78,8 @@ pub struct RingKey {
     pub record: SigningKeyRecord,
     /// Its public JWK (`kid` set).
     pub jwk: Jwk,
+    /// The same public key, parsed once (verification needs it per token).
+    public: PublicKey,
     key: SigningKey,
 }
 
@@ -101,6 +103,11 @@ impl RingKey {
     /// The algorithm it signs with.
     pub fn algorithm(&self) -> Algorithm {
         self.key.algorithm()
+    }
+
+    /// Its public key.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
     }
 }
 
@@ -185,11 +192,17 @@ impl KeyRing {
                 kid: record.kid.clone(),
             })?;
         let key = SigningKey::from_pkcs8(alg, &pkcs8).map_err(|_| corrupt())?;
-        let jwk = Jwk::from_public(&key.public_key(), alg).map_err(|_| corrupt())?;
+        let public = key.public_key();
+        let jwk = Jwk::from_public(&public, alg).map_err(|_| corrupt())?;
         if jwk.kid.as_deref() != Some(record.kid.as_str()) {
             return Err(corrupt());
         }
-        Ok(RingKey { record, jwk, key })
+        Ok(RingKey {
+            record,
+            jwk,
+            public,
+            key,
+        })
     }
 
     /// Every key the ring holds, oldest first.
@@ -252,7 +265,8 @@ impl KeyRing {
             .await
             .map_err(|_| SigningError::Crypto)?
             .map_err(|_| SigningError::Crypto)?;
-        let jwk = Jwk::from_public(&key.public_key(), alg).map_err(|_| SigningError::Crypto)?;
+        let public = key.public_key();
+        let jwk = Jwk::from_public(&public, alg).map_err(|_| SigningError::Crypto)?;
         let kid = jwk.kid.clone().ok_or(SigningError::Crypto)?;
         let record = SigningKeyRecord {
             private_sealed: self.seal.seal(random_bytes(), &aad(&kid), key.pkcs8()),
@@ -270,7 +284,12 @@ impl KeyRing {
         });
         self.store.insert_signing_key(&record, retire).await?;
         self.reload().await?;
-        Ok(Arc::new(RingKey { record, jwk, key }))
+        Ok(Arc::new(RingKey {
+            record,
+            jwk,
+            public,
+            key,
+        }))
     }
 
     /// The periodic step: a scheduled rotation when one is due (and none is under way), and

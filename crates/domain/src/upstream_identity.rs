@@ -174,8 +174,7 @@ mod tests {
         .unwrap();
         assert_eq!(claims.sub.as_deref(), Some("acme"));
         assert_eq!(claims.exp, Some(NOW + LIFETIME_SECS));
-        let raw: serde_json::Value =
-            serde_json::from_slice(&jws.unverified_payload().unwrap()).unwrap();
+        let raw: serde_json::Value = serde_json::from_slice(jws.unverified_payload()).unwrap();
         assert_eq!(raw["scheme"], "api_key");
         assert_eq!(raw["credential_id"], "key_1");
         assert_eq!(raw["route"], "orders");
@@ -186,13 +185,9 @@ mod tests {
         let t3 = tokens
             .token("orders", "orders-svc", &anonymous, now)
             .unwrap();
-        let raw3: serde_json::Value = serde_json::from_slice(
-            &Jws::parse(&t3, MAX_TOKEN_LEN)
-                .unwrap()
-                .unverified_payload()
-                .unwrap(),
-        )
-        .unwrap();
+        let raw3: serde_json::Value =
+            serde_json::from_slice(Jws::parse(&t3, MAX_TOKEN_LEN).unwrap().unverified_payload())
+                .unwrap();
         assert!(
             raw3.get("sub").is_none() && raw3.get("client_id").is_none(),
             "{raw3}"

@@ -88,7 +88,7 @@ pub const MAX_INTROSPECTION_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub enum Introspected {
     /// Active, with these claims (checked: `iss`, `exp`, `nbf`, `aud` where present).
-    Active(Box<Claims>),
+    Active(Box<Claims<'static>>),
     /// Not active, or active but not for here (another issuer or audience, expired).
     Inactive,
 }
@@ -247,7 +247,7 @@ impl ExternalIssuer {
         if !active.active {
             return Ok(Introspected::Inactive);
         }
-        let Ok(claims) = serde_json::from_slice::<Claims>(&answer) else {
+        let Ok(claims) = Claims::from_json(&answer).map(Claims::into_owned) else {
             return Err(FetchError::BadDocument(
                 "introspection claims of the wrong type",
             ));
@@ -258,10 +258,11 @@ impl ExternalIssuer {
         let fits = claims.iss.as_deref().is_none_or(|i| i == s.issuer)
             && claims.exp.is_none_or(|e| now < e.saturating_add(leeway))
             && claims.nbf.is_none_or(|n| now.saturating_add(leeway) >= n)
-            && claims
-                .aud
-                .as_ref()
-                .is_none_or(|a| a.values().iter().any(|v| s.audiences.contains(v)));
+            && claims.aud.as_ref().is_none_or(|a| {
+                a.values()
+                    .iter()
+                    .any(|v| s.audiences.iter().any(|e| e == v))
+            });
         Ok(if fits {
             Introspected::Active(Box::new(claims))
         } else {
@@ -404,13 +405,13 @@ impl ExternalIssuer {
     }
 
     /// Verifies `jws` under `key` as a token of this issuer.
-    pub fn verify(
+    pub fn verify<'j>(
         &self,
-        jws: &Jws<'_>,
+        jws: &'j Jws<'_>,
         key: &PublicKey,
         algorithms: &[Algorithm],
         now: Timestamp,
-    ) -> Result<(Claims, Verified<jwt::Jwt>), JwtError> {
+    ) -> Result<(Claims<'j>, Verified<jwt::Jwt>), JwtError> {
         let expect = Expectations {
             algorithms,
             issuer: &self.settings.issuer,
@@ -593,7 +594,11 @@ pub(crate) mod tests {
         sign_compact(key, kid, None, claims.to_string().as_bytes()).unwrap()
     }
 
-    async fn verify(i: &ExternalIssuer, t: &str, now: i64) -> Result<Claims, &'static str> {
+    async fn verify(
+        i: &ExternalIssuer,
+        t: &str,
+        now: i64,
+    ) -> Result<Claims<'static>, &'static str> {
         let jws = Jws::parse(t, 16 * 1024).map_err(|_| "malformed")?;
         let kid = jws.header().kid.clone();
         match i
@@ -602,7 +607,7 @@ pub(crate) mod tests {
         {
             Lookup::Found(k, algs) => i
                 .verify(&jws, &k, &algs, Timestamp::from_secs(now))
-                .map(|(c, _)| c)
+                .map(|(c, _)| c.into_owned())
                 .map_err(|_| "refused"),
             Lookup::Unknown => Err("unknown key"),
         }

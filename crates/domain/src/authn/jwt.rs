@@ -161,14 +161,12 @@ impl JwtAuthenticator {
             return Ok(Source::Own);
         }
         #[derive(serde::Deserialize)]
-        struct Iss {
-            #[serde(default)]
-            iss: Option<String>,
+        struct Iss<'a> {
+            #[serde(default, borrow)]
+            iss: Option<std::borrow::Cow<'a, str>>,
         }
-        let iss = jws
-            .unverified_payload()
+        let iss = serde_json::from_slice::<Iss<'_>>(jws.unverified_payload())
             .ok()
-            .and_then(|p| serde_json::from_slice::<Iss>(&p).ok())
             .and_then(|i| i.iss);
         match iss.as_deref() {
             Some(i) if i == self.config.issuer => Ok(Source::Own),
@@ -212,8 +210,7 @@ impl JwtAuthenticator {
                     &self.config.issuer,
                     &self.config.audiences,
                     self.config.leeway_secs,
-                    token,
-                    MAX_TOKEN_BYTES,
+                    &jws,
                     now,
                 )
                 .map_err(refuse)?;
@@ -235,7 +232,7 @@ impl JwtAuthenticator {
                 (c, p, Some(issuer.settings().name.as_str()))
             }
         };
-        let identity = |claims: jwt::Claims, credential: String, exp| {
+        let identity = |claims: jwt::Claims<'_>, credential: String, exp| {
             Identity::from_jwt(proof, identity_claims(claims, credential, exp))
         };
         remember(claims, name, digest, source, None, identity).map(Ok)
@@ -478,7 +475,7 @@ impl JwtAuthenticator {
 }
 
 /// The facts of a verified token's claims.
-fn identity_claims(claims: jwt::Claims, credential: String, exp: Timestamp) -> IdentityClaims {
+fn identity_claims(claims: jwt::Claims<'_>, credential: String, exp: Timestamp) -> IdentityClaims {
     IdentityClaims {
         client_id: claims.client().map(Into::into),
         subject: claims.sub.map(Into::into),
@@ -490,13 +487,13 @@ fn identity_claims(claims: jwt::Claims, credential: String, exp: Timestamp) -> I
 
 /// What is remembered of a verified token: its identity (made by `identity` from the claims,
 /// the credential id and the expiry), `jti` for revocation (own tokens), and its DPoP key.
-fn remember(
-    claims: jwt::Claims,
+fn remember<'c>(
+    claims: jwt::Claims<'c>,
     issuer_name: Option<&str>,
     digest: &[u8; 32],
     source: Source,
     ask_again: Option<Timestamp>,
-    identity: impl FnOnce(jwt::Claims, String, Timestamp) -> Identity,
+    identity: impl FnOnce(jwt::Claims<'c>, String, Timestamp) -> Identity,
 ) -> Result<Remembered, AuthError> {
     let invalid = AuthError::Token(TokenError::Invalid);
     let scopes = ScopeSet::parse(claims.scopes()).map_err(|_| invalid.clone())?;

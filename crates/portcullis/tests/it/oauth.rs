@@ -580,7 +580,7 @@ async fn a_private_key_jwt_client_authenticates_with_single_use_assertions() {
 }
 
 /// The token verified against the server's JWKS (any audience).
-async fn verified(s: &Server, iss: &str, token: &str) -> portcullis_core::jwt::Claims {
+async fn verified(s: &Server, iss: &str, token: &str) -> portcullis_core::jwt::Claims<'static> {
     let jwks = json_of(client().get(s.url("/oauth2/jwks")).send().await.unwrap()).await;
     let jws = Jws::parse(token, MAX_TOKEN_LEN).unwrap();
     let jwk: Jwk = jwks["keys"]
@@ -604,7 +604,7 @@ async fn verified(s: &Server, iss: &str, token: &str) -> portcullis_core::jwt::C
         now,
     )
     .unwrap();
-    claims
+    claims.into_owned()
 }
 
 #[tokio::test]
@@ -939,7 +939,7 @@ policy = "api_key"
     .unwrap();
     assert_eq!(claims.scope.as_deref(), Some("read:echo"));
     assert!(jwt::verify(&jws, &jwk.public_key().unwrap(), &expect("at+jwt"), now).is_err());
-    let raw: Value = serde_json::from_slice(&jws.unverified_payload().unwrap()).unwrap();
+    let raw: Value = serde_json::from_slice(jws.unverified_payload()).unwrap();
     assert_eq!(raw["credential_id"], key_id.as_str());
     assert_eq!(raw["scheme"], "api_key");
     assert_eq!(raw["route"], "signed");
