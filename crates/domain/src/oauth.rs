@@ -13,7 +13,7 @@ use portcullis_core::oauth2::{grant_scopes, ClientCredentials, Form, OAuthError}
 use portcullis_core::secret::{ct_eq, Secret};
 use portcullis_core::{ScopeSet, Timestamp};
 use portcullis_store::{ClientRecord, Nonces, OAuthClients, RevokedTokens, StoreError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::admin::{with_ip, Actor, AdminError};
@@ -543,6 +543,53 @@ pub fn verify_own_token<'j>(
     jwt::verify(jws, key.public_key(), &expect, now)
 }
 
+/// An introspection answer (RFC 7662 §2.2): `{"active": false}` and nothing more, or
+/// `active`, the token's claims and its `token_type`.
+#[derive(Debug, Clone)]
+pub struct Introspection {
+    claims: Option<Arc<jwt::Claims<'static>>>,
+}
+
+impl Introspection {
+    /// Whether the token is active.
+    pub fn active(&self) -> bool {
+        self.claims.is_some()
+    }
+
+    /// The active token's `jti`.
+    pub fn jti(&self) -> Option<&str> {
+        self.claims.as_ref().and_then(|c| c.jti.as_deref())
+    }
+
+    /// The answer's JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Active<'c> {
+            active: bool,
+            #[serde(flatten)]
+            claims: &'c jwt::Claims<'static>,
+            token_type: &'static str,
+        }
+        let Some(c) = &self.claims else {
+            return br#"{"active":false}"#.to_vec();
+        };
+        // RFC 9449 §6.2: a bound token's type is DPoP (its cnf is among the claims).
+        let bound = c.cnf.as_ref().is_some_and(|c| c.jkt.is_some());
+        let answer = Active {
+            active: true,
+            claims: c,
+            token_type: if bound { "DPoP" } else { "Bearer" },
+        };
+        // Claims are strings and integers: nothing here can fail to serialise.
+        serde_json::to_vec(&answer).unwrap_or_else(|_| br#"{"active":false}"#.to_vec())
+    }
+
+    /// The same, as a JSON value.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.to_json()).unwrap_or_default()
+    }
+}
+
 /// The token endpoint, and the introspection and revocation endpoints beside it.
 pub struct TokenIssuer {
     clients: Arc<dyn OAuthClients>,
@@ -619,7 +666,7 @@ impl TokenIssuer {
         authorization: Option<&str>,
         form: &Form,
         now: Timestamp,
-    ) -> Result<(String, serde_json::Value), OAuthError> {
+    ) -> Result<(String, Introspection), OAuthError> {
         let caller = self
             .authenticate(&ClientCredentials::from_request(authorization, form)?, now)
             .await?;
@@ -627,15 +674,12 @@ impl TokenIssuer {
         if !caller.confidential {
             return Err(OAuthError::InvalidClient);
         }
-        let Some(c) = self.active(form, now)? else {
-            return Ok((caller.id, json!({ "active": false })));
-        };
-        let mut v = serde_json::to_value(&*c).unwrap_or_else(|_| json!({}));
-        v["active"] = json!(true);
-        // RFC 9449 §6.2: a bound token's type is DPoP (its cnf is among the claims).
-        let bound = c.cnf.as_ref().is_some_and(|c| c.jkt.is_some());
-        v["token_type"] = json!(if bound { "DPoP" } else { "Bearer" });
-        Ok((caller.id, v))
+        Ok((
+            caller.id,
+            Introspection {
+                claims: self.active(form, now)?,
+            },
+        ))
     }
 
     /// `POST /oauth2/revoke` (RFC 7009): the authenticated client revokes a token issued to
@@ -1597,7 +1641,8 @@ mod tests {
             )
             .await
             .unwrap()
-            .1;
+            .1
+            .to_value();
         assert_eq!(v["token_type"], "DPoP");
         assert_eq!(v["cnf"]["jkt"], json!(jkt));
 

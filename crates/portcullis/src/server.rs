@@ -783,7 +783,12 @@ fn oauth_refusal(e: &OAuthError, used_basic: bool) -> Response<Body> {
 
 /// A JSON answer of an OAuth endpoint: never cached.
 fn oauth_json(body: &serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(Body::from(body.to_string()));
+    oauth_json_bytes(serde_json::to_vec(body).unwrap_or_default())
+}
+
+/// A JSON answer of an OAuth endpoint: never cached (RFC 6749 §5.1).
+fn oauth_json_bytes(body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Body::from(body));
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -860,11 +865,11 @@ async fn introspect_or_revoke(
         ("oauth.revoke", r)
     } else {
         let r = match form {
-            Ok(f) => app.issuer.introspect(auth, f, now).await.map(|(c, v)| {
+            Ok(f) => app.issuer.introspect(auth, f, now).await.map(|(c, i)| {
                 (
                     c,
-                    serde_json::json!({ "active": v["active"], "jti": v["jti"] }),
-                    Some(v),
+                    serde_json::json!({ "active": i.active(), "jti": i.jti() }),
+                    Some(oauth_json_bytes(i.to_json())),
                 )
             }),
             Err(e) => Err(e),
@@ -894,7 +899,7 @@ async fn introspect_or_revoke(
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r
         }
-        Ok((_, _, Some(v))) => oauth_json(&v),
+        Ok((_, _, Some(r))) => r,
         Err(e) => oauth_refusal(&e, post.used_basic),
     }
 }
