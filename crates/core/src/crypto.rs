@@ -3,7 +3,7 @@
 pub mod seal;
 pub mod sign;
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 /// A SHA-256 digest.
 pub type Sha256Digest = [u8; 32];
@@ -11,6 +11,11 @@ pub type Sha256Digest = [u8; 32];
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> Sha256Digest {
     Sha256::digest(data).into()
+}
+
+/// SHA-512 of `data`.
+pub fn sha512(data: &[u8]) -> [u8; 64] {
+    Sha512::digest(data).into()
 }
 
 /// SHA-256 over several parts, as if they were concatenated.

@@ -24,6 +24,7 @@ pub mod cors;
 pub mod crypto;
 pub mod dpop;
 pub mod error;
+pub mod hmac;
 pub mod identity;
 pub mod jose;
 pub mod jwt;

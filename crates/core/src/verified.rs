@@ -10,6 +10,10 @@ use std::marker::PhantomData;
 #[derive(Debug)]
 pub struct ApiKey(());
 
+/// Marker for a verified signed request (any of the [`crate::hmac`] schemes).
+#[derive(Debug)]
+pub struct Hmac(());
+
 /// A zero-sized proof that the check of scheme `S` succeeded.
 #[derive(Debug)]
 pub struct Verified<S> {

@@ -287,6 +287,38 @@ pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     out
 }
 
+/// Whether `tag` is the HMAC-SHA256 of `msg` under `key`, compared in constant time.
+pub fn hmac_sha256_verify(key: &[u8], msg: &[u8], tag: &[u8]) -> bool {
+    hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, key), msg, tag).is_ok()
+}
+
+/// An HMAC-SHA256 computed piece by piece (a canonical string written as it is built).
+pub struct HmacSha256(hmac::Context);
+
+impl HmacSha256 {
+    /// A MAC under `key`.
+    pub fn new(key: &[u8]) -> Self {
+        Self(hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, key)))
+    }
+
+    /// Adds `data`.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The tag.
+    pub fn finish(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.0.sign().as_ref());
+        out
+    }
+
+    /// Whether the tag is `tag`, compared in constant time.
+    pub fn verify(self, tag: &[u8]) -> bool {
+        constant_time_eq::constant_time_eq(&self.finish(), tag)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
