@@ -34,9 +34,50 @@ pub enum AuthError {
     /// A bearer token was presented and refused (RFC 6750 §3.1 `invalid_token`).
     #[error("token: {0}")]
     Token(TokenError),
+    /// A signed request (any [`crate::hmac`] scheme) was refused.
+    #[error("signature: {0}")]
+    Signature(SignatureError),
     /// A backend needed for the decision could not answer; fail closed.
     #[error("authentication backend unavailable")]
     Unavailable,
+}
+
+/// Why a signed request was refused, as the wire tells it (the exact reason is in the
+/// audit trail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// Signature headers are missing, or some of them.
+    #[error("missing")]
+    Missing,
+    /// Malformed, or not the request's signature under the credential's secret.
+    #[error("invalid")]
+    Invalid,
+    /// Signed too long ago, or too far in the future (the answer carries the server's time).
+    #[error("outside the time window")]
+    Expired,
+    /// A signed request seen before.
+    #[error("replayed")]
+    Replayed,
+    /// The body is not the one whose hash was sent.
+    #[error("body hash mismatch")]
+    BodyHashMismatch,
+    /// No credential has this key id (or it was revoked).
+    #[error("unknown key")]
+    UnknownKey,
+}
+
+impl SignatureError {
+    /// The wire code of a scheme's own error code (`missing_signature` …).
+    pub fn from_code(code: &str) -> Self {
+        match code {
+            "missing_signature" => Self::Missing,
+            "signature_expired" => Self::Expired,
+            "replayed_request" => Self::Replayed,
+            "body_hash_mismatch" => Self::BodyHashMismatch,
+            "unknown_key" => Self::UnknownKey,
+            _ => Self::Invalid,
+        }
+    }
 }
 
 /// Why a bearer token was refused: expired, or not valid for any other reason (the reasons
@@ -179,6 +220,34 @@ impl From<&AuthError> for WireError {
                 "invalid_token",
                 "Access tokens are not accepted in the query string; send Authorization: Bearer.",
             ),
+            AuthError::Signature(SignatureError::Missing) => wire(
+                401,
+                "missing_signature",
+                "This route requires a signed request; a signature header is missing.",
+            ),
+            AuthError::Signature(SignatureError::Invalid) => wire(
+                401,
+                "invalid_signature",
+                "The request signature is not valid.",
+            ),
+            AuthError::Signature(SignatureError::Expired) => wire(
+                401,
+                "signature_expired",
+                "The request was signed outside the allowed time window; X-Server-Time has the server's time.",
+            ),
+            AuthError::Signature(SignatureError::Replayed) => wire(
+                401,
+                "replayed_request",
+                "This signed request was already received.",
+            ),
+            AuthError::Signature(SignatureError::BodyHashMismatch) => wire(
+                400,
+                "body_hash_mismatch",
+                "The body does not match its signed hash.",
+            ),
+            AuthError::Signature(SignatureError::UnknownKey) => {
+                wire(401, "unknown_key", "No active signing credential has this key id.")
+            }
             AuthError::Unavailable => wire(
                 503,
                 "temporarily_unavailable",

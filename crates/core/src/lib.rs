@@ -36,7 +36,7 @@ pub mod text;
 pub mod time;
 pub mod verified;
 
-pub use error::{AuthError, WireError};
+pub use error::{AuthError, SignatureError, WireError};
 pub use identity::{Identity, Scheme, ScopeSet};
 pub use request::{ConnMemo, RequestParts};
 pub use time::Timestamp;

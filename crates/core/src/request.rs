@@ -24,6 +24,9 @@ pub struct RequestParts<'a> {
     /// What the caller's connection remembers between its requests; `None` when there is
     /// no connection to remember on (tests, internal callers).
     pub conn: Option<&'a ConnMemo>,
+    /// The whole body, where the route's schemes sign it (the adapter buffers it, bounded,
+    /// before authentication); `None`: not read (it streams to the upstream afterwards).
+    pub body: Option<&'a [u8]>,
 }
 
 impl RequestParts<'_> {
@@ -96,6 +99,7 @@ mod tests {
             headers: h,
             client_ip: [127, 0, 0, 1].into(),
             conn: None,
+            body: None,
         }
     }
 

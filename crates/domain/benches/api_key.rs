@@ -82,6 +82,7 @@ fn bench(c: &mut Criterion) {
                 headers: h,
                 client_ip: [127, 0, 0, 1].into(),
                 conn: None,
+                body: None,
             };
             assert!(rt
                 .block_on(auth.authenticate(&req, &route, now))
@@ -105,6 +106,7 @@ fn bench(c: &mut Criterion) {
                         headers: &headers[i],
                         client_ip: [127, 0, 0, 1].into(),
                         conn: None,
+                        body: None,
                     };
                     rt.block_on(auth.authenticate(&req, &route, now)).unwrap()
                 },

@@ -78,6 +78,7 @@ fn bench(c: &mut Criterion) {
             headers: h,
             client_ip: [127, 0, 0, 1].into(),
             conn: None,
+            body: None,
         };
         assert!(a
             .authenticate_now(&req, &route, now)

@@ -336,6 +336,7 @@ mod tests {
             headers: &h,
             client_ip: [127, 0, 0, 1].into(),
             conn: None,
+            body: None,
         };
         policy
             .evaluate(&req, &RouteAuth::default(), Timestamp::EPOCH)

@@ -400,6 +400,7 @@ impl Gateway {
             headers: &parts.headers,
             client_ip: self.client_of(peer.ip(), trusted_peer, &parts.headers),
             conn: Some(conn),
+            body: None,
         };
         let decided = match self.gate.admit(&route.gate, &req, request_id, now).await {
             Ok(a) => a,

@@ -523,6 +523,7 @@ mod tests {
                 headers,
                 client_ip: [127, 0, 0, 1].into(),
                 conn: Some(&conn),
+                body: None,
             };
             // A well-formed key, stored or not, is not in the cache yet: only the store can
             // answer (a mistyped, missing or doubled key needs no look-up).
@@ -546,6 +547,7 @@ mod tests {
                 headers: &cases[i],
                 client_ip: [127, 0, 0, 1].into(),
                 conn: None,
+                body: None,
             };
             outcome(&auth.authenticate_now(&req, &route, now).unwrap())
         };

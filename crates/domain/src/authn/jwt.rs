@@ -673,6 +673,7 @@ mod tests {
             headers: h,
             client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             conn: None,
+            body: None,
         }
     }
 
@@ -836,6 +837,7 @@ mod tests {
             headers: &h,
             client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             conn: None,
+            body: None,
         };
         a.authenticate(&req, &RouteAuth::default(), Timestamp::from_secs(now))
             .await
@@ -889,6 +891,7 @@ mod tests {
             headers: &h,
             client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             conn: None,
+            body: None,
         };
         assert!(a
             .authenticate_now(&parts, &RouteAuth::default(), Timestamp::from_secs(NOW))
