@@ -12,12 +12,12 @@ use portcullis_core::ratelimit::{Algorithm, Limit};
 use portcullis_core::Timestamp;
 
 use crate::audit_block::{OwnedFields, Record};
+use crate::{hmac_invalid, HmacCredentialRecord, HmacCredentials, Nonces, RevokedTokens};
 use crate::{
     ApiKeyRecord, ApiKeys, AuditLog, AuditQuery, ClientRecord, Durable, KeyPatch, KeyUsage,
     OAuthClients, QuotaSpec, RateCells, RateLimitSpec, Retirement, Sealed, SigningKeyRecord,
     SigningKeys, StoreError,
 };
-use crate::{Nonces, RevokedTokens};
 
 /// A key record for tests; `n` makes id and hash unique.
 pub fn sample_key(n: u8) -> ApiKeyRecord {
@@ -113,6 +113,327 @@ where
     clients_round_trip(&make().await).await;
     revoked_tokens_until_expiry(&make().await).await;
     nonces_are_single_use_until_expiry(&make().await).await;
+    hmac_round_trip_and_conflicts(&make().await).await;
+    hmac_list_pages(&make().await).await;
+    hmac_rotate_keeps_one_previous_secret(&make().await).await;
+    hmac_concurrent_rotations_lose_no_secret(&make().await).await;
+    hmac_rotate_refusals(&make().await).await;
+    hmac_revoke_keeps_the_first_time(&make().await).await;
+}
+
+/// Sealed bytes for tests: every byte value (NUL and 0xff included), then `n`.
+pub fn sample_sealed(n: u8) -> Vec<u8> {
+    (0..=255u8).chain([n, 0, n]).collect()
+}
+
+/// A shared-secret HMAC credential for tests, with a sealed secret from [`sample_sealed`].
+pub fn sample_hmac(key_id: &str) -> HmacCredentialRecord {
+    HmacCredentialRecord {
+        key_id: key_id.to_owned(),
+        name: format!("partner {key_id}"),
+        scopes: vec!["read:echo".into(), "write:echo".into()],
+        secret: Some(sample_sealed(1)),
+        previous_secret: None,
+        previous_expires_at: None,
+        public_key: None,
+        public_key_alg: None,
+        created_at: Timestamp::from_millis(1_000),
+        rotated_at: None,
+        revoked_at: None,
+    }
+}
+
+/// A public-key (RFC 9421) credential for tests.
+fn sample_public_key_hmac(key_id: &str) -> HmacCredentialRecord {
+    HmacCredentialRecord {
+        secret: None,
+        public_key: Some(
+            "-----BEGIN PUBLIC KEY-----\n\
+             MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n\
+             -----END PUBLIC KEY-----\n"
+                .into(),
+        ),
+        public_key_alg: Some("ed25519".into()),
+        ..sample_hmac(key_id)
+    }
+}
+
+/// Whether `text` shows `bytes` in any of the ways `Debug` of a `Vec<u8>` or a slice would.
+fn shows_bytes(text: &str, bytes: &[u8]) -> bool {
+    let decimal = bytes
+        .iter()
+        .map(u8::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    text.contains(&decimal) || text.contains(&portcullis_core::crypto::hex(bytes))
+}
+
+async fn hmac_round_trip_and_conflicts(s: &impl HmacCredentials) {
+    let a = sample_hmac("hk_a");
+    s.insert_hmac(&a).await.unwrap();
+    assert_eq!(
+        s.find_hmac("hk_a").await.unwrap(),
+        Some(a.clone()),
+        "stored exactly"
+    );
+    // Every field set (a credential in its rotation grace, revoked since), scopes that need
+    // JSON escaping.
+    let full = HmacCredentialRecord {
+        scopes: vec!["a \"quoted\" scope".into(), "é\\x".into()],
+        secret: Some(sample_sealed(2)),
+        previous_secret: Some(sample_sealed(3)),
+        previous_expires_at: Some(Timestamp::from_millis(9_000)),
+        rotated_at: Some(Timestamp::from_millis(2_000)),
+        revoked_at: Some(Timestamp::from_millis(3_000)),
+        ..sample_hmac("hk_full")
+    };
+    s.insert_hmac(&full).await.unwrap();
+    let got = s.find_hmac("hk_full").await.unwrap().unwrap();
+    assert_eq!(got, full, "every field stored exactly");
+    assert_eq!(
+        got.previous_secret.as_deref(),
+        Some(&sample_sealed(3)[..]),
+        "sealed bytes exactly"
+    );
+    let pk = HmacCredentialRecord {
+        scopes: vec![],
+        ..sample_public_key_hmac("hk_pk")
+    };
+    s.insert_hmac(&pk).await.unwrap();
+    assert_eq!(s.find_hmac("hk_pk").await.unwrap(), Some(pk.clone()));
+    assert_eq!(s.find_hmac("hk_nope").await.unwrap(), None, "unknown id");
+
+    let same_id = HmacCredentialRecord {
+        name: "other".into(),
+        ..sample_public_key_hmac("hk_a")
+    };
+    assert!(
+        matches!(s.insert_hmac(&same_id).await, Err(StoreError::Conflict(_))),
+        "duplicate key id"
+    );
+    assert_eq!(
+        s.find_hmac("hk_a").await.unwrap(),
+        Some(a.clone()),
+        "a refused insert changes nothing"
+    );
+
+    // Exactly one of a secret and a public key, and their companions.
+    let both = HmacCredentialRecord {
+        secret: Some(vec![1]),
+        ..sample_public_key_hmac("hk_both")
+    };
+    let neither = HmacCredentialRecord {
+        secret: None,
+        ..sample_hmac("hk_neither")
+    };
+    let alg_only = HmacCredentialRecord {
+        public_key_alg: Some("ed25519".into()),
+        ..sample_hmac("hk_alg")
+    };
+    let no_deadline = HmacCredentialRecord {
+        previous_secret: Some(vec![1]),
+        ..sample_hmac("hk_nodeadline")
+    };
+    for bad in [both, neither, alg_only, no_deadline] {
+        assert!(
+            matches!(s.insert_hmac(&bad).await, Err(StoreError::Invalid(_))),
+            "{bad:?}"
+        );
+        assert_eq!(s.find_hmac(&bad.key_id).await.unwrap(), None);
+    }
+
+    // Debug says whether the secrets are set, never what they are.
+    let shown = format!("{full:?}");
+    assert!(shown.contains("hk_full"), "{shown}");
+    for secret in [&full.secret, &full.previous_secret] {
+        assert!(!shows_bytes(&shown, secret.as_deref().unwrap()), "{shown}");
+    }
+    assert!(!shown.contains("0, 1, 2, 3"), "{shown}");
+    assert!(shown.contains("<set>"), "{shown}");
+}
+
+async fn hmac_list_pages(s: &impl HmacCredentials) {
+    assert!(s.list_hmac(None, 10).await.unwrap().is_empty());
+    // Inserted out of order: the list is by key id.
+    for id in ["hk_c", "hk_a", "hk_e", "hk_b", "hk_d"] {
+        s.insert_hmac(&sample_hmac(id)).await.unwrap();
+    }
+    s.revoke_hmac("hk_b", Timestamp::from_millis(5_000))
+        .await
+        .unwrap();
+    let ids = |v: Vec<HmacCredentialRecord>| v.into_iter().map(|c| c.key_id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.list_hmac(None, 10).await.unwrap()),
+        ["hk_a", "hk_b", "hk_c", "hk_d", "hk_e"],
+        "ordered by key id, revoked ones included"
+    );
+    assert_eq!(ids(s.list_hmac(None, 2).await.unwrap()), ["hk_a", "hk_b"]);
+    assert_eq!(
+        ids(s.list_hmac(Some("hk_b"), 2).await.unwrap()),
+        ["hk_c", "hk_d"],
+        "after is exclusive"
+    );
+    assert_eq!(
+        ids(s.list_hmac(Some("hk_d"), 2).await.unwrap()),
+        ["hk_e"],
+        "the last page"
+    );
+    assert_eq!(
+        ids(s.list_hmac(Some("hk_bb"), 10).await.unwrap()),
+        ["hk_c", "hk_d", "hk_e"],
+        "after need not exist"
+    );
+    assert!(s.list_hmac(Some("hk_e"), 10).await.unwrap().is_empty());
+    assert!(s.list_hmac(None, 0).await.unwrap().is_empty());
+    assert_eq!(
+        s.list_hmac(None, 10).await.unwrap()[0],
+        sample_hmac("hk_a"),
+        "listed exactly"
+    );
+}
+
+async fn hmac_rotate_keeps_one_previous_secret(s: &impl HmacCredentials) {
+    let c = sample_hmac("hk_a");
+    s.insert_hmac(&c).await.unwrap();
+    let t = Timestamp::from_millis;
+    let r = s
+        .rotate_hmac("hk_a", &sample_sealed(2), t(60_000), t(10_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.secret,
+        Some(sample_sealed(2)),
+        "the new secret is current"
+    );
+    assert_eq!(
+        r.previous_secret, c.secret,
+        "the current one became the previous one"
+    );
+    assert_eq!(r.previous_expires_at, Some(t(60_000)));
+    assert_eq!(r.rotated_at, Some(t(10_000)));
+    assert_eq!(
+        (&r.key_id, &r.name, &r.scopes, r.created_at, r.revoked_at),
+        (&c.key_id, &c.name, &c.scopes, c.created_at, None),
+        "the rest stays"
+    );
+    assert_eq!(
+        s.find_hmac("hk_a").await.unwrap(),
+        Some(r),
+        "the rotation is stored"
+    );
+
+    let r2 = s
+        .rotate_hmac("hk_a", &sample_sealed(3), t(90_000), t(20_000))
+        .await
+        .unwrap();
+    assert_eq!(r2.secret, Some(sample_sealed(3)));
+    assert_eq!(
+        r2.previous_secret,
+        Some(sample_sealed(2)),
+        "a second rotation drops the oldest secret"
+    );
+    assert_eq!(
+        (r2.previous_expires_at, r2.rotated_at),
+        (Some(t(90_000)), Some(t(20_000)))
+    );
+    assert_eq!(s.find_hmac("hk_a").await.unwrap(), Some(r2));
+}
+
+async fn hmac_concurrent_rotations_lose_no_secret(s: &impl HmacCredentials) {
+    s.insert_hmac(&sample_hmac("hk_a")).await.unwrap();
+    let t = Timestamp::from_millis;
+    let (x, y) = (sample_sealed(2), sample_sealed(3));
+    let (rx, ry) = tokio::join!(
+        s.rotate_hmac("hk_a", &x, t(60_000), t(10_000)),
+        s.rotate_hmac("hk_a", &y, t(60_000), t(10_000)),
+    );
+    let (rx, ry) = (rx.unwrap(), ry.unwrap());
+    let stored = s.find_hmac("hk_a").await.unwrap().unwrap();
+    // One ran after the other: the later one's previous secret is the earlier one's.
+    let (first, last) = if stored.secret.as_ref() == Some(&y) {
+        (rx, ry)
+    } else {
+        (ry, rx)
+    };
+    assert_eq!(stored, last, "the later rotation is what is stored");
+    assert_eq!(
+        last.previous_secret, first.secret,
+        "the secret the first rotation set is the previous one, not lost"
+    );
+    assert_eq!(first.previous_secret, Some(sample_sealed(1)));
+}
+
+async fn hmac_rotate_refusals(s: &impl HmacCredentials) {
+    let t = Timestamp::from_millis;
+    assert!(
+        matches!(
+            s.rotate_hmac("hk_nope", &[1], t(60_000), t(10_000)).await,
+            Err(StoreError::NotFound)
+        ),
+        "unknown"
+    );
+    let pk = sample_public_key_hmac("hk_pk");
+    s.insert_hmac(&pk).await.unwrap();
+    assert!(
+        matches!(
+            s.rotate_hmac("hk_pk", &[1], t(60_000), t(10_000)).await,
+            Err(StoreError::Invalid(hmac_invalid::NO_SECRET))
+        ),
+        "a public-key credential has no secret to rotate"
+    );
+    assert_eq!(s.find_hmac("hk_pk").await.unwrap(), Some(pk));
+
+    let c = sample_hmac("hk_a");
+    s.insert_hmac(&c).await.unwrap();
+    let revoked = s.revoke_hmac("hk_a", t(5_000)).await.unwrap();
+    assert!(
+        matches!(
+            s.rotate_hmac("hk_a", &[1], t(60_000), t(10_000)).await,
+            Err(StoreError::Invalid(hmac_invalid::REVOKED))
+        ),
+        "a revoked credential cannot rotate"
+    );
+    assert_eq!(
+        s.find_hmac("hk_a").await.unwrap(),
+        Some(revoked),
+        "a refused rotation changes nothing"
+    );
+}
+
+async fn hmac_revoke_keeps_the_first_time(s: &impl HmacCredentials) {
+    let t = Timestamp::from_millis;
+    let c = sample_hmac("hk_a");
+    s.insert_hmac(&c).await.unwrap();
+    let r = s.revoke_hmac("hk_a", t(5_000)).await.unwrap();
+    assert_eq!(
+        r,
+        HmacCredentialRecord {
+            revoked_at: Some(t(5_000)),
+            ..c.clone()
+        },
+        "revocation sets revoked_at only"
+    );
+    assert_eq!(s.find_hmac("hk_a").await.unwrap(), Some(r.clone()));
+    let r2 = s.revoke_hmac("hk_a", t(9_000)).await.unwrap();
+    assert_eq!(
+        r2.revoked_at,
+        Some(t(5_000)),
+        "a second revoke keeps the first time"
+    );
+    let r3 = s.revoke_hmac("hk_a", t(1_000)).await.unwrap();
+    assert_eq!(r3.revoked_at, Some(t(5_000)), "even one dated earlier");
+    assert_eq!(s.find_hmac("hk_a").await.unwrap(), Some(r));
+    assert!(matches!(
+        s.revoke_hmac("hk_nope", t(5_000)).await,
+        Err(StoreError::NotFound)
+    ));
+    let pk = sample_public_key_hmac("hk_pk");
+    s.insert_hmac(&pk).await.unwrap();
+    assert_eq!(
+        s.revoke_hmac("hk_pk", t(7_000)).await.unwrap().revoked_at,
+        Some(t(7_000)),
+        "a public-key credential is revoked the same way"
+    );
 }
 
 async fn nonces_are_single_use_until_expiry(s: &impl Nonces) {

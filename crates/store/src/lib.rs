@@ -1,6 +1,7 @@
 //! Portcullis storage: one narrow trait per aggregate, with its contract in the docs.
 //!
-//! Durable aggregates ([`ApiKeys`], [`AuditLog`], [`SigningKeys`], [`OAuthClients`], [`RevokedTokens`]) hold what must survive a crash: an
+//! Durable aggregates ([`ApiKeys`], [`AuditLog`], [`SigningKeys`], [`OAuthClients`], [`RevokedTokens`],
+//! [`Nonces`], [`HmacCredentials`]) hold what must survive a crash: an
 //! implementation returns `Ok` only once the change is durable (SQLite: WAL with
 //! `synchronous=FULL`). Ephemeral state ([`RateCells`]) may be lost on restart.
 //!
@@ -200,6 +201,53 @@ pub trait OAuthClients: Send + Sync {
     async fn delete_client(&self, id: &str) -> Result<(), StoreError>;
 }
 
+/// HMAC signing credentials. Durable before `Ok`.
+#[async_trait]
+pub trait HmacCredentials: Send + Sync {
+    /// Stores a new credential. `Conflict` if the key id exists; `Invalid` if it breaks the
+    /// record's rules (exactly one of a secret and a public key, see [`HmacCredentialRecord`]).
+    async fn insert_hmac(&self, c: &HmacCredentialRecord) -> Result<(), StoreError>;
+
+    /// The credential with this key id (revoked ones included).
+    async fn find_hmac(&self, key_id: &str) -> Result<Option<HmacCredentialRecord>, StoreError>;
+
+    /// Credentials ordered by key id, after `after` (exclusive); at most `limit`.
+    async fn list_hmac(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<HmacCredentialRecord>, StoreError>;
+
+    /// Rotation, atomically: the current secret becomes the previous one (accepted until
+    /// `previous_expires_at`; a previous one still there is dropped), `secret` becomes
+    /// current, `rotated_at = at`. `NotFound` if absent; `Invalid` if revoked
+    /// ([`hmac_invalid::REVOKED`]) or a public-key credential ([`hmac_invalid::NO_SECRET`]).
+    async fn rotate_hmac(
+        &self,
+        key_id: &str,
+        secret: &[u8],
+        previous_expires_at: Timestamp,
+        at: Timestamp,
+    ) -> Result<HmacCredentialRecord, StoreError>;
+
+    /// Revokes it at `at` (a second revoke keeps the first time) and returns it. `NotFound`
+    /// if absent.
+    async fn revoke_hmac(
+        &self,
+        key_id: &str,
+        at: Timestamp,
+    ) -> Result<HmacCredentialRecord, StoreError>;
+}
+
+/// The `Invalid` texts of [`HmacCredentials::rotate_hmac`] (both backends use these, so a
+/// caller can match on them).
+pub mod hmac_invalid {
+    /// A revoked credential cannot be rotated.
+    pub const REVOKED: &str = "hmac credential revoked";
+    /// A public-key credential has no secret to rotate.
+    pub const NO_SECRET: &str = "hmac credential has a public key, not a secret";
+}
+
 /// Values that may be used once (a client assertion's `jti`, a DPoP proof's, a signed
 /// request's nonce), each remembered until `expires_at`, after which the credential that
 /// carried it is refused on its own. Durable before `Ok`, so that a restart is no replay
@@ -234,10 +282,14 @@ pub trait RevokedTokens: Send + Sync {
 
 /// The durable store the binary wires in.
 pub trait Durable:
-    ApiKeys + AuditLog + SigningKeys + OAuthClients + RevokedTokens + Nonces
+    ApiKeys + AuditLog + SigningKeys + OAuthClients + RevokedTokens + Nonces + HmacCredentials
 {
 }
-impl<T: ApiKeys + AuditLog + SigningKeys + OAuthClients + RevokedTokens + Nonces> Durable for T {}
+impl<
+        T: ApiKeys + AuditLog + SigningKeys + OAuthClients + RevokedTokens + Nonces + HmacCredentials,
+    > Durable for T
+{
+}
 
 /// The audit-seq rule every backend applies: `seq` must be exactly `next`.
 /// Checks that `events` continue at `next` and follow each other: seqs one by one, each

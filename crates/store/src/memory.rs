@@ -14,7 +14,7 @@ use crate::{
     OAuthClients, Pruned, QuotaState, RateCells, Retirement, Sealed, SigningKeyRecord, SigningKeys,
     StoreError, StoredEvent,
 };
-use crate::{Nonces, RevokedTokens};
+use crate::{hmac_invalid, HmacCredentialRecord, HmacCredentials, Nonces, RevokedTokens};
 
 /// Durable aggregates kept in memory (lost on exit: for tests and demos only).
 #[derive(Default)]
@@ -34,6 +34,7 @@ struct Inner {
     clients: BTreeMap<String, ClientRecord>,
     revoked: HashMap<String, Timestamp>,
     nonces: HashMap<String, Timestamp>,
+    hmac: BTreeMap<String, HmacCredentialRecord>,
 }
 
 impl MemoryStore {
@@ -320,6 +321,69 @@ impl OAuthClients for MemoryStore {
             .remove(id)
             .map(|_| ())
             .ok_or(StoreError::NotFound)
+    }
+}
+
+#[async_trait]
+impl HmacCredentials for MemoryStore {
+    async fn insert_hmac(&self, c: &HmacCredentialRecord) -> Result<(), StoreError> {
+        c.check()?;
+        let mut g = self.lock();
+        if g.hmac.contains_key(&c.key_id) {
+            return Err(StoreError::Conflict("hmac credential exists"));
+        }
+        g.hmac.insert(c.key_id.clone(), c.clone());
+        Ok(())
+    }
+
+    async fn find_hmac(&self, key_id: &str) -> Result<Option<HmacCredentialRecord>, StoreError> {
+        Ok(self.lock().hmac.get(key_id).cloned())
+    }
+
+    async fn list_hmac(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<HmacCredentialRecord>, StoreError> {
+        let g = self.lock();
+        Ok(g.hmac
+            .values()
+            .filter(|c| after.is_none_or(|a| c.key_id.as_str() > a))
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn rotate_hmac(
+        &self,
+        key_id: &str,
+        secret: &[u8],
+        previous_expires_at: Timestamp,
+        at: Timestamp,
+    ) -> Result<HmacCredentialRecord, StoreError> {
+        let mut g = self.lock();
+        let c = g.hmac.get_mut(key_id).ok_or(StoreError::NotFound)?;
+        if c.revoked_at.is_some() {
+            return Err(StoreError::Invalid(hmac_invalid::REVOKED));
+        }
+        if c.secret.is_none() {
+            return Err(StoreError::Invalid(hmac_invalid::NO_SECRET));
+        }
+        c.previous_secret = c.secret.replace(secret.to_vec());
+        c.previous_expires_at = Some(previous_expires_at);
+        c.rotated_at = Some(at);
+        Ok(c.clone())
+    }
+
+    async fn revoke_hmac(
+        &self,
+        key_id: &str,
+        at: Timestamp,
+    ) -> Result<HmacCredentialRecord, StoreError> {
+        let mut g = self.lock();
+        let c = g.hmac.get_mut(key_id).ok_or(StoreError::NotFound)?;
+        c.revoked_at.get_or_insert(at);
+        Ok(c.clone())
     }
 }
 

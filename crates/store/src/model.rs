@@ -355,3 +355,84 @@ impl std::fmt::Debug for ClientRecord {
             .finish_non_exhaustive()
     }
 }
+
+/// A partner's credential for signed requests (see [`crate::HmacCredentials`]): a public key
+/// id and a shared secret, or instead a registered public key for RFC 9421 signatures.
+/// Exactly one of `secret` and `public_key` is set.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HmacCredentialRecord {
+    /// The public key id the client sends (`X-API-Key`, the SigV4 access key id, RFC 9421
+    /// `keyid`). Unique.
+    pub key_id: String,
+    /// A name for people.
+    pub name: String,
+    /// Scopes it grants.
+    pub scopes: Vec<String>,
+    /// The current shared secret, sealed by the caller (`portcullis_core::crypto::seal`; the
+    /// store never sees it in the clear). `None` for a public-key credential.
+    pub secret: Option<Vec<u8>>,
+    /// The secret it replaced, sealed, accepted until `previous_expires_at`.
+    pub previous_secret: Option<Vec<u8>>,
+    /// Until when `previous_secret` is accepted (set together with it).
+    pub previous_expires_at: Option<Timestamp>,
+    /// A registered public key (PEM SubjectPublicKeyInfo), instead of a secret.
+    pub public_key: Option<String>,
+    /// The public key's RFC 9421 algorithm name (`ed25519`, `ecdsa-p256-sha256`,
+    /// `rsa-pss-sha512`, `rsa-v1_5-sha256`), set together with it.
+    pub public_key_alg: Option<String>,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// When the secret was last rotated.
+    pub rotated_at: Option<Timestamp>,
+    /// When it was revoked (refused from then on).
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl HmacCredentialRecord {
+    /// The rule both backends apply before storing a credential: exactly one of a secret and a
+    /// public key; an algorithm with (and only with) a public key; a previous secret only next
+    /// to a current one, and with (and only with) its deadline.
+    pub(crate) fn check(&self) -> Result<(), crate::StoreError> {
+        let invalid = crate::StoreError::Invalid;
+        if self.secret.is_some() == self.public_key.is_some() {
+            return Err(invalid(
+                "hmac credential needs exactly one of a secret and a public key",
+            ));
+        }
+        if self.public_key.is_some() != self.public_key_alg.is_some() {
+            return Err(invalid(
+                "hmac credential public key and algorithm go together",
+            ));
+        }
+        if self.previous_secret.is_some() && self.secret.is_none() {
+            return Err(invalid(
+                "hmac credential previous secret needs a current one",
+            ));
+        }
+        if self.previous_secret.is_some() != self.previous_expires_at.is_some() {
+            return Err(invalid(
+                "hmac credential previous secret and its deadline go together",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for HmacCredentialRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Whether the secrets are set, never their bytes (sealed, but still not for logs).
+        let set = |s: &Option<Vec<u8>>| if s.is_some() { "<set>" } else { "<none>" };
+        f.debug_struct("HmacCredentialRecord")
+            .field("key_id", &self.key_id)
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .field("secret", &set(&self.secret))
+            .field("previous_secret", &set(&self.previous_secret))
+            .field("previous_expires_at", &self.previous_expires_at)
+            .field("public_key_alg", &self.public_key_alg)
+            .field("created_at", &self.created_at)
+            .field("rotated_at", &self.rotated_at)
+            .field("revoked_at", &self.revoked_at)
+            .finish_non_exhaustive()
+    }
+}

@@ -28,7 +28,7 @@ use crate::{
     ClientRecord, KeyPatch, KeyUsage, OAuthClients, Pruned, QuotaState, Retirement, Sealed,
     SigningKeyRecord, SigningKeys, StoreError, StoredEvent,
 };
-use crate::{Nonces, RevokedTokens};
+use crate::{hmac_invalid, HmacCredentialRecord, HmacCredentials, Nonces, RevokedTokens};
 
 /// The embedded schema migrations.
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -835,6 +835,164 @@ impl OAuthClients for SqliteStore {
     }
 }
 
+/// The columns of an HMAC credential record.
+macro_rules! hmac_cols {
+    () => {
+        "key_id, name, scopes, secret, previous_secret, previous_expires_at, public_key, \
+         public_key_alg, created_at, rotated_at, revoked_at"
+    };
+}
+
+fn hmac_from_row(r: &SqliteRow) -> Result<HmacCredentialRecord, StoreError> {
+    Ok(HmacCredentialRecord {
+        key_id: r.try_get("key_id").map_err(sql_err)?,
+        name: r.try_get("name").map_err(sql_err)?,
+        scopes: from_json(r, "scopes")?,
+        secret: r.try_get("secret").map_err(sql_err)?,
+        previous_secret: r.try_get("previous_secret").map_err(sql_err)?,
+        previous_expires_at: opt_time(r, "previous_expires_at")?,
+        public_key: r.try_get("public_key").map_err(sql_err)?,
+        public_key_alg: r.try_get("public_key_alg").map_err(sql_err)?,
+        created_at: Timestamp::from_millis(r.try_get("created_at").map_err(sql_err)?),
+        rotated_at: opt_time(r, "rotated_at")?,
+        revoked_at: opt_time(r, "revoked_at")?,
+    })
+}
+
+#[async_trait]
+impl HmacCredentials for SqliteStore {
+    async fn insert_hmac(&self, c: &HmacCredentialRecord) -> Result<(), StoreError> {
+        c.check()?;
+        sqlx::query(concat!(
+            "INSERT INTO hmac_credentials (",
+            hmac_cols!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        ))
+        .bind(&c.key_id)
+        .bind(&c.name)
+        .bind(json_list(&c.scopes))
+        .bind(c.secret.as_deref())
+        .bind(c.previous_secret.as_deref())
+        .bind(c.previous_expires_at.map(Timestamp::as_millis))
+        .bind(c.public_key.as_deref())
+        .bind(c.public_key_alg.as_deref())
+        .bind(c.created_at.as_millis())
+        .bind(c.rotated_at.map(Timestamp::as_millis))
+        .bind(c.revoked_at.map(Timestamp::as_millis))
+        .execute(&self.writer)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::Conflict("hmac credential exists")
+            }
+            _ => sql_err(e),
+        })?;
+        Ok(())
+    }
+
+    async fn find_hmac(&self, key_id: &str) -> Result<Option<HmacCredentialRecord>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            hmac_cols!(),
+            " FROM hmac_credentials WHERE key_id = ?1"
+        ))
+        .bind(key_id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(sql_err)?
+        .as_ref()
+        .map(hmac_from_row)
+        .transpose()
+    }
+
+    async fn list_hmac(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<HmacCredentialRecord>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            hmac_cols!(),
+            " FROM hmac_credentials WHERE ?1 IS NULL OR key_id > ?1 ORDER BY key_id LIMIT ?2"
+        ))
+        .bind(after)
+        .bind(i64::from(limit.min(MAX_QUERY_LIMIT)))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(sql_err)?
+        .iter()
+        .map(hmac_from_row)
+        .collect()
+    }
+
+    async fn rotate_hmac(
+        &self,
+        key_id: &str,
+        secret: &[u8],
+        previous_expires_at: Timestamp,
+        at: Timestamp,
+    ) -> Result<HmacCredentialRecord, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // One statement moves the secrets: SET expressions read the row as it was, so the
+        // secret a concurrent rotation just set becomes the previous one, never lost.
+        let row = sqlx::query(concat!(
+            "UPDATE hmac_credentials SET previous_secret = secret, previous_expires_at = ?3, \
+             secret = ?2, rotated_at = ?4 \
+             WHERE key_id = ?1 AND revoked_at IS NULL AND secret IS NOT NULL RETURNING ",
+            hmac_cols!()
+        ))
+        .bind(key_id)
+        .bind(secret)
+        .bind(previous_expires_at.as_millis())
+        .bind(at.as_millis())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(sql_err)?;
+        if let Some(row) = row {
+            let c = hmac_from_row(&row)?;
+            tx.commit().await.map_err(sql_err)?;
+            return Ok(c);
+        }
+        // Nothing changed: why, read under the same write lock (dropping `tx` rolls back).
+        let (revoked, no_secret): (i64, i64) = sqlx::query_as(
+            "SELECT revoked_at IS NOT NULL, secret IS NULL FROM hmac_credentials \
+             WHERE key_id = ?1",
+        )
+        .bind(key_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(sql_err)?
+        .ok_or(StoreError::NotFound)?;
+        Err(if revoked != 0 {
+            StoreError::Invalid(hmac_invalid::REVOKED)
+        } else if no_secret != 0 {
+            StoreError::Invalid(hmac_invalid::NO_SECRET)
+        } else {
+            // The WHERE clause refused a row neither revoked nor without a secret: cannot be.
+            StoreError::Corrupt("hmac credential refused rotation for no reason".into())
+        })
+    }
+
+    async fn revoke_hmac(
+        &self,
+        key_id: &str,
+        at: Timestamp,
+    ) -> Result<HmacCredentialRecord, StoreError> {
+        let row = sqlx::query(concat!(
+            "UPDATE hmac_credentials SET revoked_at = coalesce(revoked_at, ?2) WHERE key_id = ?1 \
+             RETURNING ",
+            hmac_cols!()
+        ))
+        .bind(key_id)
+        .bind(at.as_millis())
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(sql_err)?
+        .ok_or(StoreError::NotFound)?;
+        hmac_from_row(&row)
+    }
+}
+
 #[async_trait]
 impl SigningKeys for SqliteStore {
     async fn insert_signing_key(
@@ -1423,6 +1581,83 @@ mod tests {
         let e2 = sample_event(2, e1.hash, "auth.decision", "allow", None);
         append(&s, &[e2]).await.unwrap();
         assert_eq!(s.scan(0, 10).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn hmac_credentials_survive_a_reopen() {
+        use crate::conformance::{sample_hmac, sample_sealed};
+        let dir = TempDir::new();
+        let path = dir.0.join("db.sqlite");
+        let t = Timestamp::from_millis;
+        let (rotated, revoked) = {
+            let s = SqliteStore::open(&path).await.unwrap();
+            s.insert_hmac(&sample_hmac("hk_a")).await.unwrap();
+            s.insert_hmac(&sample_hmac("hk_b")).await.unwrap();
+            let rotated = s
+                .rotate_hmac("hk_a", &sample_sealed(2), t(60_000), t(10_000))
+                .await
+                .unwrap();
+            let revoked = s.revoke_hmac("hk_b", t(5_000)).await.unwrap();
+            s.close().await;
+            (rotated, revoked)
+        };
+        {
+            // Dropped without close: the data is in the WAL, which the reopen replays.
+            let s = SqliteStore::open(&path).await.unwrap();
+            s.insert_hmac(&sample_hmac("hk_c")).await.unwrap();
+        }
+        let s = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(s.find_hmac("hk_a").await.unwrap(), Some(rotated.clone()));
+        assert_eq!(
+            rotated.previous_secret,
+            Some(sample_sealed(1)),
+            "both sealed secrets, byte for byte"
+        );
+        assert_eq!(s.find_hmac("hk_b").await.unwrap(), Some(revoked));
+        assert_eq!(
+            s.find_hmac("hk_c").await.unwrap(),
+            Some(sample_hmac("hk_c"))
+        );
+        assert_eq!(s.list_hmac(None, 10).await.unwrap().len(), 3);
+    }
+
+    /// The table's CHECKs hold even for a write that skips the store's own check.
+    #[tokio::test]
+    async fn hmac_table_refuses_both_or_neither_secret_and_public_key() {
+        let s = SqliteStore::open_in_memory().await.unwrap();
+        for (secret, public_key) in [(None, None), (Some(&b"s"[..]), Some("pem"))] {
+            let done = sqlx::query(
+                "INSERT INTO hmac_credentials (key_id, name, scopes, secret, public_key, \
+                 public_key_alg, created_at) VALUES ('hk_x', 'x', '[]', ?1, ?2, ?3, 0)",
+            )
+            .bind(secret)
+            .bind(public_key)
+            .bind(public_key.map(|_| "ed25519"))
+            .execute(&s.writer)
+            .await;
+            assert!(
+                matches!(&done, Err(sqlx::Error::Database(d))
+                    if d.kind() == sqlx::error::ErrorKind::CheckViolation),
+                "{secret:?} {public_key:?}: {done:?}"
+            );
+        }
+        assert_eq!(s.find_hmac("hk_x").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn corrupt_hmac_scopes_are_reported_as_corrupt() {
+        let s = SqliteStore::open_in_memory().await.unwrap();
+        s.insert_hmac(&crate::conformance::sample_hmac("hk_a"))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE hmac_credentials SET scopes = 'not json' WHERE key_id = 'hk_a'")
+            .execute(&s.writer)
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.find_hmac("hk_a").await,
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     const KILL9_DB: &str = "PORTCULLIS_SQLITE_KILL9_DB";
