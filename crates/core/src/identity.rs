@@ -268,6 +268,11 @@ impl Identity {
         Self::new(Scheme::Jwt, claims)
     }
 
+    /// An identity for a signed request that one of the [`crate::hmac`] schemes verified.
+    pub fn from_hmac(_proof: Verified<crate::verified::Hmac>, claims: Claims) -> Self {
+        Self::new(Scheme::Hmac, claims)
+    }
+
     fn new(scheme: Scheme, c: Claims) -> Self {
         Self {
             schemes: SchemeSet::one(scheme),

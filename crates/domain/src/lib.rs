@@ -10,6 +10,7 @@ pub mod authn;
 pub mod clock;
 pub mod dpop;
 pub mod gate;
+pub mod hmac;
 pub mod oauth;
 pub mod policy;
 pub mod ratelimit;

@@ -5,6 +5,7 @@
 //! this scheme was presented and refused.
 
 pub mod api_key;
+pub mod hmac;
 pub mod issuers;
 pub mod jwt;
 
@@ -22,6 +23,26 @@ pub struct RouteAuth {
     /// The token issuers the `jwt` scheme trusts on this route, by name (`portcullis` for
     /// Portcullis's own); `None`: Portcullis's own only.
     pub jwt_issuers: Option<Arc<[String]>>,
+    /// How the `hmac` scheme reads signed requests on this route.
+    pub hmac: HmacRoute,
+}
+
+/// The `hmac` scheme's options on a route.
+#[derive(Debug, Clone, Copy)]
+pub struct HmacRoute {
+    /// The string-to-sign layout (native unless the route names a legacy one).
+    pub layout: portcullis_core::hmac::native::Layout,
+    /// How far the signing time may be from now, either way, in seconds.
+    pub window_secs: i64,
+}
+
+impl Default for HmacRoute {
+    fn default() -> Self {
+        Self {
+            layout: portcullis_core::hmac::native::Layout::Native,
+            window_secs: 300,
+        }
+    }
 }
 
 /// Limits that come with a credential and override the route's defaults.

@@ -1,0 +1,355 @@
+//! The `hmac` scheme: requests signed with a credential's shared secret, in the native
+//! layout or the legacy one the route names (`portcullis_core::hmac::native`).
+//!
+//! Order of the checks: the headers' form, the credential (unknown or revoked:
+//! `unknown_key`), the time window, `X-Body-Hash`, the signature under the current secret
+//! or the previous one during a rotation's grace period, and last the nonce (or, in the
+//! layout without one, the signature) claimed durably — only a valid signature spends it,
+//! so a forger cannot burn a partner's nonces, and a replay is refused after a restart too.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use portcullis_core::hmac::native::{self, NativeError};
+use portcullis_core::identity::Claims;
+use portcullis_core::{AuthError, Identity, RequestParts, Scheme, SignatureError, Timestamp};
+use portcullis_store::Nonces;
+
+use super::{Authenticated, Authenticator, Consumed, RouteAuth};
+use crate::hmac::{HmacKeys, KeysError};
+
+/// The authenticator of the `hmac` scheme.
+pub struct HmacAuthenticator {
+    keys: Arc<HmacKeys>,
+    nonces: Arc<dyn Nonces>,
+}
+
+impl HmacAuthenticator {
+    /// Credentials from `keys`, nonces claimed in `nonces`.
+    pub fn new(keys: Arc<HmacKeys>, nonces: Arc<dyn Nonces>) -> Self {
+        Self { keys, nonces }
+    }
+}
+
+fn refused(e: &NativeError) -> AuthError {
+    tracing::debug!(error = %e, "signed request refused");
+    AuthError::Signature(SignatureError::from_code(e.code()))
+}
+
+#[async_trait]
+impl Authenticator for HmacAuthenticator {
+    fn scheme(&self) -> Scheme {
+        Scheme::Hmac
+    }
+
+    fn challenge(&self, _route: &RouteAuth) -> String {
+        "HMAC-SHA256 realm=\"portcullis\", headers=\"x-api-key x-timestamp x-nonce x-signature\""
+            .to_owned()
+    }
+
+    async fn authenticate(
+        &self,
+        req: &RequestParts<'_>,
+        route: &RouteAuth,
+        now: Timestamp,
+    ) -> Result<Option<Authenticated>, AuthError> {
+        let layout = route.hmac.layout;
+        let Some(signed) = native::parse(req.headers, layout).map_err(|e| refused(&e))? else {
+            return Ok(None);
+        };
+        // The adapter reads the body of every request on a route with this scheme; a body
+        // it did not read cannot have been checked.
+        let body = req
+            .body
+            .ok_or(AuthError::Signature(SignatureError::Invalid))?;
+        let key = match self.keys.get(signed.key_id()).await {
+            Ok(Some(k)) if k.revoked_at.is_none_or(|r| now < r) => k,
+            Ok(_) => return Err(AuthError::Signature(SignatureError::UnknownKey)),
+            Err(KeysError::Store(e)) => {
+                tracing::warn!(error = %e, "hmac credentials unavailable");
+                return Err(AuthError::Unavailable);
+            }
+            Err(e @ KeysError::Sealed(_)) => {
+                tracing::error!(error = %e, "hmac credential does not open");
+                return Err(AuthError::Signature(SignatureError::Invalid));
+            }
+        };
+        let parts = native::Request {
+            method: req.method,
+            path: req.path,
+            query: req.query,
+            body,
+        };
+        let expect = native::Expect {
+            window_secs: route.hmac.window_secs,
+            now,
+        };
+        let proof = native::verify(&signed, &parts, &key.secrets_at(now), &expect)
+            .map_err(|e| refused(&e))?;
+        // Remembered until the signing time is out of the window (plus a second of rounding).
+        let until = Timestamp::from_secs(
+            signed
+                .timestamp()
+                .as_secs()
+                .saturating_add(route.hmac.window_secs.max(0))
+                .saturating_add(1),
+        );
+        match self
+            .nonces
+            .claim_nonce(&signed.replay_key(), until, now)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return Err(AuthError::Signature(SignatureError::Replayed)),
+            Err(e) => {
+                tracing::warn!(error = %e, "nonce store unavailable: signed request refused");
+                return Err(AuthError::Unavailable);
+            }
+        }
+        let identity = Identity::from_hmac(
+            proof,
+            Claims {
+                client_id: Some(key.key_id.clone()),
+                subject: None,
+                scopes: key.scopes.clone(),
+                credential_id: key.key_id.clone(),
+                expires_at: None,
+            },
+        );
+        Ok(Some(Authenticated {
+            identity,
+            limits: None,
+            consumed: Consumed {
+                api_key_header: true,
+                ..Consumed::default()
+            },
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hmac::NewHmac;
+    use crate::Clock;
+    use portcullis_core::hmac::native::Layout;
+
+    const ACTOR: crate::admin::Actor = crate::admin::Actor {
+        name: "admin-token",
+        ip: None,
+    };
+
+    fn parts<'a>(
+        h: &'a http::HeaderMap,
+        m: &'a http::Method,
+        query: Option<&'a str>,
+        body: &'a [u8],
+    ) -> RequestParts<'a> {
+        RequestParts {
+            method: m,
+            path: "/orders",
+            query,
+            scheme: "http",
+            authority: Some("127.0.0.1"),
+            headers: h,
+            client_ip: [127, 0, 0, 1].into(),
+            conn: None,
+            body: Some(body),
+        }
+    }
+
+    fn signed(
+        key_id: &str,
+        secret: &str,
+        ts: Timestamp,
+        nonce: &str,
+        query: Option<&str>,
+        body: &[u8],
+    ) -> http::HeaderMap {
+        let req = native::Request {
+            method: &http::Method::POST,
+            path: "/orders",
+            query,
+            body,
+        };
+        let mut h = http::HeaderMap::new();
+        for (k, v) in native::sign(
+            Layout::Native,
+            &req,
+            key_id,
+            secret.as_bytes(),
+            &ts.as_secs().to_string(),
+            Some(nonce),
+        )
+        .unwrap()
+        {
+            h.insert(k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[tokio::test]
+    async fn signed_requests_pass_once_and_every_refusal_has_its_code() {
+        let (store, keys, admin, clock) = crate::hmac::tests::setup().await;
+        let auth = HmacAuthenticator::new(keys, store.clone());
+        let route = RouteAuth::default();
+        let (r, secret) = admin
+            .create(
+                ACTOR,
+                NewHmac {
+                    name: "p".into(),
+                    scopes: vec!["write:orders".into()],
+                },
+            )
+            .await
+            .unwrap();
+        let now = clock.now();
+        let post = http::Method::POST;
+        let body = br#"{"amount":100}"#;
+        let h = signed(
+            &r.key_id,
+            secret.expose(),
+            now,
+            "nonce_000000000001",
+            Some("a=1"),
+            body,
+        );
+        let ok = auth
+            .authenticate(&parts(&h, &post, Some("a=1"), body), &route, now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&*ok.identity.credential_id, r.key_id.as_str());
+        assert!(ok.identity.schemes.contains(Scheme::Hmac));
+        // The same request again: a replay, also for a new authenticator (a restart).
+        let again = HmacAuthenticator::new(
+            Arc::new(HmacKeys::new(
+                store.clone(),
+                Arc::new(portcullis_core::crypto::seal::SealKey::new(&[9; 32])),
+                clock.clone(),
+            )),
+            store.clone(),
+        );
+        let code = |r: Result<Option<Authenticated>, AuthError>| match r {
+            Err(AuthError::Signature(s)) => Some(s),
+            _ => None,
+        };
+        assert_eq!(
+            code(
+                again
+                    .authenticate(&parts(&h, &post, Some("a=1"), body), &route, now)
+                    .await
+            ),
+            Some(SignatureError::Replayed)
+        );
+        // Another query: the signature does not cover it, and the nonce is not spent.
+        let h2 = signed(
+            &r.key_id,
+            secret.expose(),
+            now,
+            "nonce_000000000002",
+            Some("a=1"),
+            body,
+        );
+        assert_eq!(
+            code(
+                auth.authenticate(&parts(&h2, &post, Some("a=9"), body), &route, now)
+                    .await
+            ),
+            Some(SignatureError::Invalid)
+        );
+        assert!(auth
+            .authenticate(&parts(&h2, &post, Some("a=1"), body), &route, now)
+            .await
+            .unwrap()
+            .is_some());
+        // Old, unknown, body hash, unsigned.
+        let old = Timestamp::from_secs(now.as_secs() - 301);
+        let h3 = signed(
+            &r.key_id,
+            secret.expose(),
+            old,
+            "nonce_000000000003",
+            None,
+            body,
+        );
+        assert_eq!(
+            code(
+                auth.authenticate(&parts(&h3, &post, None, body), &route, now)
+                    .await
+            ),
+            Some(SignatureError::Expired)
+        );
+        let h4 = signed(
+            "hk_unknown",
+            secret.expose(),
+            now,
+            "nonce_000000000004",
+            None,
+            body,
+        );
+        assert_eq!(
+            code(
+                auth.authenticate(&parts(&h4, &post, None, body), &route, now)
+                    .await
+            ),
+            Some(SignatureError::UnknownKey)
+        );
+        let mut h5 = signed(
+            &r.key_id,
+            secret.expose(),
+            now,
+            "nonce_000000000005",
+            None,
+            body,
+        );
+        h5.insert(
+            native::BODY_HASH,
+            portcullis_core::crypto::hex(&portcullis_core::crypto::sha256(b"other"))
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            code(
+                auth.authenticate(&parts(&h5, &post, None, body), &route, now)
+                    .await
+            ),
+            Some(SignatureError::BodyHashMismatch)
+        );
+        let none = http::HeaderMap::new();
+        assert!(auth
+            .authenticate(&parts(&none, &post, None, body), &route, now)
+            .await
+            .unwrap()
+            .is_none());
+        // Rotation: the old secret works during the grace period; revocation stops both.
+        let (_, new) = admin.rotate(ACTOR, &r.key_id, None).await.unwrap();
+        for (n, s) in [
+            ("nonce_000000000006", secret.expose()),
+            ("nonce_000000000007", new.expose()),
+        ] {
+            let h = signed(&r.key_id, s, now, n, None, body);
+            assert!(auth
+                .authenticate(&parts(&h, &post, None, body), &route, now)
+                .await
+                .unwrap()
+                .is_some());
+        }
+        admin.revoke(ACTOR, &r.key_id).await.unwrap();
+        let h = signed(
+            &r.key_id,
+            new.expose(),
+            now,
+            "nonce_000000000008",
+            None,
+            body,
+        );
+        assert_eq!(
+            code(
+                auth.authenticate(&parts(&h, &post, None, body), &route, now)
+                    .await
+            ),
+            Some(SignatureError::UnknownKey)
+        );
+    }
+}

@@ -1,0 +1,453 @@
+//! HMAC signing credentials: the admin use cases (create, list, show, rotate, revoke — each
+//! durable and audited, a secret shown once) and the cache of opened secrets that the `hmac`
+//! authenticator ([`crate::authn::hmac`]) reads.
+//!
+//! A secret must be recoverable to verify a signature, so it is stored sealed (AES-256-GCM
+//! under the master key, bound to its key id), never in the clear and never hashed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_core::crypto::seal::SealKey;
+use portcullis_core::secret::Secret;
+use portcullis_core::{ScopeSet, Timestamp};
+use portcullis_store::{hmac_invalid, HmacCredentialRecord, HmacCredentials, StoreError};
+use serde::Deserialize;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::admin::{with_ip, Actor, AdminError};
+use crate::audit::{AuditEvent, Auditor};
+use crate::clock::Clock;
+use crate::random_bytes;
+
+/// How long a replaced secret keeps working after a rotation unless the rotation says.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// The longest grace a rotation may give.
+pub const MAX_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long an opened credential is used before it is read again (a change made through
+/// [`HmacAdmin`] on this instance is seen at once).
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// The associated data a secret is sealed under: its kind and key id.
+fn aad(key_id: &str) -> Vec<u8> {
+    let mut a = b"hmac-secret:".to_vec();
+    a.extend_from_slice(key_id.as_bytes());
+    a
+}
+
+/// A credential as the authenticator needs it: its secrets opened.
+pub struct Opened {
+    /// The key id.
+    pub key_id: Arc<str>,
+    /// The scopes it grants.
+    pub scopes: ScopeSet,
+    /// The current secret.
+    pub secret: Zeroizing<Vec<u8>>,
+    /// The replaced secret and until when it is accepted.
+    pub previous: Option<(Zeroizing<Vec<u8>>, Timestamp)>,
+    /// When it was revoked.
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl Opened {
+    /// The secrets a signature may be made with at `now`: the current one, and the
+    /// previous one during its grace period.
+    pub fn secrets_at(&self, now: Timestamp) -> Vec<&[u8]> {
+        let mut v = vec![self.secret.as_slice()];
+        if let Some((s, until)) = &self.previous {
+            if now < *until {
+                v.push(s.as_slice());
+            }
+        }
+        v
+    }
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The credentials, read through a bounded cache of opened secrets.
+pub struct HmacKeys {
+    store: Arc<dyn HmacCredentials>,
+    seal: Arc<SealKey>,
+    clock: Arc<dyn Clock>,
+    cache: quick_cache::sync::Cache<String, (Arc<Opened>, Timestamp)>,
+}
+
+/// Why a credential could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    /// The store did not answer.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A stored secret does not open under the master key.
+    #[error("the secret of {0} does not open under this master key")]
+    Sealed(String),
+}
+
+impl HmacKeys {
+    /// Credentials from `store`, secrets opened with `seal`.
+    pub fn new(store: Arc<dyn HmacCredentials>, seal: Arc<SealKey>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            seal,
+            clock,
+            cache: quick_cache::sync::Cache::new(10_000),
+        }
+    }
+
+    /// The credential with `key_id`, opened, if it has a secret (a public-key credential is
+    /// for RFC 9421 only). Unknown ids are not remembered.
+    pub async fn get(&self, key_id: &str) -> Result<Option<Arc<Opened>>, KeysError> {
+        let now = self.clock.now();
+        if let Some((o, until)) = self.cache.get(key_id) {
+            if now < until {
+                return Ok(Some(o));
+            }
+        }
+        let Some(r) = self.store.find_hmac(key_id).await? else {
+            return Ok(None);
+        };
+        let Some(sealed) = &r.secret else {
+            return Ok(None);
+        };
+        let open = |s: &[u8]| {
+            self.seal
+                .open(&aad(&r.key_id), s)
+                .map_err(|_| KeysError::Sealed(r.key_id.clone()))
+        };
+        let secret = open(sealed)?;
+        let previous = match (&r.previous_secret, r.previous_expires_at) {
+            (Some(p), Some(until)) => Some((open(p)?, until)),
+            _ => None,
+        };
+        let opened = Arc::new(Opened {
+            key_id: r.key_id.as_str().into(),
+            // Stored scopes were checked when they were written.
+            scopes: ScopeSet::parse(&r.scopes).unwrap_or_default(),
+            secret,
+            previous,
+            revoked_at: r.revoked_at,
+        });
+        let ttl = i64::try_from(CACHE_TTL.as_millis()).unwrap_or(i64::MAX);
+        self.cache
+            .insert(r.key_id.clone(), (opened.clone(), now.plus_millis(ttl)));
+        Ok(Some(opened))
+    }
+
+    /// Drops what is remembered of `key_id` (after a change to it).
+    pub fn forget(&self, key_id: &str) {
+        self.cache.remove(key_id);
+    }
+}
+
+/// What `create` takes (the admin API's JSON body).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewHmac {
+    /// A name for people.
+    pub name: String,
+    /// Scopes it grants.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// The admin use cases for HMAC credentials.
+pub struct HmacAdmin {
+    store: Arc<dyn HmacCredentials>,
+    keys: Arc<HmacKeys>,
+    seal: Arc<SealKey>,
+    auditor: Auditor,
+    clock: Arc<dyn Clock>,
+}
+
+fn new_secret() -> Secret {
+    Secret::new(format!(
+        "hs_{}",
+        bs58::encode(random_bytes::<32>()).into_string()
+    ))
+}
+
+impl HmacAdmin {
+    /// The use cases over `store`; `keys` is the authenticator's cache (changes drop its
+    /// entries).
+    pub fn new(
+        store: Arc<dyn HmacCredentials>,
+        keys: Arc<HmacKeys>,
+        seal: Arc<SealKey>,
+        auditor: Auditor,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            seal,
+            auditor,
+            clock,
+        }
+    }
+
+    fn ensure_auditable(&self) -> Result<(), AdminError> {
+        if self.auditor.is_storing() {
+            Ok(())
+        } else {
+            Err(AdminError::AuditUnavailable)
+        }
+    }
+
+    async fn audit(
+        &self,
+        actor: Actor,
+        kind: &'static str,
+        r: &HmacCredentialRecord,
+        now: Timestamp,
+    ) {
+        let e = with_ip(AuditEvent::new(now, kind, "ok").actor(actor.name), actor)
+            .credential(r.key_id.as_str().into())
+            .detail(json!({ "name": r.name, "scopes": r.scopes }));
+        self.auditor.emit_durable(e).await;
+    }
+
+    /// Creates a credential with a secret of 256 random bits, returned here only (stored
+    /// sealed).
+    pub async fn create(
+        &self,
+        actor: Actor,
+        req: NewHmac,
+    ) -> Result<(HmacCredentialRecord, Secret), AdminError> {
+        self.ensure_auditable()?;
+        let name = req.name.trim();
+        if name.is_empty() || name.len() > crate::admin::limits::MAX_NAME {
+            return Err(AdminError::Invalid(
+                "`name` must be 1-128 characters".into(),
+            ));
+        }
+        if req.scopes.len() > crate::admin::limits::MAX_SCOPES {
+            return Err(AdminError::Invalid("at most 64 scopes".into()));
+        }
+        let scopes =
+            ScopeSet::parse(&req.scopes).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        let now = self.clock.now();
+        let key_id = format!("hk_{}", bs58::encode(random_bytes::<16>()).into_string());
+        let secret = new_secret();
+        let record = HmacCredentialRecord {
+            secret: Some(
+                self.seal
+                    .seal(random_bytes(), &aad(&key_id), secret.expose().as_bytes()),
+            ),
+            key_id,
+            name: name.to_owned(),
+            scopes: scopes.iter().map(str::to_owned).collect(),
+            previous_secret: None,
+            previous_expires_at: None,
+            public_key: None,
+            public_key_alg: None,
+            created_at: now,
+            rotated_at: None,
+            revoked_at: None,
+        };
+        self.store.insert_hmac(&record).await?;
+        self.audit(actor, "hmac.created", &record, now).await;
+        Ok((record, secret))
+    }
+
+    /// Credentials ordered by key id.
+    pub async fn list(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<HmacCredentialRecord>, AdminError> {
+        Ok(self.store.list_hmac(after, limit.clamp(1, 1000)).await?)
+    }
+
+    /// One credential.
+    pub async fn show(&self, key_id: &str) -> Result<HmacCredentialRecord, AdminError> {
+        self.store
+            .find_hmac(key_id)
+            .await?
+            .ok_or(AdminError::NotFound)
+    }
+
+    /// A new secret; the current one keeps working for `grace` (default
+    /// [`DEFAULT_GRACE`], at most [`MAX_GRACE`]), so that partners can switch without a
+    /// failed request.
+    pub async fn rotate(
+        &self,
+        actor: Actor,
+        key_id: &str,
+        grace: Option<Duration>,
+    ) -> Result<(HmacCredentialRecord, Secret), AdminError> {
+        self.ensure_auditable()?;
+        let grace = grace.unwrap_or(DEFAULT_GRACE);
+        if grace > MAX_GRACE {
+            return Err(AdminError::Invalid(
+                "the grace period is at most 30 days".into(),
+            ));
+        }
+        let now = self.clock.now();
+        let secret = new_secret();
+        let sealed = self
+            .seal
+            .seal(random_bytes(), &aad(key_id), secret.expose().as_bytes());
+        let until = now.plus_millis(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX));
+        let r = self.store.rotate_hmac(key_id, &sealed, until, now).await;
+        self.keys.forget(key_id);
+        let r = r.map_err(|e| match e {
+            StoreError::Invalid(w) if w == hmac_invalid::REVOKED => {
+                AdminError::Conflict("a revoked credential cannot be rotated".into())
+            }
+            StoreError::Invalid(w) if w == hmac_invalid::NO_SECRET => {
+                AdminError::Conflict("this credential has a public key, not a secret".into())
+            }
+            other => other.into(),
+        })?;
+        self.audit(actor, "hmac.rotated", &r, now).await;
+        Ok((r, secret))
+    }
+
+    /// Revokes it: refused from the next request on.
+    pub async fn revoke(
+        &self,
+        actor: Actor,
+        key_id: &str,
+    ) -> Result<HmacCredentialRecord, AdminError> {
+        self.ensure_auditable()?;
+        let now = self.clock.now();
+        let r = self.store.revoke_hmac(key_id, now).await;
+        self.keys.forget(key_id);
+        let r = r?;
+        self.audit(actor, "hmac.revoked", &r, now).await;
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use portcullis_store::memory::MemoryStore;
+
+    pub(crate) async fn setup() -> (Arc<MemoryStore>, Arc<HmacKeys>, HmacAdmin, Arc<ManualClock>) {
+        let store = Arc::new(MemoryStore::new());
+        let clock = Arc::new(ManualClock::new(Timestamp::from_secs(1_714_000_000)));
+        let seal = Arc::new(SealKey::new(&[9; 32]));
+        let (auditor, writer) = crate::audit::channel(store.clone(), None, 1024)
+            .await
+            .unwrap();
+        tokio::spawn(writer.run());
+        let keys = Arc::new(HmacKeys::new(store.clone(), seal.clone(), clock.clone()));
+        let admin = HmacAdmin::new(store.clone(), keys.clone(), seal, auditor, clock.clone());
+        (store, keys, admin, clock)
+    }
+
+    const ACTOR: Actor = Actor {
+        name: "admin-token",
+        ip: None,
+    };
+
+    #[tokio::test]
+    async fn created_secrets_are_sealed_and_open_again_and_rotation_keeps_the_old_one_a_while() {
+        let (store, keys, admin, clock) = setup().await;
+        let (r, secret) = admin
+            .create(
+                ACTOR,
+                NewHmac {
+                    name: "partner".into(),
+                    scopes: vec!["read:echo".into()],
+                },
+            )
+            .await
+            .unwrap();
+        assert!(r.key_id.starts_with("hk_") && secret.expose().starts_with("hs_"));
+        let stored = store.find_hmac(&r.key_id).await.unwrap().unwrap();
+        let sealed = stored.secret.unwrap();
+        assert!(!sealed
+            .windows(secret.expose().len())
+            .any(|w| w == secret.expose().as_bytes()));
+        let o = keys.get(&r.key_id).await.unwrap().unwrap();
+        assert_eq!(o.secret.as_slice(), secret.expose().as_bytes());
+        assert_eq!(o.scopes.iter().collect::<Vec<_>>(), ["read:echo"]);
+
+        let (_, new) = admin
+            .rotate(ACTOR, &r.key_id, Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        let o = keys.get(&r.key_id).await.unwrap().unwrap();
+        let now = clock.now();
+        assert_eq!(
+            o.secrets_at(now),
+            vec![new.expose().as_bytes(), secret.expose().as_bytes()]
+        );
+        assert_eq!(
+            o.secrets_at(now.plus_millis(60_000)),
+            vec![new.expose().as_bytes()]
+        );
+        assert!(matches!(
+            admin
+                .rotate(ACTOR, &r.key_id, Some(MAX_GRACE + Duration::from_secs(1)))
+                .await,
+            Err(AdminError::Invalid(_))
+        ));
+
+        let revoked = admin.revoke(ACTOR, &r.key_id).await.unwrap();
+        assert!(revoked.revoked_at.is_some());
+        assert!(keys
+            .get(&r.key_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some());
+        assert!(matches!(
+            admin.rotate(ACTOR, &r.key_id, None).await,
+            Err(AdminError::Conflict(_))
+        ));
+        assert!(matches!(
+            admin.revoke(ACTOR, "hk_nope").await,
+            Err(AdminError::NotFound)
+        ));
+        assert!(keys.get("hk_nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_secret_sealed_for_one_key_id_does_not_open_for_another() {
+        let (store, keys, admin, _) = setup().await;
+        let (a, _) = admin
+            .create(
+                ACTOR,
+                NewHmac {
+                    name: "a".into(),
+                    scopes: vec![],
+                },
+            )
+            .await
+            .unwrap();
+        let mut moved = store.find_hmac(&a.key_id).await.unwrap().unwrap();
+        moved.key_id = "hk_other".into();
+        store.insert_hmac(&moved).await.unwrap();
+        assert!(matches!(
+            keys.get("hk_other").await,
+            Err(KeysError::Sealed(_))
+        ));
+        for bad in ["", &"n".repeat(129)] {
+            assert!(matches!(
+                admin
+                    .create(
+                        ACTOR,
+                        NewHmac {
+                            name: bad.into(),
+                            scopes: vec![]
+                        }
+                    )
+                    .await,
+                Err(AdminError::Invalid(_))
+            ));
+        }
+    }
+}
