@@ -319,6 +319,179 @@ impl HmacSha256 {
     }
 }
 
+// RFC 9421 HTTP Message Signatures: the public-key algorithms of its §3.3, keys parsed once
+// from the SubjectPublicKeyInfo a client registers, and signing with a `SigningKey`.
+
+/// The public-key algorithms of RFC 9421 §3.3 (HTTP Message Signatures) Portcullis handles.
+/// (`hmac-sha256` is [`hmac_sha256`] / [`hmac_sha256_verify`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageAlg {
+    /// `rsa-pss-sha512`: RSASSA-PSS, SHA-512, MGF1 with SHA-512, a 64-byte salt (§3.3.1).
+    RsaPssSha512,
+    /// `rsa-v1_5-sha256`: RSASSA-PKCS1-v1_5 with SHA-256 (§3.3.2).
+    RsaPkcs1Sha256,
+    /// `ecdsa-p256-sha256`: ECDSA on P-256 with SHA-256, the signature as `r ‖ s` (§3.3.4).
+    EcdsaP256Sha256,
+    /// `ed25519`: EdDSA on edwards25519 (§3.3.6).
+    Ed25519,
+}
+
+impl MessageAlg {
+    fn verification(self) -> &'static dyn sig::VerificationAlgorithm {
+        match self {
+            Self::RsaPssSha512 => &sig::RSA_PSS_2048_8192_SHA512,
+            Self::RsaPkcs1Sha256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+            Self::EcdsaP256Sha256 => &sig::ECDSA_P256_SHA256_FIXED,
+            Self::Ed25519 => &sig::ED25519,
+        }
+    }
+
+    fn is_rsa(self) -> bool {
+        matches!(self, Self::RsaPssSha512 | Self::RsaPkcs1Sha256)
+    }
+}
+
+/// The largest RSA modulus accepted for HTTP message signatures (what AWS-LC verifies).
+pub const RSA_MAX_BITS: usize = 8192;
+
+/// A public key for one [`MessageAlg`], parsed (and its curve or modulus checked) once.
+#[derive(Clone)]
+pub struct MessagePublicKey {
+    alg: MessageAlg,
+    key: sig::ParsedPublicKey,
+}
+
+impl std::fmt::Debug for MessagePublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessagePublicKey")
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MessagePublicKey {
+    /// Parses a DER public key for `alg`: a SubjectPublicKeyInfo (RFC 5280) for every
+    /// algorithm; for RSA also a PKCS#1 `RSAPublicKey`, for ECDSA an uncompressed SEC 1
+    /// point, for Ed25519 the raw 32 bytes. A key of another type, another curve, or an RSA
+    /// modulus outside 2048–8192 bits is refused.
+    pub fn from_der(alg: MessageAlg, der: &[u8]) -> Result<Self, KeyError> {
+        if alg.is_rsa() {
+            // Normalise to PKCS#1 (AWS-LC takes SPKI with either RSA OID or PKCS#1) and check
+            // the size now rather than at every verification.
+            let public = rsa::PublicKey::from_der(der).map_err(|_| KeyError::Malformed)?;
+            let bits = rsa::RsaParameters::public_modulus_len(public.as_ref())
+                .map_err(|_| KeyError::Malformed)?;
+            let bits = usize::try_from(bits).map_err(|_| KeyError::Malformed)?;
+            if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
+                return Err(KeyError::Malformed);
+            }
+            let key = sig::ParsedPublicKey::new(alg.verification(), public.as_ref())
+                .map_err(|_| KeyError::Malformed)?;
+            return Ok(Self { alg, key });
+        }
+        let key =
+            sig::ParsedPublicKey::new(alg.verification(), der).map_err(|_| KeyError::Malformed)?;
+        Ok(Self { alg, key })
+    }
+
+    /// Parses a PEM `-----BEGIN PUBLIC KEY-----` (or, for RSA, `-----BEGIN RSA PUBLIC
+    /// KEY-----`) block, or, when `input` is not PEM, DER as [`MessagePublicKey::from_der`].
+    pub fn from_pem_or_der(alg: MessageAlg, input: &[u8]) -> Result<Self, KeyError> {
+        match pem_decode(input) {
+            Some((label, der)) => {
+                let ok = label == "PUBLIC KEY" || (alg.is_rsa() && label == "RSA PUBLIC KEY");
+                if !ok {
+                    return Err(KeyError::Malformed);
+                }
+                Self::from_der(alg, &der)
+            }
+            None if input.trim_ascii_start().starts_with(b"-----") => Err(KeyError::Malformed),
+            None => Self::from_der(alg, input),
+        }
+    }
+
+    /// The algorithm this key verifies.
+    pub fn algorithm(&self) -> MessageAlg {
+        self.alg
+    }
+
+    /// Whether `signature` over `msg` is valid under this key (a signature of the wrong size
+    /// is simply invalid).
+    pub fn verify(&self, msg: &[u8], signature: &[u8]) -> bool {
+        if self.alg == MessageAlg::EcdsaP256Sha256 && signature.len() != 64 {
+            return false;
+        }
+        self.key.verify_sig(msg, signature).is_ok()
+    }
+}
+
+/// The label and DER contents of the one PEM block in `input` (surrounding whitespace
+/// allowed), or `None` when `input` is not exactly one well-formed block.
+pub fn pem_decode(input: &[u8]) -> Option<(String, Vec<u8>)> {
+    use base64::Engine as _;
+    const MAX_PEM: usize = 64 * 1024;
+    if input.len() > MAX_PEM {
+        return None;
+    }
+    let text = std::str::from_utf8(input).ok()?.trim();
+    let rest = text.strip_prefix("-----BEGIN ")?;
+    let (label, rest) = rest.split_once("-----")?;
+    if label.is_empty() || !label.bytes().all(|b| b.is_ascii_uppercase() || b == b' ') {
+        return None;
+    }
+    let end = format!("-----END {label}-----");
+    let body = rest.strip_suffix(end.as_str())?;
+    if body.contains('-') || body.contains(':') {
+        // Another block, or RFC 1421 headers (encrypted keys): not a plain key.
+        return None;
+    }
+    let b64: String = body.split_ascii_whitespace().collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .ok()?;
+    Some((label.to_owned(), der))
+}
+
+impl SigningKey {
+    /// Signs `msg` for RFC 9421 algorithm `alg`: ECDSA as `r ‖ s`, RSA with PSS/SHA-512 or
+    /// PKCS#1 v1.5/SHA-256 whatever JOSE algorithm the key was parsed for. A key of another
+    /// type is [`KeyError::Unsuitable`].
+    pub fn sign_message(&self, alg: MessageAlg, msg: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let rng = rand::SystemRandom::new();
+        match (&self.inner, alg) {
+            (Inner::Ec(k), MessageAlg::EcdsaP256Sha256) => k
+                .sign(&rng, msg)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| KeyError::Library),
+            (Inner::Ed(k), MessageAlg::Ed25519) => Ok(k.sign(msg).as_ref().to_vec()),
+            (Inner::Rsa(k), MessageAlg::RsaPssSha512 | MessageAlg::RsaPkcs1Sha256) => {
+                let pad: &'static dyn sig::RsaEncoding = match alg {
+                    MessageAlg::RsaPssSha512 => &sig::RSA_PSS_SHA512,
+                    _ => &sig::RSA_PKCS1_SHA256,
+                };
+                let mut out = vec![0; k.public_modulus_len()];
+                k.sign(pad, &rng, msg, &mut out)
+                    .map_err(|_| KeyError::Library)?;
+                Ok(out)
+            }
+            _ => Err(KeyError::Unsuitable(self.alg)),
+        }
+    }
+
+    /// The public half as a [`MessagePublicKey`] for `alg` (the key must be of its type).
+    pub fn message_public_key(&self, alg: MessageAlg) -> Result<MessagePublicKey, KeyError> {
+        let der = match (&self.inner, alg) {
+            (Inner::Ec(k), MessageAlg::EcdsaP256Sha256) => k.public_key().as_ref().to_vec(),
+            (Inner::Ed(k), MessageAlg::Ed25519) => k.public_key().as_ref().to_vec(),
+            (Inner::Rsa(k), MessageAlg::RsaPssSha512 | MessageAlg::RsaPkcs1Sha256) => {
+                k.public_key().as_ref().to_vec()
+            }
+            _ => return Err(KeyError::Unsuitable(self.alg)),
+        };
+        MessagePublicKey::from_der(alg, &der)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
