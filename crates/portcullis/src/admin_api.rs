@@ -43,6 +43,8 @@ pub struct AdminState {
     pub signing: SigningAdmin,
     /// OAuth clients.
     pub clients: ClientAdmin,
+    /// HMAC signing credentials.
+    pub hmac: portcullis_domain::hmac::HmacAdmin,
 }
 
 /// Largest admin request body (an import of 100k keys fits).
@@ -102,6 +104,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/admin/v1/clients/{id}/jwks",
             axum::routing::put(set_client_jwks),
         )
+        .route("/admin/v1/hmac", post(create_hmac).get(list_hmac))
+        .route("/admin/v1/hmac/{key_id}", get(show_hmac))
+        .route("/admin/v1/hmac/{key_id}/rotate", post(rotate_hmac))
+        .route("/admin/v1/hmac/{key_id}/revoke", post(revoke_hmac))
         .route("/admin/v1/audit", get(list_audit))
         .route("/admin/v1/audit/verify", get(verify_audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
@@ -606,6 +612,125 @@ async fn rotate_client_secret(
     match st.clients.rotate_secret(actor(peer), &id).await {
         Ok((c, secret)) => with_secret(&c, Some(&secret)),
         Err(e) => client_error(e),
+    }
+}
+
+/// The public view of an HMAC credential: never a secret.
+pub fn hmac_view(c: &portcullis_store::HmacCredentialRecord) -> Value {
+    json!({
+        "key_id": c.key_id, "name": c.name, "scopes": c.scopes,
+        "status": if c.revoked_at.is_some() { "revoked" } else { "active" },
+        "created_at": rfc3339(Some(c.created_at)), "rotated_at": rfc3339(c.rotated_at),
+        "previous_secret_expires_at": rfc3339(c.previous_expires_at.filter(|_| c.previous_secret.is_some())),
+        "revoked_at": rfc3339(c.revoked_at),
+    })
+}
+
+fn hmac_error(e: AdminError) -> Response {
+    match e {
+        AdminError::NotFound => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "No such HMAC credential.",
+        ),
+        other => admin_error(other),
+    }
+}
+
+fn hmac_with_secret(
+    c: &portcullis_store::HmacCredentialRecord,
+    secret: &portcullis_core::secret::Secret,
+) -> Response {
+    let mut v = hmac_view(c);
+    v["secret"] = Value::String(secret.expose().to_owned());
+    (
+        StatusCode::CREATED,
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        Json(v),
+    )
+        .into_response()
+}
+
+async fn create_hmac(
+    State(st): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Response {
+    let req: portcullis_domain::hmac::NewHmac = match json_body(body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match st.hmac.create(actor(peer), req).await {
+        Ok((c, secret)) => hmac_with_secret(&c, &secret),
+        Err(e) => hmac_error(e),
+    }
+}
+
+async fn list_hmac(
+    State(st): State<Arc<AdminState>>,
+    p: Result<Query<ListParams>, QueryRejection>,
+) -> Response {
+    let Query(p) = match p {
+        Ok(p) => p,
+        Err(e) => return rejection(e),
+    };
+    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    match st.hmac.list(p.after.as_deref(), limit).await {
+        Ok(cs) => {
+            let next = cs
+                .last()
+                .map(|c| c.key_id.clone())
+                .filter(|_| cs.len() as u32 >= limit);
+            Json(json!({"hmac": cs.iter().map(hmac_view).collect::<Vec<_>>(), "next_after": next}))
+                .into_response()
+        }
+        Err(e) => hmac_error(e),
+    }
+}
+
+async fn show_hmac(State(st): State<Arc<AdminState>>, Path(key_id): Path<String>) -> Response {
+    match st.hmac.show(&key_id).await {
+        Ok(c) => Json(hmac_view(&c)).into_response(),
+        Err(e) => hmac_error(e),
+    }
+}
+
+/// `POST /admin/v1/hmac/{key_id}/rotate`, body optional: `{"grace_seconds": N}`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateHmac {
+    #[serde(default)]
+    grace_seconds: Option<u64>,
+}
+
+async fn rotate_hmac(
+    State(st): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
+    Path(key_id): Path<String>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Response {
+    let req: RotateHmac = match &body {
+        Ok(b) if b.is_empty() => RotateHmac::default(),
+        _ => match json_body(body) {
+            Ok(r) => r,
+            Err(resp) => return resp,
+        },
+    };
+    let grace = req.grace_seconds.map(std::time::Duration::from_secs);
+    match st.hmac.rotate(actor(peer), &key_id, grace).await {
+        Ok((c, secret)) => hmac_with_secret(&c, &secret),
+        Err(e) => hmac_error(e),
+    }
+}
+
+async fn revoke_hmac(
+    State(st): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
+    Path(key_id): Path<String>,
+) -> Response {
+    match st.hmac.revoke(actor(peer), &key_id).await {
+        Ok(c) => Json(hmac_view(&c)).into_response(),
+        Err(e) => hmac_error(e),
     }
 }
 

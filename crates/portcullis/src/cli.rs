@@ -223,6 +223,117 @@ pub enum ClientsCmd {
     },
 }
 
+/// `portcullis hmac …`
+#[derive(Debug, Subcommand)]
+pub enum HmacCmd {
+    /// Issue a signing credential: a key id and a secret, the secret printed once.
+    Create {
+        /// Name (the partner).
+        #[arg(long)]
+        name: String,
+        /// Scopes it grants, comma-separated or repeated.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+    },
+    /// List credentials (never their secrets).
+    List {
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Continue after this key id.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// One credential.
+    Show {
+        /// The key id.
+        key_id: String,
+    },
+    /// A new secret, printed once; the current one keeps working for the grace period.
+    Rotate {
+        /// The key id.
+        key_id: String,
+        /// How long the current secret keeps working, e.g. 1h (default 24h, at most 30d).
+        #[arg(long)]
+        grace: Option<String>,
+    },
+    /// Revoke a credential: its signatures are refused from the next request.
+    Revoke {
+        /// The key id.
+        key_id: String,
+    },
+}
+
+/// Runs `portcullis hmac …`.
+pub async fn hmac(conn: &Conn, cmd: HmacCmd) -> Result<(), CliError> {
+    let api = Api::new(conn)?;
+    let v = match cmd {
+        HmacCmd::Create { name, scopes } => {
+            let scopes: Vec<String> = scopes.into_iter().filter(|s| !s.is_empty()).collect();
+            api.call(
+                Method::POST,
+                "/admin/v1/hmac",
+                Some(json!({ "name": name, "scopes": scopes })),
+            )
+            .await?
+        }
+        HmacCmd::List { limit, after } => {
+            let mut q = format!("/admin/v1/hmac?limit={limit}");
+            if let Some(a) = after {
+                q.push_str(&format!("&after={}", urlencode(&a)));
+            }
+            let v = api.call(Method::GET, &q, None).await?;
+            if conn.json {
+                println!("{v}");
+                return Ok(());
+            }
+            println!("{:<26} {:<20} {:<8} SCOPES", "KEY ID", "NAME", "STATUS");
+            for c in v["hmac"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<26} {:<20} {:<8} {}",
+                    s(&c["key_id"]),
+                    s(&c["name"]),
+                    s(&c["status"]),
+                    join(&c["scopes"])
+                );
+            }
+            return Ok(());
+        }
+        HmacCmd::Show { key_id } => {
+            let path = format!("/admin/v1/hmac/{}", urlencode(&key_id));
+            api.call(Method::GET, &path, None).await?
+        }
+        HmacCmd::Rotate { key_id, grace } => {
+            let path = format!("/admin/v1/hmac/{}/rotate", urlencode(&key_id));
+            let body = match grace {
+                Some(g) => json!({ "grace_seconds": secs(&g)? }),
+                None => json!({}),
+            };
+            api.call(Method::POST, &path, Some(body)).await?
+        }
+        HmacCmd::Revoke { key_id } => {
+            let path = format!("/admin/v1/hmac/{}/revoke", urlencode(&key_id));
+            api.call(Method::POST, &path, None).await?
+        }
+    };
+    if conn.json {
+        println!("{v}");
+        return Ok(());
+    }
+    if let Some(secret) = v["secret"].as_str() {
+        println!("{secret}");
+        println!("The secret above is shown only once: store it now.");
+    }
+    println!("key_id:   {}", s(&v["key_id"]));
+    println!("name:     {}", s(&v["name"]));
+    println!("status:   {}", s(&v["status"]));
+    println!("scopes:   {}", join(&v["scopes"]));
+    if let Some(t) = v["previous_secret_expires_at"].as_str() {
+        println!("previous secret accepted until {t}");
+    }
+    Ok(())
+}
+
 /// `portcullis signing-keys …`
 #[derive(Debug, Subcommand)]
 pub enum SigningKeysCmd {

@@ -14,7 +14,7 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 /// Schemes built into this version. A policy naming any other is a configuration error.
-pub const AVAILABLE_SCHEMES: &[Scheme] = &[Scheme::ApiKey, Scheme::Jwt];
+pub const AVAILABLE_SCHEMES: &[Scheme] = &[Scheme::ApiKey, Scheme::Hmac, Scheme::Jwt];
 
 /// The configuration file's schema.
 #[derive(Debug, Clone, Deserialize)]
@@ -619,6 +619,17 @@ pub struct RouteConfig {
     /// stating the verified identity.
     #[serde(default)]
     pub identity_token: bool,
+    /// The string-to-sign layout the `hmac` scheme takes here: `native` (default) or a
+    /// named legacy one (README, "HMAC request signing").
+    #[serde(default, deserialize_with = "de_hmac_layout")]
+    pub hmac_layout: HmacLayout,
+    /// How far a signed request's time may be from the gateway's, either way.
+    #[serde(default = "default_signature_window", deserialize_with = "de_duration")]
+    pub signature_window: Duration,
+    /// The largest body a signed request may have here (it is read whole before the
+    /// signature is checked): 413 beyond.
+    #[serde(default = "default_max_signed_body")]
+    pub max_signed_body_bytes: u64,
     /// The `aud` of that JWT (default: the route's name).
     #[serde(default)]
     pub identity_audience: Option<String>,
@@ -732,6 +743,34 @@ fn default_data_dir() -> PathBuf {
 fn default_path_prefix() -> String {
     "/".into()
 }
+fn default_signature_window() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_signed_body() -> u64 {
+    1024 * 1024
+}
+
+/// A route's `hmac_layout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HmacLayout(pub portcullis_core::hmac::native::Layout);
+
+impl Default for HmacLayout {
+    fn default() -> Self {
+        Self(portcullis_core::hmac::native::Layout::Native)
+    }
+}
+
+fn de_hmac_layout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HmacLayout, D::Error> {
+    use portcullis_core::hmac::native::Layout;
+    let name = String::deserialize(d)?;
+    Layout::from_name(&name).map(HmacLayout).ok_or_else(|| {
+        let names: Vec<&str> = Layout::ALL.iter().map(|l| l.name()).collect();
+        serde::de::Error::custom(format!(
+            "unknown hmac_layout `{name}`; one of: {}",
+            names.join(", ")
+        ))
+    })
+}
 fn default_failed_auth_limit() -> Option<Limit> {
     Some(Limit {
         algorithm: Algorithm::Gcra,
@@ -756,6 +795,9 @@ pub fn default_routes() -> Vec<RouteConfig> {
         jwt_issuers: None,
         identity_token: false,
         identity_audience: None,
+        hmac_layout: HmacLayout::default(),
+        signature_window: default_signature_window(),
+        max_signed_body_bytes: default_max_signed_body(),
         forward_credentials: false,
         websocket: false,
         cors: None,
@@ -766,6 +808,7 @@ pub fn default_routes() -> Vec<RouteConfig> {
     vec![
         echo("echo", "/echo", Scheme::ApiKey),
         echo("jwt_echo", "/jwt/echo", Scheme::Jwt),
+        echo("hmac_echo", "/hmac/echo", Scheme::Hmac),
     ]
 }
 
@@ -1722,12 +1765,17 @@ policy = "public"
     fn empty_file_gives_the_quickstart_defaults() {
         let c = Config::parse("", "p.toml").unwrap();
         assert_eq!(c.listen, default_listen());
-        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes.len(), 3);
         assert_eq!(c.routes[0].upstream, Upstream::Echo);
         assert_eq!(
             (c.routes[1].path_prefix.as_str(), &c.routes[1].policy),
             ("/jwt/echo", &PolicyExpr::Scheme(Scheme::Jwt))
         );
+        assert_eq!(
+            (c.routes[2].path_prefix.as_str(), &c.routes[2].policy),
+            ("/hmac/echo", &PolicyExpr::Scheme(Scheme::Hmac))
+        );
+        assert_eq!(c.routes[2].signature_window, Duration::from_secs(300));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use portcullis_core::cors::Cors;
 use portcullis_core::error::{GatewayError, TokenError};
 use portcullis_core::identity::SchemeSet;
 use portcullis_core::text::IpText;
-use portcullis_core::{AuthError, ConnMemo, RequestParts, Scheme, WireError};
+use portcullis_core::{AuthError, ConnMemo, RequestParts, Scheme, SignatureError, WireError};
 use portcullis_domain::authn::Authenticated;
 use portcullis_domain::dpop::DpopChecker;
 use portcullis_domain::gate::{Gate, RouteGate};
@@ -57,6 +57,8 @@ const H_XF_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const H_XF_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// RFC 9449 §8.1, §9.
 pub const H_DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
+/// The gateway's time (Unix seconds), on a `signature_expired` refusal.
+pub const H_SERVER_TIME: HeaderName = HeaderName::from_static("x-server-time");
 
 /// Where a route sends admitted requests, resolved at load.
 pub enum Target {
@@ -99,6 +101,9 @@ pub struct Route {
     /// `Some(aud)`: hand the upstream `X-Portcullis-Identity`, a signed statement of the
     /// identity for this audience.
     pub identity_audience: Option<Arc<str>>,
+    /// `Some(limit)`: the route's schemes sign the body, so it is read whole (at most
+    /// `limit` bytes, 413 beyond) before authentication and then sent on from memory.
+    pub signed_body_limit: Option<u64>,
     latency: prometheus::Histogram,
     allowed: prometheus::IntCounter,
 }
@@ -128,6 +133,7 @@ impl Route {
         let api_key_query_param = gate.auth.api_key_query_param.clone();
         Self {
             identity_audience: None,
+            signed_body_limit: None,
             latency: metrics.latency.with_label_values(&[name.as_str()]),
             allowed: metrics
                 .requests
@@ -339,11 +345,25 @@ impl Gateway {
         old
     }
 
+    /// The body limit of the route `parts` goes to, if that route's schemes sign the body
+    /// (the adapter then reads it whole before [`Gateway::plan`]). Costs nothing when no
+    /// route signs bodies.
+    pub fn signed_body_limit(&self, routes: &Routes, parts: &http::request::Parts) -> Option<u64> {
+        if routes.iter().all(|r| r.signed_body_limit.is_none()) {
+            return None;
+        }
+        let host = request_host(parts);
+        routes
+            .iter()
+            .find(|r| r.matches(host.as_deref(), parts.uri.path(), &parts.method))
+            .and_then(|r| r.signed_body_limit)
+    }
+
     /// Decides what to do with a request from `peer`: matches one of `routes` (from
     /// [`Gateway::routes`]), runs the gate, and prepares what goes upstream. For
     /// [`Plan::Forward`], the upstream request head is written into `upstream_head` (which
     /// is cleared first). `conn` is what the caller's connection remembers between its
-    /// requests.
+    /// requests; `body` the whole body where [`Gateway::signed_body_limit`] asked for it.
     #[allow(clippy::too_many_arguments)]
     pub async fn plan<'g>(
         &'g self,
@@ -353,6 +373,7 @@ impl Gateway {
         conn: &ConnMemo,
         request_id: &str,
         upstream_head: &mut Vec<u8>,
+        body: Option<&[u8]>,
     ) -> Plan<'g> {
         let started = Instant::now();
         let path = parts.uri.path();
@@ -400,7 +421,7 @@ impl Gateway {
             headers: &parts.headers,
             client_ip: self.client_of(peer.ip(), trusted_peer, &parts.headers),
             conn: Some(conn),
-            body: None,
+            body,
         };
         let decided = match self.gate.admit(&route.gate, &req, request_id, now).await {
             Ok(a) => a,
@@ -459,6 +480,11 @@ impl Gateway {
                     {
                         resp.headers_mut().insert(H_DPOP_NONCE, v);
                     }
+                }
+                if refused.error == AuthError::Signature(SignatureError::Expired) {
+                    // So that a client can see how far its clock is from ours.
+                    resp.headers_mut()
+                        .insert(H_SERVER_TIME, HeaderValue::from(now.as_secs()));
                 }
                 if let AuthError::QuotaExceeded { retry_after_secs } = refused.error {
                     resp.headers_mut()

@@ -79,6 +79,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::ClientsCmd,
     },
+    /// Issue and manage HMAC request-signing credentials through the admin API.
+    Hmac {
+        #[command(flatten)]
+        conn: cli::Conn,
+        #[command(subcommand)]
+        cmd: cli::HmacCmd,
+    },
     /// Show and rotate the keys tokens are signed with, through the admin API.
     SigningKeys {
         #[command(flatten)]
@@ -155,6 +162,7 @@ fn main() -> ExitCode {
                 .await
                 .map(|()| true)
                 .map_err(|e| e.0),
+            Cmd::Hmac { conn, cmd } => cli::hmac(&conn, cmd).await.map(|()| true).map_err(|e| e.0),
             Cmd::SigningKeys { conn, cmd } => cli::signing_keys(&conn, cmd)
                 .await
                 .map(|()| true)

@@ -18,11 +18,13 @@ use portcullis_core::{Scheme, Timestamp};
 use portcullis_domain::admin::KeyAdmin;
 use portcullis_domain::audit;
 use portcullis_domain::authn::api_key::{ApiKeyAuthenticator, ApiKeyConfig, KeyCache};
+use portcullis_domain::authn::hmac::HmacAuthenticator;
 use portcullis_domain::authn::issuers::{ExternalIssuer, Fetch};
 use portcullis_domain::authn::jwt::{JwtAuthenticator, JwtConfig};
-use portcullis_domain::authn::{Authenticator, RouteAuth};
+use portcullis_domain::authn::{Authenticator, HmacRoute, RouteAuth};
 use portcullis_domain::dpop::{proof_header, DpopChecker, DpopRefusal, PROOF_ALGORITHMS};
 use portcullis_domain::gate::{Gate, RouteGate};
+use portcullis_domain::hmac::{HmacAdmin, HmacKeys};
 use portcullis_domain::oauth::{
     CachedClients, ClientAdmin, IssuerConfig, Revocations, TokenIssuer,
 };
@@ -279,6 +281,18 @@ pub async fn serve(
         )),
     );
 
+    // Shared secrets of signed requests, sealed under the master key (bound to their key id).
+    let hmac_seal = Arc::new(SealKey::new(&master));
+    let hmac_keys = Arc::new(HmacKeys::new(
+        store.clone(),
+        hmac_seal.clone(),
+        clock.clone(),
+    ));
+    available.insert(
+        Scheme::Hmac,
+        Arc::new(HmacAuthenticator::new(hmac_keys.clone(), store.clone())),
+    );
+
     let mut dpop = DpopChecker::new(
         store.clone(),
         i64::try_from(cfg.oauth.dpop_proof_max_age.as_secs()).unwrap_or(60),
@@ -400,6 +414,13 @@ pub async fn serve(
         upstreams: upstreams.clone(),
         signing: SigningAdmin::new(ring.clone(), auditor.clone(), clock.clone()),
         clients: ClientAdmin::new(clients.clone(), auditor.clone(), clock.clone()),
+        hmac: HmacAdmin::new(
+            store.clone(),
+            hmac_keys,
+            hmac_seal,
+            auditor.clone(),
+            clock.clone(),
+        ),
     });
     let app = Arc::new(App {
         gateway,
@@ -1239,6 +1260,10 @@ fn build_routes(
             RouteAuth {
                 api_key_query_param: r.api_key_query_param.clone(),
                 jwt_issuers: r.jwt_issuers.as_deref().map(Into::into),
+                hmac: HmacRoute {
+                    layout: r.hmac_layout.0,
+                    window_secs: i64::try_from(r.signature_window.as_secs()).unwrap_or(i64::MAX),
+                },
             },
             r.scopes.clone(),
             r.rate_limit,
@@ -1268,6 +1293,9 @@ fn build_routes(
             r.timeout,
             metrics,
         );
+        if route.gate.policy.schemes().contains(Scheme::Hmac) {
+            route.signed_body_limit = Some(r.max_signed_body_bytes);
+        }
         route.identity_audience = r
             .identity_token
             .then(|| r.identity_audience.as_deref().unwrap_or(&r.name).into());

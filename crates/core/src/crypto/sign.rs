@@ -298,7 +298,10 @@ pub struct HmacSha256(hmac::Context);
 impl HmacSha256 {
     /// A MAC under `key`.
     pub fn new(key: &[u8]) -> Self {
-        Self(hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, key)))
+        Self(hmac::Context::with_key(&hmac::Key::new(
+            hmac::HMAC_SHA256,
+            key,
+        )))
     }
 
     /// Adds `data`.

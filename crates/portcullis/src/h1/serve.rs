@@ -253,7 +253,7 @@ impl Conn {
     async fn gateway_request(
         &mut self,
         mut parts: http::request::Parts,
-        req: Admission,
+        mut req: Admission,
         id: &str,
     ) -> bool {
         let Admission {
@@ -280,6 +280,30 @@ impl Conn {
             return self.write_local(resp, keep, is_head, Some(id)).await;
         }
         let routes = app.gateway.current_routes(&mut self.routes);
+        // A route whose schemes sign the body: read it whole (bounded) before the decision;
+        // it then goes on from memory, put back in front of whatever the caller sent after.
+        let signed_body = match app.gateway.signed_body_limit(&routes, &parts) {
+            None => None,
+            Some(limit) => match self.read_body_within(body, expect_continue, limit).await {
+                Ok(bytes) => {
+                    let rest = self.caller.buf.split();
+                    self.caller.buf.extend_from_slice(&bytes);
+                    self.caller.buf.unsplit(rest);
+                    req.body = if bytes.is_empty() {
+                        RequestBody::Empty
+                    } else {
+                        RequestBody::Length(bytes.len() as u64)
+                    };
+                    req.expect_continue = false;
+                    Some(bytes)
+                }
+                Err(e) => {
+                    let resp = app.gateway.refuse_gateway(e, "-");
+                    return self.write_local(resp, false, is_head, Some(id)).await;
+                }
+            },
+        };
+        let (body, expect_continue) = (req.body, req.expect_continue);
         let plan = app
             .gateway
             .plan(
@@ -289,6 +313,7 @@ impl Conn {
                 &self.memo,
                 id,
                 &mut self.upstream_head,
+                signed_body.as_deref(),
             )
             .await;
         match plan {
@@ -814,6 +839,17 @@ impl Conn {
         body: RequestBody,
         expect_continue: bool,
     ) -> Result<Bytes, GatewayError> {
+        let max = self.app.limits().max_body_bytes;
+        self.read_body_within(body, expect_continue, max).await
+    }
+
+    /// [`Conn::read_whole_body`] with at most `max` bytes.
+    async fn read_body_within(
+        &mut self,
+        body: RequestBody,
+        expect_continue: bool,
+        max: u64,
+    ) -> Result<Bytes, GatewayError> {
         if body == RequestBody::Empty {
             return Ok(Bytes::new());
         }
@@ -824,7 +860,7 @@ impl Conn {
                 .await
                 .map_err(|_| GatewayError::BadRequest)?;
         }
-        let mut reader = BodyReader::new(body, self.app.limits().max_body_bytes)?;
+        let mut reader = BodyReader::new(body, max.min(self.app.limits().max_body_bytes))?;
         let mut data = Vec::new();
         // An idle timeout, not a total one: a caller sending steadily (a large import over a
         // slow link) is never cut off; one that stops for `header_timeout` is.

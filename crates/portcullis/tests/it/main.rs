@@ -12,6 +12,7 @@ mod config;
 mod cors;
 mod durability;
 mod gateway;
+mod hmac;
 mod http1;
 mod issuers;
 mod oauth;
