@@ -28,6 +28,7 @@
 //! AWS Signature V4: an upstream that gives repeated parameters an order-dependent meaning
 //! should not be behind a signed route with repeated parameters.
 
+use super::{iso_basic, lower_hex_32};
 use crate::crypto::sign::HmacSha256;
 use crate::crypto::{self, Sha256Digest};
 use crate::time::Timestamp;
@@ -416,40 +417,9 @@ pub fn canonical_query(query: Option<&str>) -> Result<String, NativeError> {
 
 /// Percent-decodes `s` strictly and encodes it again with only the unreserved set bare.
 fn reencode(s: &str) -> Result<String, NativeError> {
-    let bytes = s.as_bytes();
-    let mut out = String::with_capacity(s.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = if bytes[i] == b'%' {
-            let hi = bytes.get(i + 1).and_then(|c| hex_value(*c));
-            let lo = bytes.get(i + 2).and_then(|c| hex_value(*c));
-            let (Some(hi), Some(lo)) = (hi, lo) else {
-                return Err(NativeError::BadQuery);
-            };
-            i += 3;
-            (hi << 4) | lo
-        } else {
-            i += 1;
-            bytes[i - 1]
-        };
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)].to_ascii_uppercase()));
-            out.push(char::from(HEX[usize::from(b & 0xf)].to_ascii_uppercase()));
-        }
-    }
-    Ok(out)
-}
-
-fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
+    super::decode(s)
+        .map(|b| super::encoded(&b))
+        .ok_or(NativeError::BadQuery)
 }
 
 /// The header's value if present once and visible ASCII; repeated or otherwise: malformed.
@@ -479,14 +449,6 @@ fn display_name(name: &'static str) -> &'static str {
     }
 }
 
-/// 64 lowercase hex digits.
-fn lower_hex_32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 || s.bytes().any(|b| b.is_ascii_uppercase()) {
-        return None;
-    }
-    crypto::unhex::<32>(s)
-}
-
 fn is_nonce(n: &str) -> bool {
     (16..=128).contains(&n.len())
         && n.bytes()
@@ -499,37 +461,6 @@ fn unix_seconds(s: &str) -> Option<Timestamp> {
         return None;
     }
     s.parse().ok().map(Timestamp::from_secs)
-}
-
-/// ISO 8601 basic UTC: `YYYYMMDDTHHMMSSZ`.
-fn iso_basic(s: &str) -> Option<Timestamp> {
-    let b = s.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
-        return None;
-    }
-    let digits = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = s.get(r)?;
-        part.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| part.parse().ok())?
-    };
-    let (year, month, day) = (digits(0..4)?, digits(4..6)?, digits(6..8)?);
-    let (hour, minute, second) = (digits(9..11)?, digits(11..13)?, digits(13..15)?);
-    let month = time::Month::try_from(u8::try_from(month).ok()?).ok()?;
-    let date =
-        time::Date::from_calendar_date(i32::try_from(year).ok()?, month, u8::try_from(day).ok()?)
-            .ok()?;
-    let t = time::Time::from_hms(
-        u8::try_from(hour).ok()?,
-        u8::try_from(minute).ok()?,
-        u8::try_from(second).ok()?,
-    )
-    .ok()?;
-    Some(Timestamp::from_secs(
-        time::PrimitiveDateTime::new(date, t)
-            .assume_utc()
-            .unix_timestamp(),
-    ))
 }
 
 #[cfg(test)]
