@@ -49,8 +49,8 @@ use std::borrow::Cow;
 use std::fmt;
 
 use super::{decode, encoded, iso_basic, lower_hex_32, push_encoded};
-use crate::crypto::sign::HmacSha256;
 use crate::crypto;
+use crate::crypto::sign::HmacSha256;
 use crate::time::Timestamp;
 use crate::verified::{Hmac, Verified};
 
