@@ -414,14 +414,8 @@ impl KeyAdmin {
         })
     }
 
-    /// Every change is audited before the API answers; while the trail cannot store events,
-    /// changes are refused up front (nothing is changed) rather than made and left waiting.
     fn ensure_auditable(&self) -> Result<(), AdminError> {
-        if self.auditor.is_storing() {
-            Ok(())
-        } else {
-            Err(AdminError::AuditUnavailable)
-        }
+        ensure_auditable(&self.auditor)
     }
 
     async fn audit(&self, actor: Actor, kind: &'static str, r: &ApiKeyRecord, now: Timestamp) {
@@ -586,6 +580,17 @@ fn checked_quota(quota: Option<&QuotaSpec>) -> Result<(), AdminError> {
         return invalid("quota needs limit >= 1 and refill_ms >= 1000");
     }
     Ok(())
+}
+
+/// Every admin change is audited before the API answers; while the trail cannot store
+/// events, changes are refused up front (nothing is changed) rather than made and left
+/// waiting.
+pub(crate) fn ensure_auditable(auditor: &Auditor) -> Result<(), AdminError> {
+    if auditor.is_storing() {
+        Ok(())
+    } else {
+        Err(AdminError::AuditUnavailable)
+    }
 }
 
 pub(crate) fn with_ip(e: AuditEvent, actor: Actor) -> AuditEvent {

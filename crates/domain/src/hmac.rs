@@ -194,11 +194,7 @@ impl HmacAdmin {
     }
 
     fn ensure_auditable(&self) -> Result<(), AdminError> {
-        if self.auditor.is_storing() {
-            Ok(())
-        } else {
-            Err(AdminError::AuditUnavailable)
-        }
+        crate::admin::ensure_auditable(&self.auditor)
     }
 
     async fn audit(

@@ -250,11 +250,7 @@ impl ClientAdmin {
     }
 
     fn ensure_auditable(&self) -> Result<(), AdminError> {
-        if self.auditor.is_storing() {
-            Ok(())
-        } else {
-            Err(AdminError::AuditUnavailable)
-        }
+        crate::admin::ensure_auditable(&self.auditor)
     }
 
     async fn audit(&self, actor: Actor, kind: &'static str, c: &ClientRecord, now: Timestamp) {
@@ -584,8 +580,9 @@ impl Introspection {
         serde_json::to_vec(&answer).unwrap_or_else(|_| br#"{"active":false}"#.to_vec())
     }
 
-    /// The same, as a JSON value.
-    pub fn to_value(&self) -> serde_json::Value {
+    /// The same, as a JSON value (for tests).
+    #[cfg(test)]
+    pub(crate) fn to_value(&self) -> serde_json::Value {
         serde_json::from_slice(&self.to_json()).unwrap_or_default()
     }
 }

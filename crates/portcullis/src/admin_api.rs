@@ -420,10 +420,7 @@ async fn list_keys(
     {
         Ok(keys) => {
             let now = st.clock.now();
-            let next = keys
-                .last()
-                .map(|k| k.id.clone())
-                .filter(|_| keys.len() as u32 >= p.limit.unwrap_or(100).clamp(1, 1000));
+            let next = next_after(&keys, p.limit.unwrap_or(100).clamp(1, 1000), |k| &k.id);
             Json(json!({"keys": keys.iter().map(|k| key_view(k, now)).collect::<Vec<_>>(), "next_after": next})).into_response()
         }
         Err(e) => admin_error(e),
@@ -498,6 +495,13 @@ async fn rotate_key(
     }
 }
 
+/// The `next_after` of a page of `limit`: its last id when the page is full, else none.
+fn next_after<T>(page: &[T], limit: u32, id: impl Fn(&T) -> &String) -> Option<String> {
+    page.last()
+        .filter(|_| page.len() as u32 >= limit)
+        .map(|t| id(t).clone())
+}
+
 /// The public view of an OAuth client: never the secret or its hash.
 pub fn client_view(c: &ClientRecord) -> Value {
     json!({
@@ -559,10 +563,7 @@ async fn list_clients(
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
     match st.clients.list(p.after.as_deref(), limit).await {
         Ok(cs) => {
-            let next = cs
-                .last()
-                .map(|c| c.id.clone())
-                .filter(|_| cs.len() as u32 >= limit);
+            let next = next_after(&cs, limit, |c| &c.id);
             Json(json!({"clients": cs.iter().map(client_view).collect::<Vec<_>>(), "next_after": next}))
                 .into_response()
         }
@@ -677,10 +678,7 @@ async fn list_hmac(
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
     match st.hmac.list(p.after.as_deref(), limit).await {
         Ok(cs) => {
-            let next = cs
-                .last()
-                .map(|c| c.key_id.clone())
-                .filter(|_| cs.len() as u32 >= limit);
+            let next = next_after(&cs, limit, |c| &c.key_id);
             Json(json!({"hmac": cs.iter().map(hmac_view).collect::<Vec<_>>(), "next_after": next}))
                 .into_response()
         }

@@ -131,6 +131,11 @@ impl Layout {
         !matches!(self, Layout::MethodPathTimestampBodyHash)
     }
 
+    /// Whether the layout signs the body's SHA-256 (the other one signs the body itself).
+    pub const fn hashes_body(self) -> bool {
+        !matches!(self, Layout::MethodPathTimestampNonceBody)
+    }
+
     /// Whether the layout signs the query.
     pub const fn signs_query(self) -> bool {
         matches!(self, Layout::Native)
@@ -269,10 +274,15 @@ pub fn verify(
     if skew.saturating_abs() > expect.window_secs.max(0) {
         return Err(NativeError::Expired);
     }
-    let body_hash = crypto::sha256(req.body);
-    if signed.body_hash.is_some_and(|h| h != body_hash) {
-        return Err(NativeError::BodyHashMismatch);
+    // The body is hashed once, and only where the layout or `X-Body-Hash` needs it.
+    let body_hash = (signed.layout.hashes_body() || signed.body_hash.is_some())
+        .then(|| crypto::sha256(req.body));
+    if let (Some(sent), Some(hash)) = (signed.body_hash, body_hash) {
+        if sent != hash {
+            return Err(NativeError::BodyHashMismatch);
+        }
     }
+    let body_hex = body_hash.map(|h| crypto::hex(&h));
     let query = canonical_query_if(signed.layout, req.query)?;
     for secret in secrets {
         let mut mac = HmacSha256::new(secret);
@@ -283,7 +293,7 @@ pub fn verify(
             query.as_deref(),
             signed.timestamp_text,
             signed.nonce,
-            &body_hash,
+            body_hex.as_deref(),
         );
         if mac.verify(&signed.signature) {
             return Ok(Verified::assertion());
@@ -308,7 +318,10 @@ pub fn string_to_sign(
         query.as_deref(),
         timestamp,
         nonce,
-        &crypto::sha256(req.body),
+        layout
+            .hashes_body()
+            .then(|| crypto::hex(&crypto::sha256(req.body)))
+            .as_deref(),
     );
     Ok(out)
 }
@@ -350,13 +363,9 @@ fn write_string_to_sign(
     canonical_query: Option<&str>,
     timestamp: &str,
     nonce: Option<&str>,
-    body_hash: &Sha256Digest,
+    body_hex: Option<&str>,
 ) {
-    let mut hex = [0u8; 64];
-    for (pair, b) in hex.chunks_exact_mut(2).zip(body_hash) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 0xf)];
-    }
+    let hex = body_hex.unwrap_or_default().as_bytes();
     let method = req.method.as_str();
     if method.bytes().any(|b| b.is_ascii_lowercase()) {
         out(method.to_ascii_uppercase().as_bytes());
@@ -376,9 +385,9 @@ fn write_string_to_sign(
         Layout::Native | Layout::MethodPathIsoTimeNonceBodyHash => {
             out(nonce.unwrap_or_default().as_bytes());
             out(b"\n");
-            out(&hex);
+            out(hex);
         }
-        Layout::MethodPathTimestampBodyHash => out(&hex),
+        Layout::MethodPathTimestampBodyHash => out(hex),
         Layout::MethodPathTimestampNonceBody => {
             out(nonce.unwrap_or_default().as_bytes());
             out(b"\n");
@@ -386,8 +395,6 @@ fn write_string_to_sign(
         }
     }
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The canonical form of a raw query (see the module docs); empty for none.
 pub fn canonical_query(query: Option<&str>) -> Result<String, NativeError> {
