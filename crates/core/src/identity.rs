@@ -18,7 +18,7 @@ pub enum Scheme {
     Basic,
     /// HTTP Digest (RFC 7616).
     Digest,
-    /// HMAC request signing (native, AWS SigV4, RFC 9421).
+    /// HMAC request signing, the native scheme (and its legacy layouts).
     Hmac,
     /// JWT bearer tokens (RFC 9068).
     Jwt,
@@ -26,18 +26,24 @@ pub enum Scheme {
     Mtls,
     /// OAuth 1.0a (RFC 5849).
     OAuth1,
+    /// AWS Signature Version 4 (`AWS4-HMAC-SHA256`).
+    SigV4,
+    /// RFC 9421 HTTP Message Signatures.
+    HttpSignature,
 }
 
 impl Scheme {
     /// Every scheme, in canonical order.
-    pub const ALL: [Scheme; 7] = [
+    pub const ALL: [Scheme; 9] = [
         Scheme::ApiKey,
         Scheme::Basic,
         Scheme::Digest,
         Scheme::Hmac,
+        Scheme::HttpSignature,
         Scheme::Jwt,
         Scheme::Mtls,
         Scheme::OAuth1,
+        Scheme::SigV4,
     ];
 
     /// The name used in configuration and in `X-Portcullis-Scheme`.
@@ -50,6 +56,8 @@ impl Scheme {
             Scheme::Jwt => "jwt",
             Scheme::Mtls => "mtls",
             Scheme::OAuth1 => "oauth1",
+            Scheme::SigV4 => "sigv4",
+            Scheme::HttpSignature => "http_signature",
         }
     }
 
@@ -271,6 +279,18 @@ impl Identity {
     /// An identity for a signed request that one of the [`crate::hmac`] schemes verified.
     pub fn from_hmac(_proof: Verified<crate::verified::Hmac>, claims: Claims) -> Self {
         Self::new(Scheme::Hmac, claims)
+    }
+
+    /// An identity for a request whose AWS Signature V4 [`crate::hmac::sigv4::verify`]
+    /// accepted.
+    pub fn from_sigv4(_proof: Verified<crate::verified::Hmac>, claims: Claims) -> Self {
+        Self::new(Scheme::SigV4, claims)
+    }
+
+    /// An identity for a request whose RFC 9421 signature [`crate::hmac::http_sig::verify`]
+    /// accepted.
+    pub fn from_http_signature(_proof: Verified<crate::verified::Hmac>, claims: Claims) -> Self {
+        Self::new(Scheme::HttpSignature, claims)
     }
 
     fn new(scheme: Scheme, c: Claims) -> Self {

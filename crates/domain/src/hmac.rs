@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::crypto::seal::SealKey;
+use portcullis_core::hmac::http_sig::{Algorithm, VerifyingKey};
 use portcullis_core::secret::Secret;
 use portcullis_core::{ScopeSet, Timestamp};
 use portcullis_store::{hmac_invalid, HmacCredentialRecord, HmacCredentials, StoreError};
@@ -36,31 +37,50 @@ fn aad(key_id: &str) -> Vec<u8> {
     a
 }
 
-/// A credential as the authenticator needs it: its secrets opened.
+/// A credential as the authenticators need it: its secrets opened, or its public key parsed.
 pub struct Opened {
     /// The key id.
     pub key_id: Arc<str>,
     /// The scopes it grants.
     pub scopes: ScopeSet,
-    /// The current secret.
-    pub secret: Zeroizing<Vec<u8>>,
-    /// The replaced secret and until when it is accepted.
-    pub previous: Option<(Zeroizing<Vec<u8>>, Timestamp)>,
+    /// What verifies its signatures.
+    pub material: Material,
     /// When it was revoked.
     pub revoked_at: Option<Timestamp>,
 }
 
+/// What verifies a credential's signatures.
+pub enum Material {
+    /// Shared secrets (every scheme).
+    Secrets {
+        /// The current secret.
+        current: Zeroizing<Vec<u8>>,
+        /// The replaced secret and until when it is accepted.
+        previous: Option<(Zeroizing<Vec<u8>>, Timestamp)>,
+    },
+    /// A registered public key (RFC 9421 only), parsed once.
+    PublicKey(VerifyingKey),
+}
+
 impl Opened {
     /// The secrets a signature may be made with at `now`: the current one, and the
-    /// previous one during its grace period.
+    /// previous one during its grace period; none for a public-key credential.
     pub fn secrets_at(&self, now: Timestamp) -> Vec<&[u8]> {
-        let mut v = vec![self.secret.as_slice()];
-        if let Some((s, until)) = &self.previous {
+        let Material::Secrets { current, previous } = &self.material else {
+            return Vec::new();
+        };
+        let mut v = vec![current.as_slice()];
+        if let Some((s, until)) = previous {
             if now < *until {
                 v.push(s.as_slice());
             }
         }
         v
+    }
+
+    /// Whether it is revoked at `now`.
+    pub fn revoked(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_some_and(|r| r <= now)
     }
 }
 
@@ -86,8 +106,9 @@ pub enum KeysError {
     /// The store did not answer.
     #[error("store: {0}")]
     Store(#[from] StoreError),
-    /// A stored secret does not open under the master key.
-    #[error("the secret of {0} does not open under this master key")]
+    /// A stored secret does not open under the master key, or a stored public key does not
+    /// parse.
+    #[error("the secret or public key of {0} does not open under this master key or parse")]
     Sealed(String),
 }
 
@@ -102,8 +123,7 @@ impl HmacKeys {
         }
     }
 
-    /// The credential with `key_id`, opened, if it has a secret (a public-key credential is
-    /// for RFC 9421 only). Unknown ids are not remembered.
+    /// The credential with `key_id`, opened. Unknown ids are not remembered.
     pub async fn get(&self, key_id: &str) -> Result<Option<Arc<Opened>>, KeysError> {
         let now = self.clock.now();
         if let Some((o, until)) = self.cache.get(key_id) {
@@ -114,25 +134,34 @@ impl HmacKeys {
         let Some(r) = self.store.find_hmac(key_id).await? else {
             return Ok(None);
         };
-        let Some(sealed) = &r.secret else {
-            return Ok(None);
-        };
-        let open = |s: &[u8]| {
-            self.seal
-                .open(&aad(&r.key_id), s)
-                .map_err(|_| KeysError::Sealed(r.key_id.clone()))
-        };
-        let secret = open(sealed)?;
-        let previous = match (&r.previous_secret, r.previous_expires_at) {
-            (Some(p), Some(until)) => Some((open(p)?, until)),
-            _ => None,
+        let material = match (&r.secret, &r.public_key, &r.public_key_alg) {
+            (Some(sealed), _, _) => {
+                let open = |s: &[u8]| {
+                    self.seal
+                        .open(&aad(&r.key_id), s)
+                        .map_err(|_| KeysError::Sealed(r.key_id.clone()))
+                };
+                let previous = match (&r.previous_secret, r.previous_expires_at) {
+                    (Some(p), Some(until)) => Some((open(p)?, until)),
+                    _ => None,
+                };
+                Material::Secrets {
+                    current: open(sealed)?,
+                    previous,
+                }
+            }
+            (None, Some(pem), Some(alg)) => Material::PublicKey(
+                Algorithm::from_name(alg)
+                    .and_then(|a| VerifyingKey::from_public_key(a, pem.as_bytes()).ok())
+                    .ok_or_else(|| KeysError::Sealed(r.key_id.clone()))?,
+            ),
+            _ => return Err(KeysError::Sealed(r.key_id.clone())),
         };
         let opened = Arc::new(Opened {
             key_id: r.key_id.as_str().into(),
             // Stored scopes were checked when they were written.
             scopes: ScopeSet::parse(&r.scopes).unwrap_or_default(),
-            secret,
-            previous,
+            material,
             revoked_at: r.revoked_at,
         });
         let ttl = i64::try_from(CACHE_TTL.as_millis()).unwrap_or(i64::MAX);
@@ -156,6 +185,59 @@ pub struct NewHmac {
     /// Scopes it grants.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// A public key (PEM SubjectPublicKeyInfo, or PKCS#1 for RSA) to register instead of
+    /// issuing a secret: the credential then verifies RFC 9421 signatures only.
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// The public key's RFC 9421 algorithm: `ed25519`, `ecdsa-p256-sha256`,
+    /// `rsa-pss-sha512` or `rsa-v1_5-sha256` (required with `public_key`).
+    #[serde(default)]
+    pub algorithm: Option<String>,
+}
+
+/// The longest public key (PEM) accepted.
+pub const MAX_PUBLIC_KEY_LEN: usize = 16 * 1024;
+
+/// The registered public key and its algorithm name, checked: it must parse for that
+/// algorithm (type, curve, RSA size).
+fn checked_public_key(
+    pem: Option<&str>,
+    alg: Option<&str>,
+) -> Result<Option<(String, &'static str)>, AdminError> {
+    let (pem, alg) = match (pem, alg) {
+        (None, None) => return Ok(None),
+        (Some(p), Some(a)) => (p.trim(), a),
+        (Some(_), None) => {
+            return Err(AdminError::Invalid(
+                "`algorithm` is required with `public_key`".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(AdminError::Invalid(
+                "`algorithm` goes with `public_key`".into(),
+            ))
+        }
+    };
+    let alg = Algorithm::from_name(alg)
+        .filter(|a| *a != Algorithm::HmacSha256)
+        .ok_or_else(|| {
+            AdminError::Invalid(
+                "`algorithm` must be ed25519, ecdsa-p256-sha256, rsa-pss-sha512 or rsa-v1_5-sha256"
+                    .into(),
+            )
+        })?;
+    if pem.is_empty() || pem.len() > MAX_PUBLIC_KEY_LEN || !pem.starts_with("-----BEGIN ") {
+        return Err(AdminError::Invalid(
+            "`public_key` must be a PEM public key of at most 16 KiB".into(),
+        ));
+    }
+    VerifyingKey::from_public_key(alg, pem.as_bytes()).map_err(|_| {
+        AdminError::Invalid(format!(
+            "`public_key` is not a public key for {} (RSA: 2048 to 8192 bits)",
+            alg.name()
+        ))
+    })?;
+    Ok(Some((pem.to_owned(), alg.name())))
 }
 
 /// The admin use cases for HMAC credentials.
@@ -210,13 +292,13 @@ impl HmacAdmin {
         self.auditor.emit_durable(e).await;
     }
 
-    /// Creates a credential with a secret of 256 random bits, returned here only (stored
-    /// sealed).
+    /// Creates a credential: with a secret of 256 random bits, returned here only (stored
+    /// sealed), or, when `req` registers a public key, with that key and no secret.
     pub async fn create(
         &self,
         actor: Actor,
         req: NewHmac,
-    ) -> Result<(HmacCredentialRecord, Secret), AdminError> {
+    ) -> Result<(HmacCredentialRecord, Option<Secret>), AdminError> {
         self.ensure_auditable()?;
         let name = req.name.trim();
         if name.is_empty() || name.len() > crate::admin::limits::MAX_NAME {
@@ -229,21 +311,23 @@ impl HmacAdmin {
         }
         let scopes =
             ScopeSet::parse(&req.scopes).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        let public = checked_public_key(req.public_key.as_deref(), req.algorithm.as_deref())?;
         let now = self.clock.now();
         let key_id = format!("hk_{}", bs58::encode(random_bytes::<16>()).into_string());
-        let secret = new_secret();
+        let secret = public.is_none().then(new_secret);
+        let (public_key, public_key_alg) = public.unzip();
         let record = HmacCredentialRecord {
-            secret: Some(
+            secret: secret.as_ref().map(|s| {
                 self.seal
-                    .seal(random_bytes(), &aad(&key_id), secret.expose().as_bytes()),
-            ),
+                    .seal(random_bytes(), &aad(&key_id), s.expose().as_bytes())
+            }),
             key_id,
             name: name.to_owned(),
             scopes: scopes.iter().map(str::to_owned).collect(),
             previous_secret: None,
             previous_expires_at: None,
-            public_key: None,
-            public_key_alg: None,
+            public_key,
+            public_key_alg: public_key_alg.map(str::to_owned),
             created_at: now,
             rotated_at: None,
             revoked_at: None,
@@ -356,10 +440,12 @@ pub(crate) mod tests {
                 NewHmac {
                     name: "partner".into(),
                     scopes: vec!["read:echo".into()],
+                    ..NewHmac::default()
                 },
             )
             .await
             .unwrap();
+        let secret = secret.unwrap();
         assert!(r.key_id.starts_with("hk_") && secret.expose().starts_with("hs_"));
         let stored = store.find_hmac(&r.key_id).await.unwrap().unwrap();
         let sealed = stored.secret.unwrap();
@@ -367,7 +453,7 @@ pub(crate) mod tests {
             .windows(secret.expose().len())
             .any(|w| w == secret.expose().as_bytes()));
         let o = keys.get(&r.key_id).await.unwrap().unwrap();
-        assert_eq!(o.secret.as_slice(), secret.expose().as_bytes());
+        assert_eq!(o.secrets_at(clock.now()), vec![secret.expose().as_bytes()]);
         assert_eq!(o.scopes.iter().collect::<Vec<_>>(), ["read:echo"]);
 
         let (_, new) = admin
@@ -420,6 +506,7 @@ pub(crate) mod tests {
                 NewHmac {
                     name: "a".into(),
                     scopes: vec![],
+                    ..NewHmac::default()
                 },
             )
             .await
@@ -438,7 +525,8 @@ pub(crate) mod tests {
                         ACTOR,
                         NewHmac {
                             name: bad.into(),
-                            scopes: vec![]
+                            scopes: vec![],
+                            ..NewHmac::default()
                         }
                     )
                     .await,

@@ -624,6 +624,8 @@ pub fn hmac_view(c: &portcullis_store::HmacCredentialRecord) -> Value {
         "created_at": rfc3339(Some(c.created_at)), "rotated_at": rfc3339(c.rotated_at),
         "previous_secret_expires_at": rfc3339(c.previous_expires_at.filter(|_| c.previous_secret.is_some())),
         "revoked_at": rfc3339(c.revoked_at),
+        "kind": if c.public_key.is_some() { "public_key" } else { "secret" },
+        "algorithm": c.public_key_alg, "public_key": c.public_key,
     })
 }
 
@@ -640,10 +642,12 @@ fn hmac_error(e: AdminError) -> Response {
 
 fn hmac_with_secret(
     c: &portcullis_store::HmacCredentialRecord,
-    secret: &portcullis_core::secret::Secret,
+    secret: Option<&portcullis_core::secret::Secret>,
 ) -> Response {
     let mut v = hmac_view(c);
-    v["secret"] = Value::String(secret.expose().to_owned());
+    if let Some(secret) = secret {
+        v["secret"] = Value::String(secret.expose().to_owned());
+    }
     (
         StatusCode::CREATED,
         [(axum::http::header::CACHE_CONTROL, "no-store")],
@@ -662,7 +666,7 @@ async fn create_hmac(
         Err(resp) => return resp,
     };
     match st.hmac.create(actor(peer), req).await {
-        Ok((c, secret)) => hmac_with_secret(&c, &secret),
+        Ok((c, secret)) => hmac_with_secret(&c, secret.as_ref()),
         Err(e) => hmac_error(e),
     }
 }
@@ -716,7 +720,7 @@ async fn rotate_hmac(
     };
     let grace = req.grace_seconds.map(std::time::Duration::from_secs);
     match st.hmac.rotate(actor(peer), &key_id, grace).await {
-        Ok((c, secret)) => hmac_with_secret(&c, &secret),
+        Ok((c, secret)) => hmac_with_secret(&c, Some(&secret)),
         Err(e) => hmac_error(e),
     }
 }

@@ -234,6 +234,14 @@ pub enum HmacCmd {
         /// Scopes it grants, comma-separated or repeated.
         #[arg(long, value_delimiter = ',')]
         scopes: Vec<String>,
+        /// Register this PEM public key (file) for RFC 9421 signatures instead of issuing a
+        /// secret.
+        #[arg(long, requires = "algorithm")]
+        public_key: Option<PathBuf>,
+        /// The public key's algorithm: ed25519, ecdsa-p256-sha256, rsa-pss-sha512,
+        /// rsa-v1_5-sha256.
+        #[arg(long, requires = "public_key")]
+        algorithm: Option<String>,
     },
     /// List credentials (never their secrets).
     List {
@@ -268,14 +276,21 @@ pub enum HmacCmd {
 pub async fn hmac(conn: &Conn, cmd: HmacCmd) -> Result<(), CliError> {
     let api = Api::new(conn)?;
     let v = match cmd {
-        HmacCmd::Create { name, scopes } => {
+        HmacCmd::Create {
+            name,
+            scopes,
+            public_key,
+            algorithm,
+        } => {
             let scopes: Vec<String> = scopes.into_iter().filter(|s| !s.is_empty()).collect();
-            api.call(
-                Method::POST,
-                "/admin/v1/hmac",
-                Some(json!({ "name": name, "scopes": scopes })),
-            )
-            .await?
+            let mut body = json!({ "name": name, "scopes": scopes });
+            if let (Some(path), Some(alg)) = (public_key, algorithm) {
+                let pem = std::fs::read_to_string(&path)
+                    .map_err(|e| CliError(format!("{}: {e}", path.display())))?;
+                body["public_key"] = Value::String(pem);
+                body["algorithm"] = Value::String(alg);
+            }
+            api.call(Method::POST, "/admin/v1/hmac", Some(body)).await?
         }
         HmacCmd::List { limit, after } => {
             let mut q = format!("/admin/v1/hmac?limit={limit}");
@@ -328,6 +343,9 @@ pub async fn hmac(conn: &Conn, cmd: HmacCmd) -> Result<(), CliError> {
     println!("name:     {}", s(&v["name"]));
     println!("status:   {}", s(&v["status"]));
     println!("scopes:   {}", join(&v["scopes"]));
+    if let Some(alg) = v["algorithm"].as_str() {
+        println!("public key: {alg}");
+    }
     if let Some(t) = v["previous_secret_expires_at"].as_str() {
         println!("previous secret accepted until {t}");
     }

@@ -14,7 +14,13 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 /// Schemes built into this version. A policy naming any other is a configuration error.
-pub const AVAILABLE_SCHEMES: &[Scheme] = &[Scheme::ApiKey, Scheme::Hmac, Scheme::Jwt];
+pub const AVAILABLE_SCHEMES: &[Scheme] = &[
+    Scheme::ApiKey,
+    Scheme::Hmac,
+    Scheme::HttpSignature,
+    Scheme::Jwt,
+    Scheme::SigV4,
+];
 
 /// The configuration file's schema.
 #[derive(Debug, Clone, Deserialize)]
@@ -630,6 +636,28 @@ pub struct RouteConfig {
     /// signature is checked): 413 beyond.
     #[serde(default = "default_max_signed_body")]
     pub max_signed_body_bytes: u64,
+    /// What keeps a signature without a nonce (SigV4, RFC 9421 without `nonce`) from being
+    /// replayed: `once` (default: the same signed request twice is a replay) or `window`
+    /// (only the time window, as AWS does).
+    #[serde(default, deserialize_with = "de_signature_replay")]
+    pub signature_replay: SignatureReplay,
+    /// The region a SigV4 credential scope must name here.
+    #[serde(default = "default_sigv4_region")]
+    pub sigv4_region: String,
+    /// The service a SigV4 credential scope must name here.
+    #[serde(default = "default_sigv4_service")]
+    pub sigv4_service: String,
+    /// Whether SigV4 requests may leave the body unsigned (`UNSIGNED-PAYLOAD`).
+    #[serde(default)]
+    pub sigv4_unsigned_payload: bool,
+    /// RFC 9421 components a signature must cover here besides `@method`, the target and
+    /// `content-digest` (with a body): names such as `date` or `@authority`, or full
+    /// identifiers such as `"@query-param";name="id"`.
+    #[serde(default)]
+    pub httpsig_components: Vec<String>,
+    /// The RFC 9421 `tag` a signature must carry here.
+    #[serde(default)]
+    pub httpsig_tag: Option<String>,
     /// The `aud` of that JWT (default: the route's name).
     #[serde(default)]
     pub identity_audience: Option<String>,
@@ -750,6 +778,30 @@ fn default_max_signed_body() -> u64 {
     1024 * 1024
 }
 
+fn default_sigv4_region() -> String {
+    "us-east-1".into()
+}
+fn default_sigv4_service() -> String {
+    "execute-api".into()
+}
+
+/// A route's `signature_replay`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SignatureReplay(pub portcullis_domain::authn::Replay);
+
+fn de_signature_replay<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<SignatureReplay, D::Error> {
+    use portcullis_domain::authn::Replay;
+    match String::deserialize(d)?.as_str() {
+        "once" => Ok(SignatureReplay(Replay::Once)),
+        "window" => Ok(SignatureReplay(Replay::Window)),
+        other => Err(serde::de::Error::custom(format!(
+            "unknown signature_replay `{other}`; one of: once, window"
+        ))),
+    }
+}
+
 /// A route's `hmac_layout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HmacLayout(pub portcullis_core::hmac::native::Layout);
@@ -798,6 +850,12 @@ pub fn default_routes() -> Vec<RouteConfig> {
         hmac_layout: HmacLayout::default(),
         signature_window: default_signature_window(),
         max_signed_body_bytes: default_max_signed_body(),
+        signature_replay: SignatureReplay::default(),
+        sigv4_region: default_sigv4_region(),
+        sigv4_service: default_sigv4_service(),
+        sigv4_unsigned_payload: false,
+        httpsig_components: Vec::new(),
+        httpsig_tag: None,
         forward_credentials: false,
         websocket: false,
         cors: None,
@@ -809,6 +867,8 @@ pub fn default_routes() -> Vec<RouteConfig> {
         echo("echo", "/echo", Scheme::ApiKey),
         echo("jwt_echo", "/jwt/echo", Scheme::Jwt),
         echo("hmac_echo", "/hmac/echo", Scheme::Hmac),
+        echo("sigv4_echo", "/sigv4/echo", Scheme::SigV4),
+        echo("httpsig_echo", "/httpsig/echo", Scheme::HttpSignature),
     ]
 }
 
@@ -1034,6 +1094,46 @@ impl Config {
                 .is_some_and(|a| a.is_empty() || a.len() > 256)
             {
                 return Err((key("identity_audience"), "must be 1-256 characters".into()));
+            }
+            let scope_part = |v: &str| {
+                !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            };
+            if !scope_part(&r.sigv4_region) {
+                return Err((
+                    key("sigv4_region"),
+                    "1-64 characters of [a-z0-9-] (e.g. us-east-1)".into(),
+                ));
+            }
+            if !scope_part(&r.sigv4_service) {
+                return Err((
+                    key("sigv4_service"),
+                    "1-64 characters of [a-z0-9-] (e.g. execute-api)".into(),
+                ));
+            }
+            if r.httpsig_components.len() > 32 {
+                return Err((key("httpsig_components"), "at most 32 components".into()));
+            }
+            if let Some(c) = r
+                .httpsig_components
+                .iter()
+                .find(|c| !portcullis_core::hmac::http_sig::valid_required_component(c))
+            {
+                return Err((
+                    key("httpsig_components"),
+                    format!("`{c}` is not an RFC 9421 component (e.g. `date`, `@authority`, `\"@query-param\";name=\"id\"`)"),
+                ));
+            }
+            if r.httpsig_tag
+                .as_deref()
+                .is_some_and(|t| !portcullis_core::hmac::http_sig::valid_tag(t))
+            {
+                return Err((
+                    key("httpsig_tag"),
+                    "1-256 printable ASCII characters".into(),
+                ));
             }
             if r.websocket && r.upstream == Upstream::Echo {
                 return Err((
@@ -1765,7 +1865,7 @@ policy = "public"
     fn empty_file_gives_the_quickstart_defaults() {
         let c = Config::parse("", "p.toml").unwrap();
         assert_eq!(c.listen, default_listen());
-        assert_eq!(c.routes.len(), 3);
+        assert_eq!(c.routes.len(), 5);
         assert_eq!(c.routes[0].upstream, Upstream::Echo);
         assert_eq!(
             (c.routes[1].path_prefix.as_str(), &c.routes[1].policy),
@@ -1776,6 +1876,24 @@ policy = "public"
             ("/hmac/echo", &PolicyExpr::Scheme(Scheme::Hmac))
         );
         assert_eq!(c.routes[2].signature_window, Duration::from_secs(300));
+        assert_eq!(
+            (
+                c.routes[3].path_prefix.as_str(),
+                &c.routes[3].policy,
+                c.routes[3].sigv4_region.as_str(),
+                c.routes[3].sigv4_service.as_str()
+            ),
+            (
+                "/sigv4/echo",
+                &PolicyExpr::Scheme(Scheme::SigV4),
+                "us-east-1",
+                "execute-api"
+            )
+        );
+        assert_eq!(
+            (c.routes[4].path_prefix.as_str(), &c.routes[4].policy),
+            ("/httpsig/echo", &PolicyExpr::Scheme(Scheme::HttpSignature))
+        );
     }
 
     #[test]

@@ -19,9 +19,11 @@ use portcullis_domain::admin::KeyAdmin;
 use portcullis_domain::audit;
 use portcullis_domain::authn::api_key::{ApiKeyAuthenticator, ApiKeyConfig, KeyCache};
 use portcullis_domain::authn::hmac::HmacAuthenticator;
+use portcullis_domain::authn::http_sig::HttpSigAuthenticator;
 use portcullis_domain::authn::issuers::{ExternalIssuer, Fetch};
 use portcullis_domain::authn::jwt::{JwtAuthenticator, JwtConfig};
-use portcullis_domain::authn::{Authenticator, HmacRoute, RouteAuth};
+use portcullis_domain::authn::sigv4::SigV4Authenticator;
+use portcullis_domain::authn::{Authenticator, HmacRoute, HttpSigRoute, RouteAuth, SigV4Route};
 use portcullis_domain::dpop::{proof_header, DpopChecker, DpopRefusal, PROOF_ALGORITHMS};
 use portcullis_domain::gate::{Gate, RouteGate};
 use portcullis_domain::hmac::{HmacAdmin, HmacKeys};
@@ -291,6 +293,14 @@ pub async fn serve(
     available.insert(
         Scheme::Hmac,
         Arc::new(HmacAuthenticator::new(hmac_keys.clone(), store.clone())),
+    );
+    available.insert(
+        Scheme::SigV4,
+        Arc::new(SigV4Authenticator::new(hmac_keys.clone(), store.clone())),
+    );
+    available.insert(
+        Scheme::HttpSignature,
+        Arc::new(HttpSigAuthenticator::new(hmac_keys.clone(), store.clone())),
     );
 
     let mut dpop = DpopChecker::new(
@@ -1263,6 +1273,16 @@ fn build_routes(
                 hmac: HmacRoute {
                     layout: r.hmac_layout.0,
                     window_secs: i64::try_from(r.signature_window.as_secs()).unwrap_or(i64::MAX),
+                    replay: r.signature_replay.0,
+                },
+                sigv4: SigV4Route {
+                    region: r.sigv4_region.as_str().into(),
+                    service: r.sigv4_service.as_str().into(),
+                    allow_unsigned_payload: r.sigv4_unsigned_payload,
+                },
+                http_sig: HttpSigRoute {
+                    components: r.httpsig_components.clone().into(),
+                    tag: r.httpsig_tag.as_deref().map(Into::into),
                 },
             },
             r.scopes.clone(),
@@ -1293,7 +1313,11 @@ fn build_routes(
             r.timeout,
             metrics,
         );
-        if route.gate.policy.schemes().contains(Scheme::Hmac) {
+        let schemes = route.gate.policy.schemes();
+        if [Scheme::Hmac, Scheme::SigV4, Scheme::HttpSignature]
+            .into_iter()
+            .any(|s| schemes.contains(s))
+        {
             route.signed_body_limit = Some(r.max_signed_body_bytes);
         }
         route.identity_audience = r

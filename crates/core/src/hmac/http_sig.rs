@@ -620,6 +620,18 @@ pub fn select<'s, 'a, K>(
     })
 }
 
+/// Whether `entry` can be a [`Policy::required_components`] entry: a component name
+/// (`date`, `@authority`) or a full identifier (`"@query-param";name="id"`).
+pub fn valid_required_component(entry: &str) -> bool {
+    component_spec(entry).is_ok_and(|c| valid_component(&c))
+}
+
+/// Whether `tag` can be a signature's `tag` (RFC 8941 string: printable ASCII), 1 to 256
+/// characters.
+pub fn valid_tag(tag: &str) -> bool {
+    !tag.is_empty() && tag.len() <= 256 && sf::valid_string(tag)
+}
+
 /// The parameters of a signature being made. They are serialised in this order:
 /// `created`, `expires`, `keyid`, `nonce`, `alg`, `tag`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -1650,6 +1662,24 @@ mod sf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_settings_are_checked() {
+        for ok in [
+            "date",
+            "@authority",
+            "content-type",
+            "\"@query-param\";name=\"id\"",
+            "\"example-dict\";key=\"a\"",
+        ] {
+            assert!(valid_required_component(ok), "{ok}");
+        }
+        for bad in ["", "Date", "@", "@Method", "a b", "\"unterminated", "x;="] {
+            assert!(!valid_required_component(bad), "{bad}");
+        }
+        assert!(valid_tag("app-123") && !valid_tag("") && !valid_tag("\u{7f}"));
+        assert!(!valid_tag(&"t".repeat(257)));
+    }
     use crate::crypto::sign::{pem_decode, SigningKey};
     use crate::jose::Algorithm as Jose;
     use base64::engine::general_purpose::STANDARD;

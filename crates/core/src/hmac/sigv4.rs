@@ -817,6 +817,23 @@ pub fn signing_key(secret: &[u8], date: &str, region: &str, service: &str) -> [u
     crypto::sign::hmac_sha256(&k_service, TERMINATOR.as_bytes())
 }
 
+/// `t` as `X-Amz-Date` writes it, `YYYYMMDDTHHMMSSZ` (UTC); `None` outside the years 0–9999.
+pub fn amz_date(t: Timestamp) -> Option<String> {
+    let d = time::OffsetDateTime::from_unix_timestamp(t.as_secs()).ok()?;
+    if !(0..=9999).contains(&d.year()) {
+        return None;
+    }
+    Some(format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        d.year(),
+        u8::from(d.month()),
+        d.day(),
+        d.hour(),
+        d.minute(),
+        d.second()
+    ))
+}
+
 /// A client's signing parameters ([`sign_headers`], [`presign`]).
 #[derive(Clone, Copy)]
 pub struct Signer<'a> {
@@ -1017,6 +1034,21 @@ fn sign_parsed(p: &Parsed<'_>, req: &Request<'_>, s: &Signer<'_>) -> Result<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amz_date_writes_what_iso_basic_reads() {
+        for secs in [0, 1_440_938_160, 1_714_000_000, 253_402_300_799] {
+            let t = Timestamp::from_secs(secs);
+            let s = amz_date(t).unwrap();
+            assert_eq!(iso_basic(&s), Some(t), "{s}");
+        }
+        assert_eq!(
+            amz_date(Timestamp::from_secs(1_440_938_160)).as_deref(),
+            Some("20150830T123600Z")
+        );
+        assert_eq!(amz_date(Timestamp::from_secs(253_402_300_800)), None);
+        assert_eq!(amz_date(Timestamp::from_secs(i64::MAX)), None);
+    }
     use http::{HeaderMap, HeaderName, HeaderValue, Method};
     use std::path::{Path, PathBuf};
 

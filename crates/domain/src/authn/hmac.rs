@@ -15,8 +15,8 @@ use portcullis_core::identity::Claims;
 use portcullis_core::{AuthError, Identity, RequestParts, Scheme, SignatureError, Timestamp};
 use portcullis_store::Nonces;
 
-use super::{Authenticated, Authenticator, Consumed, RouteAuth};
-use crate::hmac::{HmacKeys, KeysError};
+use super::{Authenticated, Authenticator, Consumed, Replay, RouteAuth};
+use crate::hmac::{HmacKeys, KeysError, Opened};
 
 /// The authenticator of the `hmac` scheme.
 pub struct HmacAuthenticator {
@@ -62,18 +62,7 @@ impl Authenticator for HmacAuthenticator {
         let body = req
             .body
             .ok_or(AuthError::Signature(SignatureError::Invalid))?;
-        let key = match self.keys.get(signed.key_id()).await {
-            Ok(Some(k)) if k.revoked_at.is_none_or(|r| now < r) => k,
-            Ok(_) => return Err(AuthError::Signature(SignatureError::UnknownKey)),
-            Err(KeysError::Store(e)) => {
-                tracing::warn!(error = %e, "hmac credentials unavailable");
-                return Err(AuthError::Unavailable);
-            }
-            Err(e @ KeysError::Sealed(_)) => {
-                tracing::error!(error = %e, "hmac credential does not open");
-                return Err(AuthError::Signature(SignatureError::Invalid));
-            }
-        };
+        let key = lookup(&self.keys, signed.key_id(), now).await?;
         let parts = native::Request {
             method: req.method,
             path: req.path,
@@ -86,44 +75,89 @@ impl Authenticator for HmacAuthenticator {
         };
         let proof = native::verify(&signed, &parts, &key.secrets_at(now), &expect)
             .map_err(|e| refused(&e))?;
-        // Remembered until the signing time is out of the window (plus a second of rounding).
-        let until = Timestamp::from_secs(
-            signed
-                .timestamp()
-                .as_secs()
-                .saturating_add(route.hmac.window_secs.max(0))
-                .saturating_add(1),
-        );
-        match self
-            .nonces
-            .claim_nonce(&signed.replay_key(), until, now)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => return Err(AuthError::Signature(SignatureError::Replayed)),
-            Err(e) => {
-                tracing::warn!(error = %e, "nonce store unavailable: signed request refused");
-                return Err(AuthError::Unavailable);
-            }
+        if layout.has_nonce() || route.hmac.replay == Replay::Once {
+            claim(
+                &*self.nonces,
+                &signed.replay_key(),
+                signed.timestamp(),
+                route.hmac.window_secs,
+                now,
+            )
+            .await?;
         }
-        let identity = Identity::from_hmac(
-            proof,
-            Claims {
-                client_id: Some(key.key_id.clone()),
-                subject: None,
-                scopes: key.scopes.clone(),
-                credential_id: key.key_id.clone(),
-                expires_at: None,
-            },
-        );
-        Ok(Some(Authenticated {
-            identity,
-            limits: None,
-            consumed: Consumed {
+        Ok(Some(signed_identity(
+            Identity::from_hmac(proof, claims(&key)),
+            Consumed {
                 api_key_header: true,
                 ..Consumed::default()
             },
-        }))
+        )))
+    }
+}
+
+/// The credential `key_id` names, for a signature made at `now`: an unknown or revoked one
+/// is `unknown_key`; a store that does not answer, `Unavailable`.
+pub(crate) async fn lookup(
+    keys: &HmacKeys,
+    key_id: &str,
+    now: Timestamp,
+) -> Result<Arc<Opened>, AuthError> {
+    match keys.get(key_id).await {
+        Ok(Some(k)) if !k.revoked(now) => Ok(k),
+        Ok(_) => Err(AuthError::Signature(SignatureError::UnknownKey)),
+        Err(KeysError::Store(e)) => {
+            tracing::warn!(error = %e, "hmac credentials unavailable");
+            Err(AuthError::Unavailable)
+        }
+        Err(e @ KeysError::Sealed(_)) => {
+            tracing::error!(error = %e, "hmac credential does not open");
+            Err(AuthError::Signature(SignatureError::Invalid))
+        }
+    }
+}
+
+/// Spends `key` (what makes a verified request single-use) until the signing time `signed_at`
+/// is out of the window (plus a second of rounding): a second claim is `replayed_request`,
+/// and a nonce store that does not answer refuses the request (fail closed).
+pub(crate) async fn claim(
+    nonces: &dyn Nonces,
+    key: &str,
+    signed_at: Timestamp,
+    window_secs: i64,
+    now: Timestamp,
+) -> Result<(), AuthError> {
+    let until = Timestamp::from_secs(
+        signed_at
+            .as_secs()
+            .saturating_add(window_secs.max(0))
+            .saturating_add(1),
+    );
+    match nonces.claim_nonce(key, until, now).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(AuthError::Signature(SignatureError::Replayed)),
+        Err(e) => {
+            tracing::warn!(error = %e, "nonce store unavailable: signed request refused");
+            Err(AuthError::Unavailable)
+        }
+    }
+}
+
+/// The claims of a request signed under `key`.
+pub(crate) fn claims(key: &Opened) -> Claims {
+    Claims {
+        client_id: Some(key.key_id.clone()),
+        subject: None,
+        scopes: key.scopes.clone(),
+        credential_id: key.key_id.clone(),
+        expires_at: None,
+    }
+}
+
+pub(crate) fn signed_identity(identity: Identity, consumed: Consumed) -> Authenticated {
+    Authenticated {
+        identity,
+        limits: None,
+        consumed,
     }
 }
 
@@ -199,10 +233,12 @@ mod tests {
                 NewHmac {
                     name: "p".into(),
                     scopes: vec!["write:orders".into()],
+                    ..NewHmac::default()
                 },
             )
             .await
             .unwrap();
+        let secret = secret.unwrap();
         let now = clock.now();
         let post = http::Method::POST;
         let body = br#"{"amount":100}"#;

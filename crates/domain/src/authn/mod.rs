@@ -6,8 +6,10 @@
 
 pub mod api_key;
 pub mod hmac;
+pub mod http_sig;
 pub mod issuers;
 pub mod jwt;
+pub mod sigv4;
 
 use std::sync::Arc;
 
@@ -23,17 +25,24 @@ pub struct RouteAuth {
     /// The token issuers the `jwt` scheme trusts on this route, by name (`portcullis` for
     /// Portcullis's own); `None`: Portcullis's own only.
     pub jwt_issuers: Option<Arc<[String]>>,
-    /// How the `hmac` scheme reads signed requests on this route.
+    /// How the signing schemes (`hmac`, `sigv4`, `http_signature`) read signed requests on
+    /// this route.
     pub hmac: HmacRoute,
+    /// The `sigv4` scheme's endpoint.
+    pub sigv4: SigV4Route,
+    /// What the `http_signature` scheme demands.
+    pub http_sig: HttpSigRoute,
 }
 
-/// The `hmac` scheme's options on a route.
+/// The signing schemes' options on a route.
 #[derive(Debug, Clone, Copy)]
 pub struct HmacRoute {
-    /// The string-to-sign layout (native unless the route names a legacy one).
+    /// The `hmac` scheme's string-to-sign layout (native unless the route names a legacy one).
     pub layout: portcullis_core::hmac::native::Layout,
-    /// How far the signing time may be from now, either way, in seconds.
+    /// How far the signing time may be from now, either way, in seconds (every scheme).
     pub window_secs: i64,
+    /// What a signature without a nonce may be used for.
+    pub replay: Replay,
 }
 
 impl Default for HmacRoute {
@@ -41,8 +50,55 @@ impl Default for HmacRoute {
         Self {
             layout: portcullis_core::hmac::native::Layout::Native,
             window_secs: 300,
+            replay: Replay::Once,
         }
     }
+}
+
+/// How a signed request that carries no nonce (SigV4, an RFC 9421 signature without
+/// `nonce`, a legacy layout without one) is kept from being replayed. A nonce, when the
+/// scheme has one, is always single-use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Replay {
+    /// The signature itself is single-use: the same signed request twice is a replay (two
+    /// identical requests in the same second must differ, e.g. by a query parameter).
+    #[default]
+    Once,
+    /// Only the time window bounds replay (AWS's own behaviour): the same signed request is
+    /// accepted again until it leaves the window, or a presigned URL until it expires.
+    Window,
+}
+
+/// The `sigv4` scheme's options on a route: the endpoint's credential scope.
+#[derive(Debug, Clone)]
+pub struct SigV4Route {
+    /// The region the credential scope must name.
+    pub region: Arc<str>,
+    /// The service the credential scope must name.
+    pub service: Arc<str>,
+    /// Whether `x-amz-content-sha256: UNSIGNED-PAYLOAD` (a body not covered) is accepted.
+    pub allow_unsigned_payload: bool,
+}
+
+impl Default for SigV4Route {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".into(),
+            service: "execute-api".into(),
+            allow_unsigned_payload: false,
+        }
+    }
+}
+
+/// The `http_signature` scheme's options on a route (beyond the floor every signature must
+/// meet: `@method`, the target, `content-digest` with a body, `created` in the window).
+#[derive(Debug, Clone, Default)]
+pub struct HttpSigRoute {
+    /// Components that must be covered besides the floor (`"date"`, `"@authority"`,
+    /// `"@query-param";name="id"`).
+    pub components: Arc<[String]>,
+    /// The `tag` a signature must carry here.
+    pub tag: Option<Arc<str>>,
 }
 
 /// Limits that come with a credential and override the route's defaults.

@@ -18,5 +18,6 @@ mod issuers;
 mod oauth;
 mod proxy;
 mod ratelimit;
+mod signed_schemes;
 mod signing;
 mod websocket;
