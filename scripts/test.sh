@@ -82,6 +82,9 @@ else
 fi
 say "$runner"
 $runner || rust=FAILED
+# The client crate's reqwest helper is behind a feature the workspace run does not enable.
+say "${runner/--workspace/-p portcullis-client --features reqwest}"
+${runner/--workspace/-p portcullis-client --features reqwest} || rust=FAILED
 
 # --- interop suite against the release binary ------------------------------------------------
 interop=ok

@@ -12,6 +12,7 @@ mod h1;
 mod metrics;
 mod proxy;
 mod server;
+mod sign_cli;
 mod sink;
 mod wire;
 
@@ -100,6 +101,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::AuditCmd,
     },
+    /// Print the headers that sign a request (hmac, sigv4 or http_signature).
+    Sign(sign_cli::SignArgs),
+    /// Sign a request, send it and print the answer's body (exit 1 unless 2xx).
+    Request(sign_cli::RequestArgs),
+    /// Sign or verify a webhook (Stripe, GitHub, Standard Webhooks).
+    Webhook {
+        #[command(subcommand)]
+        cmd: sign_cli::WebhookCmd,
+    },
 }
 
 fn main() -> ExitCode {
@@ -176,6 +186,9 @@ fn main() -> ExitCode {
                 .map(|()| true)
                 .map_err(|e| e.0),
             Cmd::Audit { conn, cmd } => cli::audit(&conn, cmd).await.map_err(|e| e.0),
+            Cmd::Sign(args) => sign_cli::sign(&args).map_err(|e| e.0),
+            Cmd::Request(args) => sign_cli::request(&args).await.map_err(|e| e.0),
+            Cmd::Webhook { cmd } => sign_cli::webhook(&cmd).map_err(|e| e.0),
         }
     });
     match result {

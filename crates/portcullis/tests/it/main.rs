@@ -18,6 +18,7 @@ mod issuers;
 mod oauth;
 mod proxy;
 mod ratelimit;
+mod sign_cli;
 mod signed_schemes;
 mod signing;
 mod websocket;
