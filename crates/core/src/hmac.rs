@@ -9,6 +9,7 @@
 //! - [`webhook`]: signing and verifying webhooks in the Stripe, GitHub and Standard Webhooks
 //!   conventions.
 
+pub mod compat;
 pub mod http_sig;
 pub mod native;
 pub mod sigv4;

@@ -193,6 +193,29 @@ pub struct NewHmac {
     /// `rsa-pss-sha512` or `rsa-v1_5-sha256` (required with `public_key`).
     #[serde(default)]
     pub algorithm: Option<String>,
+    /// Import: keep this key id (a partner's Kong `username`, APISIX `keyId`, AWS access key
+    /// id) instead of generating one.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// Import: keep this secret (at least [`MIN_IMPORTED_SECRET_LEN`] bytes) instead of
+    /// generating one; it is not returned.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// The shortest secret an import keeps: a short shared secret can be guessed offline from
+/// one signed request.
+pub const MIN_IMPORTED_SECRET_LEN: usize = 16;
+/// The longest secret an import keeps.
+pub const MAX_IMPORTED_SECRET_LEN: usize = 1024;
+
+/// An imported key id: 1 to 128 of `A-Z a-z 0-9 . _ - @ + = /`.
+fn valid_key_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@+=/".contains(&b))
 }
 
 /// The longest public key (PEM) accepted.
@@ -293,7 +316,9 @@ impl HmacAdmin {
     }
 
     /// Creates a credential: with a secret of 256 random bits, returned here only (stored
-    /// sealed), or, when `req` registers a public key, with that key and no secret.
+    /// sealed), or, when `req` registers a public key, with that key and no secret, or, when
+    /// `req` imports one, with the secret given (not returned). A key id given is kept
+    /// (conflict if taken).
     pub async fn create(
         &self,
         actor: Actor,
@@ -312,12 +337,44 @@ impl HmacAdmin {
         let scopes =
             ScopeSet::parse(&req.scopes).map_err(|e| AdminError::Invalid(e.to_string()))?;
         let public = checked_public_key(req.public_key.as_deref(), req.algorithm.as_deref())?;
+        if let Some(id) = &req.key_id {
+            if !valid_key_id(id) {
+                return Err(AdminError::Invalid(
+                    "`key_id` must be 1-128 characters of [A-Za-z0-9._-@+=/]".into(),
+                ));
+            }
+        }
+        let imported = match req.secret {
+            Some(_) if public.is_some() => {
+                return Err(AdminError::Invalid(
+                    "a credential has a `secret` or a `public_key`, not both".into(),
+                ))
+            }
+            Some(s)
+                if !(MIN_IMPORTED_SECRET_LEN..=MAX_IMPORTED_SECRET_LEN).contains(&s.len())
+                    || s.chars().any(char::is_control) =>
+            {
+                return Err(AdminError::Invalid(
+                    "an imported `secret` is 16-1024 characters, no control characters".into(),
+                ))
+            }
+            s => s.map(Secret::new),
+        };
         let now = self.clock.now();
-        let key_id = format!("hk_{}", bs58::encode(random_bytes::<16>()).into_string());
-        let secret = public.is_none().then(new_secret);
+        let key_id = req
+            .key_id
+            .unwrap_or_else(|| format!("hk_{}", bs58::encode(random_bytes::<16>()).into_string()));
+        let (secret, stored) = match (imported, public.is_none()) {
+            (Some(s), _) => (None, Some(s)),
+            (None, true) => {
+                let s = new_secret();
+                (Some(s.clone()), Some(s))
+            }
+            (None, false) => (None, None),
+        };
         let (public_key, public_key_alg) = public.unzip();
         let record = HmacCredentialRecord {
-            secret: secret.as_ref().map(|s| {
+            secret: stored.as_ref().map(|s| {
                 self.seal
                     .seal(random_bytes(), &aad(&key_id), s.expose().as_bytes())
             }),
@@ -533,5 +590,61 @@ pub(crate) mod tests {
                 Err(AdminError::Invalid(_))
             ));
         }
+    }
+
+    #[tokio::test]
+    async fn an_imported_credential_keeps_its_key_id_and_secret() {
+        let (_, keys, admin, clock) = setup().await;
+        let import = |key_id: &str, secret: &str| NewHmac {
+            name: "alice".into(),
+            key_id: Some(key_id.into()),
+            secret: Some(secret.into()),
+            ..NewHmac::default()
+        };
+        let (r, shown) = admin
+            .create(ACTOR, import("alice123", "a-secret-from-kong-0123"))
+            .await
+            .unwrap();
+        assert_eq!(r.key_id, "alice123");
+        assert!(shown.is_none(), "an imported secret is not shown again");
+        let o = keys.get("alice123").await.unwrap().unwrap();
+        assert_eq!(
+            o.secrets_at(clock.now()),
+            vec![b"a-secret-from-kong-0123".as_slice()]
+        );
+        assert!(matches!(
+            admin
+                .create(ACTOR, import("alice123", "another-secret-0123456"))
+                .await,
+            Err(AdminError::Conflict(_))
+        ));
+        for (id, secret) in [
+            ("bob", "too-short"),
+            ("has space", "a-secret-from-kong-0123"),
+            ("", "a-secret-from-kong-0123"),
+            ("carol", "control\u{7}characters-in-it"),
+        ] {
+            assert!(
+                matches!(
+                    admin.create(ACTOR, import(id, secret)).await,
+                    Err(AdminError::Invalid(_))
+                ),
+                "{id:?}"
+            );
+        }
+        // A key id alone: a generated secret, shown once.
+        let (r, shown) = admin
+            .create(
+                ACTOR,
+                NewHmac {
+                    name: "dave".into(),
+                    key_id: Some("AKIDEXAMPLE".into()),
+                    ..NewHmac::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.key_id, "AKIDEXAMPLE");
+        assert!(shown.is_some());
     }
 }

@@ -242,6 +242,13 @@ pub enum HmacCmd {
         /// rsa-v1_5-sha256.
         #[arg(long, requires = "public_key")]
         algorithm: Option<String>,
+        /// Import: keep this key id (e.g. a partner's Kong username or APISIX keyId).
+        #[arg(long)]
+        key_id: Option<String>,
+        /// Import: keep the secret in this file (at least 16 characters; one trailing
+        /// newline ignored) instead of issuing one.
+        #[arg(long, conflicts_with = "public_key")]
+        secret_file: Option<PathBuf>,
     },
     /// List credentials (never their secrets).
     List {
@@ -281,9 +288,25 @@ pub async fn hmac(conn: &Conn, cmd: HmacCmd) -> Result<(), CliError> {
             scopes,
             public_key,
             algorithm,
+            key_id,
+            secret_file,
         } => {
             let scopes: Vec<String> = scopes.into_iter().filter(|s| !s.is_empty()).collect();
             let mut body = json!({ "name": name, "scopes": scopes });
+            if let Some(id) = key_id {
+                body["key_id"] = Value::String(id);
+            }
+            if let Some(path) = secret_file {
+                let text = zeroize::Zeroizing::new(
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| CliError(format!("{}: {e}", path.display())))?,
+                );
+                let secret = text
+                    .strip_suffix('\n')
+                    .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                    .unwrap_or(&text);
+                body["secret"] = Value::String(secret.to_owned());
+            }
             if let (Some(path), Some(alg)) = (public_key, algorithm) {
                 let pem = std::fs::read_to_string(&path)
                     .map_err(|e| CliError(format!("{}: {e}", path.display())))?;

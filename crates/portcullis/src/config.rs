@@ -629,6 +629,10 @@ pub struct RouteConfig {
     /// named legacy one (README, "HMAC request signing").
     #[serde(default, deserialize_with = "de_hmac_layout")]
     pub hmac_layout: HmacLayout,
+    /// With `hmac_layout = "kong"` or `"apisix"`: accept a request whose body is not signed
+    /// (`digest` not among the signed headers).
+    #[serde(default)]
+    pub hmac_unsigned_body: bool,
     /// How far a signed request's time may be from the gateway's, either way.
     #[serde(default = "default_signature_window", deserialize_with = "de_duration")]
     pub signature_window: Duration,
@@ -804,19 +808,21 @@ fn de_signature_replay<'de, D: serde::Deserializer<'de>>(
 
 /// A route's `hmac_layout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HmacLayout(pub portcullis_core::hmac::native::Layout);
+pub struct HmacLayout(pub portcullis_domain::authn::HmacFormat);
 
 impl Default for HmacLayout {
     fn default() -> Self {
-        Self(portcullis_core::hmac::native::Layout::Native)
+        Self(portcullis_domain::authn::HmacFormat::Native(
+            portcullis_core::hmac::native::Layout::Native,
+        ))
     }
 }
 
 fn de_hmac_layout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HmacLayout, D::Error> {
-    use portcullis_core::hmac::native::Layout;
+    use portcullis_domain::authn::HmacFormat;
     let name = String::deserialize(d)?;
-    Layout::from_name(&name).map(HmacLayout).ok_or_else(|| {
-        let names: Vec<&str> = Layout::ALL.iter().map(|l| l.name()).collect();
+    HmacFormat::from_name(&name).map(HmacLayout).ok_or_else(|| {
+        let names: Vec<&str> = HmacFormat::all().iter().map(|l| l.name()).collect();
         serde::de::Error::custom(format!(
             "unknown hmac_layout `{name}`; one of: {}",
             names.join(", ")
@@ -848,6 +854,7 @@ pub fn default_routes() -> Vec<RouteConfig> {
         identity_token: false,
         identity_audience: None,
         hmac_layout: HmacLayout::default(),
+        hmac_unsigned_body: false,
         signature_window: default_signature_window(),
         max_signed_body_bytes: default_max_signed_body(),
         signature_replay: SignatureReplay::default(),

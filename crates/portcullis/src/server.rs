@@ -1272,6 +1272,7 @@ fn build_routes(
                 jwt_issuers: r.jwt_issuers.as_deref().map(Into::into),
                 hmac: HmacRoute {
                     layout: r.hmac_layout.0,
+                    allow_unsigned_body: r.hmac_unsigned_body,
                     window_secs: i64::try_from(r.signature_window.as_secs()).unwrap_or(i64::MAX),
                     replay: r.signature_replay.0,
                 },

@@ -292,6 +292,43 @@ pub fn hmac_sha256_verify(key: &[u8], msg: &[u8], tag: &[u8]) -> bool {
     hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, key), msg, tag).is_ok()
 }
 
+/// The HMAC hash functions the gateway formats of other products use (Kong's and Apache
+/// APISIX's `hmac-auth`); SHA-1 only for them, where HMAC-SHA1 is still a sound MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HmacAlg {
+    /// HMAC-SHA1 (legacy formats only).
+    Sha1,
+    /// HMAC-SHA256.
+    Sha256,
+    /// HMAC-SHA384.
+    Sha384,
+    /// HMAC-SHA512.
+    Sha512,
+}
+
+impl HmacAlg {
+    fn algorithm(self) -> hmac::Algorithm {
+        match self {
+            HmacAlg::Sha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+            HmacAlg::Sha256 => hmac::HMAC_SHA256,
+            HmacAlg::Sha384 => hmac::HMAC_SHA384,
+            HmacAlg::Sha512 => hmac::HMAC_SHA512,
+        }
+    }
+}
+
+/// The HMAC of `msg` under `key` with `alg`.
+pub fn hmac_with(alg: HmacAlg, key: &[u8], msg: &[u8]) -> Vec<u8> {
+    hmac::sign(&hmac::Key::new(alg.algorithm(), key), msg)
+        .as_ref()
+        .to_vec()
+}
+
+/// Whether `tag` is the HMAC of `msg` under `key` with `alg`, compared in constant time.
+pub fn hmac_with_verify(alg: HmacAlg, key: &[u8], msg: &[u8], tag: &[u8]) -> bool {
+    hmac::verify(&hmac::Key::new(alg.algorithm(), key), msg, tag).is_ok()
+}
+
 /// An HMAC-SHA256 computed piece by piece (a canonical string written as it is built).
 pub struct HmacSha256(hmac::Context);
 

@@ -10,12 +10,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use portcullis_core::hmac::compat::{self, CompatError, Format};
 use portcullis_core::hmac::native::{self, NativeError};
 use portcullis_core::identity::Claims;
 use portcullis_core::{AuthError, Identity, RequestParts, Scheme, SignatureError, Timestamp};
 use portcullis_store::Nonces;
 
-use super::{Authenticated, Authenticator, Consumed, Replay, RouteAuth};
+use super::{Authenticated, Authenticator, Consumed, HmacFormat, Replay, RouteAuth};
 use crate::hmac::{HmacKeys, KeysError, Opened};
 
 /// The authenticator of the `hmac` scheme.
@@ -42,9 +43,13 @@ impl Authenticator for HmacAuthenticator {
         Scheme::Hmac
     }
 
-    fn challenge(&self, _route: &RouteAuth) -> String {
-        "HMAC-SHA256 realm=\"portcullis\", headers=\"x-api-key x-timestamp x-nonce x-signature\""
-            .to_owned()
+    fn challenge(&self, route: &RouteAuth) -> String {
+        match route.hmac.layout {
+            HmacFormat::Native(_) => "HMAC-SHA256 realm=\"portcullis\", headers=\"x-api-key x-timestamp x-nonce x-signature\"",
+            HmacFormat::Gateway(Format::Kong) => "hmac realm=\"portcullis\", headers=\"date request-line digest\"",
+            HmacFormat::Gateway(Format::Apisix) => "Signature realm=\"portcullis\", headers=\"@request-target date digest\"",
+        }
+        .to_owned()
     }
 
     async fn authenticate(
@@ -53,7 +58,10 @@ impl Authenticator for HmacAuthenticator {
         route: &RouteAuth,
         now: Timestamp,
     ) -> Result<Option<Authenticated>, AuthError> {
-        let layout = route.hmac.layout;
+        let layout = match route.hmac.layout {
+            HmacFormat::Native(l) => l,
+            HmacFormat::Gateway(f) => return self.authenticate_compat(f, req, route, now).await,
+        };
         let Some(signed) = native::parse(req.headers, layout).map_err(|e| refused(&e))? else {
             return Ok(None);
         };
@@ -89,6 +97,63 @@ impl Authenticator for HmacAuthenticator {
             Identity::from_hmac(proof, claims(&key)),
             Consumed {
                 api_key_header: true,
+                ..Consumed::default()
+            },
+        )))
+    }
+}
+
+impl HmacAuthenticator {
+    /// A request in another gateway's `hmac-auth` format (`portcullis_core::hmac::compat`).
+    async fn authenticate_compat(
+        &self,
+        format: Format,
+        req: &RequestParts<'_>,
+        route: &RouteAuth,
+        now: Timestamp,
+    ) -> Result<Option<Authenticated>, AuthError> {
+        let compat_refused = |e: &CompatError| {
+            tracing::debug!(error = %e, format = format.name(), "signed request refused");
+            AuthError::Signature(SignatureError::from_code(e.code()))
+        };
+        let Some(signed) = compat::parse(format, req.headers).map_err(|e| compat_refused(&e))?
+        else {
+            return Ok(None);
+        };
+        let body = req
+            .body
+            .ok_or(AuthError::Signature(SignatureError::Invalid))?;
+        let key = lookup(&self.keys, signed.key_id(), now).await?;
+        let parts = compat::Request {
+            method: req.method,
+            path: req.path,
+            query: req.query,
+            headers: req.headers,
+            body,
+        };
+        let expect = compat::Expect {
+            window_secs: route.hmac.window_secs,
+            allow_unsigned_body: route.hmac.allow_unsigned_body,
+            now,
+        };
+        let proof = compat::verify(&signed, &parts, &key.secrets_at(now), &expect)
+            .map_err(|e| compat_refused(&e))?;
+        let (replay_key, has_nonce) = signed.replay_key(req.headers);
+        if has_nonce || route.hmac.replay == Replay::Once {
+            // The signed time is the window's anchor; now is within it of that time.
+            claim(
+                &*self.nonces,
+                &replay_key,
+                now,
+                route.hmac.window_secs.saturating_mul(2),
+                now,
+            )
+            .await?;
+        }
+        Ok(Some(signed_identity(
+            Identity::from_hmac(proof, claims(&key)),
+            Consumed {
+                authorization: true,
                 ..Consumed::default()
             },
         )))

@@ -401,6 +401,7 @@ mod tests {
                     scopes: vec![],
                     public_key: Some(pem),
                     algorithm: Some("ed25519".into()),
+                    ..NewHmac::default()
                 },
             )
             .await
@@ -461,6 +462,7 @@ mod tests {
                             scopes: vec![],
                             public_key: pk,
                             algorithm: alg.map(Into::into),
+                            ..NewHmac::default()
                         },
                     )
                     .await,

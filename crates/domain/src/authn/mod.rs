@@ -37,8 +37,12 @@ pub struct RouteAuth {
 /// The signing schemes' options on a route.
 #[derive(Debug, Clone, Copy)]
 pub struct HmacRoute {
-    /// The `hmac` scheme's string-to-sign layout (native unless the route names a legacy one).
-    pub layout: portcullis_core::hmac::native::Layout,
+    /// The `hmac` scheme's wire format: the native headers with their layout (native unless
+    /// the route names a legacy one), or another gateway's `hmac-auth` format.
+    pub layout: HmacFormat,
+    /// Whether a request with a body may leave it unsigned in another gateway's format
+    /// (their clients often send `Digest` without signing it).
+    pub allow_unsigned_body: bool,
     /// How far the signing time may be from now, either way, in seconds (every scheme).
     pub window_secs: i64,
     /// What a signature without a nonce may be used for.
@@ -48,10 +52,49 @@ pub struct HmacRoute {
 impl Default for HmacRoute {
     fn default() -> Self {
         Self {
-            layout: portcullis_core::hmac::native::Layout::Native,
+            layout: HmacFormat::Native(portcullis_core::hmac::native::Layout::Native),
+            allow_unsigned_body: false,
             window_secs: 300,
             replay: Replay::Once,
         }
+    }
+}
+
+/// The `hmac` scheme's wire format on a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HmacFormat {
+    /// `X-API-Key`, `X-Timestamp`, `X-Nonce`, `X-Signature` with this string-to-sign layout.
+    Native(portcullis_core::hmac::native::Layout),
+    /// Kong's or Apache APISIX's `hmac-auth` `Authorization`.
+    Gateway(portcullis_core::hmac::compat::Format),
+}
+
+impl HmacFormat {
+    /// Every format, as named in configuration (`hmac_layout`).
+    pub fn all() -> Vec<HmacFormat> {
+        use portcullis_core::hmac::compat::Format;
+        let mut v: Vec<HmacFormat> = portcullis_core::hmac::native::Layout::ALL
+            .iter()
+            .map(|l| HmacFormat::Native(*l))
+            .collect();
+        v.extend([
+            HmacFormat::Gateway(Format::Kong),
+            HmacFormat::Gateway(Format::Apisix),
+        ]);
+        v
+    }
+
+    /// The name in configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            HmacFormat::Native(l) => l.name(),
+            HmacFormat::Gateway(f) => f.name(),
+        }
+    }
+
+    /// The format with this configuration name.
+    pub fn from_name(name: &str) -> Option<HmacFormat> {
+        Self::all().into_iter().find(|f| f.name() == name)
     }
 }
 
