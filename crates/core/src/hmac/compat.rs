@@ -881,6 +881,91 @@ mod tests {
         assert!(k.starts_with("kong:partner:s:") && !nonce, "{k}");
     }
 
+    #[test]
+    fn any_single_changed_byte_fails() {
+        let date = "Fri, 06 Sep 2024 06:41:29 GMT";
+        let e = expect_at(date);
+        let body = br#"{"amount":1}"#;
+        let d = digest(body);
+        for format in [Format::Kong, Format::Apisix] {
+            let target = format.target_names()[0];
+            let h = signed_headers(
+                format,
+                &[target, "date", "digest"],
+                &[("date", date), ("digest", &d)],
+                &Method::POST,
+                body,
+            );
+            let s = parse(format, &h).unwrap().unwrap();
+            let base = Request {
+                method: &Method::POST,
+                path: "/orders",
+                query: Some("amount=1"),
+                headers: &h,
+                body,
+            };
+            verify(&s, &base, &[b"s3cret"], &e).unwrap();
+            let flip = |t: &str, i: usize| -> String {
+                let mut b = t.as_bytes().to_vec();
+                b[i] = if b[i] == b'a' { b'b' } else { b'a' };
+                String::from_utf8(b).unwrap()
+            };
+            for i in 0..base.path.len() {
+                let p = flip(base.path, i);
+                let r = Request { path: &p, ..base };
+                assert!(verify(&s, &r, &[b"s3cret"], &e).is_err(), "path {i}");
+            }
+            for i in 0.."amount=1".len() {
+                let q = flip("amount=1", i);
+                let r = Request {
+                    query: Some(&q),
+                    ..base
+                };
+                assert!(verify(&s, &r, &[b"s3cret"], &e).is_err(), "query {i}");
+            }
+            let put = Method::PUT;
+            assert!(verify(
+                &s,
+                &Request {
+                    method: &put,
+                    ..base
+                },
+                &[b"s3cret"],
+                &e
+            )
+            .is_err());
+            for i in 0..body.len() {
+                let mut b = body.to_vec();
+                b[i] ^= 1;
+                // The body alone, and the body with a digest recomputed for it.
+                let r = Request { body: &b, ..base };
+                assert!(verify(&s, &r, &[b"s3cret"], &e).is_err(), "body {i}");
+                let mut h2 = h.clone();
+                h2.insert("digest", digest(&b).parse().unwrap());
+                let r = Request {
+                    body: &b,
+                    headers: &h2,
+                    ..base
+                };
+                assert_eq!(
+                    verify(&s, &r, &[b"s3cret"], &e).map(|_| ()),
+                    Err(CompatError::BadSignature),
+                    "body {i}"
+                );
+            }
+            for i in 5..date.len() {
+                let mut h2 = h.clone();
+                let changed = flip(date, i);
+                h2.insert("date", HeaderValue::from_str(&changed).unwrap());
+                let r = Request {
+                    headers: &h2,
+                    ..base
+                };
+                assert!(verify(&s, &r, &[b"s3cret"], &e).is_err(), "date {i}");
+            }
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_authorization_values_never_panic(v in "\\PC{0,300}") {

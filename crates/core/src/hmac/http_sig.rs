@@ -3667,6 +3667,80 @@ MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
         })
     }
 
+    #[test]
+    fn any_single_changed_byte_fails() {
+        let secret = b64(TEST_SHARED_SECRET);
+        let signer = Signer::HmacSha256(&secret);
+        let h = b2_headers();
+        let req = b2_request(&h);
+        let params = SignParams {
+            created: Some(Timestamp::from_secs(CREATED)),
+            keyid: Some("test-shared-secret"),
+            nonce: Some("n-1"),
+            ..SignParams::default()
+        };
+        let components = ["@method", "@target-uri", "content-digest", "date"];
+        let (input, sig) = sign(&req, &components, &params, "sig1", &signer).unwrap();
+        let signed = with_sig(&h, &input, &sig);
+        let k = key(Algorithm::HmacSha256);
+        let run = |req: &Request<'_>, h: &HeaderMap| {
+            let sigs = parse(h).unwrap().unwrap();
+            verify(&sigs[0], req, &k, &Policy::default(), now()).map(|_| ())
+        };
+        run(&b2_request(&signed), &signed).unwrap();
+        let flip = |s: &str, i: usize| -> String {
+            let mut b = s.as_bytes().to_vec();
+            b[i] = if b[i] == b'a' { b'b' } else { b'a' };
+            String::from_utf8(b).unwrap()
+        };
+        let base = b2_request(&signed);
+        for i in 0..base.path.len() {
+            let p = flip(base.path, i);
+            assert!(
+                run(&Request { path: &p, ..base }, &signed).is_err(),
+                "path {i}"
+            );
+        }
+        let q = base.query.unwrap();
+        for i in 0..q.len() {
+            let q2 = flip(q, i);
+            let r = Request {
+                query: Some(&q2),
+                ..base
+            };
+            assert!(run(&r, &signed).is_err(), "query {i}");
+        }
+        for m in [Method::PUT, Method::GET, Method::PATCH] {
+            assert!(run(&Request { method: &m, ..base }, &signed).is_err());
+        }
+        let body = base.body.unwrap();
+        for i in 0..body.len() {
+            let mut b = body.to_vec();
+            b[i] ^= 1;
+            let r = Request {
+                body: Some(&b),
+                ..base
+            };
+            assert_eq!(
+                run(&r, &signed),
+                Err(HttpSigError::BodyHashMismatch),
+                "body {i}"
+            );
+        }
+        let date = signed["date"].to_str().unwrap().to_owned();
+        for i in 0..date.len() {
+            let mut h2 = signed.clone();
+            h2.insert("date", hv(&flip(&date, i)));
+            assert!(run(&b2_request(&h2), &h2).is_err(), "date {i}");
+        }
+        // The signature parameters (created, keyid, nonce) are signed too.
+        let tampered = input.replace(&CREATED.to_string(), &(CREATED + 1).to_string());
+        let h2 = with_sig(&h, &tampered, &sig);
+        assert_eq!(run(&b2_request(&h2), &h2), Err(HttpSigError::BadSignature));
+        let h2 = with_sig(&h, &input.replace("n-1", "n-2"), &sig);
+        assert_eq!(run(&b2_request(&h2), &h2), Err(HttpSigError::BadSignature));
+    }
+
     proptest! {
         #[test]
         fn dictionaries_round_trip(dict in arb_dict()) {
