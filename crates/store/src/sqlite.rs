@@ -9,6 +9,8 @@
 //! - Batches (`insert_many`, `append`, `record_usage`) are multi-row statements inside one
 //!   transaction, chunked to stay under SQLite's bound-variable limit.
 
+mod nonce_batch;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,6 +63,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Reads. For in-memory databases this is the writer pool itself.
     reader: SqlitePool,
+    /// Nonce claims, committed in groups over `writer`.
+    nonces: nonce_batch::NonceBatcher,
 }
 
 impl SqliteStore {
@@ -101,7 +105,12 @@ impl SqliteStore {
             // SQLite gives the -wal and -shm files the main file's mode already; make sure.
             restrict_sidecars(&path);
         }
-        Ok(SqliteStore { writer, reader })
+        let nonces = nonce_batch::NonceBatcher::start(writer.clone());
+        Ok(SqliteStore {
+            writer,
+            reader,
+            nonces,
+        })
     }
 
     /// A private in-memory database (one connection, gone when the store is dropped).
@@ -122,6 +131,7 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("sqlite migration failed: {e}")))?;
         Ok(SqliteStore {
+            nonces: nonce_batch::NonceBatcher::start(pool.clone()),
             writer: pool.clone(),
             reader: pool,
         })
@@ -695,20 +705,10 @@ impl Nonces for SqliteStore {
         expires_at: Timestamp,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
-        // A new key is inserted; a key whose use has expired is taken over; a live one stays
-        // as it is and nothing changes (0 rows).
-        let done = sqlx::query(
-            "INSERT INTO used_nonces (key, expires_at) VALUES (?1, ?2) \
-             ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
-             WHERE used_nonces.expires_at <= ?3",
-        )
-        .bind(key)
-        .bind(expires_at.as_millis())
-        .bind(now.as_millis())
-        .execute(&self.writer)
-        .await
-        .map_err(sql_err)?;
-        Ok(done.rows_affected() == 1)
+        // Grouped with the claims made at the same moment into one commit (`nonce_batch`).
+        self.nonces
+            .claim(key, expires_at.as_millis(), now.as_millis())
+            .await
     }
 
     async fn delete_expired_nonces(&self, now: Timestamp) -> Result<u64, StoreError> {
