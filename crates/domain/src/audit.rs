@@ -249,6 +249,21 @@ impl Auditor {
     }
 }
 
+/// A subscriber to the stored audit stream (the webhook outbox,
+/// `crate::webhooks::WebhookTap`): the writer hands it, after each batch is stored and
+/// before anyone waiting for the batch is told, the events whose kind it wants. So an event
+/// emitted durably ([`Auditor::emit_durable`]) has reached the tap when the emit returns.
+#[async_trait::async_trait]
+pub trait AuditTap: Send + Sync {
+    /// Whether events of `kind` interest the tap. Asked for every stored event: keep it
+    /// cheap (a comparison with a few constants).
+    fn wants(&self, kind: &str) -> bool;
+
+    /// Takes the stored events it wants (at least one), in chain order. The writer waits
+    /// for it: what the tap must not lose, it stores before returning.
+    async fn stored(&self, events: &[&AuditEvent]);
+}
+
 /// The writing side: run [`AuditWriter::run`] on a task.
 pub struct AuditWriter {
     rx: mpsc::Receiver<Msg>,
@@ -271,6 +286,8 @@ pub struct AuditWriter {
     /// megabyte) is used again, instead of being returned to the allocator, which gives
     /// pages that large back to the kernel and takes them back zeroed on the next batch.
     spare: Vec<Sealed<'static>>,
+    /// Sees the stored events it wants ([`AuditWriter::tap`]).
+    tap: Option<Arc<dyn AuditTap>>,
 }
 
 /// Largest batch written in one transaction.
@@ -308,6 +325,7 @@ pub async fn channel(
             wake,
             linger: DEFAULT_LINGER,
             spare: Vec::new(),
+            tap: None,
         },
     ))
 }
@@ -318,6 +336,13 @@ impl AuditWriter {
     /// (each with an `fsync`) per event, and more of the decision trail lost by a crash.
     pub fn linger(mut self, linger: std::time::Duration) -> Self {
         self.linger = linger;
+        self
+    }
+
+    /// Hands the stored events that `tap` wants to it, after each batch is stored and before
+    /// the batch's waiters are told (see [`AuditTap`]).
+    pub fn tap(mut self, tap: Arc<dyn AuditTap>) -> Self {
+        self.tap = Some(tap);
         self
     }
 
@@ -354,6 +379,16 @@ impl AuditWriter {
             store_rows(self.store.as_ref(), &sealed, &self.storing).await;
             self.spare = recycle(sealed);
             self.write_sink();
+            if let Some(tap) = &self.tap {
+                let wanted: Vec<&AuditEvent> = msgs
+                    .iter()
+                    .filter_map(|m| m.event.as_ref())
+                    .filter(|e| tap.wants(e.kind))
+                    .collect();
+                if !wanted.is_empty() {
+                    tap.stored(&wanted).await;
+                }
+            }
             for a in msgs.drain(..).filter_map(|m| m.ack) {
                 let _ = a.send(());
             }

@@ -155,7 +155,13 @@ pub struct Gate {
     usage: Arc<UsageTracker>,
     auditor: Auditor,
     audited: AuditedDecisions,
+    /// When an `auth.failure_burst` was last emitted, per failure cell (route and address).
+    bursts: quick_cache::sync::Cache<String, Timestamp>,
 }
+
+/// At most one `auth.failure_burst` per route and client address in this long (per
+/// instance): an attack gives one event, not one per refill of its failure budget.
+pub const BURST_QUIET: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 impl Gate {
     /// A gate over a limiter, the usage tracker (quotas) and the audit trail, auditing every
@@ -166,6 +172,7 @@ impl Gate {
             usage,
             auditor,
             audited: AuditedDecisions::All,
+            bursts: quick_cache::sync::Cache::new(10_000),
         }
     }
 
@@ -304,8 +311,12 @@ impl Gate {
             Ok(a) => a,
             Err(error) => {
                 if let Some(l) = &route.failure_limit {
-                    if let Some(d) = self.limiter.check(fail_key().as_str(), l, now).await {
+                    let key = fail_key();
+                    if let Some(d) = self.limiter.check(key.as_str(), l, now).await {
                         route.failures.counted(&d, now);
+                        if !d.allowed || d.remaining == 0 {
+                            self.burst(route, req.client_ip, l, &d, key, now).await;
+                        }
                     }
                 }
                 return Err((Refused { error, rate: None }, None));
@@ -359,6 +370,39 @@ impl Gate {
             authn: Some(authn),
             rate,
         })
+    }
+
+    /// The failed-authentication limit starts refusing `ip` on `route`: audited as
+    /// `auth.failure_burst` (a webhook event), at most once per [`BURST_QUIET`].
+    async fn burst(
+        &self,
+        route: &RouteGate,
+        ip: std::net::IpAddr,
+        l: &Limit,
+        d: &Decision,
+        key: CellKey,
+        now: Timestamp,
+    ) {
+        let quiet = i64::try_from(BURST_QUIET.as_millis()).unwrap_or(i64::MAX);
+        if self
+            .bursts
+            .get(key.as_str())
+            .is_some_and(|t| now.as_millis() < t.as_millis().saturating_add(quiet))
+        {
+            return;
+        }
+        self.bursts.insert(key.as_str().to_owned(), now);
+        let e = AuditEvent::new(now, "auth.failure_burst", "notice")
+            .route(route.name.clone())
+            .client_ip(ip)
+            .reason("failed_auth_limit")
+            .detail(serde_json::json!({
+                "limit": l.limit,
+                "period_ms": l.period_ms,
+                "retry_after_seconds": d.retry_after_secs.max(d.reset_secs),
+            }));
+        // Not emitted is not fatal: the decision's own event fails the request closed.
+        let _ = self.auditor.emit_bounded(e).await;
     }
 
     async fn limit_one(

@@ -17,6 +17,7 @@ pub mod ratelimit;
 pub mod signing;
 pub mod upstream_identity;
 pub mod usage;
+pub mod webhooks;
 
 pub use authn::{Authenticated, Authenticator, CredentialLimits};
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -45,6 +45,8 @@ pub struct AdminState {
     pub clients: ClientAdmin,
     /// HMAC signing credentials.
     pub hmac: portcullis_domain::hmac::HmacAdmin,
+    /// Webhook endpoints and their delivery logs.
+    pub webhooks: portcullis_domain::webhooks::WebhookAdmin,
 }
 
 /// Largest admin request body (an import of 100k keys fits).
@@ -108,6 +110,23 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/v1/hmac/{key_id}", get(show_hmac))
         .route("/admin/v1/hmac/{key_id}/rotate", post(rotate_hmac))
         .route("/admin/v1/hmac/{key_id}/revoke", post(revoke_hmac))
+        .route(
+            "/admin/v1/webhooks",
+            post(create_webhook).get(list_webhooks),
+        )
+        .route(
+            "/admin/v1/webhooks/{id}",
+            get(show_webhook).delete(delete_webhook),
+        )
+        .route(
+            "/admin/v1/webhooks/{id}/rotate-secret",
+            post(rotate_webhook_secret),
+        )
+        .route("/admin/v1/webhooks/{id}/test", post(test_webhook))
+        .route(
+            "/admin/v1/webhooks/{id}/deliveries",
+            get(list_webhook_deliveries),
+        )
         .route("/admin/v1/audit", get(list_audit))
         .route("/admin/v1/audit/verify", get(verify_audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
@@ -899,5 +918,155 @@ async fn verify_audit(State(st): State<Arc<AdminState>>) -> Response {
             (status, Json(report)).into_response()
         }
         Err(e) => admin_error(AdminError::Store(e)),
+    }
+}
+
+/// The public view of a webhook endpoint: never its secret.
+pub fn webhook_view(e: &portcullis_store::WebhookEndpointRecord, now: Timestamp) -> Value {
+    json!({
+        "id": e.id, "url": e.url, "description": e.description, "events": e.events,
+        "status": if e.disabled_at.is_some() { "disabled" } else { "active" },
+        "created_at": rfc3339(Some(e.created_at)), "rotated_at": rfc3339(e.rotated_at),
+        "previous_secret_expires_at": rfc3339(
+            e.previous_expires_at.filter(|t| e.previous_secret.is_some() && *t > now)
+        ),
+        "disabled_at": rfc3339(e.disabled_at), "disabled_reason": e.disabled_reason,
+    })
+}
+
+/// One entry of a delivery log (its payload included: it holds no secret).
+pub fn delivery_view(d: &portcullis_store::WebhookDeliveryRecord) -> Value {
+    json!({
+        "id": d.id, "endpoint_id": d.endpoint_id, "type": d.event_type,
+        "status": d.status.as_str(), "attempts": d.attempts,
+        "next_attempt_at": rfc3339(
+            (d.status == portcullis_store::DeliveryStatus::Pending).then_some(d.next_attempt_at)
+        ),
+        "last_attempt_at": rfc3339(d.last_attempt_at), "last_status": d.last_status,
+        "last_error": d.last_error, "created_at": rfc3339(Some(d.created_at)),
+        "delivered_at": rfc3339(d.delivered_at),
+        "payload": serde_json::from_str::<Value>(&d.payload).unwrap_or(Value::Null),
+    })
+}
+
+fn webhook_error(e: AdminError) -> Response {
+    match e {
+        AdminError::NotFound => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "No such webhook endpoint.",
+        ),
+        other => admin_error(other),
+    }
+}
+
+/// A view with the secret shown once: 201, never cached.
+fn webhook_with_secret(
+    e: &portcullis_store::WebhookEndpointRecord,
+    secret: &portcullis_core::secret::Secret,
+    now: Timestamp,
+) -> Response {
+    let mut v = webhook_view(e, now);
+    v["secret"] = Value::String(secret.expose().to_owned());
+    (
+        StatusCode::CREATED,
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        Json(v),
+    )
+        .into_response()
+}
+
+async fn create_webhook(
+    State(st): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Response {
+    let req: portcullis_domain::webhooks::NewWebhook = match json_body(body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match st.webhooks.create(actor(peer), req).await {
+        Ok((e, secret)) => webhook_with_secret(&e, &secret, st.clock.now()),
+        Err(e) => webhook_error(e),
+    }
+}
+
+async fn list_webhooks(
+    State(st): State<Arc<AdminState>>,
+    p: Result<Query<ListParams>, QueryRejection>,
+) -> Response {
+    let Query(p) = match p {
+        Ok(p) => p,
+        Err(e) => return rejection(e),
+    };
+    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    match st.webhooks.list(p.after.as_deref(), limit).await {
+        Ok(es) => {
+            let now = st.clock.now();
+            let next = next_after(&es, limit, |e| &e.id);
+            let views: Vec<Value> = es.iter().map(|e| webhook_view(e, now)).collect();
+            Json(json!({"webhooks": views, "next_after": next})).into_response()
+        }
+        Err(e) => webhook_error(e),
+    }
+}
+
+async fn show_webhook(State(st): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    match st.webhooks.show(&id).await {
+        Ok(e) => Json(webhook_view(&e, st.clock.now())).into_response(),
+        Err(e) => webhook_error(e),
+    }
+}
+
+async fn delete_webhook(
+    State(st): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
+    Path(id): Path<String>,
+) -> Response {
+    match st.webhooks.delete(actor(peer), &id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => webhook_error(e),
+    }
+}
+
+async fn rotate_webhook_secret(
+    State(st): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
+    Path(id): Path<String>,
+) -> Response {
+    match st.webhooks.rotate_secret(actor(peer), &id).await {
+        Ok((e, secret)) => webhook_with_secret(&e, &secret, st.clock.now()),
+        Err(e) => webhook_error(e),
+    }
+}
+
+async fn test_webhook(
+    State(st): State<Arc<AdminState>>,
+    peer: Option<Extension<Peer>>,
+    Path(id): Path<String>,
+) -> Response {
+    match st.webhooks.test(actor(peer), &id).await {
+        Ok(d) => (StatusCode::ACCEPTED, Json(delivery_view(&d))).into_response(),
+        Err(e) => webhook_error(e),
+    }
+}
+
+async fn list_webhook_deliveries(
+    State(st): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    p: Result<Query<ListParams>, QueryRejection>,
+) -> Response {
+    let Query(p) = match p {
+        Ok(p) => p,
+        Err(e) => return rejection(e),
+    };
+    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    match st.webhooks.deliveries(&id, p.after.as_deref(), limit).await {
+        Ok(ds) => {
+            let next = next_after(&ds, limit, |d| &d.id);
+            let views: Vec<Value> = ds.iter().map(delivery_view).collect();
+            Json(json!({"deliveries": views, "next_after": next})).into_response()
+        }
+        Err(e) => webhook_error(e),
     }
 }

@@ -419,7 +419,7 @@ pub enum AuditCmd {
 #[error("{0}")]
 pub struct CliError(pub String);
 
-struct Api {
+pub(crate) struct Api {
     base: String,
     token: String,
     client: Client<
@@ -429,7 +429,7 @@ struct Api {
 }
 
 impl Api {
-    fn new(conn: &Conn) -> Result<Self, CliError> {
+    pub(crate) fn new(conn: &Conn) -> Result<Self, CliError> {
         let token = match std::env::var("PORTCULLIS_ADMIN_TOKEN") {
             Ok(t) => t.trim().to_owned(),
             Err(_) => read_token(&conn.data_dir.join("admin.token"))?,
@@ -446,7 +446,7 @@ impl Api {
         })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -1202,7 +1202,7 @@ fn print_key(conn: &Conn, v: &Value) {
     println!("{:<13} {}", "quota:", v["quota"]);
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
@@ -1210,13 +1210,13 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn join(v: &Value) -> String {
+pub(crate) fn join(v: &Value) -> String {
     v.as_array()
         .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

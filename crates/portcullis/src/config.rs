@@ -64,6 +64,82 @@ pub struct Config {
     /// Routes, matched in order; the first match wins.
     #[serde(default = "default_routes")]
     pub routes: Vec<RouteConfig>,
+    /// Delivery of Portcullis's own events to registered webhook endpoints.
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
+}
+
+/// `[webhooks]`: how endpoints are checked and deliveries made (endpoints themselves are
+/// registered through the admin API).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Accept `http://` endpoint URLs on any host (default: https, or http to loopback).
+    pub allow_http: bool,
+    /// Attempts before a delivery is given up (1 to 9).
+    pub max_attempts: u32,
+    /// Delay before the first retry; later ones keep the schedule's ratios.
+    #[serde(deserialize_with = "de_duration")]
+    pub first_retry: Duration,
+    /// How long one attempt may take.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Attempts in flight at once.
+    pub concurrency: usize,
+    /// How long finished deliveries stay in the delivery log.
+    #[serde(deserialize_with = "de_duration")]
+    pub retention: Duration,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        let d = portcullis_domain::webhooks::WebhookSettings::default();
+        Self {
+            allow_http: d.allow_http,
+            max_attempts: d.max_attempts,
+            first_retry: d.first_retry,
+            timeout: d.timeout,
+            concurrency: d.concurrency,
+            retention: d.retention,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// The domain's settings.
+    pub fn settings(&self) -> portcullis_domain::webhooks::WebhookSettings {
+        portcullis_domain::webhooks::WebhookSettings {
+            allow_http: self.allow_http,
+            max_attempts: self.max_attempts,
+            first_retry: self.first_retry,
+            timeout: self.timeout,
+            concurrency: self.concurrency,
+            retention: self.retention,
+        }
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, m: &str| Err((format!("webhooks.{k}"), m.to_owned()));
+        let most = portcullis_domain::webhooks::DEFAULT_SCHEDULE.len() as u32 + 1;
+        if !(1..=most).contains(&self.max_attempts) {
+            return err("max_attempts", "must be 1 to 9");
+        }
+        if self.first_retry < Duration::from_millis(10)
+            || self.first_retry > Duration::from_secs(3600)
+        {
+            return err("first_retry", "must be 10ms to 1h");
+        }
+        if self.timeout < Duration::from_millis(100) || self.timeout > Duration::from_secs(300) {
+            return err("timeout", "must be 100ms to 5m");
+        }
+        if !(1..=1024).contains(&self.concurrency) {
+            return err("concurrency", "must be 1 to 1024");
+        }
+        if self.retention < Duration::from_secs(3600) {
+            return err("retention", "must be at least 1h");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -894,6 +970,7 @@ impl Default for Config {
             issuers: Vec::new(),
             upstreams: Default::default(),
             routes: default_routes(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -1041,6 +1118,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
+        self.webhooks.validate()?;
         if !self.proxy.public_roots && self.proxy.ca_file.is_none() {
             return Err((
                 "proxy.public_roots".into(),

@@ -14,6 +14,8 @@ mod proxy;
 mod server;
 mod sign_cli;
 mod sink;
+mod webhook_cli;
+mod webhook_send;
 mod wire;
 
 use std::net::SocketAddr;
@@ -105,7 +107,8 @@ enum Cmd {
     Sign(sign_cli::SignArgs),
     /// Sign a request, send it and print the answer's body (exit 1 unless 2xx).
     Request(sign_cli::RequestArgs),
-    /// Sign or verify a webhook (Stripe, GitHub, Standard Webhooks).
+    /// Sign or verify a webhook (Stripe, GitHub, Standard Webhooks), and manage the
+    /// endpoints Portcullis delivers its own events to (through the admin API).
     Webhook {
         #[command(subcommand)]
         cmd: sign_cli::WebhookCmd,
@@ -188,7 +191,7 @@ fn main() -> ExitCode {
             Cmd::Audit { conn, cmd } => cli::audit(&conn, cmd).await.map_err(|e| e.0),
             Cmd::Sign(args) => sign_cli::sign(&args).map_err(|e| e.0),
             Cmd::Request(args) => sign_cli::request(&args).await.map_err(|e| e.0),
-            Cmd::Webhook { cmd } => sign_cli::webhook(&cmd).map_err(|e| e.0),
+            Cmd::Webhook { cmd } => sign_cli::webhook_any(cmd).await.map_err(|e| e.0),
         }
     });
     match result {

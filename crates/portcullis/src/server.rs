@@ -34,6 +34,7 @@ use portcullis_domain::ratelimit::RateLimiter;
 use portcullis_domain::signing::{tick_audited, KeyRing, SigningAdmin};
 use portcullis_domain::upstream_identity::IdentityTokens;
 use portcullis_domain::usage::UsageTracker;
+use portcullis_domain::webhooks::{Deliverer, WebhookAdmin, WebhookTap};
 use portcullis_domain::{Clock, Policy, SystemClock};
 use portcullis_store::memory::MemoryRateCells;
 use portcullis_store::sqlite::SqliteStore;
@@ -48,6 +49,7 @@ use crate::gateway::{ClientIp, Gateway, Route, Routes, Target};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::sink::{Reopen, ReopeningFile};
+use crate::webhook_send::HttpSender;
 
 /// Flags of `serve` that override the file.
 #[derive(Debug, Default, Clone)]
@@ -243,7 +245,16 @@ pub async fn serve(
     let (auditor, writer) = audit::channel(audit_log.clone(), sink, cfg.audit.queue)
         .await
         .map_err(|e| StartError(format!("cannot read the audit trail: {e}")))?;
-    let writer_task = tokio::spawn(writer.linger(cfg.audit.flush_interval).run());
+    // Audit events of the webhook kinds become deliveries before their emitters are told
+    // they are stored (the outbox); the deliverer below sends them.
+    let webhook_wake = Arc::new(tokio::sync::Notify::new());
+    let webhook_tap = Arc::new(WebhookTap::new(store.clone(), webhook_wake.clone()));
+    let writer_task = tokio::spawn(
+        writer
+            .linger(cfg.audit.flush_interval)
+            .tap(webhook_tap)
+            .run(),
+    );
     let revocations = Arc::new(
         Revocations::load(store.clone(), clock.now())
             .await
@@ -407,6 +418,8 @@ pub async fn serve(
         revocations.clone(),
         dpop,
     ));
+    // Webhook secrets, sealed under the master key (bound to their endpoint id).
+    let webhook_seal = Arc::new(SealKey::new(&master));
     let admin_state = Arc::new(AdminState {
         keys: KeyAdmin::new(
             keys.clone(),
@@ -430,6 +443,14 @@ pub async fn serve(
             hmac_seal,
             auditor.clone(),
             clock.clone(),
+        ),
+        webhooks: WebhookAdmin::new(
+            store.clone(),
+            webhook_seal.clone(),
+            auditor.clone(),
+            clock.clone(),
+            cfg.webhooks.settings(),
+            webhook_wake.clone(),
         ),
     });
     let app = Arc::new(App {
@@ -512,6 +533,21 @@ pub async fn serve(
         })
         .collect();
 
+    let webhook_stop = Arc::new(tokio::sync::Notify::new());
+    let deliverer = {
+        let sender = HttpSender::new(&cfg.proxy, cfg.proxy.connect_timeout).map_err(StartError)?;
+        let d = Arc::new(Deliverer::new(
+            store.clone(),
+            webhook_seal,
+            Arc::new(sender),
+            auditor.clone(),
+            clock.clone(),
+            cfg.webhooks.settings(),
+            webhook_wake,
+        ));
+        tokio::spawn(d.run(webhook_stop.clone()))
+    };
+
     let retention_stop = Arc::new(RetentionStop::default());
     let retention = cfg.audit.retention.map(|keep| {
         let (log, auditor, clock) = (audit_log.clone(), auditor.clone(), clock.clone());
@@ -553,6 +589,9 @@ pub async fn serve(
             tracing::warn!("audit retention did not stop in time");
         }
     }
+    // Attempts in flight are dropped: their lease runs out and the next start makes them.
+    webhook_stop.notify_one();
+    let _ = tokio::time::timeout(Duration::from_secs(5), deliverer).await;
     usage.flush(&auditor).await;
     auditor.flush().await;
     drop(auditor);
@@ -1348,6 +1387,7 @@ fn restart_only_changes(running: &Config, loaded: &Config) -> Vec<&'static str> 
         issuers,
         upstreams: _,
         routes: _,
+        webhooks,
     } = loaded;
     [
         ("listen", running.listen != *listen),
@@ -1360,6 +1400,7 @@ fn restart_only_changes(running: &Config, loaded: &Config) -> Vec<&'static str> 
         ("proxy", running.proxy != *proxy),
         ("client_ip", running.client_ip != *client_ip),
         ("issuers", running.issuers != *issuers),
+        ("webhooks", running.webhooks != *webhooks),
     ]
     .into_iter()
     .filter_map(|(section, changed)| changed.then_some(section))

@@ -171,6 +171,74 @@ pub enum WebhookCmd {
         /// The body file, exactly as received (`-` or nothing: stdin).
         body: Option<PathBuf>,
     },
+    /// Register an endpoint for Portcullis's own events (admin API); its secret is printed
+    /// once.
+    Create {
+        #[command(flatten)]
+        conn: crate::cli::Conn,
+        /// Where deliveries are POSTed (https://, or http:// to a loopback address).
+        #[arg(long)]
+        url: String,
+        /// Event types, comma-separated: api_key.new_ip, api_key.revoked,
+        /// auth.failure_burst, webhook.test, or * for all.
+        #[arg(long, value_delimiter = ',', required = true)]
+        events: Vec<String>,
+        /// A note for people.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List registered endpoints (never their secrets).
+    List {
+        #[command(flatten)]
+        conn: crate::cli::Conn,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Continue after this endpoint id.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// One endpoint.
+    Show {
+        #[command(flatten)]
+        conn: crate::cli::Conn,
+        /// The endpoint id (`wh_…`).
+        id: String,
+    },
+    /// Delete an endpoint and its delivery log.
+    Delete {
+        #[command(flatten)]
+        conn: crate::cli::Conn,
+        /// The endpoint id.
+        id: String,
+    },
+    /// A new secret, printed once; the old one keeps signing beside it for 24 hours.
+    RotateSecret {
+        #[command(flatten)]
+        conn: crate::cli::Conn,
+        /// The endpoint id.
+        id: String,
+    },
+    /// Send a `webhook.test` event to the endpoint now.
+    Test {
+        #[command(flatten)]
+        conn: crate::cli::Conn,
+        /// The endpoint id.
+        id: String,
+    },
+    /// The endpoint's delivery log, newest first.
+    Deliveries {
+        #[command(flatten)]
+        conn: crate::cli::Conn,
+        /// The endpoint id.
+        id: String,
+        /// Page size.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Continue after this delivery id.
+        #[arg(long)]
+        after: Option<String>,
+    },
 }
 
 /// Runs `portcullis sign`: prints the headers to add.
@@ -269,7 +337,16 @@ pub async fn request(args: &RequestArgs) -> Result<bool, CliError> {
     Ok(false)
 }
 
-/// Runs `portcullis webhook …`.
+/// Runs `portcullis webhook …`: signing and checking here, endpoint management through the
+/// admin API (`crate::webhook_cli`).
+pub async fn webhook_any(cmd: WebhookCmd) -> Result<bool, CliError> {
+    match cmd {
+        WebhookCmd::Sign { .. } | WebhookCmd::Verify { .. } => webhook(&cmd),
+        admin => crate::webhook_cli::run(admin).await.map(|()| true),
+    }
+}
+
+/// Runs `portcullis webhook sign|verify`.
 pub fn webhook(cmd: &WebhookCmd) -> Result<bool, CliError> {
     match cmd {
         WebhookCmd::Sign {
@@ -330,6 +407,7 @@ pub fn webhook(cmd: &WebhookCmd) -> Result<bool, CliError> {
                 }
             }
         }
+        _ => Err(CliError("not a signing command".into())),
     }
 }
 

@@ -18,6 +18,9 @@ use crate::{
     OAuthClients, QuotaSpec, RateCells, RateLimitSpec, Retirement, Sealed, SigningKeyRecord,
     SigningKeys, StoreError,
 };
+use crate::{
+    Attempt, AttemptNext, DeliveryStatus, WebhookDeliveryRecord, WebhookEndpointRecord, Webhooks,
+};
 
 /// A key record for tests; `n` makes id and hash unique.
 pub fn sample_key(n: u8) -> ApiKeyRecord {
@@ -119,6 +122,10 @@ where
     hmac_concurrent_rotations_lose_no_secret(&make().await).await;
     hmac_rotate_refusals(&make().await).await;
     hmac_revoke_keeps_the_first_time(&make().await).await;
+    webhook_endpoints_round_trip_rotate_disable_delete(&make().await).await;
+    webhook_deliveries_enqueue_claim_and_record(&make().await).await;
+    webhook_concurrent_claims_take_each_delivery_once(&make().await).await;
+    webhook_delivery_log_pages_and_prunes(&make().await).await;
 }
 
 /// Sealed bytes for tests: every byte value (NUL and 0xff included), then `n`.
@@ -1189,4 +1196,378 @@ pub async fn ephemeral_suite<S: RateCells>(make: impl Fn() -> S) {
             "an in-process peek does not count"
         );
     }
+}
+
+/// A webhook endpoint for tests, with a sealed secret from [`sample_sealed`].
+pub fn sample_webhook(id: &str) -> WebhookEndpointRecord {
+    WebhookEndpointRecord {
+        id: id.to_owned(),
+        url: format!("https://hooks.example/{id}"),
+        description: format!("endpoint {id}"),
+        events: vec!["api_key.revoked".into(), "auth.failure_burst".into()],
+        secret: sample_sealed(1),
+        previous_secret: None,
+        previous_expires_at: None,
+        created_at: Timestamp::from_millis(1_000),
+        rotated_at: None,
+        disabled_at: None,
+        disabled_reason: None,
+    }
+}
+
+/// A pending delivery for tests, created at `created_ms` and due then.
+pub fn sample_delivery(id: &str, endpoint_id: &str, created_ms: i64) -> WebhookDeliveryRecord {
+    WebhookDeliveryRecord {
+        id: id.to_owned(),
+        endpoint_id: endpoint_id.to_owned(),
+        event_type: "api_key.revoked".into(),
+        payload: format!(r#"{{"type":"api_key.revoked","data":{{"n":"{id}"}}}}"#),
+        status: DeliveryStatus::Pending,
+        attempts: 0,
+        next_attempt_at: Timestamp::from_millis(created_ms),
+        last_attempt_at: None,
+        last_status: None,
+        last_error: None,
+        created_at: Timestamp::from_millis(created_ms),
+        delivered_at: None,
+    }
+}
+
+fn delivery_ids(v: &[WebhookDeliveryRecord]) -> Vec<&str> {
+    v.iter().map(|d| d.id.as_str()).collect()
+}
+
+async fn webhook_endpoints_round_trip_rotate_disable_delete(s: &impl Webhooks) {
+    let t = Timestamp::from_millis;
+    let a = sample_webhook("wh_a");
+    s.insert_webhook(&a).await.unwrap();
+    assert_eq!(s.find_webhook("wh_a").await.unwrap(), Some(a.clone()));
+    assert_eq!(s.find_webhook("wh_nope").await.unwrap(), None);
+    assert!(
+        !shows_bytes(&format!("{a:?}"), &a.secret),
+        "Debug shows no sealed bytes"
+    );
+    assert!(matches!(
+        s.insert_webhook(&sample_webhook("wh_a")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let bad = WebhookEndpointRecord {
+        previous_secret: Some(sample_sealed(2)),
+        ..sample_webhook("wh_bad")
+    };
+    assert!(matches!(
+        s.insert_webhook(&bad).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(s.find_webhook("wh_bad").await.unwrap(), None);
+    for id in ["wh_c", "wh_b"] {
+        s.insert_webhook(&sample_webhook(id)).await.unwrap();
+    }
+    let ids = |v: Vec<WebhookEndpointRecord>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.list_webhooks(None, 10).await.unwrap()),
+        ["wh_a", "wh_b", "wh_c"]
+    );
+    assert_eq!(
+        ids(s.list_webhooks(Some("wh_a"), 1).await.unwrap()),
+        ["wh_b"]
+    );
+    assert!(s.list_webhooks(Some("wh_c"), 10).await.unwrap().is_empty());
+
+    // Rotation keeps one previous secret, with its deadline.
+    let r = s
+        .rotate_webhook_secret("wh_a", &sample_sealed(2), t(90_000), t(10_000))
+        .await
+        .unwrap();
+    assert_eq!(r.secret, sample_sealed(2));
+    assert_eq!(r.previous_secret, Some(sample_sealed(1)));
+    assert_eq!(
+        (r.previous_expires_at, r.rotated_at),
+        (Some(t(90_000)), Some(t(10_000)))
+    );
+    let r2 = s
+        .rotate_webhook_secret("wh_a", &sample_sealed(3), t(95_000), t(20_000))
+        .await
+        .unwrap();
+    assert_eq!(r2.previous_secret, Some(sample_sealed(2)));
+    assert_eq!(s.find_webhook("wh_a").await.unwrap(), Some(r2));
+    assert!(matches!(
+        s.rotate_webhook_secret("wh_nope", &[1], t(1), t(1)).await,
+        Err(StoreError::NotFound)
+    ));
+
+    // Disabling keeps the first time and reason, and fails what was pending.
+    s.enqueue_deliveries(&[sample_delivery("msg_1", "wh_b", 1_000)])
+        .await
+        .unwrap();
+    let d = s.disable_webhook("wh_b", t(5_000), "gone").await.unwrap();
+    assert_eq!(
+        (d.disabled_at, d.disabled_reason.as_deref()),
+        (Some(t(5_000)), Some("gone"))
+    );
+    let d2 = s.disable_webhook("wh_b", t(9_000), "other").await.unwrap();
+    assert_eq!(d2, d, "a second disable changes nothing");
+    let log = s.list_deliveries("wh_b", None, 10).await.unwrap();
+    assert_eq!(log[0].status, DeliveryStatus::Failed);
+    assert_eq!(log[0].last_error.as_deref(), Some("gone"));
+    assert!(s
+        .claim_deliveries(t(100_000), t(200_000), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        s.disable_webhook("wh_nope", t(1), "x").await,
+        Err(StoreError::NotFound)
+    ));
+
+    // Deleting takes the delivery log with it.
+    s.delete_webhook("wh_b").await.unwrap();
+    assert_eq!(s.find_webhook("wh_b").await.unwrap(), None);
+    assert!(s
+        .list_deliveries("wh_b", None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        s.delete_webhook("wh_b").await,
+        Err(StoreError::NotFound)
+    ));
+    // Its id can be used again, with an empty log.
+    s.insert_webhook(&sample_webhook("wh_b")).await.unwrap();
+    assert!(s
+        .list_deliveries("wh_b", None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn webhook_deliveries_enqueue_claim_and_record(s: &impl Webhooks) {
+    let t = Timestamp::from_millis;
+    s.insert_webhook(&sample_webhook("wh_a")).await.unwrap();
+    // Unknown endpoints are skipped; the rest is stored.
+    let n = s
+        .enqueue_deliveries(&[
+            sample_delivery("msg_1", "wh_a", 1_000),
+            sample_delivery("msg_x", "wh_gone", 1_000),
+            sample_delivery("msg_2", "wh_a", 2_000),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    // A clash stores nothing of the batch.
+    assert!(matches!(
+        s.enqueue_deliveries(&[
+            sample_delivery("msg_3", "wh_a", 3_000),
+            sample_delivery("msg_1", "wh_a", 3_000),
+        ])
+        .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        delivery_ids(&s.list_deliveries("wh_a", None, 10).await.unwrap()),
+        ["msg_2", "msg_1"]
+    );
+    assert_eq!(s.enqueue_deliveries(&[]).await.unwrap(), 0);
+
+    // Only what is due, oldest first, and leased.
+    let c = s.claim_deliveries(t(1_500), t(60_000), 10).await.unwrap();
+    assert_eq!(delivery_ids(&c), ["msg_1"]);
+    assert_eq!(c[0].next_attempt_at, t(60_000));
+    assert_eq!(
+        c[0].payload,
+        sample_delivery("msg_1", "wh_a", 1_000).payload
+    );
+    let c = s.claim_deliveries(t(2_000), t(60_000), 10).await.unwrap();
+    assert_eq!(delivery_ids(&c), ["msg_2"], "msg_1 is leased");
+    assert!(s
+        .claim_deliveries(t(59_999), t(90_000), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // A lease that ends unrecorded (the claimer died) gives the delivery back.
+    let c = s.claim_deliveries(t(60_000), t(120_000), 1).await.unwrap();
+    assert_eq!(c.len(), 1, "limit");
+
+    // A failed attempt: due again at the retry time.
+    s.record_attempt(
+        "msg_1",
+        &Attempt {
+            at: t(61_000),
+            status_code: Some(500),
+            error: Some("HTTP 500".into()),
+            next: AttemptNext::RetryAt(t(66_000)),
+        },
+    )
+    .await
+    .unwrap();
+    let got = |id: &'static str| async move {
+        s.list_deliveries("wh_a", None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|d| d.id == id)
+            .unwrap()
+    };
+    let d = got("msg_1").await;
+    assert_eq!(
+        (d.status, d.attempts, d.next_attempt_at),
+        (DeliveryStatus::Pending, 1, t(66_000))
+    );
+    assert_eq!(
+        (d.last_attempt_at, d.last_status, d.last_error.as_deref()),
+        (Some(t(61_000)), Some(500), Some("HTTP 500"))
+    );
+    assert!(s
+        .claim_deliveries(t(65_999), t(200_000), 10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|d| d.id != "msg_1"));
+    // Delivered.
+    s.record_attempt(
+        "msg_1",
+        &Attempt {
+            at: t(67_000),
+            status_code: Some(204),
+            error: None,
+            next: AttemptNext::Delivered,
+        },
+    )
+    .await
+    .unwrap();
+    let d = got("msg_1").await;
+    assert_eq!(
+        (d.status, d.attempts, d.delivered_at, d.last_error.clone()),
+        (DeliveryStatus::Delivered, 2, Some(t(67_000)), None)
+    );
+    // A finished delivery takes no more attempts.
+    s.record_attempt(
+        "msg_1",
+        &Attempt {
+            at: t(68_000),
+            status_code: None,
+            error: Some("late".into()),
+            next: AttemptNext::Failed,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(got("msg_1").await, d);
+    // Given up.
+    s.record_attempt(
+        "msg_2",
+        &Attempt {
+            at: t(70_000),
+            status_code: None,
+            error: Some("connection refused".into()),
+            next: AttemptNext::Failed,
+        },
+    )
+    .await
+    .unwrap();
+    let d = got("msg_2").await;
+    assert_eq!(
+        (d.status, d.attempts, d.last_status),
+        (DeliveryStatus::Failed, 1, None)
+    );
+    assert!(s
+        .claim_deliveries(t(i64::MAX / 2), t(i64::MAX / 2), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        s.record_attempt(
+            "msg_nope",
+            &Attempt {
+                at: t(1),
+                status_code: None,
+                error: None,
+                next: AttemptNext::Failed
+            }
+        )
+        .await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn webhook_concurrent_claims_take_each_delivery_once(s: &impl Webhooks) {
+    let t = Timestamp::from_millis;
+    s.insert_webhook(&sample_webhook("wh_a")).await.unwrap();
+    let all: Vec<_> = (0..20)
+        .map(|i| sample_delivery(&format!("msg_{i:02}"), "wh_a", 1_000 + i))
+        .collect();
+    s.enqueue_deliveries(&all).await.unwrap();
+    let (a, b) = tokio::join!(
+        s.claim_deliveries(t(5_000), t(60_000), 15),
+        s.claim_deliveries(t(5_000), t(60_000), 15),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut seen: Vec<&str> = delivery_ids(&a);
+    seen.extend(delivery_ids(&b));
+    seen.sort_unstable();
+    let before = seen.len();
+    seen.dedup();
+    assert_eq!(seen.len(), before, "no delivery claimed twice");
+    assert_eq!(seen.len(), 20, "every due delivery claimed by one of them");
+}
+
+async fn webhook_delivery_log_pages_and_prunes(s: &impl Webhooks) {
+    let t = Timestamp::from_millis;
+    for id in ["wh_a", "wh_b"] {
+        s.insert_webhook(&sample_webhook(id)).await.unwrap();
+    }
+    // Two at the same time: the id breaks the tie.
+    s.enqueue_deliveries(&[
+        sample_delivery("msg_a1", "wh_a", 1_000),
+        sample_delivery("msg_a2", "wh_a", 2_000),
+        sample_delivery("msg_a3", "wh_a", 2_000),
+        sample_delivery("msg_a4", "wh_a", 4_000),
+        sample_delivery("msg_b1", "wh_b", 3_000),
+    ])
+    .await
+    .unwrap();
+    let page = |after: Option<&'static str>, limit| async move {
+        s.list_deliveries("wh_a", after, limit).await.unwrap()
+    };
+    assert_eq!(
+        delivery_ids(&page(None, 10).await),
+        ["msg_a4", "msg_a3", "msg_a2", "msg_a1"]
+    );
+    assert_eq!(delivery_ids(&page(None, 2).await), ["msg_a4", "msg_a3"]);
+    assert_eq!(
+        delivery_ids(&page(Some("msg_a3"), 2).await),
+        ["msg_a2", "msg_a1"]
+    );
+    assert!(page(Some("msg_a1"), 2).await.is_empty());
+    assert!(page(Some("msg_nope"), 2).await.is_empty(), "unknown cursor");
+    assert_eq!(
+        page(None, 10).await[0],
+        sample_delivery("msg_a4", "wh_a", 4_000)
+    );
+
+    // Retention removes finished deliveries older than the bound, never pending ones.
+    let finish = |id: &'static str, next| async move {
+        s.record_attempt(
+            id,
+            &Attempt {
+                at: t(5_000),
+                status_code: Some(200),
+                error: None,
+                next,
+            },
+        )
+        .await
+        .unwrap();
+    };
+    finish("msg_a1", AttemptNext::Delivered).await;
+    finish("msg_a2", AttemptNext::Failed).await;
+    finish("msg_a4", AttemptNext::Delivered).await;
+    assert_eq!(s.prune_deliveries(t(3_000)).await.unwrap(), 2);
+    assert_eq!(s.prune_deliveries(t(3_000)).await.unwrap(), 0);
+    assert_eq!(
+        delivery_ids(&page(None, 10).await),
+        ["msg_a4", "msg_a3"],
+        "pending msg_a3 stays, newer msg_a4 stays"
+    );
+    assert_eq!(s.list_deliveries("wh_b", None, 10).await.unwrap().len(), 1);
 }

@@ -1,7 +1,7 @@
 //! Portcullis storage: one narrow trait per aggregate, with its contract in the docs.
 //!
 //! Durable aggregates ([`ApiKeys`], [`AuditLog`], [`SigningKeys`], [`OAuthClients`], [`RevokedTokens`],
-//! [`Nonces`], [`HmacCredentials`]) hold what must survive a crash: an
+//! [`Nonces`], [`HmacCredentials`], [`Webhooks`]) hold what must survive a crash: an
 //! implementation returns `Ok` only once the change is durable (SQLite: WAL with
 //! `synchronous=FULL`). Ephemeral state ([`RateCells`]) may be lost on restart.
 //!
@@ -280,13 +280,107 @@ pub trait RevokedTokens: Send + Sync {
     async fn delete_expired_revocations(&self, now: Timestamp) -> Result<u64, StoreError>;
 }
 
+/// Webhook endpoints and the outbox of their deliveries. Durable before `Ok`: a delivery
+/// enqueued is not lost by a crash.
+#[async_trait]
+pub trait Webhooks: Send + Sync {
+    /// Registers an endpoint. `Conflict` if the id exists; `Invalid` if a previous secret
+    /// comes without its deadline or the other way round.
+    async fn insert_webhook(&self, e: &WebhookEndpointRecord) -> Result<(), StoreError>;
+
+    /// The endpoint with this id (disabled ones included).
+    async fn find_webhook(&self, id: &str) -> Result<Option<WebhookEndpointRecord>, StoreError>;
+
+    /// Endpoints ordered by id, after `after` (exclusive); at most `limit`.
+    async fn list_webhooks(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<WebhookEndpointRecord>, StoreError>;
+
+    /// Rotation, atomically: the current secret becomes the previous one (signing too until
+    /// `previous_expires_at`; a previous one still there is dropped), `secret` becomes
+    /// current, `rotated_at = at`. `NotFound` if absent.
+    async fn rotate_webhook_secret(
+        &self,
+        id: &str,
+        secret: &[u8],
+        previous_expires_at: Timestamp,
+        at: Timestamp,
+    ) -> Result<WebhookEndpointRecord, StoreError>;
+
+    /// Disables it at `at` for `reason` (a second call keeps the first time and reason), and
+    /// in the same transaction marks its pending deliveries failed with `reason` as their
+    /// last error. `NotFound` if absent.
+    async fn disable_webhook(
+        &self,
+        id: &str,
+        at: Timestamp,
+        reason: &str,
+    ) -> Result<WebhookEndpointRecord, StoreError>;
+
+    /// Deletes the endpoint and its whole delivery log. `NotFound` if absent.
+    async fn delete_webhook(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Enqueues deliveries, all in one transaction. One whose endpoint does not exist
+    /// (deleted meanwhile) is skipped; `Conflict` if a delivery id exists (nothing stored).
+    /// Returns how many were stored.
+    async fn enqueue_deliveries(&self, d: &[WebhookDeliveryRecord]) -> Result<u64, StoreError>;
+
+    /// Claims at most `limit` pending deliveries due at `now` (`next_attempt_at <= now`),
+    /// oldest due first, and moves their `next_attempt_at` to `lease_until`, atomically: a
+    /// second claim (another worker, another instance) does not see them again until the
+    /// lease ends, which it does only if the claimer died before recording the attempt. The
+    /// records are returned as claimed (`next_attempt_at` is the lease's end), oldest due
+    /// first.
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<WebhookDeliveryRecord>, StoreError>;
+
+    /// Records an attempt of a pending delivery: `attempts + 1`, the last attempt's time,
+    /// status and error, and then delivered, failed or due again. A delivery no longer
+    /// pending (disabled meanwhile) is left as it is. `NotFound` if absent.
+    async fn record_attempt(&self, id: &str, a: &Attempt) -> Result<(), StoreError>;
+
+    /// The deliveries of one endpoint, newest first (`created_at`, then id), after the
+    /// delivery `after` (exclusive; an unknown one gives an empty page); at most `limit`.
+    async fn list_deliveries(
+        &self,
+        endpoint_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<WebhookDeliveryRecord>, StoreError>;
+
+    /// Retention: removes delivered and failed deliveries created before `before` (never a
+    /// pending one), at most a bounded number per call: call again while it answers more
+    /// than 0. Returns how many went.
+    async fn prune_deliveries(&self, before: Timestamp) -> Result<u64, StoreError>;
+}
+
 /// The durable store the binary wires in.
 pub trait Durable:
-    ApiKeys + AuditLog + SigningKeys + OAuthClients + RevokedTokens + Nonces + HmacCredentials
+    ApiKeys
+    + AuditLog
+    + SigningKeys
+    + OAuthClients
+    + RevokedTokens
+    + Nonces
+    + HmacCredentials
+    + Webhooks
 {
 }
 impl<
-        T: ApiKeys + AuditLog + SigningKeys + OAuthClients + RevokedTokens + Nonces + HmacCredentials,
+        T: ApiKeys
+            + AuditLog
+            + SigningKeys
+            + OAuthClients
+            + RevokedTokens
+            + Nonces
+            + HmacCredentials
+            + Webhooks,
     > Durable for T
 {
 }

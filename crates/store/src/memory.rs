@@ -15,6 +15,9 @@ use crate::{
     StoreError, StoredEvent,
 };
 use crate::{hmac_invalid, HmacCredentialRecord, HmacCredentials, Nonces, RevokedTokens};
+use crate::{
+    Attempt, AttemptNext, DeliveryStatus, WebhookDeliveryRecord, WebhookEndpointRecord, Webhooks,
+};
 
 /// Durable aggregates kept in memory (lost on exit: for tests and demos only).
 #[derive(Default)]
@@ -35,6 +38,8 @@ struct Inner {
     revoked: HashMap<String, Timestamp>,
     nonces: HashMap<String, Timestamp>,
     hmac: BTreeMap<String, HmacCredentialRecord>,
+    webhooks: BTreeMap<String, WebhookEndpointRecord>,
+    deliveries: HashMap<String, WebhookDeliveryRecord>,
 }
 
 impl MemoryStore {
@@ -384,6 +389,193 @@ impl HmacCredentials for MemoryStore {
         let c = g.hmac.get_mut(key_id).ok_or(StoreError::NotFound)?;
         c.revoked_at.get_or_insert(at);
         Ok(c.clone())
+    }
+}
+
+/// Most deliveries one [`Webhooks::prune_deliveries`] call removes (both backends).
+pub(crate) const PRUNE_DELIVERIES_STEP: usize = 10_000;
+
+/// The order of a delivery log, newest first.
+fn newest_first(d: &WebhookDeliveryRecord) -> std::cmp::Reverse<(Timestamp, String)> {
+    std::cmp::Reverse((d.created_at, d.id.clone()))
+}
+
+#[async_trait]
+impl Webhooks for MemoryStore {
+    async fn insert_webhook(&self, e: &WebhookEndpointRecord) -> Result<(), StoreError> {
+        e.check()?;
+        let mut g = self.lock();
+        if g.webhooks.contains_key(&e.id) {
+            return Err(StoreError::Conflict("webhook endpoint exists"));
+        }
+        g.webhooks.insert(e.id.clone(), e.clone());
+        Ok(())
+    }
+
+    async fn find_webhook(&self, id: &str) -> Result<Option<WebhookEndpointRecord>, StoreError> {
+        Ok(self.lock().webhooks.get(id).cloned())
+    }
+
+    async fn list_webhooks(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<WebhookEndpointRecord>, StoreError> {
+        let g = self.lock();
+        Ok(g.webhooks
+            .values()
+            .filter(|e| after.is_none_or(|a| e.id.as_str() > a))
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        id: &str,
+        secret: &[u8],
+        previous_expires_at: Timestamp,
+        at: Timestamp,
+    ) -> Result<WebhookEndpointRecord, StoreError> {
+        let mut g = self.lock();
+        let e = g.webhooks.get_mut(id).ok_or(StoreError::NotFound)?;
+        e.previous_secret = Some(std::mem::replace(&mut e.secret, secret.to_vec()));
+        e.previous_expires_at = Some(previous_expires_at);
+        e.rotated_at = Some(at);
+        Ok(e.clone())
+    }
+
+    async fn disable_webhook(
+        &self,
+        id: &str,
+        at: Timestamp,
+        reason: &str,
+    ) -> Result<WebhookEndpointRecord, StoreError> {
+        let mut g = self.lock();
+        let e = g.webhooks.get_mut(id).ok_or(StoreError::NotFound)?;
+        if e.disabled_at.is_none() {
+            e.disabled_at = Some(at);
+            e.disabled_reason = Some(reason.to_owned());
+        }
+        let e = e.clone();
+        for d in g.deliveries.values_mut() {
+            if d.endpoint_id == id && d.status == DeliveryStatus::Pending {
+                d.status = DeliveryStatus::Failed;
+                d.last_error = Some(reason.to_owned());
+            }
+        }
+        Ok(e)
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        g.webhooks.remove(id).ok_or(StoreError::NotFound)?;
+        g.deliveries.retain(|_, d| d.endpoint_id != id);
+        Ok(())
+    }
+
+    async fn enqueue_deliveries(&self, d: &[WebhookDeliveryRecord]) -> Result<u64, StoreError> {
+        let mut g = self.lock();
+        let mut ids = HashSet::new();
+        for x in d {
+            if g.deliveries.contains_key(&x.id) || !ids.insert(&x.id) {
+                return Err(StoreError::Conflict("webhook delivery exists"));
+            }
+        }
+        let mut n = 0;
+        for x in d {
+            if g.webhooks.contains_key(&x.endpoint_id) {
+                g.deliveries.insert(x.id.clone(), x.clone());
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<WebhookDeliveryRecord>, StoreError> {
+        let mut g = self.lock();
+        let mut due: Vec<_> = g
+            .deliveries
+            .values()
+            .filter(|d| d.status == DeliveryStatus::Pending && d.next_attempt_at <= now)
+            .cloned()
+            .collect();
+        due.sort_by(|a, b| (a.next_attempt_at, &a.id).cmp(&(b.next_attempt_at, &b.id)));
+        due.truncate(limit as usize);
+        for d in &mut due {
+            d.next_attempt_at = lease_until;
+            if let Some(stored) = g.deliveries.get_mut(&d.id) {
+                stored.next_attempt_at = lease_until;
+            }
+        }
+        Ok(due)
+    }
+
+    async fn record_attempt(&self, id: &str, a: &Attempt) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let d = g.deliveries.get_mut(id).ok_or(StoreError::NotFound)?;
+        if d.status != DeliveryStatus::Pending {
+            return Ok(());
+        }
+        d.attempts = d.attempts.saturating_add(1);
+        d.last_attempt_at = Some(a.at);
+        d.last_status = a.status_code;
+        d.last_error.clone_from(&a.error);
+        match a.next {
+            AttemptNext::Delivered => {
+                d.status = DeliveryStatus::Delivered;
+                d.delivered_at = Some(a.at);
+            }
+            AttemptNext::Failed => d.status = DeliveryStatus::Failed,
+            AttemptNext::RetryAt(t) => d.next_attempt_at = t,
+        }
+        Ok(())
+    }
+
+    async fn list_deliveries(
+        &self,
+        endpoint_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<WebhookDeliveryRecord>, StoreError> {
+        let g = self.lock();
+        let cursor = match after {
+            Some(a) => match g.deliveries.get(a) {
+                Some(d) => Some(newest_first(d)),
+                None => return Ok(Vec::new()),
+            },
+            None => None,
+        };
+        let mut v: Vec<_> = g
+            .deliveries
+            .values()
+            .filter(|d| d.endpoint_id == endpoint_id)
+            .filter(|d| cursor.as_ref().is_none_or(|c| newest_first(d) > *c))
+            .cloned()
+            .collect();
+        v.sort_by_key(newest_first);
+        v.truncate(limit.min(1000) as usize);
+        Ok(v)
+    }
+
+    async fn prune_deliveries(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let mut g = self.lock();
+        let mut gone: Vec<String> = g
+            .deliveries
+            .values()
+            .filter(|d| d.status != DeliveryStatus::Pending && d.created_at < before)
+            .map(|d| d.id.clone())
+            .collect();
+        gone.truncate(PRUNE_DELIVERIES_STEP);
+        for id in &gone {
+            g.deliveries.remove(id);
+        }
+        Ok(gone.len() as u64)
     }
 }
 

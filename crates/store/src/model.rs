@@ -436,3 +436,144 @@ impl std::fmt::Debug for HmacCredentialRecord {
             .finish_non_exhaustive()
     }
 }
+
+/// A registered webhook endpoint (see [`crate::Webhooks`]): where Portcullis delivers its own
+/// events, signed the Standard Webhooks way.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookEndpointRecord {
+    /// The id, `wh_…`.
+    pub id: String,
+    /// The absolute `http(s)://` URL deliveries are POSTed to.
+    pub url: String,
+    /// A note for people (may be empty).
+    pub description: String,
+    /// The event types it subscribed to (`api_key.revoked` …, or `*`).
+    pub events: Vec<String>,
+    /// The signing secret, sealed by the caller (the store never sees it in the clear).
+    pub secret: Vec<u8>,
+    /// The secret it replaced, sealed, still signing until `previous_expires_at`.
+    pub previous_secret: Option<Vec<u8>>,
+    /// Until when `previous_secret` signs too (set together with it).
+    pub previous_expires_at: Option<Timestamp>,
+    /// When it was registered.
+    pub created_at: Timestamp,
+    /// When its secret was last rotated.
+    pub rotated_at: Option<Timestamp>,
+    /// When it stopped receiving deliveries (the receiver answered 410 Gone).
+    pub disabled_at: Option<Timestamp>,
+    /// Why it was disabled (short text, never a secret).
+    pub disabled_reason: Option<String>,
+}
+
+impl WebhookEndpointRecord {
+    /// The rule both backends apply before storing an endpoint: a previous secret only with
+    /// its deadline.
+    pub(crate) fn check(&self) -> Result<(), crate::StoreError> {
+        if self.previous_secret.is_some() != self.previous_expires_at.is_some() {
+            return Err(crate::StoreError::Invalid(
+                "webhook previous secret and its deadline go together",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for WebhookEndpointRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookEndpointRecord")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("secret", &"<sealed>")
+            .field("previous_expires_at", &self.previous_expires_at)
+            .field("created_at", &self.created_at)
+            .field("disabled_at", &self.disabled_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a webhook delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryStatus {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Given up: attempts exhausted, or the endpoint was disabled.
+    Failed,
+    /// Waiting for its next attempt (`next_attempt_at`).
+    Pending,
+}
+
+impl DeliveryStatus {
+    /// `delivered`, `failed` or `pending` (as stored and shown).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+            Self::Pending => "pending",
+        }
+    }
+
+    /// The status named `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "delivered" => Some(Self::Delivered),
+            "failed" => Some(Self::Failed),
+            "pending" => Some(Self::Pending),
+            _ => None,
+        }
+    }
+}
+
+/// One event to deliver to one endpoint, and how its attempts went (the delivery log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookDeliveryRecord {
+    /// The Standard Webhooks `webhook-id` (`msg_…`): the same on every attempt, so that the
+    /// receiver can deduplicate.
+    pub id: String,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The event type (`api_key.revoked` …).
+    pub event_type: String,
+    /// The exact JSON body sent (signed as is). Holds no secret.
+    pub payload: String,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due (pending), or was last due.
+    pub next_attempt_at: Timestamp,
+    /// When the last attempt was made.
+    pub last_attempt_at: Option<Timestamp>,
+    /// The HTTP status of the last attempt (`None`: no answer).
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed (short text, never a secret).
+    pub last_error: Option<String>,
+    /// When it was enqueued.
+    pub created_at: Timestamp,
+    /// When the receiver took it.
+    pub delivered_at: Option<Timestamp>,
+}
+
+/// The outcome of one delivery attempt (see [`crate::Webhooks::record_attempt`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// When it was made.
+    pub at: Timestamp,
+    /// The HTTP status (`None`: no answer: refused, timed out …).
+    pub status_code: Option<u16>,
+    /// Why it failed (short text, never a secret); `None` when delivered.
+    pub error: Option<String>,
+    /// What happens next.
+    pub next: AttemptNext,
+}
+
+/// What follows an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptNext {
+    /// Delivered: done.
+    Delivered,
+    /// Given up: done.
+    Failed,
+    /// Try again at this time.
+    RetryAt(Timestamp),
+}

@@ -31,6 +31,9 @@ use crate::{
     SigningKeyRecord, SigningKeys, StoreError, StoredEvent,
 };
 use crate::{hmac_invalid, HmacCredentialRecord, HmacCredentials, Nonces, RevokedTokens};
+use crate::{
+    Attempt, AttemptNext, DeliveryStatus, WebhookDeliveryRecord, WebhookEndpointRecord, Webhooks,
+};
 
 /// The embedded schema migrations.
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -990,6 +993,341 @@ impl HmacCredentials for SqliteStore {
         .map_err(sql_err)?
         .ok_or(StoreError::NotFound)?;
         hmac_from_row(&row)
+    }
+}
+
+/// The columns of a webhook endpoint record.
+macro_rules! webhook_cols {
+    () => {
+        "id, url, description, events, secret, previous_secret, previous_expires_at, \
+         created_at, rotated_at, disabled_at, disabled_reason"
+    };
+}
+
+/// The columns of a webhook delivery record.
+macro_rules! delivery_cols {
+    () => {
+        "id, endpoint_id, event_type, payload, status, attempts, next_attempt_at, \
+         last_attempt_at, last_status, last_error, created_at, delivered_at"
+    };
+}
+
+fn webhook_from_row(r: &SqliteRow) -> Result<WebhookEndpointRecord, StoreError> {
+    Ok(WebhookEndpointRecord {
+        id: r.try_get("id").map_err(sql_err)?,
+        url: r.try_get("url").map_err(sql_err)?,
+        description: r.try_get("description").map_err(sql_err)?,
+        events: from_json(r, "events")?,
+        secret: r.try_get("secret").map_err(sql_err)?,
+        previous_secret: r.try_get("previous_secret").map_err(sql_err)?,
+        previous_expires_at: opt_time(r, "previous_expires_at")?,
+        created_at: Timestamp::from_millis(r.try_get("created_at").map_err(sql_err)?),
+        rotated_at: opt_time(r, "rotated_at")?,
+        disabled_at: opt_time(r, "disabled_at")?,
+        disabled_reason: r.try_get("disabled_reason").map_err(sql_err)?,
+    })
+}
+
+fn delivery_from_row(r: &SqliteRow) -> Result<WebhookDeliveryRecord, StoreError> {
+    let status: &str = r.try_get("status").map_err(sql_err)?;
+    let attempts: i64 = r.try_get("attempts").map_err(sql_err)?;
+    let last_status: Option<i64> = r.try_get("last_status").map_err(sql_err)?;
+    Ok(WebhookDeliveryRecord {
+        id: r.try_get("id").map_err(sql_err)?,
+        endpoint_id: r.try_get("endpoint_id").map_err(sql_err)?,
+        event_type: r.try_get("event_type").map_err(sql_err)?,
+        payload: r.try_get("payload").map_err(sql_err)?,
+        status: DeliveryStatus::parse(status)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown delivery status {status}")))?,
+        attempts: u32::try_from(attempts)
+            .map_err(|_| StoreError::Corrupt("delivery attempts out of range".into()))?,
+        next_attempt_at: Timestamp::from_millis(r.try_get("next_attempt_at").map_err(sql_err)?),
+        last_attempt_at: opt_time(r, "last_attempt_at")?,
+        last_status: last_status
+            .map(u16::try_from)
+            .transpose()
+            .map_err(|_| StoreError::Corrupt("delivery last_status out of range".into()))?,
+        last_error: r.try_get("last_error").map_err(sql_err)?,
+        created_at: Timestamp::from_millis(r.try_get("created_at").map_err(sql_err)?),
+        delivered_at: opt_time(r, "delivered_at")?,
+    })
+}
+
+#[async_trait]
+impl Webhooks for SqliteStore {
+    async fn insert_webhook(&self, e: &WebhookEndpointRecord) -> Result<(), StoreError> {
+        e.check()?;
+        sqlx::query(concat!(
+            "INSERT INTO webhook_endpoints (",
+            webhook_cols!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        ))
+        .bind(&e.id)
+        .bind(&e.url)
+        .bind(&e.description)
+        .bind(json_list(&e.events))
+        .bind(&e.secret[..])
+        .bind(e.previous_secret.as_deref())
+        .bind(e.previous_expires_at.map(Timestamp::as_millis))
+        .bind(e.created_at.as_millis())
+        .bind(e.rotated_at.map(Timestamp::as_millis))
+        .bind(e.disabled_at.map(Timestamp::as_millis))
+        .bind(e.disabled_reason.as_deref())
+        .execute(&self.writer)
+        .await
+        .map_err(|err| match &err {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::Conflict("webhook endpoint exists")
+            }
+            _ => sql_err(err),
+        })?;
+        Ok(())
+    }
+
+    async fn find_webhook(&self, id: &str) -> Result<Option<WebhookEndpointRecord>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            webhook_cols!(),
+            " FROM webhook_endpoints WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(sql_err)?
+        .as_ref()
+        .map(webhook_from_row)
+        .transpose()
+    }
+
+    async fn list_webhooks(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<WebhookEndpointRecord>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            webhook_cols!(),
+            " FROM webhook_endpoints WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2"
+        ))
+        .bind(after)
+        .bind(i64::from(limit.min(MAX_QUERY_LIMIT)))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(sql_err)?
+        .iter()
+        .map(webhook_from_row)
+        .collect()
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        id: &str,
+        secret: &[u8],
+        previous_expires_at: Timestamp,
+        at: Timestamp,
+    ) -> Result<WebhookEndpointRecord, StoreError> {
+        // One statement: SET expressions read the row as it was, so a secret set by a
+        // concurrent rotation becomes the previous one, never lost.
+        let row = sqlx::query(concat!(
+            "UPDATE webhook_endpoints SET previous_secret = secret, previous_expires_at = ?3, \
+             secret = ?2, rotated_at = ?4 WHERE id = ?1 RETURNING ",
+            webhook_cols!()
+        ))
+        .bind(id)
+        .bind(secret)
+        .bind(previous_expires_at.as_millis())
+        .bind(at.as_millis())
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(sql_err)?
+        .ok_or(StoreError::NotFound)?;
+        webhook_from_row(&row)
+    }
+
+    async fn disable_webhook(
+        &self,
+        id: &str,
+        at: Timestamp,
+        reason: &str,
+    ) -> Result<WebhookEndpointRecord, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(concat!(
+            "UPDATE webhook_endpoints SET disabled_reason = CASE WHEN disabled_at IS NULL \
+             THEN ?3 ELSE disabled_reason END, disabled_at = coalesce(disabled_at, ?2) \
+             WHERE id = ?1 RETURNING ",
+            webhook_cols!()
+        ))
+        .bind(id)
+        .bind(at.as_millis())
+        .bind(reason)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(sql_err)?
+        .ok_or(StoreError::NotFound)?;
+        let e = webhook_from_row(&row)?;
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'failed', last_error = ?2 \
+             WHERE endpoint_id = ?1 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql_err)?;
+        tx.commit().await.map_err(sql_err)?;
+        Ok(e)
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<(), StoreError> {
+        // The deliveries go with it (ON DELETE CASCADE; foreign keys are on).
+        let done = sqlx::query("DELETE FROM webhook_endpoints WHERE id = ?1")
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(sql_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn enqueue_deliveries(&self, d: &[WebhookDeliveryRecord]) -> Result<u64, StoreError> {
+        if d.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin_write().await?;
+        let mut n = 0;
+        for x in d {
+            let done = sqlx::query(concat!(
+                "INSERT INTO webhook_deliveries (",
+                delivery_cols!(),
+                ") SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12 \
+                 WHERE EXISTS (SELECT 1 FROM webhook_endpoints WHERE id = ?2)"
+            ))
+            .bind(&x.id)
+            .bind(&x.endpoint_id)
+            .bind(&x.event_type)
+            .bind(&x.payload)
+            .bind(x.status.as_str())
+            .bind(i64::from(x.attempts))
+            .bind(x.next_attempt_at.as_millis())
+            .bind(x.last_attempt_at.map(Timestamp::as_millis))
+            .bind(x.last_status.map(i64::from))
+            .bind(x.last_error.as_deref())
+            .bind(x.created_at.as_millis())
+            .bind(x.delivered_at.map(Timestamp::as_millis))
+            .execute(&mut *tx)
+            .await
+            .map_err(|err| match &err {
+                sqlx::Error::Database(db) if db.is_unique_violation() => {
+                    StoreError::Conflict("webhook delivery exists")
+                }
+                _ => sql_err(err),
+            })?;
+            n += done.rows_affected();
+        }
+        tx.commit().await.map_err(sql_err)?;
+        Ok(n)
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<WebhookDeliveryRecord>, StoreError> {
+        // One statement: the claim and the lease are one atomic write.
+        let mut v = sqlx::query(concat!(
+            "UPDATE webhook_deliveries SET next_attempt_at = ?2 WHERE id IN (\
+             SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ?1 \
+             ORDER BY next_attempt_at, id LIMIT ?3) RETURNING ",
+            delivery_cols!()
+        ))
+        .bind(now.as_millis())
+        .bind(lease_until.as_millis())
+        .bind(i64::from(limit.min(MAX_QUERY_LIMIT)))
+        .fetch_all(&self.writer)
+        .await
+        .map_err(sql_err)?
+        .iter()
+        .map(delivery_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        // RETURNING gives no order; the lease erased the due time, so oldest enqueued first.
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(v)
+    }
+
+    async fn record_attempt(&self, id: &str, a: &Attempt) -> Result<(), StoreError> {
+        let (status, next, delivered) = match a.next {
+            AttemptNext::Delivered => (DeliveryStatus::Delivered, None, Some(a.at)),
+            AttemptNext::Failed => (DeliveryStatus::Failed, None, None),
+            AttemptNext::RetryAt(t) => (DeliveryStatus::Pending, Some(t), None),
+        };
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries SET attempts = attempts + 1, last_attempt_at = ?2, \
+             last_status = ?3, last_error = ?4, status = ?5, \
+             next_attempt_at = coalesce(?6, next_attempt_at), delivered_at = ?7 \
+             WHERE id = ?1 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(a.at.as_millis())
+        .bind(a.status_code.map(i64::from))
+        .bind(a.error.as_deref())
+        .bind(status.as_str())
+        .bind(next.map(Timestamp::as_millis))
+        .bind(delivered.map(Timestamp::as_millis))
+        .execute(&self.writer)
+        .await
+        .map_err(sql_err)?;
+        if done.rows_affected() == 0 {
+            let exists: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM webhook_deliveries WHERE id = ?1")
+                    .bind(id)
+                    .fetch_optional(&self.reader)
+                    .await
+                    .map_err(sql_err)?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound);
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_deliveries(
+        &self,
+        endpoint_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<WebhookDeliveryRecord>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            delivery_cols!(),
+            " FROM webhook_deliveries WHERE endpoint_id = ?1 AND (?2 IS NULL OR \
+             (created_at, id) < (SELECT created_at, id FROM webhook_deliveries WHERE id = ?2)) \
+             ORDER BY created_at DESC, id DESC LIMIT ?3"
+        ))
+        .bind(endpoint_id)
+        .bind(after)
+        .bind(i64::from(limit.min(MAX_QUERY_LIMIT)))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(sql_err)?
+        .iter()
+        .map(delivery_from_row)
+        .collect()
+    }
+
+    async fn prune_deliveries(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries \
+             WHERE status <> 'pending' AND created_at < ?1 LIMIT ?2)",
+        )
+        .bind(before.as_millis())
+        .bind(crate::memory::PRUNE_DELIVERIES_STEP as i64)
+        .execute(&self.writer)
+        .await
+        .map_err(sql_err)?;
+        Ok(done.rows_affected())
     }
 }
 

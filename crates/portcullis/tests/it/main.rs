@@ -21,4 +21,5 @@ mod ratelimit;
 mod sign_cli;
 mod signed_schemes;
 mod signing;
+mod webhooks;
 mod websocket;
