@@ -108,7 +108,7 @@ impl SqliteStore {
             // SQLite gives the -wal and -shm files the main file's mode already; make sure.
             restrict_sidecars(&path);
         }
-        let nonces = nonce_batch::NonceBatcher::start(writer.clone());
+        let nonces = nonce_batch::NonceBatcher::start(writer.clone()).await?;
         Ok(SqliteStore {
             writer,
             reader,
@@ -134,7 +134,7 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("sqlite migration failed: {e}")))?;
         Ok(SqliteStore {
-            nonces: nonce_batch::NonceBatcher::start(pool.clone()),
+            nonces: nonce_batch::NonceBatcher::start(pool.clone()).await?,
             writer: pool.clone(),
             reader: pool,
         })
@@ -715,7 +715,7 @@ impl Nonces for SqliteStore {
     }
 
     async fn delete_expired_nonces(&self, now: Timestamp) -> Result<u64, StoreError> {
-        self.delete_expired("DELETE FROM used_nonces WHERE expires_at <= ?1", now)
+        self.delete_expired("DELETE FROM nonce_log WHERE expires_at <= ?1", now)
             .await
     }
 }

@@ -1,21 +1,46 @@
-//! Group commit for nonce claims: every signed request spends its nonce before it is let
-//! through. One task takes the claims waiting at that moment and commits them in one
-//! statement, so concurrent requests share a commit instead of queueing for one each; a lone
-//! request still gets its answer after exactly one commit. Each claim is answered only after
-//! the commit that holds it returned, written to the WAL with `synchronous=NORMAL`: an
-//! accepted request's nonce survives a crash of the process (kill -9) at once, and a power
-//! loss once the next full commit or checkpoint has flushed the WAL.
+//! Nonce claims: every signed request (and every DPoP proof, every client assertion) spends a
+//! single-use value before it is let through.
+//!
+//! One task owns the claims. It knows which keys are live from memory — one process owns the
+//! database (the data directory's lock), and the map is loaded from the `nonce_log` table
+//! when the store opens — so a replay is refused without touching the disk. The claims that
+//! win are appended to `nonce_log`, those waiting at that moment in one statement (group
+//! commit: concurrent requests share a commit; a lone request gets its answer after exactly
+//! one). Each winning claim is answered only after the commit that holds it returned, written
+//! to the WAL with `synchronous=NORMAL`: an accepted request's nonce survives a crash of the
+//! process (kill -9) at once, and a power loss once the next full commit or checkpoint has
+//! flushed the WAL.
+//!
+//! Memory: 24 bytes of map entry per live key (a 16-byte digest of the key and its expiry),
+//! pruned as keys expire; at most [`MAX_LIVE`] live keys, beyond which claims fail closed
+//! (`Unavailable`) until some expire.
 
+use std::collections::HashMap;
+
+use portcullis_core::crypto;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sql_err;
 use crate::StoreError;
 
-/// At most this many claims in one transaction.
+/// At most this many claims in one statement.
 const MAX_BATCH: usize = 512;
 /// Claims waiting for the task, at most (callers wait for room beyond it).
 const QUEUE: usize = 4096;
+/// At most this many live keys are kept (about 400 MB of map).
+pub(super) const MAX_LIVE: usize = 16_000_000;
+/// How often (in claim time, ms) expired keys are dropped from the map.
+const PRUNE_EVERY_MS: i64 = 10_000;
+
+type Digest = [u8; 16];
+
+fn digest(key: &str) -> Digest {
+    let full = crypto::sha256(key.as_bytes());
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&full[..16]);
+    d
+}
 
 struct Claim {
     key: String,
@@ -31,11 +56,25 @@ pub(super) struct NonceBatcher {
 }
 
 impl NonceBatcher {
-    /// Starts the task over `writer` (it ends when the last handle is dropped).
-    pub(super) fn start(writer: SqlitePool) -> Self {
+    /// Loads the live keys from `writer`'s database and starts the task (it ends when the
+    /// last handle is dropped).
+    pub(super) async fn start(writer: SqlitePool) -> Result<Self, StoreError> {
+        let mut live: HashMap<Digest, i64> = HashMap::new();
+        let rows = sqlx::query("SELECT key, expires_at FROM nonce_log")
+            .fetch_all(&writer)
+            .await
+            .map_err(sql_err)?;
+        for r in rows {
+            let (key, expires_at): (String, i64) = (
+                r.try_get(0).map_err(sql_err)?,
+                r.try_get(1).map_err(sql_err)?,
+            );
+            let e = live.entry(digest(&key)).or_insert(expires_at);
+            *e = (*e).max(expires_at);
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(writer, rx));
-        Self { tx }
+        tokio::spawn(run(writer, rx, live));
+        Ok(Self { tx })
     }
 
     /// Claims `key` until `expires_at` (ms) at `now` (ms): `true` if it was free.
@@ -58,52 +97,75 @@ impl NonceBatcher {
     }
 }
 
-async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<Claim>) {
+async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<Claim>, mut live: HashMap<Digest, i64>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut pruned_at = i64::MIN;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        match commit(&writer, &batch).await {
-            Ok(results) => {
-                for (claim, won) in batch.drain(..).zip(results) {
-                    let _ = claim.reply.send(Ok(won));
+        let now = batch.iter().map(|c| c.now).min().unwrap_or(0);
+        if now.saturating_sub(pruned_at) >= PRUNE_EVERY_MS {
+            live.retain(|_, expires| *expires > now);
+            pruned_at = now;
+        }
+        // Decide each claim in order from memory: of two claims of one key, the first wins.
+        let mut winners: Vec<(Claim, Digest, Option<i64>)> = Vec::with_capacity(batch.len());
+        for c in batch.drain(..) {
+            let d = digest(&c.key);
+            let previous = live.get(&d).copied();
+            if previous.is_some_and(|e| e > c.now) {
+                let _ = c.reply.send(Ok(false));
+            } else if previous.is_none() && live.len() >= MAX_LIVE {
+                let _ = c.reply.send(Err(StoreError::Unavailable(
+                    "too many live nonces: refused until some expire".into(),
+                )));
+            } else {
+                live.insert(d, c.expires_at);
+                winners.push((c, d, previous));
+            }
+        }
+        if winners.is_empty() {
+            continue;
+        }
+        match append(&writer, &winners).await {
+            Ok(()) => {
+                for (c, _, _) in winners {
+                    let _ = c.reply.send(Ok(true));
                 }
             }
             Err(e) => {
-                // Nothing of the batch was committed: every claim in it failed alike.
+                // Nothing of the batch was written: undo it in memory, and every claim in it
+                // fails alike.
                 let why = e.to_string();
-                for claim in batch.drain(..) {
-                    let _ = claim.reply.send(Err(StoreError::Unavailable(why.clone())));
+                for (c, d, previous) in winners.into_iter().rev() {
+                    match previous {
+                        Some(p) => live.insert(d, p),
+                        None => live.remove(&d),
+                    };
+                    let _ = c.reply.send(Err(StoreError::Unavailable(why.clone())));
                 }
             }
         }
     }
 }
 
-/// One statement (so one commit) for `batch`: of two claims of one key, the first wins.
-async fn commit(writer: &SqlitePool, batch: &[Claim]) -> Result<Vec<bool>, StoreError> {
-    // A new key is inserted; a key whose use has expired is taken over; a live one stays as
-    // it is. RETURNING names the keys inserted or taken over. The earliest `now` decides what
-    // has expired (the claims of a batch are a few milliseconds apart at most).
-    let now = batch.iter().map(|c| c.now).min().unwrap_or(0);
-    let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO used_nonces (key, expires_at) ");
-    q.push_values(batch, |mut row, c| {
+/// Appends the winning claims in one statement (one commit).
+async fn append(
+    writer: &SqlitePool,
+    winners: &[(Claim, Digest, Option<i64>)],
+) -> Result<(), StoreError> {
+    let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO nonce_log (key, expires_at) ");
+    q.push_values(winners, |mut row, (c, _, _)| {
         row.push_bind(&c.key).push_bind(c.expires_at);
     });
-    q.push(
-        " ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
-         WHERE used_nonces.expires_at <= ",
-    );
-    q.push_bind(now);
-    q.push(" RETURNING key");
-    // The batch's commit is written to the WAL (so it survives a crash of the process, kill -9
-    // included) without waiting for the disk: with `synchronous=NORMAL` a WAL commit is
-    // flushed at the next full commit or checkpoint. Power loss may forget the last moments'
-    // nonces (README, "Replay"); everything else the store writes keeps `synchronous=FULL`.
+    // Written to the WAL (so it survives a crash of the process, kill -9 included) without
+    // waiting for the disk: with `synchronous=NORMAL` a WAL commit is flushed at the next full
+    // commit or checkpoint. Power loss may forget the last moments' nonces (README, "Replay");
+    // everything else the store writes keeps `synchronous=FULL`.
     let mut conn = writer.acquire().await.map_err(sql_err)?;
     sqlx::query("PRAGMA synchronous = NORMAL")
         .execute(&mut *conn)
         .await
         .map_err(sql_err)?;
-    let rows = q.build().fetch_all(&mut *conn).await;
+    let done = q.build().execute(&mut *conn).await;
     let restored = sqlx::query("PRAGMA synchronous = FULL")
         .execute(&mut *conn)
         .await;
@@ -111,14 +173,9 @@ async fn commit(writer: &SqlitePool, batch: &[Claim]) -> Result<Vec<bool>, Store
         // The connection must not go on writing other records without FULL: drop it.
         conn.detach();
     }
-    let rows = rows.map_err(sql_err)?;
+    done.map_err(sql_err)?;
     restored.map_err(sql_err)?;
-    let mut claimed: std::collections::HashSet<String> = rows
-        .iter()
-        .filter_map(|r| r.try_get::<String, _>(0).ok())
-        .collect();
-    // A key claimed twice in the batch appears once: the first claim has it.
-    Ok(batch.iter().map(|c| claimed.remove(&c.key)).collect())
+    Ok(())
 }
 
 #[cfg(test)]
@@ -165,11 +222,24 @@ mod tests {
         let again = SqliteStore::open(&path).await.unwrap();
         assert!(!again.claim_nonce("k45", until, now).await.unwrap());
         assert!(!again.claim_nonce("same", until, now).await.unwrap());
-        assert!(again
-            .claim_nonce("same", Timestamp::from_secs(3_000), until)
+        let later = Timestamp::from_secs(3_000);
+        assert!(again.claim_nonce("same", later, until).await.unwrap());
+        // Taken over after it expired: the newer expiry is the one that counts after a reopen.
+        again.close().await;
+        let third = SqliteStore::open(&path).await.unwrap();
+        assert!(!third
+            .claim_nonce("same", later, Timestamp::from_secs(2_500))
             .await
             .unwrap());
-        again.close().await;
+        // Pruning the log does not forget live keys.
+        assert!(third.delete_expired_nonces(until).await.unwrap() >= 200);
+        third.close().await;
+        let fourth = SqliteStore::open(&path).await.unwrap();
+        assert!(!fourth
+            .claim_nonce("same", later, Timestamp::from_secs(2_500))
+            .await
+            .unwrap());
+        fourth.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
