@@ -483,10 +483,56 @@ pub(crate) mod tests {
         (store, keys, admin, clock)
     }
 
-    const ACTOR: Actor = Actor {
+    pub(crate) const ACTOR: Actor = Actor {
         name: "admin-token",
         ip: None,
     };
+
+    /// A request to `/orders` on `127.0.0.1:8080` from loopback, its body read.
+    pub(crate) fn parts<'a>(
+        h: &'a http::HeaderMap,
+        m: &'a http::Method,
+        query: Option<&'a str>,
+        body: &'a [u8],
+    ) -> portcullis_core::RequestParts<'a> {
+        portcullis_core::RequestParts {
+            method: m,
+            path: "/orders",
+            query,
+            scheme: "http",
+            authority: Some("127.0.0.1:8080"),
+            headers: h,
+            client_ip: [127, 0, 0, 1].into(),
+            conn: None,
+            body: Some(body),
+        }
+    }
+
+    /// The signature error of a refusal, if it is one.
+    pub(crate) fn code(
+        r: Result<Option<crate::Authenticated>, portcullis_core::AuthError>,
+    ) -> Option<portcullis_core::SignatureError> {
+        match r {
+            Err(portcullis_core::AuthError::Signature(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A credential with a secret and the scope `write:orders`.
+    pub(crate) async fn partner(admin: &HmacAdmin) -> (HmacCredentialRecord, Secret) {
+        let (r, secret) = admin
+            .create(
+                ACTOR,
+                NewHmac {
+                    name: "p".into(),
+                    scopes: vec!["write:orders".into()],
+                    ..NewHmac::default()
+                },
+            )
+            .await
+            .unwrap();
+        (r, secret.unwrap())
+    }
 
     #[tokio::test]
     async fn created_secrets_are_sealed_and_open_again_and_rotation_keeps_the_old_one_a_while() {

@@ -229,33 +229,9 @@ pub(crate) fn signed_identity(identity: Identity, consumed: Consumed) -> Authent
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hmac::NewHmac;
+    use crate::hmac::tests::{code, partner, parts, ACTOR};
     use crate::Clock;
     use portcullis_core::hmac::native::Layout;
-
-    const ACTOR: crate::admin::Actor = crate::admin::Actor {
-        name: "admin-token",
-        ip: None,
-    };
-
-    fn parts<'a>(
-        h: &'a http::HeaderMap,
-        m: &'a http::Method,
-        query: Option<&'a str>,
-        body: &'a [u8],
-    ) -> RequestParts<'a> {
-        RequestParts {
-            method: m,
-            path: "/orders",
-            query,
-            scheme: "http",
-            authority: Some("127.0.0.1"),
-            headers: h,
-            client_ip: [127, 0, 0, 1].into(),
-            conn: None,
-            body: Some(body),
-        }
-    }
 
     fn signed(
         key_id: &str,
@@ -292,18 +268,7 @@ mod tests {
         let (store, keys, admin, clock) = crate::hmac::tests::setup().await;
         let auth = HmacAuthenticator::new(keys, store.clone());
         let route = RouteAuth::default();
-        let (r, secret) = admin
-            .create(
-                ACTOR,
-                NewHmac {
-                    name: "p".into(),
-                    scopes: vec!["write:orders".into()],
-                    ..NewHmac::default()
-                },
-            )
-            .await
-            .unwrap();
-        let secret = secret.unwrap();
+        let (r, secret) = partner(&admin).await;
         let now = clock.now();
         let post = http::Method::POST;
         let body = br#"{"amount":100}"#;
@@ -331,10 +296,6 @@ mod tests {
             )),
             store.clone(),
         );
-        let code = |r: Result<Option<Authenticated>, AuthError>| match r {
-            Err(AuthError::Signature(s)) => Some(s),
-            _ => None,
-        };
         assert_eq!(
             code(
                 again

@@ -182,34 +182,11 @@ impl Authenticator for HttpSigAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hmac::tests::{code, partner, parts, ACTOR};
     use crate::hmac::NewHmac;
     use crate::Clock;
     use portcullis_core::crypto::sign::SigningKey;
     use portcullis_core::hmac::http_sig::{Algorithm, DigestAlgorithm, SignParams, Signer};
-
-    const ACTOR: crate::admin::Actor = crate::admin::Actor {
-        name: "admin-token",
-        ip: None,
-    };
-
-    fn parts<'a>(
-        h: &'a http::HeaderMap,
-        m: &'a http::Method,
-        query: Option<&'a str>,
-        body: &'a [u8],
-    ) -> RequestParts<'a> {
-        RequestParts {
-            method: m,
-            path: "/orders",
-            query,
-            scheme: "http",
-            authority: Some("127.0.0.1:8080"),
-            headers: h,
-            client_ip: [127, 0, 0, 1].into(),
-            conn: None,
-            body: Some(body),
-        }
-    }
 
     fn signed(
         keyid: &str,
@@ -268,30 +245,12 @@ mod tests {
         )
     }
 
-    fn code(r: Result<Option<Authenticated>, AuthError>) -> Option<SignatureError> {
-        match r {
-            Err(AuthError::Signature(s)) => Some(s),
-            _ => None,
-        }
-    }
-
     #[tokio::test]
     async fn hmac_signatures_pass_once_and_each_refusal_has_its_code() {
         let (store, keys, admin, clock) = crate::hmac::tests::setup().await;
         let auth = HttpSigAuthenticator::new(keys, store.clone());
         let route = RouteAuth::default();
-        let (r, secret) = admin
-            .create(
-                ACTOR,
-                NewHmac {
-                    name: "p".into(),
-                    scopes: vec!["write:orders".into()],
-                    ..NewHmac::default()
-                },
-            )
-            .await
-            .unwrap();
-        let secret = secret.unwrap();
+        let (r, secret) = partner(&admin).await;
         let hmac = Signer::HmacSha256(secret.expose().as_bytes());
         let now = clock.now();
         let post = http::Method::POST;

@@ -127,32 +127,8 @@ impl Authenticator for SigV4Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hmac::NewHmac;
+    use crate::hmac::tests::{code, partner, parts, ACTOR};
     use crate::Clock;
-
-    const ACTOR: crate::admin::Actor = crate::admin::Actor {
-        name: "admin-token",
-        ip: None,
-    };
-
-    fn parts<'a>(
-        h: &'a http::HeaderMap,
-        m: &'a http::Method,
-        query: Option<&'a str>,
-        body: &'a [u8],
-    ) -> RequestParts<'a> {
-        RequestParts {
-            method: m,
-            path: "/orders",
-            query,
-            scheme: "http",
-            authority: Some("127.0.0.1:8080"),
-            headers: h,
-            client_ip: [127, 0, 0, 1].into(),
-            conn: None,
-            body: Some(body),
-        }
-    }
 
     fn signed(
         key_id: &str,
@@ -188,30 +164,12 @@ mod tests {
         h
     }
 
-    fn code(r: Result<Option<Authenticated>, AuthError>) -> Option<SignatureError> {
-        match r {
-            Err(AuthError::Signature(s)) => Some(s),
-            _ => None,
-        }
-    }
-
     #[tokio::test]
     async fn signed_requests_pass_once_and_each_refusal_has_its_code() {
         let (store, keys, admin, clock) = crate::hmac::tests::setup().await;
         let auth = SigV4Authenticator::new(keys, store.clone());
         let route = RouteAuth::default();
-        let (r, secret) = admin
-            .create(
-                ACTOR,
-                NewHmac {
-                    name: "p".into(),
-                    scopes: vec!["write:orders".into()],
-                    ..NewHmac::default()
-                },
-            )
-            .await
-            .unwrap();
-        let secret = secret.unwrap();
+        let (r, secret) = partner(&admin).await;
         let now = clock.now();
         let post = http::Method::POST;
         let body = br#"{"amount":100}"#;
