@@ -140,3 +140,21 @@ def test_the_safeguards_refuse_what_the_plugins_would_take(start_server, tmp_pat
     r = requests.post(server.base + path, data=b"tampered", headers=apisix_headers("POST", path, body, False),
                       timeout=HTTP_TIMEOUT)
     assert r.status_code == 400 and r.json()["error"] == "body_hash_mismatch", r.text
+
+
+def test_portcullis_request_signs_both_formats(start_server, tmp_path: Path) -> None:
+    import subprocess
+
+    from conftest import clean_env
+
+    server = start_server(config=CONFIG)
+    imported(server, tmp_path)
+    env = clean_env(PORTCULLIS_HMAC_SECRET=SECRET)
+    for scheme, prefix in (("kong", "/kong"), ("apisix", "/apisix")):
+        for args in ([], ["-d", '{"amount":1}']):
+            method = "POST" if args else "GET"
+            r = subprocess.run([server.bin, "request", "--scheme", scheme, "--key-id", KEY_ID, *args,
+                                method, f"{server.base}{prefix}/orders?a=1"],
+                               env=env, capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0, (scheme, method, r.stdout, r.stderr)
+            assert KEY_ID in r.stdout

@@ -44,12 +44,16 @@ pub enum SchemeArg {
     HttpSignature,
     /// AWS Signature Version 4.
     Sigv4,
+    /// Kong's `hmac-auth` format (a route with `hmac_layout = "kong"`).
+    Kong,
+    /// Apache APISIX's `hmac-auth` format (a route with `hmac_layout = "apisix"`).
+    Apisix,
 }
 
 /// What `portcullis sign` and `portcullis request` sign, and with what.
 #[derive(Debug, Args)]
 pub struct SignOpts {
-    /// The scheme: hmac (native), sigv4 or http_signature (RFC 9421).
+    /// The scheme: hmac (native), sigv4, http_signature (RFC 9421), kong or apisix.
     #[arg(long, value_enum, default_value_t = SchemeArg::Hmac)]
     pub scheme: SchemeArg,
     /// The credential's key id (`key_id` of `portcullis hmac create`).
@@ -448,6 +452,8 @@ impl Prepared {
         };
         let scheme = match o.scheme {
             SchemeArg::Hmac => Scheme::Native,
+            SchemeArg::Kong => Scheme::Gateway(portcullis_core::hmac::compat::Format::Kong),
+            SchemeArg::Apisix => Scheme::Gateway(portcullis_core::hmac::compat::Format::Apisix),
             SchemeArg::HttpSignature => Scheme::HttpSignature,
             SchemeArg::Sigv4 => Scheme::sigv4(o.region.clone(), o.service.clone()),
         };
