@@ -3,6 +3,8 @@
 # measures the API-key route:
 #
 #   scripts/bench-hmac.sh [--duration 10s] [--runs 3] [--two-cores] [BINARY]
+#   CASES="open hmac_get" scripts/bench-hmac.sh …   # only these cases
+#   CONNS=128 scripts/bench-hmac.sh …                # wrk -c128 instead of -c32
 #
 # One nginx upstream (`bench/nginx-upstream.conf`) and Portcullis with `bench/hmac.toml`
 # (`/open` public; `/hmac`, `/sigv4`, `/httpsig` signed, scope `bench`; audit on), both
@@ -97,12 +99,13 @@ rate() { awk '/Requests\/sec/ {print $2}'; }
 run() { # NAME, wrk args...
     local name=$1 out
     shift
-    out=$(taskset -c "$wrk_cores" wrk "-t$wrk_threads" -c32 "-d$duration" "$@" 2>&1) || die "wrk failed for $name: $out"
+    out=$(taskset -c "$wrk_cores" wrk "-t$wrk_threads" "-c${CONNS:-32}" "-d$duration" "$@" 2>&1) || die "wrk failed for $name: $out"
     if grep -q 'Non-2xx\|ran out' <<<"$out"; then die "$name: refused or repeated requests: $out"; fi
     echo "$out" | rate
 }
 declare -A results
-cases=(open hmac_get hmac_post_1k sigv4_get httpsig_get)
+# CASES="open hmac_get" runs only those (e.g. to profile one case).
+read -r -a cases <<<"${CASES:-open hmac_get hmac_post_1k sigv4_get httpsig_get}"
 for r in $(seq "$runs"); do
     for c in "${cases[@]}"; do
         case $c in
@@ -119,7 +122,7 @@ for r in $(seq "$runs"); do
     done
 done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-o=$(median <<<"${results[open]}")
+o=$(median <<<"${results[open]:-0}")
 echo
 echo "## Signed routes: wrk -t$wrk_threads -c32 -d$duration, servers on cores $server_cores, $runs interleaved runs, median req/s"
 echo
@@ -127,5 +130,5 @@ echo "| case | req/s | share of /open |"
 echo "|---|---:|---:|"
 for c in "${cases[@]}"; do
     m=$(median <<<"${results[$c]}")
-    printf '| %s | %s | %s |\n' "$c" "$m" "$(python3 -c "print(f'{100 * $m / $o:.1f} %')")"
+    printf '| %s | %s | %s |\n' "$c" "$m" "$(python3 -c "print(f'{100 * $m / $o:.1f} %' if $o else '-')")"
 done

@@ -263,7 +263,8 @@ pub trait Nonces: Send + Sync {
         now: Timestamp,
     ) -> Result<bool, StoreError>;
 
-    /// Forgets the ones expired by `now`; returns how many.
+    /// Forgets the ones expired by `now`; returns how many records went (a backend that keeps
+    /// keys in groups, as SQLite does, counts the groups whose every key expired).
     async fn delete_expired_nonces(&self, now: Timestamp) -> Result<u64, StoreError>;
 }
 

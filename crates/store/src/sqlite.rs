@@ -98,6 +98,30 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("sqlite migration failed: {e}")))?;
 
+        // Spent nonces live in a database file of their own beside this one (see
+        // `nonce_batch`): its commits neither wait for nor hold up the others', and they are
+        // written with `synchronous=NORMAL`.
+        let nonce_path = nonce_batch::path_beside(&path);
+        let nonce_created = create_private_file(&nonce_path)?;
+        let nonce_writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&nonce_path)
+                    .create_if_missing(false)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(BUSY_TIMEOUT),
+            )
+            .await
+            .map_err(sql_err)?;
+        if nonce_created {
+            restrict_sidecars(&nonce_path);
+        }
+
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
             .connect_with(base)
@@ -108,7 +132,7 @@ impl SqliteStore {
             // SQLite gives the -wal and -shm files the main file's mode already; make sure.
             restrict_sidecars(&path);
         }
-        let nonces = nonce_batch::NonceBatcher::start(writer.clone()).await?;
+        let nonces = nonce_batch::NonceBatcher::start(nonce_writer, &writer).await?;
         Ok(SqliteStore {
             writer,
             reader,
@@ -133,8 +157,16 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(format!("sqlite migration failed: {e}")))?;
+        let nonce_pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(SqliteConnectOptions::new().in_memory(true))
+            .await
+            .map_err(sql_err)?;
         Ok(SqliteStore {
-            nonces: nonce_batch::NonceBatcher::start(pool.clone()).await?,
+            nonces: nonce_batch::NonceBatcher::start(nonce_pool, &pool).await?,
             writer: pool.clone(),
             reader: pool,
         })
@@ -142,6 +174,7 @@ impl SqliteStore {
 
     /// Closes every connection (the last one checkpoints the WAL). Later calls fail.
     pub async fn close(&self) {
+        self.nonces.close().await;
         self.reader.close().await;
         self.writer.close().await;
     }
@@ -715,8 +748,7 @@ impl Nonces for SqliteStore {
     }
 
     async fn delete_expired_nonces(&self, now: Timestamp) -> Result<u64, StoreError> {
-        self.delete_expired("DELETE FROM nonce_log WHERE expires_at <= ?1", now)
-            .await
+        self.nonces.delete_expired(now.as_millis()).await
     }
 }
 
