@@ -47,7 +47,19 @@ pub struct Opened {
     pub material: Material,
     /// When it was revoked.
     pub revoked_at: Option<Timestamp>,
+    /// SigV4 signing keys derived from its secrets (see [`Opened::sigv4_signing_key`]).
+    sigv4_keys: std::sync::Mutex<Vec<Sigv4Key>>,
 }
+
+/// A derived SigV4 signing key: which secret, for which `date/region/service` scope.
+struct Sigv4Key {
+    secret_index: usize,
+    scope: String,
+    key: Zeroizing<[u8; 32]>,
+}
+
+/// How many derived SigV4 keys a credential keeps (a day's scopes, the day's change).
+const SIGV4_KEYS: usize = 4;
 
 /// What verifies a credential's signatures.
 pub enum Material {
@@ -81,6 +93,45 @@ impl Opened {
     /// Whether it is revoked at `now`.
     pub fn revoked(&self, now: Timestamp) -> bool {
         self.revoked_at.is_some_and(|r| r <= now)
+    }
+
+    /// The SigV4 signing key of the secret at `secret_index` of [`Opened::secrets_at`] for
+    /// `date/region/service`, derived once and kept with the credential (a few of them): it
+    /// is four HMACs, and good for a whole day. Gone with the credential when it changes
+    /// (rotation, revocation and the cache's renewal make a new `Opened`).
+    pub fn sigv4_signing_key(
+        &self,
+        secret_index: usize,
+        secret: &[u8],
+        date: &str,
+        region: &str,
+        service: &str,
+    ) -> [u8; 32] {
+        let same = |k: &Sigv4Key| {
+            k.secret_index == secret_index && {
+                let mut parts = k.scope.splitn(3, '/');
+                parts.next() == Some(date)
+                    && parts.next() == Some(region)
+                    && parts.next() == Some(service)
+            }
+        };
+        if let Ok(keys) = self.sigv4_keys.lock() {
+            if let Some(k) = keys.iter().find(|k| same(k)) {
+                return *k.key;
+            }
+        }
+        let key = portcullis_core::hmac::sigv4::signing_key(secret, date, region, service);
+        if let Ok(mut keys) = self.sigv4_keys.lock() {
+            if keys.len() >= SIGV4_KEYS {
+                keys.remove(0);
+            }
+            keys.push(Sigv4Key {
+                secret_index,
+                scope: format!("{date}/{region}/{service}"),
+                key: Zeroizing::new(key),
+            });
+        }
+        key
     }
 }
 
@@ -163,6 +214,7 @@ impl HmacKeys {
             scopes: ScopeSet::parse(&r.scopes).unwrap_or_default(),
             material,
             revoked_at: r.revoked_at,
+            sigv4_keys: std::sync::Mutex::new(Vec::new()),
         });
         let ttl = i64::try_from(CACHE_TTL.as_millis()).unwrap_or(i64::MAX);
         self.cache
@@ -692,5 +744,43 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(r.key_id, "AKIDEXAMPLE");
         assert!(shown.is_some());
+    }
+
+    #[tokio::test]
+    async fn derived_sigv4_keys_are_the_core_ones_per_secret_and_scope() {
+        let (_, keys, admin, _) = setup().await;
+        let (r, secret) = partner(&admin).await;
+        let o = keys.get(&r.key_id).await.unwrap().unwrap();
+        let s = secret.expose().as_bytes();
+        let want = portcullis_core::hmac::sigv4::signing_key(s, "20260101", "us-east-1", "x");
+        for _ in 0..2 {
+            assert_eq!(
+                o.sigv4_signing_key(0, s, "20260101", "us-east-1", "x"),
+                want
+            );
+        }
+        let other = o.sigv4_signing_key(0, s, "20260102", "us-east-1", "x");
+        assert_ne!(other, want);
+        assert_eq!(
+            other,
+            portcullis_core::hmac::sigv4::signing_key(s, "20260102", "us-east-1", "x")
+        );
+        // Another secret index is another key, even for the same scope.
+        assert_ne!(
+            o.sigv4_signing_key(1, b"another", "20260101", "us-east-1", "x"),
+            want
+        );
+        // More scopes than it keeps: the oldest goes, the answers stay right.
+        for day in 3..9 {
+            let d = format!("202601{day:02}");
+            assert_eq!(
+                o.sigv4_signing_key(0, s, &d, "us-east-1", "x"),
+                portcullis_core::hmac::sigv4::signing_key(s, &d, "us-east-1", "x")
+            );
+        }
+        assert_eq!(
+            o.sigv4_signing_key(0, s, "20260101", "us-east-1", "x"),
+            want
+        );
     }
 }

@@ -589,6 +589,22 @@ pub fn verify(
     if p.region() != e.region || p.service() != e.service {
         return Err(SigV4Error::WrongScope);
     }
+    let key = signing_key(secret, p.date(), p.region(), p.service());
+    verify_with_signing_key(p, req, &key, e)
+}
+
+/// [`verify`] with the signing key already derived ([`signing_key`] of the secret for
+/// `p`'s date, region and service), for a caller that keeps derived keys: a key is good for
+/// one day, one region and one service, and deriving it is four HMACs.
+pub fn verify_with_signing_key(
+    p: &Parsed<'_>,
+    req: &Request<'_>,
+    key: &[u8; 32],
+    e: &Expect<'_>,
+) -> Result<Verified<Hmac>, SigV4Error> {
+    if p.region() != e.region || p.service() != e.service {
+        return Err(SigV4Error::WrongScope);
+    }
     let signed_at = p.timestamp.as_secs();
     let now = e.now.as_secs();
     let window = e.window_secs.max(0);
@@ -614,8 +630,7 @@ pub fn verify(
     }
     let creq = canonical_request_with(p, req, e.path_rule)?;
     let sts = string_to_sign(p, &creq);
-    let key = signing_key(secret, p.date(), p.region(), p.service());
-    let mut mac = HmacSha256::new(&key);
+    let mut mac = HmacSha256::new(key);
     mac.update(sts.as_bytes());
     if mac.verify(&p.signature) {
         Ok(Verified::assertion())

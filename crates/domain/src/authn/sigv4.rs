@@ -95,8 +95,10 @@ impl Authenticator for SigV4Authenticator {
             now,
         };
         let mut outcome = Err(SigV4Error::BadSignature);
-        for secret in secrets {
-            outcome = sigv4::verify(&signed, &parts, secret, &expect);
+        for (i, secret) in secrets.into_iter().enumerate() {
+            let signing_key =
+                key.sigv4_signing_key(i, secret, signed.date(), signed.region(), signed.service());
+            outcome = sigv4::verify_with_signing_key(&signed, &parts, &signing_key, &expect);
             if !matches!(outcome, Err(SigV4Error::BadSignature)) {
                 break;
             }
