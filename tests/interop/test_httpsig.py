@@ -128,4 +128,4 @@ def test_registered_public_keys_verify(server: Server, tmp_path: Path, name: str
         "Authorization": f"AWS4-HMAC-SHA256 Credential={creds['key_id']}/20260101/us-east-1/execute-api/"
                          "aws4_request, SignedHeaders=host;x-amz-date, Signature=" + "0" * 64,
         "X-Amz-Date": "20260101T000000Z"}, timeout=HTTP_TIMEOUT)
-    assert r.status_code == 401, r.text
+    assert r.status_code == 401 and r.json()["error"] == "unknown_key", r.text

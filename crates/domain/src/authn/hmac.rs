@@ -81,7 +81,7 @@ impl Authenticator for HmacAuthenticator {
             window_secs: route.hmac.window_secs,
             now,
         };
-        let proof = native::verify(&signed, &parts, &key.secrets_at(now), &expect)
+        let proof = native::verify(&signed, &parts, &secrets_of(&key, now)?, &expect)
             .map_err(|e| refused(&e))?;
         if layout.has_nonce() || route.hmac.replay == Replay::Once {
             claim(
@@ -136,7 +136,7 @@ impl HmacAuthenticator {
             allow_unsigned_body: route.hmac.allow_unsigned_body,
             now,
         };
-        let proof = compat::verify(&signed, &parts, &key.secrets_at(now), &expect)
+        let proof = compat::verify(&signed, &parts, &secrets_of(&key, now)?, &expect)
             .map_err(|e| compat_refused(&e))?;
         let (replay_key, has_nonce) = signed.replay_key(req.headers);
         if has_nonce || route.hmac.replay == Replay::Once {
@@ -179,6 +179,16 @@ pub(crate) async fn lookup(
             Err(AuthError::Signature(SignatureError::Invalid))
         }
     }
+}
+
+/// The secrets `key` signs with at `now`; a credential with a public key instead (RFC 9421
+/// only) is no credential of the shared-secret schemes: `unknown_key`.
+pub(crate) fn secrets_of(key: &Opened, now: Timestamp) -> Result<Vec<&[u8]>, AuthError> {
+    let secrets = key.secrets_at(now);
+    if secrets.is_empty() {
+        return Err(AuthError::Signature(SignatureError::UnknownKey));
+    }
+    Ok(secrets)
 }
 
 /// Spends `key` (what makes a verified request single-use) until the signing time `signed_at`

@@ -19,7 +19,7 @@ use portcullis_core::{
 };
 use portcullis_store::Nonces;
 
-use super::hmac::{claim, claims, lookup, signed_identity};
+use super::hmac::{claim, claims, lookup, secrets_of, signed_identity};
 use super::{Authenticated, Authenticator, Consumed, Replay, RouteAuth};
 use crate::hmac::HmacKeys;
 
@@ -81,11 +81,7 @@ impl Authenticator for SigV4Authenticator {
             return Err(AuthError::Signature(SignatureError::Invalid));
         }
         let key = lookup(&self.keys, signed.access_key_id(), now).await?;
-        let secrets = key.secrets_at(now);
-        if secrets.is_empty() {
-            // A public-key credential signs RFC 9421 messages only.
-            return Err(AuthError::Signature(SignatureError::UnknownKey));
-        }
+        let secrets = secrets_of(&key, now)?;
         let expect = sigv4::Expect {
             region: &route.sigv4.region,
             service: &route.sigv4.service,
