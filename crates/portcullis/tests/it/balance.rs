@@ -144,17 +144,17 @@ async fn requests_take_turns_by_weight_and_each_target_sees_its_own_host() {
     assert_eq!(seen.iter().filter(|t| *t == "a").count(), 4, "{seen:?}");
     assert_eq!(seen.iter().filter(|t| *t == "b").count(), 2, "{seen:?}");
 
+    // Counted down once the response has gone out whole, which may be just after the
+    // client has read it: the view compared with the CLI's below is taken after that.
+    s.eventually("no request in flight", || async {
+        (upstreams(&s).await["upstreams"][0]["targets"][0]["in_flight"] == 0).then_some(())
+    })
+    .await;
     let v = upstreams(&s).await;
     let g = &v["upstreams"][0];
     assert_eq!(g["name"], "pool");
     assert_eq!(g["balance"], "round_robin");
     assert_eq!(g["targets"][0]["weight"], 2);
-    // Counted down once the response has gone out whole, which may be just after the
-    // client has read it.
-    s.eventually("no request in flight", || async {
-        (upstreams(&s).await["upstreams"][0]["targets"][0]["in_flight"] == 0).then_some(())
-    })
-    .await;
     // The view holds what the OpenAPI document says it does.
     let doc = openapi_doc(&s).await;
     assert!(doc["paths"]["/admin/v1/upstreams"]["get"].is_object());
