@@ -408,7 +408,7 @@ fn sign_gateway(
     now: Timestamp,
     nonce: &Nonce,
 ) -> Result<Vec<(HeaderName, HeaderValue)>, Error> {
-    let date = compat::http_date(now).ok_or(Error::TimeOutOfRange)?;
+    let date = now.to_http_date().ok_or(Error::TimeOutOfRange)?;
     let mut headers = req.headers.clone();
     let mut out = vec![
         header("date", &date)?,

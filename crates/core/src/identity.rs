@@ -61,6 +61,12 @@ impl Scheme {
         }
     }
 
+    /// Whether a credential of this scheme signs the request, body included: a route that
+    /// takes it reads the body whole before the check.
+    pub const fn signs_body(self) -> bool {
+        matches!(self, Scheme::Hmac | Scheme::SigV4 | Scheme::HttpSignature)
+    }
+
     /// The scheme with this configuration name.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.name() == name)

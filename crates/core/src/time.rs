@@ -52,9 +52,57 @@ impl fmt::Debug for Timestamp {
     }
 }
 
+/// IMF-fixdate (RFC 9110 §5.6.7): `Sun, 06 Nov 1994 08:49:37 GMT`.
+const HTTP_DATE: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+    "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+);
+
+impl Timestamp {
+    /// The whole second as an IMF-fixdate (RFC 9110 §5.6.7), `Sun, 06 Nov 1994 08:49:37
+    /// GMT`: the `Date` field, and the dates other gateways' signing formats sign. `None`
+    /// outside the years 1000–9999.
+    pub fn to_http_date(self) -> Option<String> {
+        let t = time::OffsetDateTime::from_unix_timestamp(self.as_secs()).ok()?;
+        if !(1000..=9999).contains(&t.year()) {
+            return None;
+        }
+        t.format(HTTP_DATE).ok()
+    }
+
+    /// An IMF-fixdate, strictly: the weekday must be the date's, no other HTTP date form
+    /// (RFC 850, asctime) is read.
+    pub fn parse_http_date(s: &str) -> Option<Self> {
+        if s.len() != 29 {
+            return None;
+        }
+        let t = time::PrimitiveDateTime::parse(s, HTTP_DATE).ok()?;
+        let at = Self::from_secs(t.assume_utc().unix_timestamp());
+        // The parser does not tie the weekday to the date: writing it again does.
+        (at.to_http_date().as_deref() == Some(s)).then_some(at)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_round_trip_and_bad_ones_are_refused() {
+        let t = Timestamp::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(t.as_secs(), 784_111_777);
+        assert_eq!(t.to_http_date().unwrap(), "Sun, 06 Nov 1994 08:49:37 GMT");
+        for bad in [
+            "Mon, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 31 Feb 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 25:49:37 GMT",
+            "",
+        ] {
+            assert_eq!(Timestamp::parse_http_date(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn seconds_round_down_even_before_the_epoch() {

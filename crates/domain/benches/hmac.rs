@@ -226,7 +226,7 @@ fn bench(c: &mut Criterion) {
         });
 
         g.bench_function(BenchmarkId::new("kong_hmac_sha256", label), |b| {
-            let date = compat::http_date(now).unwrap();
+            let date = now.to_http_date().unwrap();
             let digest = compat::digest(body);
             b.to_async(&rt).iter_batched(
                 || {

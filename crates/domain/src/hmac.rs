@@ -250,9 +250,9 @@ pub struct NewHmac {
     #[serde(default)]
     pub key_id: Option<String>,
     /// Import: keep this secret (at least [`MIN_IMPORTED_SECRET_LEN`] bytes) instead of
-    /// generating one; it is not returned.
+    /// generating one; it is not returned (and `Debug` does not print it).
     #[serde(default)]
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
 }
 
 /// The shortest secret an import keeps: a short shared secret can be guessed offline from
@@ -403,14 +403,15 @@ impl HmacAdmin {
                 ))
             }
             Some(s)
-                if !(MIN_IMPORTED_SECRET_LEN..=MAX_IMPORTED_SECRET_LEN).contains(&s.len())
-                    || s.chars().any(char::is_control) =>
+                if !(MIN_IMPORTED_SECRET_LEN..=MAX_IMPORTED_SECRET_LEN)
+                    .contains(&s.expose().len())
+                    || s.expose().chars().any(char::is_control) =>
             {
                 return Err(AdminError::Invalid(
                     "an imported `secret` is 16-1024 characters, no control characters".into(),
                 ))
             }
-            s => s.map(Secret::new),
+            s => s,
         };
         let now = self.clock.now();
         let key_id = req
@@ -696,9 +697,14 @@ pub(crate) mod tests {
         let import = |key_id: &str, secret: &str| NewHmac {
             name: "alice".into(),
             key_id: Some(key_id.into()),
-            secret: Some(secret.into()),
+            secret: Some(Secret::new(secret.into())),
             ..NewHmac::default()
         };
+        let shown_in_debug = format!("{:?}", import("alice123", "a-secret-from-kong-0123"));
+        assert!(
+            !shown_in_debug.contains("a-secret-from-kong"),
+            "{shown_in_debug}"
+        );
         let (r, shown) = admin
             .create(ACTOR, import("alice123", "a-secret-from-kong-0123"))
             .await

@@ -115,13 +115,8 @@ impl App {
 
 /// Appends `secs` since the Unix epoch as an IMF-fixdate (RFC 9110 §5.6.7).
 fn push_http_date(out: &mut Vec<u8>, secs: i64) {
-    if let Ok(t) = time::OffsetDateTime::from_unix_timestamp(secs) {
-        let f = time::macros::format_description!(
-            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-        );
-        if let Ok(s) = t.format(f) {
-            out.extend_from_slice(s.as_bytes());
-        }
+    if let Some(s) = Timestamp::from_secs(secs).to_http_date() {
+        out.extend_from_slice(s.as_bytes());
     }
 }
 
@@ -1353,11 +1348,7 @@ fn build_routes(
             r.timeout,
             metrics,
         );
-        let schemes = route.gate.policy.schemes();
-        if [Scheme::Hmac, Scheme::SigV4, Scheme::HttpSignature]
-            .into_iter()
-            .any(|s| schemes.contains(s))
-        {
+        if route.gate.policy.schemes().iter().any(Scheme::signs_body) {
             route.signed_body_limit = Some(r.max_signed_body_bytes);
         }
         route.identity_audience = r

@@ -16,7 +16,8 @@
 //! request's nonce survives a crash of the process (kill -9) at once, and a power loss once
 //! the next checkpoint has flushed the WAL — the task checkpoints each second after commits.
 //!
-//! Memory: 24 bytes of map entry per live key (a 16-byte digest of the key and its expiry),
+//! Memory: a 16-byte digest of the key and its expiry per live key (about 30 bytes with the
+//! map's overhead),
 //! pruned as keys expire; at most [`MAX_LIVE`] live keys, beyond which claims fail closed
 //! (`Unavailable`) until some expire.
 
@@ -33,7 +34,7 @@ use crate::StoreError;
 const MAX_BATCH: usize = 512;
 /// Claims waiting for the task, at most (callers wait for room beyond it).
 const QUEUE: usize = 4096;
-/// At most this many live keys are kept (about 400 MB of map).
+/// At most this many live keys are kept (about half a gigabyte of map).
 pub(super) const MAX_LIVE: usize = 16_000_000;
 /// How often the commits made since are checkpointed to the disk.
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
