@@ -9,8 +9,9 @@
 # One nginx upstream (`bench/nginx-upstream.conf`) and Portcullis with `bench/hmac.toml`
 # (`/open` public; `/hmac`, `/sigv4`, `/httpsig` signed, scope `bench`; audit on), both
 # pinned to core 0; wrk -t1 -c32 on core 1 (--two-cores: both on both cores, wrk -t2).
-# Cases, interleaved per run: `/open`; the native scheme GET and POST with a 1 KiB body;
-# SigV4 GET; RFC 9421 (hmac-sha256) GET. Signed requests are made before each run by
+# Cases, interleaved per run: `/open` GET and POST with a 1 KiB body; the native scheme GET and
+# POST with a 1 KiB body; SigV4 GET; RFC 9421 (hmac-sha256) GET. Each signed case is set
+# against the `/open` case with the same method and body. Signed requests are made before each run by
 # `bench/sign_requests.py` (every one distinct: signed requests are single-use, and the
 # gateway checks and spends each nonce or signature durably) and sent once each by
 # `bench/signed.lua`. Medians of req/s, and each signed case as a share of `/open`.
@@ -82,6 +83,12 @@ cred=$(cli hmac create --name bench --scopes bench)
 key_id=$(echo "$cred" | json key_id)
 secret=$(echo "$cred" | json secret)
 head -c 1024 /dev/zero | tr '\0' 'x' >"$tmp/body1k"
+cat >"$tmp/post.lua" <<'LUA'
+local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+LUA
 
 # Enough distinct signed requests for one run of one case (60k/s is above any rate seen here).
 count=$((secs * 60000))
@@ -105,11 +112,12 @@ run() { # NAME, wrk args...
 }
 declare -A results
 # CASES="open hmac_get" runs only those (e.g. to profile one case).
-read -r -a cases <<<"${CASES:-open hmac_get hmac_post_1k sigv4_get httpsig_get}"
+read -r -a cases <<<"${CASES:-open open_post_1k hmac_get hmac_post_1k sigv4_get httpsig_get}"
 for r in $(seq "$runs"); do
     for c in "${cases[@]}"; do
         case $c in
             open) v=$(run open "$base/open/") ;;
+            open_post_1k) v=$(BODY_FILE=$tmp/body1k run "$c" -s "$tmp/post.lua" "$base/open/") ;;
             hmac_get) sign hmac; v=$(SIGNED=$tmp/signed run "$c" -s bench/signed.lua "$base/") ;;
             hmac_post_1k)
                 sign hmac "$tmp/body1k"
@@ -123,12 +131,16 @@ for r in $(seq "$runs"); do
 done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 o=$(median <<<"${results[open]:-0}")
+op=$(median <<<"${results[open_post_1k]:-0}")
 echo
-echo "## Signed routes: wrk -t$wrk_threads -c32 -d$duration, servers on cores $server_cores, $runs interleaved runs, median req/s"
+echo "## Signed routes: wrk -t$wrk_threads -c${CONNS:-32} -d$duration, servers on cores $server_cores, $runs interleaved runs, median req/s"
 echo
-echo "| case | req/s | share of /open |"
+echo "| case | req/s | share of /open alike |"
 echo "|---|---:|---:|"
 for c in "${cases[@]}"; do
     m=$(median <<<"${results[$c]}")
-    printf '| %s | %s | %s |\n' "$c" "$m" "$(python3 -c "print(f'{100 * $m / $o:.1f} %' if $o else '-')")"
+    # A POST is set against the unsigned POST of the same body, the rest against the GET.
+    base_rate=$o
+    [[ $c == *post* ]] && base_rate=$op
+    printf '| %s | %s | %s |\n' "$c" "$m" "$(python3 -c "print(f'{100 * $m / $base_rate:.1f} %' if $base_rate else '-')")"
 done

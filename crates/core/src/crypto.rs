@@ -39,6 +39,16 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// The lowercase hex encoding of a SHA-256 digest, on the stack (a signed request's body
+/// hash, once per request).
+pub fn hex_digest(d: &Sha256Digest) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    for (pair, b) in out.chunks_exact_mut(2).zip(d) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
+    }
+    out
+}
+
 /// Appends the lowercase hex encoding of `bytes` to `out` (audit lines write two per event).
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
     let mut buf = [0u8; 128];

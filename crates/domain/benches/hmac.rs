@@ -1,7 +1,8 @@
 //! The signing schemes' cost per request, as the gateway runs them (`authenticate`: parse,
 //! the credential from the opened-secret cache, the time window, the body digest, the
-//! signature, and the nonce or signature spent in the store — the memory store here, so the
-//! figure is the CPU cost; the durable write is the load benchmark's), for a 1 KiB and a
+//! signature, and the nonce or signature spent in the store — the memory store here, whose
+//! map of live values is the SQLite store's, so the figure is the CPU cost; the SQLite
+//! store's one `write` to its log is the load benchmark's), for a 1 KiB and a
 //! 1 MiB body, next to the bare primitives in the same run: one HMAC-SHA256 of a 200-byte
 //! string plus one SHA-256 of the body.
 //!

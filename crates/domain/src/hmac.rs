@@ -74,20 +74,51 @@ pub enum Material {
     PublicKey(VerifyingKey),
 }
 
+/// The secrets valid at one moment (one, or two during a rotation's grace period), as a
+/// slice without an allocation per request.
+#[derive(Debug, Clone, Copy)]
+pub struct Secrets<'a> {
+    all: [&'a [u8]; 2],
+    n: usize,
+}
+
+impl<'a> std::ops::Deref for Secrets<'a> {
+    type Target = [&'a [u8]];
+
+    fn deref(&self) -> &Self::Target {
+        &self.all[..self.n]
+    }
+}
+
+impl<'a> IntoIterator for Secrets<'a> {
+    type Item = &'a [u8];
+    type IntoIter = std::iter::Take<std::array::IntoIter<&'a [u8], 2>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.all.into_iter().take(self.n)
+    }
+}
+
 impl Opened {
     /// The secrets a signature may be made with at `now`: the current one, and the
     /// previous one during its grace period; none for a public-key credential.
-    pub fn secrets_at(&self, now: Timestamp) -> Vec<&[u8]> {
-        let Material::Secrets { current, previous } = &self.material else {
-            return Vec::new();
+    pub fn secrets_at(&self, now: Timestamp) -> Secrets<'_> {
+        let mut out = Secrets {
+            all: [&[], &[]],
+            n: 0,
         };
-        let mut v = vec![current.as_slice()];
+        let Material::Secrets { current, previous } = &self.material else {
+            return out;
+        };
+        out.all[0] = current.as_slice();
+        out.n = 1;
         if let Some((s, until)) = previous {
             if now < *until {
-                v.push(s.as_slice());
+                out.all[1] = s.as_slice();
+                out.n = 2;
             }
         }
-        v
+        out
     }
 
     /// Whether it is revoked at `now`.
@@ -609,7 +640,10 @@ pub(crate) mod tests {
             .windows(secret.expose().len())
             .any(|w| w == secret.expose().as_bytes()));
         let o = keys.get(&r.key_id).await.unwrap().unwrap();
-        assert_eq!(o.secrets_at(clock.now()), vec![secret.expose().as_bytes()]);
+        assert_eq!(
+            o.secrets_at(clock.now()).to_vec(),
+            vec![secret.expose().as_bytes()]
+        );
         assert_eq!(o.scopes.iter().collect::<Vec<_>>(), ["read:echo"]);
 
         let (_, new) = admin
@@ -619,11 +653,11 @@ pub(crate) mod tests {
         let o = keys.get(&r.key_id).await.unwrap().unwrap();
         let now = clock.now();
         assert_eq!(
-            o.secrets_at(now),
+            o.secrets_at(now).to_vec(),
             vec![new.expose().as_bytes(), secret.expose().as_bytes()]
         );
         assert_eq!(
-            o.secrets_at(now.plus_millis(60_000)),
+            o.secrets_at(now.plus_millis(60_000)).to_vec(),
             vec![new.expose().as_bytes()]
         );
         assert!(matches!(
@@ -713,7 +747,7 @@ pub(crate) mod tests {
         assert!(shown.is_none(), "an imported secret is not shown again");
         let o = keys.get("alice123").await.unwrap().unwrap();
         assert_eq!(
-            o.secrets_at(clock.now()),
+            o.secrets_at(clock.now()).to_vec(),
             vec![b"a-secret-from-kong-0123".as_slice()]
         );
         assert!(matches!(

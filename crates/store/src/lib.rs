@@ -15,6 +15,7 @@ pub mod conformance;
 pub mod error;
 pub mod memory;
 pub mod model;
+mod nonce_map;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

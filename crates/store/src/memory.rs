@@ -23,6 +23,8 @@ use crate::{
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    /// Spent single-use values, as the SQLite store keeps them in memory.
+    nonces: crate::nonce_map::NonceMap,
 }
 
 #[derive(Default)]
@@ -36,7 +38,6 @@ struct Inner {
     signing_keys: Vec<SigningKeyRecord>,
     clients: BTreeMap<String, ClientRecord>,
     revoked: HashMap<String, Timestamp>,
-    nonces: HashMap<String, Timestamp>,
     hmac: BTreeMap<String, HmacCredentialRecord>,
     webhooks: BTreeMap<String, WebhookEndpointRecord>,
     deliveries: HashMap<String, WebhookDeliveryRecord>,
@@ -249,25 +250,15 @@ impl Nonces for MemoryStore {
         expires_at: Timestamp,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
-        let mut g = self.lock();
-        match g.nonces.get_mut(key) {
-            Some(e) if *e > now => Ok(false),
-            Some(e) => {
-                *e = expires_at;
-                Ok(true)
-            }
-            None => {
-                g.nonces.insert(key.to_owned(), expires_at);
-                Ok(true)
-            }
-        }
+        use crate::nonce_map::{digest, Claim};
+        let claim = self
+            .nonces
+            .claim(&digest(key), expires_at.as_millis(), now.as_millis())?;
+        Ok(matches!(claim, Claim::Won(_)))
     }
 
     async fn delete_expired_nonces(&self, now: Timestamp) -> Result<u64, StoreError> {
-        let mut g = self.lock();
-        let before = g.nonces.len();
-        g.nonces.retain(|_, e| *e > now);
-        Ok((before - g.nonces.len()) as u64)
+        Ok(self.nonces.delete_expired(now.as_millis()))
     }
 }
 

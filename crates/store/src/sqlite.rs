@@ -9,7 +9,7 @@
 //! - Batches (`insert_many`, `append`, `record_usage`) are multi-row statements inside one
 //!   transaction, chunked to stay under SQLite's bound-variable limit.
 
-mod nonce_batch;
+mod nonce_log;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -66,8 +66,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Reads. For in-memory databases this is the writer pool itself.
     reader: SqlitePool,
-    /// Nonce claims, committed in groups over `writer`.
-    nonces: nonce_batch::NonceBatcher,
+    /// Nonce claims, in memory and appended to a log file beside the database.
+    nonces: nonce_log::NonceLog,
 }
 
 impl SqliteStore {
@@ -98,30 +98,6 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("sqlite migration failed: {e}")))?;
 
-        // Spent nonces live in a database file of their own beside this one (see
-        // `nonce_batch`): its commits neither wait for nor hold up the others', and they are
-        // written with `synchronous=NORMAL`.
-        let nonce_path = nonce_batch::path_beside(&path);
-        let nonce_created = create_private_file(&nonce_path)?;
-        let nonce_writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(
-                SqliteConnectOptions::new()
-                    .filename(&nonce_path)
-                    .create_if_missing(false)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(BUSY_TIMEOUT),
-            )
-            .await
-            .map_err(sql_err)?;
-        if nonce_created {
-            restrict_sidecars(&nonce_path);
-        }
-
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
             .connect_with(base)
@@ -132,7 +108,8 @@ impl SqliteStore {
             // SQLite gives the -wal and -shm files the main file's mode already; make sure.
             restrict_sidecars(&path);
         }
-        let nonces = nonce_batch::NonceBatcher::start(nonce_writer, &writer).await?;
+        // Spent nonces are not in the database: see `nonce_log`.
+        let nonces = nonce_log::NonceLog::open(&path, &writer).await?;
         Ok(SqliteStore {
             writer,
             reader,
@@ -157,16 +134,8 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(format!("sqlite migration failed: {e}")))?;
-        let nonce_pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(SqliteConnectOptions::new().in_memory(true))
-            .await
-            .map_err(sql_err)?;
         Ok(SqliteStore {
-            nonces: nonce_batch::NonceBatcher::start(nonce_pool, &pool).await?,
+            nonces: nonce_log::NonceLog::in_memory(),
             writer: pool.clone(),
             reader: pool,
         })
@@ -174,7 +143,7 @@ impl SqliteStore {
 
     /// Closes every connection (the last one checkpoints the WAL). Later calls fail.
     pub async fn close(&self) {
-        self.nonces.close().await;
+        self.nonces.close();
         self.reader.close().await;
         self.writer.close().await;
     }
@@ -741,14 +710,17 @@ impl Nonces for SqliteStore {
         expires_at: Timestamp,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
-        // Grouped with the claims made at the same moment into one commit (`nonce_batch`).
+        // In memory, and one `write` to the log (`nonce_log`): no commit, no hand-off.
         self.nonces
             .claim(key, expires_at.as_millis(), now.as_millis())
-            .await
     }
 
     async fn delete_expired_nonces(&self, now: Timestamp) -> Result<u64, StoreError> {
-        self.nonces.delete_expired(now.as_millis()).await
+        // A pass over every live key: not on a runtime thread.
+        let nonces = self.nonces.clone();
+        tokio::task::spawn_blocking(move || nonces.delete_expired(now.as_millis()))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("nonce log: {e}")))?
     }
 }
 

@@ -45,6 +45,13 @@ pub const SIGNATURE: &str = "x-signature";
 /// The optional header with the body's SHA-256.
 pub const BODY_HASH: &str = "x-body-hash";
 
+/// The same names, made once (a lookup by a `&str` parses the name every time).
+static H_KEY_ID: http::HeaderName = http::HeaderName::from_static(KEY_ID);
+static H_TIMESTAMP: http::HeaderName = http::HeaderName::from_static(TIMESTAMP);
+static H_NONCE: http::HeaderName = http::HeaderName::from_static(NONCE);
+static H_SIGNATURE: http::HeaderName = http::HeaderName::from_static(SIGNATURE);
+static H_BODY_HASH: http::HeaderName = http::HeaderName::from_static(BODY_HASH);
+
 /// The longest key id read.
 pub const MAX_KEY_ID_LEN: usize = 128;
 /// At most this many query parameters are canonicalised.
@@ -210,22 +217,23 @@ pub fn parse<'a>(
     headers: &'a http::HeaderMap,
     layout: Layout,
 ) -> Result<Option<Signed<'a>>, NativeError> {
-    let Some(signature) = header(headers, SIGNATURE)? else {
+    let Some(signature) = header(headers, &H_SIGNATURE)? else {
         return Ok(None);
     };
     let signature = lower_hex_32(signature).ok_or(NativeError::Malformed("X-Signature"))?;
-    let key_id = header(headers, KEY_ID)?.ok_or(NativeError::Missing("X-API-Key"))?;
+    let key_id = header(headers, &H_KEY_ID)?.ok_or(NativeError::Missing("X-API-Key"))?;
     if key_id.is_empty() || key_id.len() > MAX_KEY_ID_LEN {
         return Err(NativeError::Malformed("X-API-Key"));
     }
-    let timestamp_text = header(headers, TIMESTAMP)?.ok_or(NativeError::Missing("X-Timestamp"))?;
+    let timestamp_text =
+        header(headers, &H_TIMESTAMP)?.ok_or(NativeError::Missing("X-Timestamp"))?;
     let timestamp = match layout {
         Layout::MethodPathIsoTimeNonceBodyHash => iso_basic(timestamp_text),
         _ => unix_seconds(timestamp_text),
     }
     .ok_or(NativeError::Malformed("X-Timestamp"))?;
     let nonce = if layout.has_nonce() {
-        let n = header(headers, NONCE)?.ok_or(NativeError::Missing("X-Nonce"))?;
+        let n = header(headers, &H_NONCE)?.ok_or(NativeError::Missing("X-Nonce"))?;
         if !is_nonce(n) {
             return Err(NativeError::Malformed("X-Nonce"));
         }
@@ -233,7 +241,7 @@ pub fn parse<'a>(
     } else {
         None
     };
-    let body_hash = match header(headers, BODY_HASH)? {
+    let body_hash = match header(headers, &H_BODY_HASH)? {
         None => None,
         Some(h) => Some(lower_hex_32(h).ok_or(NativeError::Malformed("X-Body-Hash"))?),
     };
@@ -282,7 +290,7 @@ pub fn verify(
             return Err(NativeError::BodyHashMismatch);
         }
     }
-    let body_hex = body_hash.map(|h| crypto::hex(&h));
+    let body_hex = body_hash.map(|h| crypto::hex_digest(&h));
     let query = canonical_query_if(signed.layout, req.query)?;
     for secret in secrets {
         let mut mac = HmacSha256::new(secret);
@@ -293,7 +301,7 @@ pub fn verify(
             query.as_deref(),
             signed.timestamp_text,
             signed.nonce,
-            body_hex.as_deref(),
+            body_hex.as_ref().map(|h| &h[..]),
         );
         if mac.verify(&signed.signature) {
             return Ok(Verified::assertion());
@@ -320,8 +328,9 @@ pub fn string_to_sign(
         nonce,
         layout
             .hashes_body()
-            .then(|| crypto::hex(&crypto::sha256(req.body)))
-            .as_deref(),
+            .then(|| crypto::hex_digest(&crypto::sha256(req.body)))
+            .as_ref()
+            .map(|h| &h[..]),
     );
     Ok(out)
 }
@@ -363,9 +372,9 @@ fn write_string_to_sign(
     canonical_query: Option<&str>,
     timestamp: &str,
     nonce: Option<&str>,
-    body_hex: Option<&str>,
+    body_hex: Option<&[u8]>,
 ) {
-    let hex = body_hex.unwrap_or_default().as_bytes();
+    let hex = body_hex.unwrap_or_default();
     let method = req.method.as_str();
     if method.bytes().any(|b| b.is_ascii_lowercase()) {
         out(method.to_ascii_uppercase().as_bytes());
@@ -432,7 +441,7 @@ fn reencode(s: &str) -> Result<String, NativeError> {
 /// The header's value if present once and visible ASCII; repeated or otherwise: malformed.
 fn header<'a>(
     headers: &'a http::HeaderMap,
-    name: &'static str,
+    name: &'static http::HeaderName,
 ) -> Result<Option<&'a str>, NativeError> {
     let mut values = headers.get_all(name).iter();
     let Some(v) = values.next() else {
@@ -446,8 +455,8 @@ fn header<'a>(
         .map_err(|_| NativeError::Malformed(display_name(name)))
 }
 
-fn display_name(name: &'static str) -> &'static str {
-    match name {
+fn display_name(name: &http::HeaderName) -> &'static str {
+    match name.as_str() {
         KEY_ID => "X-API-Key",
         TIMESTAMP => "X-Timestamp",
         NONCE => "X-Nonce",

@@ -17,7 +17,7 @@ use portcullis_core::{AuthError, Identity, RequestParts, Scheme, SignatureError,
 use portcullis_store::Nonces;
 
 use super::{Authenticated, Authenticator, Consumed, HmacFormat, Replay, RouteAuth};
-use crate::hmac::{HmacKeys, KeysError, Opened};
+use crate::hmac::{HmacKeys, KeysError, Opened, Secrets};
 
 /// The authenticator of the `hmac` scheme.
 pub struct HmacAuthenticator {
@@ -183,7 +183,7 @@ pub(crate) async fn lookup(
 
 /// The secrets `key` signs with at `now`; a credential with a public key instead (RFC 9421
 /// only) is no credential of the shared-secret schemes: `unknown_key`.
-pub(crate) fn secrets_of(key: &Opened, now: Timestamp) -> Result<Vec<&[u8]>, AuthError> {
+pub(crate) fn secrets_of(key: &Opened, now: Timestamp) -> Result<Secrets<'_>, AuthError> {
     let secrets = key.secrets_at(now);
     if secrets.is_empty() {
         return Err(AuthError::Signature(SignatureError::UnknownKey));
