@@ -89,6 +89,7 @@ impl NonceMap {
 
     /// Takes back a claim of `d` until `expires_at` that could not be kept (`previous` as
     /// [`Claim::Won`] said), unless another claim has taken the key since.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))] // the log's, and tests'
     pub(crate) fn undo(&self, d: &Digest, expires_at: i64, previous: Option<i64>) {
         let mut map = self.shard(d);
         if map.get(d) != Some(&expires_at) {
@@ -106,6 +107,7 @@ impl NonceMap {
     }
 
     /// Adds `d` as spent until `expires_at` (or later, if it is already): loading.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn insert(&self, d: Digest, expires_at: i64) {
         let mut map = self.shard(&d);
         let e = map.entry(d).or_insert_with(|| {

@@ -64,6 +64,10 @@ pub const CONTENT_SHA256: &str = "x-amz-content-sha256";
 pub const AMZ_DATE: &str = "x-amz-date";
 /// The header carrying an STS session token.
 pub const SECURITY_TOKEN: &str = "x-amz-security-token";
+/// The same names, made once (a lookup by a `&str` parses the name every time).
+static H_CONTENT_SHA256: http::HeaderName = http::HeaderName::from_static(CONTENT_SHA256);
+static H_AMZ_DATE: http::HeaderName = http::HeaderName::from_static(AMZ_DATE);
+static H_SECURITY_TOKEN: http::HeaderName = http::HeaderName::from_static(SECURITY_TOKEN);
 
 /// The longest `Authorization` value read.
 pub const MAX_AUTHORIZATION_LEN: usize = 8 * 1024;
@@ -319,11 +323,10 @@ fn parse_header<'a>(auth: &'a str, req: &Request<'a>) -> Result<Parsed<'a>, SigV
     let (mut credential, mut signed, mut signature) = (None, None, None);
     if !rest.is_empty() {
         for part in rest.split(',') {
-            let (k, v) = part
-                .trim_matches([' ', '\t'])
+            let (k, v) = trim_sp(part)
                 .split_once('=')
                 .ok_or(SigV4Error::Malformed("Authorization"))?;
-            if v.is_empty() || v.contains([' ', '\t']) {
+            if v.is_empty() || v.bytes().any(|b| b == b' ' || b == b'\t') {
                 return Err(SigV4Error::Malformed("Authorization"));
             }
             let slot = match k {
@@ -340,9 +343,9 @@ fn parse_header<'a>(auth: &'a str, req: &Request<'a>) -> Result<Parsed<'a>, SigV
     let credential = credential.ok_or(SigV4Error::Missing("Credential"))?;
     let signed = signed.ok_or(SigV4Error::Missing("SignedHeaders"))?;
     let signature = signature.ok_or(SigV4Error::Missing("Signature"))?;
-    let amz_date = single_header(req.headers, AMZ_DATE, "X-Amz-Date")?
+    let amz_date = single_header(req.headers, &H_AMZ_DATE, "X-Amz-Date")?
         .ok_or(SigV4Error::Missing("X-Amz-Date"))?;
-    let token = single_header(req.headers, SECURITY_TOKEN, "X-Amz-Security-Token")?;
+    let token = single_header(req.headers, &H_SECURITY_TOKEN, "X-Amz-Security-Token")?;
     build(
         Cow::Borrowed(credential),
         Cow::Borrowed(signed),
@@ -351,6 +354,11 @@ fn parse_header<'a>(auth: &'a str, req: &Request<'a>) -> Result<Parsed<'a>, SigV
         None,
         token.map(Cow::Borrowed),
     )
+}
+
+/// `s` without leading and trailing spaces and tabs.
+fn trim_sp(s: &str) -> &str {
+    s.trim_matches(|c| c == ' ' || c == '\t')
 }
 
 /// The fields of a presigned URL's query.
@@ -543,7 +551,7 @@ fn expires_secs(s: &str) -> Option<i64> {
 /// The header's value if present once and visible ASCII; repeated or otherwise: malformed.
 fn single_header<'a>(
     headers: &'a http::HeaderMap,
-    name: &'static str,
+    name: &'static http::HeaderName,
     display: &'static str,
 ) -> Result<Option<&'a str>, SigV4Error> {
     let mut values = headers.get_all(name).iter();
@@ -617,7 +625,8 @@ pub fn verify_with_signing_key(
     if !in_time {
         return Err(SigV4Error::Expired);
     }
-    match payload_hash(p, req)? {
+    let payload = payload_hash(p, req)?;
+    match payload {
         Payload::Unsigned if !e.allow_unsigned_payload => return Err(SigV4Error::UnsignedPayload),
         Payload::Declared(h) => {
             let declared =
@@ -628,7 +637,7 @@ pub fn verify_with_signing_key(
         }
         Payload::Unsigned | Payload::Body(_) => {}
     }
-    let creq = canonical_request_with(p, req, e.path_rule)?;
+    let creq = canonical_request_of(p, req, e.path_rule, &payload)?;
     let sts = string_to_sign(p, &creq);
     let mut mac = HmacSha256::new(key);
     mac.update(sts.as_bytes());
@@ -660,7 +669,7 @@ impl Payload<'_> {
 }
 
 fn payload_hash<'a>(p: &Parsed<'_>, req: &Request<'a>) -> Result<Payload<'a>, SigV4Error> {
-    match single_header(req.headers, CONTENT_SHA256, "X-Amz-Content-Sha256")? {
+    match single_header(req.headers, &H_CONTENT_SHA256, "X-Amz-Content-Sha256")? {
         Some(UNSIGNED_PAYLOAD) => Ok(Payload::Unsigned),
         Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
             Ok(Payload::Declared(h))
@@ -682,7 +691,15 @@ pub fn canonical_request_with(
     req: &Request<'_>,
     rule: PathRule,
 ) -> Result<String, SigV4Error> {
-    let payload = payload_hash(p, req)?;
+    canonical_request_of(p, req, rule, &payload_hash(p, req)?)
+}
+
+fn canonical_request_of(
+    p: &Parsed<'_>,
+    req: &Request<'_>,
+    rule: PathRule,
+    payload: &Payload<'_>,
+) -> Result<String, SigV4Error> {
     let mut out =
         String::with_capacity(256 + req.path.len() * 3 + req.query.map_or(0, |q| q.len() * 3));
     out.push_str(req.method.as_str());
