@@ -11,10 +11,11 @@
 # pinned to core 0; wrk -t1 -c32 on core 1 (--two-cores: both on both cores, wrk -t2).
 # Cases, interleaved per run: `/open` GET and POST with a 1 KiB body; the native scheme GET and
 # POST with a 1 KiB body; SigV4 GET; RFC 9421 (hmac-sha256) GET. Each signed case is set
-# against the `/open` case with the same method and body. Signed requests are made before each run by
-# `bench/sign_requests.py` (every one distinct: signed requests are single-use, and the
-# gateway checks and spends each nonce or signature durably) and sent once each by
-# `bench/signed.lua`. Medians of req/s, and each signed case as a share of `/open`.
+# against the `/open` case with the same method and body. Signed requests are made before
+# each run by `bench/sign_requests.py` (every one distinct: signed requests are single-use,
+# and the gateway checks and spends each nonce or signature durably) and sent once each by
+# `bench/signed.lua`. Medians of req/s, each signed case as a share of `/open`, and
+# Portcullis's CPU time (user + system, all its threads, from /proc/<pid>/stat) per request.
 # Needs wrk and nginx (scripts/bench-load.sh installs them) and a release build.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,7 +30,7 @@ while [[ $# -gt 0 ]]; do
         --duration) duration=${2:?}; shift 2 ;;
         --runs) runs=${2:?}; shift 2 ;;
         --two-cores) two_cores=1; shift ;;
-        -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
         *) bin=$1; shift ;;
     esac
 done
@@ -74,6 +75,7 @@ sed -e "s|@UPSTREAM_PORT@|$up_port|g" bench/hmac.toml >"$tmp/portcullis.toml"
 PORTCULLIS_LOG=warn taskset -c "$server_cores" "$bin" serve --config "$tmp/portcullis.toml" \
     --listen "$host" --data-dir "$tmp/data" >"$tmp/out" 2>"$tmp/err" &
 pids+=($!)
+server_pid=$!
 for _ in $(seq 600); do
     grep -q 'portcullis listening on http://' "$tmp/out" 2>/dev/null && break
     sleep 0.1
@@ -103,30 +105,38 @@ IFS=$'\t' read -r -a f <<<"$first"
     die "a signed request does not open /hmac"
 
 rate() { awk '/Requests\/sec/ {print $2}'; }
-run() { # NAME, wrk args...
-    local name=$1 out
+# Portcullis's CPU time so far (user + system, all its threads), in clock ticks.
+ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
+hz=$(getconf CLK_TCK)
+run() { # NAME, wrk args... → "REQ/S CPU_US_PER_REQUEST"
+    local name=$1 out t0 t1 n
     shift
+    t0=$(ticks)
     out=$(taskset -c "$wrk_cores" wrk "-t$wrk_threads" "-c${CONNS:-32}" "-d$duration" "$@" 2>&1) || die "wrk failed for $name: $out"
+    t1=$(ticks)
     if grep -q 'Non-2xx\|ran out' <<<"$out"; then die "$name: refused or repeated requests: $out"; fi
-    echo "$out" | rate
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    echo "$(echo "$out" | rate) $(python3 -c "print(f'{($t1 - $t0) * 1e6 / $hz / $n:.1f}')")"
 }
-declare -A results
+declare -A results cpu
 # CASES="open hmac_get" runs only those (e.g. to profile one case).
 read -r -a cases <<<"${CASES:-open open_post_1k hmac_get hmac_post_1k sigv4_get httpsig_get}"
-for r in $(seq "$runs"); do
+for i in $(seq "$runs"); do
     for c in "${cases[@]}"; do
         case $c in
-            open) v=$(run open "$base/open/") ;;
-            open_post_1k) v=$(BODY_FILE=$tmp/body1k run "$c" -s "$tmp/post.lua" "$base/open/") ;;
-            hmac_get) sign hmac; v=$(SIGNED=$tmp/signed run "$c" -s bench/signed.lua "$base/") ;;
+            open) r=$(run open "$base/open/") ;;
+            open_post_1k) r=$(BODY_FILE=$tmp/body1k run "$c" -s "$tmp/post.lua" "$base/open/") ;;
+            hmac_get) sign hmac; r=$(SIGNED=$tmp/signed run "$c" -s bench/signed.lua "$base/") ;;
             hmac_post_1k)
                 sign hmac "$tmp/body1k"
-                v=$(SIGNED=$tmp/signed BODY_FILE=$tmp/body1k run "$c" -s bench/signed.lua "$base/") ;;
-            sigv4_get) sign sigv4; v=$(SIGNED=$tmp/signed run "$c" -s bench/signed.lua "$base/") ;;
-            httpsig_get) sign httpsig; v=$(SIGNED=$tmp/signed run "$c" -s bench/signed.lua "$base/") ;;
+                r=$(SIGNED=$tmp/signed BODY_FILE=$tmp/body1k run "$c" -s bench/signed.lua "$base/") ;;
+            sigv4_get) sign sigv4; r=$(SIGNED=$tmp/signed run "$c" -s bench/signed.lua "$base/") ;;
+            httpsig_get) sign httpsig; r=$(SIGNED=$tmp/signed run "$c" -s bench/signed.lua "$base/") ;;
         esac
+        read -r v u <<<"$r"
         results[$c]+="$v "
-        printf '  run %d %-13s %10s req/s\n' "$r" "$c" "$v"
+        cpu[$c]+="$u "
+        printf '  run %d %-13s %10s req/s %8s µs CPU/request\n' "$i" "$c" "$v" "$u"
     done
 done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -135,12 +145,13 @@ op=$(median <<<"${results[open_post_1k]:-0}")
 echo
 echo "## Signed routes: wrk -t$wrk_threads -c${CONNS:-32} -d$duration, servers on cores $server_cores, $runs interleaved runs, median req/s"
 echo
-echo "| case | req/s | share of /open alike |"
-echo "|---|---:|---:|"
+echo "| case | req/s | share of /open alike | Portcullis CPU µs/request |"
+echo "|---|---:|---:|---:|"
 for c in "${cases[@]}"; do
     m=$(median <<<"${results[$c]}")
     # A POST is set against the unsigned POST of the same body, the rest against the GET.
     base_rate=$o
     [[ $c == *post* ]] && base_rate=$op
-    printf '| %s | %s | %s |\n' "$c" "$m" "$(python3 -c "print(f'{100 * $m / $base_rate:.1f} %' if $base_rate else '-')")"
+    printf '| %s | %s | %s | %s |\n' "$c" "$m" "$(python3 -c "print(f'{100 * $m / $base_rate:.1f} %' if $base_rate else '-')")" \
+        "$(median <<<"${cpu[$c]}")"
 done
