@@ -287,8 +287,12 @@ impl NonceLog {
                 (s.dir.clone(), s.stem.clone(), expired)
             };
             for (seq, _) in expired {
-                std::fs::remove_file(Segments::path(&dir, &stem, seq))
-                    .map_err(io_err("cannot delete an expired segment"))?;
+                match std::fs::remove_file(Segments::path(&dir, &stem, seq)) {
+                    Ok(()) => {}
+                    // Removed by hand already: what was wanted.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("cannot delete an expired segment")(e)),
+                }
             }
         }
         Ok(gone)
