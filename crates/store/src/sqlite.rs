@@ -225,19 +225,25 @@ fn create_private_file(path: &Path) -> Result<bool, StoreError> {
             .map_err(io)?;
     }
     file.sync_all().map_err(io)?;
-    // Make the new directory entry durable too (best effort: not every platform allows it).
-    #[cfg(unix)]
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
+    // Make the new directory entry durable too.
+    sync_dir(&dir_of(path));
     Ok(true)
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Makes `dir`'s entries durable (best effort: not every platform opens a directory for
+/// syncing).
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 /// Best effort: mode 0600 on the `-wal` and `-shm` files next to `path`.

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use sqlx::{Row, SqlitePool};
 
-use super::sql_err;
+use super::{sql_err, sync_dir};
 use crate::nonce_map::{digest, Claim, Digest, NonceMap};
 use crate::StoreError;
 /// A new segment is started after this much claim time (ms)…
@@ -180,10 +180,7 @@ impl NonceLog {
     /// in what older versions kept, from `main`'s `used_nonces` and from `<name>-nonces.db`),
     /// and starts its flusher (a thread that ends with the last handle).
     pub(super) async fn open(db: &Path, main: &SqlitePool) -> Result<Self, StoreError> {
-        let dir = match db.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
+        let dir = super::dir_of(db);
         let stem = db
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -468,13 +465,6 @@ fn read_segments(dir: &Path, stem: &str) -> Result<(Loaded, u64), StoreError> {
         loaded.older.push((seq, latest));
     }
     Ok((loaded, max_seq))
-}
-
-fn sync_dir(dir: &Path) {
-    // Best effort: not every platform opens a directory for syncing.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 /// Flushes the log each [`FLUSH_EVERY`] after new claims, until the store is gone.
